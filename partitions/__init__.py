@@ -1,0 +1,32 @@
+"""Partitions are data: countries come from the survey source, agents from the registry file.
+
+Both are static partitions built when the code location loads; a new country in
+the source or a new agent in the registry appears after a reload.
+"""
+
+from dagster import MultiPartitionsDefinition, StaticPartitionsDefinition
+
+from partitions.registries import Agent, agent_registry, country_registry
+from persona_assets.settings import DATA_DIR, load_settings
+
+AGENT_REGISTRY_FILE = DATA_DIR / "board" / "agents.json"
+
+_settings = load_settings()
+COUNTRIES: list[str] = country_registry(_settings.goqa_source)
+AGENTS: list[Agent] = agent_registry(AGENT_REGISTRY_FILE)
+
+countries_partitions = StaticPartitionsDefinition(COUNTRIES)
+agents_partitions = StaticPartitionsDefinition([a.key for a in AGENTS])
+# Dimension order in keys is alphabetical: "agent|country".
+agent_country_partitions = MultiPartitionsDefinition(
+    {"agent": agents_partitions, "country": countries_partitions}
+)
+
+__all__ = [
+    "AGENTS",
+    "AGENT_REGISTRY_FILE",
+    "COUNTRIES",
+    "agent_country_partitions",
+    "agents_partitions",
+    "countries_partitions",
+]

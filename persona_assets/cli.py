@@ -1,0 +1,112 @@
+"""The ``persona`` command: run the asset graph on the embedded default, open the UI."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from persona_assets.settings import PROJECT_ROOT, Settings, SettingsError, load_settings
+
+INSTANCE_YAML = """\
+# Written by `persona`; the Dagster instance behind `persona run` and `persona ui`.
+telemetry:
+  enabled: false
+"""
+
+
+def prepare_instance(settings: Settings):
+    from dagster import DagsterInstance
+
+    settings.dagster_home.mkdir(parents=True, exist_ok=True)
+    config = settings.dagster_home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(INSTANCE_YAML)
+    return DagsterInstance.from_config(str(settings.dagster_home))
+
+
+def _split(value: str | None) -> set[str] | None:
+    return {v.strip() for v in value.split(",") if v.strip()} if value else None
+
+
+def _check_known(kind: str, wanted: set[str] | None, known: list[str], where: str) -> None:
+    unknown = sorted((wanted or set()) - set(known))
+    if unknown:
+        raise SettingsError(f"{where}, field '{kind}': unknown {kind} {', '.join(unknown)}; known: {', '.join(known)}")
+
+
+def command_run(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    from dagster import AssetSelection
+
+    from partitions import AGENT_REGISTRY_FILE, AGENTS, COUNTRIES
+    from persona_assets.definitions import defs
+    from persona_assets.runner import execute_plan, plan_runs
+    from resources.llm import process_usage
+    from resources.warehouse import Warehouse
+
+    countries, agents = _split(args.countries), _split(args.agents)
+    _check_known("country", countries, COUNTRIES, str(settings.goqa_source))
+    _check_known("agent", agents, [a.key for a in AGENTS], str(AGENT_REGISTRY_FILE))
+    selection = AssetSelection.from_string(args.select) if args.select else AssetSelection.all()
+    instance = prepare_instance(settings)
+    runs = plan_runs(defs, selection, countries, agents)
+    print(f"persona run: {len(runs)} runs planned; home {settings.home}; model {settings.model}")
+    started = time.monotonic()
+    outcomes = execute_plan(defs, runs, instance)
+    elapsed = time.monotonic() - started
+    failed = [o for o in outcomes if not o.success]
+    usage = process_usage()
+    print()
+    print(f"{len(outcomes) - len(failed)} of {len(runs)} runs succeeded in {elapsed:.1f} s; "
+          f"model loads {usage.model_loads}, forward passes {usage.forward_passes}, "
+          f"tokens computed {usage.tokens_computed}")
+    print(f"Tables in {settings.warehouse_path}:")
+    counts = Warehouse(settings.warehouse_path).table_row_counts()
+    width = max((len(s) + len(t) + 1 for s, t, _ in counts), default=0)
+    for schema, table, count in counts:
+        print(f"  {f'{schema}.{table}':<{width}} {count:>9,} rows")
+    plots = sorted((settings.artifacts_dir / "plots").glob("**/*.png"))
+    print(f"Plots: {settings.artifacts_dir / 'plots'} ({len(plots)} files)")
+    print("Open the UI:  persona ui   (then http://127.0.0.1:3000)")
+    if failed:
+        print(f"\nFAILED run {failed[0].run_id}: {failed[0].error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def command_ui(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    prepare_instance(settings)
+    env = {**os.environ, "DAGSTER_HOME": str(settings.dagster_home)}
+    dagster = Path(sys.executable).with_name("dagster")
+    argv = [str(dagster), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
+    os.chdir(PROJECT_ROOT)
+    os.execve(argv[0], argv, env)
+    return 0  # not reached
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="persona", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="materialize every asset for every partition (or a selection)")
+    run.add_argument("--countries", help="comma-separated countries (default: all in the survey source)")
+    run.add_argument("--agents", help="comma-separated agent keys (default: all in the registry)")
+    run.add_argument("--select", help="a Dagster asset selection, e.g. 'group:opinions'")
+    run.set_defaults(handler=command_run)
+    ui = commands.add_parser("ui", help="open the Dagster UI on this platform's instance")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(handler=command_ui)
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except SettingsError as exc:
+        print(f"persona: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""The code location: every asset, with resources chosen from the settings."""
+
+from dagster import Definitions, load_assets_from_modules
+
+from persona_assets.elicitation import assets as elicitation_assets
+from persona_assets.opinions import assets as opinion_assets
+from persona_assets.settings import DATA_DIR, load_settings
+from resources.llm import LLMResource
+from resources.sources import GoqaSource
+from resources.warehouse import WarehouseIOManager
+
+settings = load_settings()
+
+defs = Definitions(
+    assets=load_assets_from_modules([opinion_assets, elicitation_assets]),
+    resources={
+        "io_manager": WarehouseIOManager(database=str(settings.warehouse_path)),
+        "llm": LLMResource(model=settings.model, models_dir=str(settings.models_dir), corpus_dir=str(DATA_DIR)),
+        "goqa_source": GoqaSource(path=str(settings.goqa_source)),
+    },
+)

@@ -1,0 +1,118 @@
+"""GlobalOpinionQA assets: questions, survey rows, binary claims and splits (per country)."""
+
+from collections import Counter
+
+import polars as pl
+from dagster import AssetExecutionContext, AssetIn, Config, asset
+from pydantic import Field
+
+from partitions import countries_partitions
+from persona_assets.common import (
+    COUNTRY_PARTITION,
+    ONE_RUN_PER_BACKFILL,
+    OWNERS,
+    TABLE_KINDS,
+    markdown_table,
+)
+from persona_assets.opinions.splits import SplitRules
+from persona_assets.opinions.tables import (
+    CLAIMS_SCHEMA,
+    QUESTIONS_SCHEMA,
+    SPLITS_SCHEMA,
+    SURVEY_SCHEMA,
+    claim_rows,
+    question_rows,
+    split_rows,
+    survey_rows,
+)
+from persona_assets.provenance import Provenance, result_frame
+from resources.sources import GoqaSource
+
+GROUP = "opinions"
+CODE_VERSION = "opinions-1"
+SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=TABLE_KINDS, code_version=CODE_VERSION)
+BY_COUNTRY = dict(
+    partitions_def=countries_partitions, metadata=COUNTRY_PARTITION, backfill_policy=ONE_RUN_PER_BACKFILL
+)
+
+
+class ClaimsConfig(Config):
+    seed: int = Field(default=42, description="Seeds the choice of the negative option per (question, country).")
+
+
+class SplitConfig(Config):
+    seed: int = Field(default=733244742, description="Seeds the question permutation shared by all countries.")
+    train_fraction: float = Field(default=0.75, description="Share of questions that may go to train.")
+    train_cap: int = Field(default=125, description="Most train claims per country (whole question groups).")
+    test_cap: int = Field(default=50, description="Most test claims per country (whole question groups).")
+
+
+def _provenance(context: AssetExecutionContext) -> Provenance:
+    return Provenance(run_id=context.run_id, code_version=CODE_VERSION)
+
+
+@asset(**SHARED)
+def goqa_questions(context: AssetExecutionContext, goqa_source: GoqaSource) -> pl.DataFrame:
+    """Every distinct survey question of the GlobalOpinionQA source with its options, in file order."""
+    source = goqa_source.load()
+    frame = result_frame(question_rows(source), QUESTIONS_SCHEMA, _provenance(context))
+    context.add_output_metadata(
+        {
+            "source_file": str(source.path),
+            "source_sha256": source.sha256,
+            "source_format": source.format,
+            "skipped_rows": len(source.skipped_rows),
+            "questions_by_option_count": dict(sorted(Counter(frame["n_options"].to_list()).items())),
+        }
+    )
+    return frame
+
+
+@asset(**SHARED, **BY_COUNTRY)
+def goqa_survey(context: AssetExecutionContext, goqa_source: GoqaSource) -> pl.DataFrame:
+    """The country's answer distribution per question, one row per (question, country), with its source row."""
+    source = goqa_source.load()
+    frame = result_frame(survey_rows(source, context.partition_keys), SURVEY_SCHEMA, _provenance(context))
+    context.add_output_metadata(
+        {"source_file": str(source.path), "source_sha256": source.sha256, "source_format": source.format}
+    )
+    return frame
+
+
+@asset(**SHARED, **BY_COUNTRY, ins={"goqa_survey": AssetIn(key=[GROUP, "goqa_survey"])})
+def goqa_claims(context: AssetExecutionContext, config: ClaimsConfig, goqa_survey: pl.DataFrame) -> pl.DataFrame:
+    """Binary claims: the most chosen option labelled 1 and one seeded random other option labelled 0."""
+    rows, excluded = claim_rows(goqa_survey, config.seed)
+    frame = result_frame(rows, CLAIMS_SCHEMA, _provenance(context))
+    per_country = frame.group_by("country").agg(pl.len().alias("claims"), pl.col("label").mean().alias("positive"))
+    context.add_output_metadata(
+        {
+            "seed": config.seed,
+            "groups_without_distribution": len(excluded),
+            "claims_per_country": markdown_table(
+                ["country", "claims", "positive share"],
+                [[c, n, f"{p:.2f}"] for c, n, p in per_country.sort("country").iter_rows()],
+            ),
+        }
+    )
+    return frame
+
+
+@asset(
+    **SHARED,
+    **BY_COUNTRY,
+    ins={"goqa_claims": AssetIn(key=[GROUP, "goqa_claims"]), "goqa_questions": AssetIn(key=[GROUP, "goqa_questions"])},
+)
+def goqa_splits(
+    context: AssetExecutionContext, config: SplitConfig, goqa_claims: pl.DataFrame, goqa_questions: pl.DataFrame
+) -> pl.DataFrame:
+    """Train/test split per country and variant (all, binary), decided on question identity."""
+    rules = SplitRules(config.seed, config.train_fraction, config.train_cap, config.test_cap)
+    frame = result_frame(
+        split_rows(goqa_claims, goqa_questions, context.partition_keys, rules), SPLITS_SCHEMA, _provenance(context)
+    )
+    sizes = frame.group_by("country", "variant", "split").agg(pl.len()).sort("country", "variant", "split")
+    context.add_output_metadata(
+        {"seed": config.seed, "sizes": markdown_table(["country", "variant", "split", "claims"], sizes.rows())}
+    )
+    return frame

@@ -1,0 +1,305 @@
+"""Readers for the three GlobalOpinionQA file formats, chosen by content.
+
+1. Hugging Face ``Anthropic/llm_global_opinions`` CSV: columns ``question``,
+   ``selections`` (a ``defaultdict(<class 'list'>, {country: [p, ...]})`` string),
+   ``options`` (a Python list literal) and optionally ``source``.
+2. Flattened JSON: a list of ``{country, question, options, distribution}``.
+3. Curated wide CSV: first column ``Country``, one column per question whose
+   header is the question text followed by ``A. option`` lines; each cell is the
+   mean ordinal position of the country's answers in [0, 1]. Only two-option
+   questions determine a distribution from that number (share of option B), so
+   other questions carry ``distribution=None`` and ``mean_position``.
+
+Row numbers in errors: CSV records count the header as row 1; JSON items count from 1.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import hashlib
+import io
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FORMAT_HF_CSV = "hf_csv"
+FORMAT_FLAT_JSON = "flat_json"
+FORMAT_WIDE_CSV = "wide_csv"
+
+# Characters Dagster refuses in static or multi-dimensional partition keys.
+_FORBIDDEN_IN_KEYS = ("|", ",", "[", "]", "...", "\n", "\r", "\t", "\0")
+_DEFAULTDICT = re.compile(r"^\s*defaultdict\(\s*<class\s+'list'>\s*,\s*(\{.*\})\s*\)\s*$", re.DOTALL)
+_OPTION_LINE = re.compile(r"^([A-Z])\.\s?(.*)$")
+
+
+class SurveyFormatError(ValueError):
+    """Bad survey input; the message names the file, the row and the field."""
+
+    def __init__(self, path: Path | str, row: int | None, field_name: str | None, problem: str):
+        self.path, self.row, self.field, self.problem = str(path), row, field_name, problem
+        where = [self.path]
+        if row is not None:
+            where.append(f"row {row}")
+        if field_name is not None:
+            where.append(f"field '{field_name}'")
+        super().__init__(f"{', '.join(where)}: {problem}")
+
+
+@dataclass(frozen=True)
+class SurveyRecord:
+    """One (question, country) answer distribution from a source file."""
+
+    question: str
+    options: tuple[str, ...]
+    country: str
+    distribution: tuple[float, ...] | None
+    mean_position: float | None
+    row: int
+
+
+@dataclass(frozen=True)
+class SurveySource:
+    path: Path
+    format: str
+    sha256: str
+    records: tuple[SurveyRecord, ...]
+    # (row, reason) for rows the format defines as skippable, e.g. an empty question.
+    skipped_rows: tuple[tuple[int, str], ...] = field(default=())
+
+    @property
+    def countries(self) -> list[str]:
+        return sorted({r.country for r in self.records})
+
+    def records_for(self, country: str) -> list[SurveyRecord]:
+        records = [r for r in self.records if r.country == country]
+        if not records:
+            raise SurveyFormatError(
+                self.path, None, "country",
+                f"unknown country {country!r}; the file has {', '.join(self.countries)}",
+            )
+        return records
+
+
+def read_survey(path: Path | str) -> SurveySource:
+    path = Path(path)
+    raw = path.read_bytes()
+    sha256 = hashlib.sha256(raw).hexdigest()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SurveyFormatError(path, None, None, f"not UTF-8 text ({exc})") from exc
+    if not text.strip():
+        raise SurveyFormatError(path, None, None, "the file is empty")
+    if text.lstrip().startswith("["):
+        fmt, records, skipped = FORMAT_FLAT_JSON, *_read_flat_json(path, text)
+    else:
+        rows = _csv_rows(path, text)
+        header = [h.strip() for h in rows[0]]
+        if {"question", "selections", "options"} <= set(header):
+            fmt, records, skipped = FORMAT_HF_CSV, *_read_hf_csv(path, header, rows[1:])
+        elif header and header[0].lower() == "country":
+            fmt, records, skipped = FORMAT_WIDE_CSV, _read_wide_csv(path, rows), []
+        else:
+            missing = sorted({"question", "selections", "options"} - set(header))
+            raise SurveyFormatError(
+                path, 1, "header",
+                f"not a known GlobalOpinionQA format: missing columns {', '.join(missing)} "
+                "(Hugging Face CSV) and no leading 'Country' column (wide CSV)",
+            )
+    if not records:
+        raise SurveyFormatError(path, None, None, "the file holds no survey records")
+    _check_unique(path, records)
+    return SurveySource(path, fmt, sha256, tuple(records), tuple(skipped))
+
+
+def _csv_rows(path: Path, text: str) -> list[list[str]]:
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as exc:
+        raise SurveyFormatError(path, None, None, f"malformed CSV: {exc}") from exc
+    rows = [r for r in rows if any(cell.strip() for cell in r)]
+    if not rows:
+        raise SurveyFormatError(path, None, None, "the file is empty")
+    return rows
+
+
+def _read_hf_csv(path: Path, header: list[str], body: list[list[str]]):
+    col = {name: i for i, name in enumerate(header)}
+    records: list[SurveyRecord] = []
+    skipped: list[tuple[int, str]] = []
+    for offset, cells in enumerate(body):
+        row = offset + 2
+        if len(cells) != len(header):
+            raise SurveyFormatError(path, row, None, f"{len(cells)} cells, the header has {len(header)}")
+        question = cells[col["question"]].strip()
+        if not question or question.lower() == "nan":
+            skipped.append((row, "empty question"))
+            continue
+        options = _parse_options(path, row, cells[col["options"]])
+        selections = _parse_selections(path, row, cells[col["selections"]])
+        for country, values in selections.items():
+            distribution = _check_distribution(path, row, "selections", country, values, options)
+            records.append(SurveyRecord(question, options, country, distribution, None, row))
+    return records, skipped
+
+
+def _parse_options(path: Path, row: int, text: str) -> tuple[str, ...]:
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError) as exc:
+        raise SurveyFormatError(path, row, "options", f"not a list literal: {text[:80]!r}") from exc
+    if not isinstance(value, list | tuple) or not all(isinstance(o, str) for o in value):
+        raise SurveyFormatError(path, row, "options", "must be a list of strings")
+    if len(value) < 2:
+        raise SurveyFormatError(path, row, "options", f"needs at least 2 options, got {len(value)}")
+    return tuple(o.strip() for o in value)
+
+
+def _parse_selections(path: Path, row: int, text: str) -> dict[str, list]:
+    match = _DEFAULTDICT.match(text)
+    literal = match.group(1) if match else text.strip()
+    try:
+        value = ast.literal_eval(literal)
+    except (ValueError, SyntaxError) as exc:
+        raise SurveyFormatError(
+            path, row, "selections", f"not a defaultdict/dict literal of lists: {text[:80]!r}"
+        ) from exc
+    if not isinstance(value, dict):
+        raise SurveyFormatError(path, row, "selections", "must map countries to lists of probabilities")
+    if not value:
+        raise SurveyFormatError(path, row, "selections", "empty selection: no country has answers")
+    return value
+
+
+def _check_country(path: Path, row: int, country: object) -> str:
+    if not isinstance(country, str) or not country.strip():
+        raise SurveyFormatError(path, row, "country", f"must be a non-empty string, got {country!r}")
+    bad = [c for c in _FORBIDDEN_IN_KEYS if c in country]
+    if bad:
+        raise SurveyFormatError(
+            path, row, "country", f"{country!r} contains {bad[0]!r}, which cannot be part of a partition key"
+        )
+    return country.strip()
+
+
+def _check_distribution(path, row, field_name, country, values, options) -> tuple[float, ...]:
+    country = _check_country(path, row, country)
+    label = f"{field_name}[{country!r}]" if field_name == "selections" else field_name
+    if not isinstance(values, list | tuple) or not values:
+        raise SurveyFormatError(path, row, label, "empty selection: expected one probability per option")
+    if len(values) != len(options):
+        raise SurveyFormatError(
+            path, row, label, f"{len(values)} probabilities for {len(options)} options"
+        )
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+            raise SurveyFormatError(path, row, label, f"probabilities must be finite numbers >= 0, got {v!r}")
+        out.append(float(v))
+    if sum(out) <= 0:
+        raise SurveyFormatError(path, row, label, "probabilities sum to 0")
+    return tuple(out)
+
+
+def _read_flat_json(path: Path, text: str):
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SurveyFormatError(path, exc.lineno, None, f"malformed JSON: {exc.msg}") from exc
+    if not isinstance(items, list):
+        raise SurveyFormatError(path, None, None, "expected a JSON list of records")
+    records = []
+    for index, item in enumerate(items):
+        row = index + 1
+        if not isinstance(item, dict):
+            raise SurveyFormatError(path, row, None, "each record must be an object")
+        for name in ("country", "question", "options", "distribution"):
+            if name not in item:
+                raise SurveyFormatError(path, row, name, "missing")
+        question = item["question"]
+        if not isinstance(question, str) or not question.strip():
+            raise SurveyFormatError(path, row, "question", "must be a non-empty string")
+        options = item["options"]
+        if not isinstance(options, list) or not all(isinstance(o, str) for o in options) or len(options) < 2:
+            raise SurveyFormatError(path, row, "options", "must be a list of at least 2 strings")
+        options = tuple(o.strip() for o in options)
+        distribution = _check_distribution(path, row, "distribution", item["country"], item["distribution"], options)
+        records.append(
+            SurveyRecord(question.strip(), options, item["country"].strip(), distribution, None, row)
+        )
+    return records, []
+
+
+def _parse_wide_header(path: Path, column: int, cell: str) -> tuple[str, tuple[str, ...]]:
+    lines = [line.strip() for line in cell.strip().splitlines() if line.strip()]
+    options: list[str] = []
+    question_lines: list[str] = []
+    for line in lines:
+        match = _OPTION_LINE.match(line)
+        if match and (options or question_lines):
+            expected = chr(ord("A") + len(options))
+            if match.group(1) != expected:
+                raise SurveyFormatError(path, 1, f"column {column + 1}", f"option {line!r} should be {expected}.")
+            options.append(match.group(2).strip())
+        elif options:
+            raise SurveyFormatError(path, 1, f"column {column + 1}", f"text after the options: {line!r}")
+        else:
+            question_lines.append(line)
+    if not question_lines:
+        raise SurveyFormatError(path, 1, f"column {column + 1}", "no question text")
+    if len(options) < 2:
+        raise SurveyFormatError(path, 1, f"column {column + 1}", "a question header needs 'A. ...' and 'B. ...' option lines")
+    return " ".join(question_lines), tuple(options)
+
+
+def _read_wide_csv(path: Path, rows: list[list[str]]) -> list[SurveyRecord]:
+    header = rows[0]
+    questions = [_parse_wide_header(path, i, cell) for i, cell in enumerate(header) if i > 0]
+    records = []
+    for offset, cells in enumerate(rows[1:]):
+        row = offset + 2
+        if len(cells) != len(header):
+            raise SurveyFormatError(path, row, None, f"{len(cells)} cells, the header has {len(header)}")
+        country = _check_country(path, row, cells[0])
+        for (question, options), text in zip(questions, cells[1:], strict=True):
+            if not text.strip():
+                continue
+            field_name = question[:60]
+            try:
+                value = float(text)
+            except ValueError as exc:
+                raise SurveyFormatError(path, row, field_name, f"not a number: {text!r}") from exc
+            if not (0.0 <= value <= 1.0):
+                raise SurveyFormatError(path, row, field_name, f"mean position {value} outside [0, 1]")
+            distribution = (1.0 - value, value) if len(options) == 2 else None
+            records.append(SurveyRecord(question, options, country, distribution, value, row))
+    return records
+
+
+def _check_unique(path: Path, records: list[SurveyRecord]) -> None:
+    seen: dict[tuple, int] = {}
+    for r in records:
+        key = (normalize_question(r.question), r.options, r.country)
+        if key in seen:
+            raise SurveyFormatError(
+                path, r.row, "question",
+                f"duplicate of row {seen[key]}: same question, options and country {r.country!r}",
+            )
+        seen[key] = r.row
+
+
+def normalize_question(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
+def question_id(question: str, options: tuple[str, ...]) -> str:
+    """Stable id of a question: its normalized text and its option list.
+
+    The options are part of the identity because one question text appears
+    upstream twice with different option lists; those stay separate questions.
+    """
+    digest = hashlib.sha256("\x1f".join((normalize_question(question), *options)).encode()).hexdigest()
+    return f"q{digest[:10]}"

@@ -1,0 +1,57 @@
+"""Provenance columns carried by every result row (DESIGN.md rule 4).
+
+Each result table has a ``row_id`` unique within the table and ``input_ids``
+naming the rows it was computed from: ``schema.table:row_id`` for warehouse
+rows, ``file:<sha256>:<row>`` for rows of a source file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import polars as pl
+
+PROVENANCE_SCHEMA: dict[str, pl.DataType] = {
+    "partition_key": pl.String,
+    "input_ids": pl.List(pl.String),
+    "run_id": pl.String,
+    "code_version": pl.String,
+    "model_id": pl.String,
+    "adapter": pl.String,
+    "prompt_hash": pl.String,
+}
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def row_ref(table: str, row_id: str) -> str:
+    return f"{table}:{row_id}"
+
+
+def file_ref(sha256: str, row: int) -> str:
+    return f"file:{sha256}:{row}"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    run_id: str
+    code_version: str
+    model_id: str | None = None
+    adapter: str | None = None
+    prompt_hash: str | None = None
+
+
+def result_frame(rows: list[dict], schema: dict[str, pl.DataType], provenance: Provenance) -> pl.DataFrame:
+    """Rows (each with its own ``partition_key`` and ``input_ids``) plus the run's provenance."""
+    constant = {
+        "run_id": provenance.run_id,
+        "code_version": provenance.code_version,
+        "model_id": provenance.model_id,
+        "adapter": provenance.adapter,
+        "prompt_hash": provenance.prompt_hash,
+    }
+    full_schema = {"row_id": pl.String, **schema, **PROVENANCE_SCHEMA}
+    return pl.DataFrame([{**row, **constant} for row in rows], schema=full_schema, orient="row")

@@ -1,0 +1,159 @@
+"""Plan and run the materialization of a selection, partition ranges first.
+
+Assets are taken in dependency order and grouped by partitions definition; each
+group runs as one in-process run per contiguous range of the chosen partition
+keys. All runs share this process, so the model is loaded once for the whole
+job, and all are recorded in the Dagster instance the UI reads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from dagster import (
+    AssetKey,
+    AssetSelection,
+    DagsterInstance,
+    Definitions,
+    MultiPartitionsDefinition,
+    PartitionsDefinition,
+)
+
+from partitions import agents_partitions, countries_partitions
+
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+# Step-level debug lines stay in the instance (the UI shows them); the terminal gets warnings.
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+@dataclass
+class PlannedRun:
+    asset_keys: list[AssetKey]
+    partitions_def: PartitionsDefinition | None
+    key_range: tuple[str, str] | None = None
+    partition_count: int = 0
+
+
+@dataclass
+class RunOutcome:
+    planned: PlannedRun
+    run_id: str
+    seconds: float
+    success: bool
+    error: str | None = field(default=None)
+
+
+def contiguous_ranges(all_keys: Sequence[str], chosen: set[str]) -> list[list[str]]:
+    """Split ``chosen`` into runs of consecutive keys in the order of ``all_keys``."""
+    blocks, current = [], []
+    for key in all_keys:
+        if key in chosen:
+            current.append(key)
+        elif current:
+            blocks.append(current)
+            current = []
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+def _dimension_filter(name: str, countries: set[str] | None, agents: set[str] | None) -> set[str] | None:
+    return {"country": countries, "agent": agents}.get(name)
+
+
+def _dimension_name(partitions_def: PartitionsDefinition) -> str:
+    if partitions_def == countries_partitions:
+        return "country"
+    if partitions_def == agents_partitions:
+        return "agent"
+    return ""
+
+
+def partition_ranges(
+    partitions_def: PartitionsDefinition, countries: set[str] | None, agents: set[str] | None
+) -> list[tuple[tuple[str, str], int]]:
+    """The (start, end) key ranges covering the chosen partitions, with their sizes."""
+    if isinstance(partitions_def, MultiPartitionsDefinition):
+        per_dimension = []
+        for d in partitions_def.partitions_defs:
+            keys = d.partitions_def.get_partition_keys()
+            wanted = _dimension_filter(d.name, countries, agents)
+            per_dimension.append(contiguous_ranges(keys, set(keys) if wanted is None else wanted))
+        ranges = []
+        for blocks in itertools.product(*per_dimension):
+            start = "|".join(b[0] for b in blocks)
+            end = "|".join(b[-1] for b in blocks)
+            size = 1
+            for b in blocks:
+                size *= len(b)
+            ranges.append(((start, end), size))
+        return ranges
+    keys = partitions_def.get_partition_keys()
+    wanted = _dimension_filter(_dimension_name(partitions_def), countries, agents)
+    return [((b[0], b[-1]), len(b)) for b in contiguous_ranges(keys, set(keys) if wanted is None else wanted)]
+
+
+def plan_runs(
+    defs: Definitions,
+    selection: AssetSelection,
+    countries: set[str] | None = None,
+    agents: set[str] | None = None,
+) -> list[PlannedRun]:
+    graph = defs.resolve_asset_graph()
+    selected = selection.resolve(graph)
+    groups: list[PlannedRun] = []
+    for level in graph.toposorted_asset_keys_by_level:
+        keys = [k for k in level if k in selected and graph.get(k).is_materializable]
+        by_def: dict[int, list[AssetKey]] = {}
+        defs_by_id: dict[int, PartitionsDefinition | None] = {}
+        for key in sorted(keys, key=lambda k: k.to_user_string()):
+            pdef = graph.get(key).partitions_def
+            by_def.setdefault(id(pdef), []).append(key)
+            defs_by_id[id(pdef)] = pdef
+        for def_id, level_keys in by_def.items():
+            pdef = defs_by_id[def_id]
+            previous = groups[-1] if groups else None
+            # Safe to join the previous run: everything this level depends on ran in or before it.
+            if previous is not None and previous.partitions_def == pdef:
+                previous.asset_keys.extend(level_keys)
+            else:
+                groups.append(PlannedRun(level_keys, pdef))
+    runs: list[PlannedRun] = []
+    for group in groups:
+        if group.partitions_def is None:
+            runs.append(group)
+            continue
+        for key_range, size in partition_ranges(group.partitions_def, countries, agents):
+            runs.append(PlannedRun(group.asset_keys, group.partitions_def, key_range, size))
+    return runs
+
+
+def execute_plan(defs: Definitions, runs: Sequence[PlannedRun], instance: DagsterInstance, log=print) -> list[RunOutcome]:
+    job = defs.resolve_implicit_global_asset_job_def()
+    outcomes = []
+    for planned in runs:
+        tags = {}
+        if planned.key_range:
+            tags = {RANGE_START: planned.key_range[0], RANGE_END: planned.key_range[1]}
+        names = ", ".join(k.to_user_string() for k in planned.asset_keys)
+        where = f" [{planned.key_range[0]} .. {planned.key_range[1]}]" if planned.key_range else ""
+        log(f"-> {names}{where}", flush=True)
+        started = time.monotonic()
+        result = job.execute_in_process(
+            instance=instance,
+            asset_selection=planned.asset_keys,
+            tags=tags,
+            run_config=QUIET_CONSOLE,
+            raise_on_error=False,
+        )
+        outcome = RunOutcome(planned, result.run_id, time.monotonic() - started, result.success)
+        if not result.success:
+            failures = [e for e in result.all_events if e.is_step_failure]
+            outcome.error = failures[0].event_specific_data.error.message.strip() if failures else "run failed"
+        outcomes.append(outcome)
+        if not result.success:
+            break
+    return outcomes

@@ -1,0 +1,60 @@
+"""Every setting the platform reads from the environment, in one place.
+
+PERSONA_HOME         warehouse file, artifacts, built models and the Dagster instance
+                     (default: ./.persona in the working directory)
+PERSONA_MODEL        "tiny" (the embedded model) or a Hugging Face id or local path
+PERSONA_GOQA_SOURCE  a GlobalOpinionQA file in any supported format
+                     (default: the synthetic sample in data/goqa/)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = PROJECT_ROOT / "data"
+SAMPLE_GOQA_SOURCE = DATA_DIR / "goqa" / "sample_global_opinions.csv"
+TINY_MODEL = "tiny"
+
+
+class SettingsError(ValueError):
+    """A setting holds a value the platform cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    model: str
+    goqa_source: Path
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.home / "warehouse.duckdb"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    home = Path(env.get("PERSONA_HOME") or Path.cwd() / ".persona").expanduser().resolve()
+    model = (env.get("PERSONA_MODEL") or TINY_MODEL).strip()
+    if not model:
+        raise SettingsError("PERSONA_MODEL is empty: use 'tiny' or a Hugging Face id or local path")
+    source_text = env.get("PERSONA_GOQA_SOURCE")
+    goqa_source = Path(source_text).expanduser().resolve() if source_text else SAMPLE_GOQA_SOURCE
+    if not goqa_source.is_file():
+        raise SettingsError(f"PERSONA_GOQA_SOURCE: no such file: {goqa_source}")
+    return Settings(home=home, model=model, goqa_source=goqa_source)

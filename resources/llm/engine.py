@@ -1,0 +1,90 @@
+"""The one engine interface every model call goes through.
+
+- ``score``: exact log-probabilities of candidate continuations after a prompt.
+- ``generate``: sampled or greedy text.
+- ``loglikelihood``: per-token log-probabilities with a mask of the tokens that count.
+
+Backends (transformers here; vLLM and OpenAI-compatible later) batch requests,
+load a model once per process, and count what they do in ``usage``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Score each candidate as a continuation of ``prompt`` (log P(candidate | prompt))."""
+
+    prompt: str
+    candidates: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    prompt: str
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LoglikelihoodRequest:
+    """Text as ``(segment, counts)`` pieces; only tokens of counted segments are scored."""
+
+    segments: tuple[tuple[str, bool], ...]
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    token_ids: tuple[int, ...]
+    # logprobs[i] = log P(token_ids[i] | token_ids[:i]); the first token has none (0.0).
+    logprobs: tuple[float, ...]
+    counted: tuple[bool, ...]
+
+    @property
+    def total(self) -> float:
+        return sum(lp for lp, c in zip(self.logprobs, self.counted, strict=True) if c)
+
+    @property
+    def n_counted(self) -> int:
+        return sum(self.counted)
+
+
+@dataclass
+class EngineUsage:
+    model_loads: int = 0
+    forward_passes: int = 0
+    tokens_computed: int = 0
+    tokens_reused: int = 0
+    requests: int = 0
+
+    def since(self, earlier: EngineUsage) -> EngineUsage:
+        return EngineUsage(**{k: v - getattr(earlier, k) for k, v in asdict(self).items()})
+
+    def snapshot(self) -> EngineUsage:
+        return EngineUsage(**asdict(self))
+
+    def as_metadata(self) -> dict[str, int]:
+        return {f"engine/{k}": v for k, v in asdict(self).items()}
+
+
+@dataclass
+class Engine(ABC):
+    model_id: str
+    usage: EngineUsage = field(default_factory=EngineUsage)
+
+    @abstractmethod
+    def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]: ...
+
+    @abstractmethod
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]: ...
+
+    @abstractmethod
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[TokenLogprobs]: ...

@@ -1,0 +1,211 @@
+"""The transformers backend: CPU here, GPU where present.
+
+Scoring uses right padding, so every real token keeps its position and its
+log-probabilities do not depend on what else is in the batch (up to float
+rounding). Generation uses left padding, as causal generation needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers.utils import logging as transformers_logging
+
+from resources.llm.engine import (
+    Engine,
+    GenerateRequest,
+    LoglikelihoodRequest,
+    ScoreRequest,
+    TokenLogprobs,
+)
+
+
+transformers_logging.disable_progress_bar()
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+# (context_length, token_id): log P(token_id | ids[:context_length])
+Target = tuple[int, int]
+
+
+@dataclass
+class _Item:
+    ids: list[int]
+    targets: list[Target]
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}") from None
+
+
+def load_transformers_engine(
+    model_id: str, model_path: str, device: str = "auto", dtype: str = "auto", max_batch_tokens: int = 16384
+) -> TransformersEngine:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
+    except (OSError, ValueError) as exc:
+        where = "local directory" if Path(model_path).exists() else "Hugging Face id (is it in the local cache?)"
+        raise ModelLoadError(f"PERSONA_MODEL={model_id!r}: cannot load it as a {where}: {exc}") from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device).eval()
+    engine = TransformersEngine(model_id=model_id, model=model, tokenizer=tokenizer, device=device,
+                                max_batch_tokens=max_batch_tokens)
+    engine.usage.model_loads += 1
+    return engine
+
+
+@dataclass
+class TransformersEngine(Engine):
+    model: object = None
+    tokenizer: object = None
+    device: str = "cpu"
+    max_batch_tokens: int = 16384
+
+    # -- the interface ---------------------------------------------------------
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+        items: list[_Item] = []
+        owners: list[list[tuple[int, int]]] = []  # per item, per target: (request, candidate)
+        for r_index, request in enumerate(requests):
+            prompt_ids = self._encode(request.prompt, first=True)
+            candidate_ids = [self._encode(c, first=False) for c in request.candidates]
+            if any(not ids for ids in candidate_ids):
+                raise ValueError(f"empty candidate in {request.candidates!r}")
+            single = [(c, ids[0]) for c, ids in enumerate(candidate_ids) if len(ids) == 1]
+            if single:  # one pass over the prompt scores every one-token candidate
+                items.append(_Item(prompt_ids, [(len(prompt_ids), tok) for _, tok in single]))
+                owners.append([(r_index, c) for c, _ in single])
+            for c, ids in enumerate(candidate_ids):
+                if len(ids) > 1:
+                    items.append(
+                        _Item(prompt_ids + ids[:-1], [(len(prompt_ids) + j, t) for j, t in enumerate(ids)])
+                    )
+                    owners.append([(r_index, c)] * len(ids))
+        self.usage.requests += len(requests)
+        results = [[0.0] * len(r.candidates) for r in requests]
+        for item_owners, values in zip(owners, self._target_logprobs(items), strict=True):
+            for (r_index, c), value in zip(item_owners, values, strict=True):
+                results[r_index][c] += value
+        return results
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[TokenLogprobs]:
+        encoded = []
+        for request in requests:
+            ids: list[int] = []
+            counted: list[bool] = []
+            for index, (text, counts) in enumerate(request.segments):
+                piece = self._encode(text, first=index == 0)
+                ids += piece
+                counted += [counts] * len(piece)
+            if counted:
+                counted[0] = False  # the first token has no context to be predicted from
+            encoded.append((ids, counted))
+        items = [_Item(ids, [(i, ids[i]) for i in range(1, len(ids))]) for ids, _ in encoded]
+        self.usage.requests += len(requests)
+        return [
+            TokenLogprobs(tuple(ids), (0.0, *values), tuple(counted))
+            for (ids, counted), values in zip(encoded, self._target_logprobs(items), strict=True)
+        ]
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
+        outputs: list[str] = [""] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for index, request in enumerate(requests):
+            params = (request.max_new_tokens, request.temperature, request.top_p, request.top_k,
+                      request.repetition_penalty, request.seed)
+            groups.setdefault(params, []).append(index)
+        for params, indices in groups.items():
+            encoded = [self._encode(requests[i].prompt, first=True) for i in indices]
+            for batch in self._batches([len(e) + params[0] for e in encoded]):
+                texts = self._generate_batch([encoded[b] for b in batch], requests[indices[batch[0]]])
+                for b, text in zip(batch, texts, strict=True):
+                    outputs[indices[b]] = text
+        self.usage.requests += len(requests)
+        return outputs
+
+    # -- internals -------------------------------------------------------------
+
+    def _encode(self, text: str, first: bool) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=first)["input_ids"]
+
+    def _batches(self, lengths: list[int]) -> list[list[int]]:
+        """Group indices, longest first, so that padded batch size stays within the token budget."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        batches: list[list[int]] = []
+        for index in order:
+            if batches and lengths[batches[-1][0]] * (len(batches[-1]) + 1) <= self.max_batch_tokens:
+                batches[-1].append(index)
+            else:
+                batches.append([index])
+        return batches
+
+    @torch.inference_mode()
+    def _target_logprobs(self, items: list[_Item]) -> list[list[float]]:
+        results: list[list[float]] = [[] for _ in items]
+        for batch in self._batches([len(item.ids) for item in items]):
+            width = max(len(items[i].ids) for i in batch)
+            input_ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids = items[i].ids
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                attention[row, : len(ids)] = 1
+            logits = self.model(
+                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device)
+            ).logits
+            self.usage.forward_passes += 1
+            self.usage.tokens_computed += int(attention.sum())
+            for row, i in enumerate(batch):
+                targets = items[i].targets
+                if not targets:
+                    continue
+                positions = torch.tensor([ctx - 1 for ctx, _ in targets], device=logits.device)
+                tokens = torch.tensor([tok for _, tok in targets], device=logits.device)
+                rows = torch.log_softmax(logits[row, positions].float(), dim=-1)
+                results[i] = rows.gather(1, tokens[:, None]).squeeze(1).tolist()
+        return results
+
+    @torch.inference_mode()
+    def _generate_batch(self, encoded: list[list[int]], params: GenerateRequest) -> list[str]:
+        width = max(len(e) for e in encoded)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded])
+        attention = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
+        sampling = params.temperature > 0
+        options = {"do_sample": sampling, "max_new_tokens": params.max_new_tokens, "pad_token_id": pad,
+                   "repetition_penalty": params.repetition_penalty}
+        if sampling:
+            options.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+            torch.manual_seed(params.seed)
+        else:
+            options.update(temperature=None, top_p=None, top_k=None)
+        out = self.model.generate(
+            input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), **options
+        )
+        new_tokens = out[:, width:]
+        self.usage.forward_passes += new_tokens.shape[1]
+        self.usage.tokens_computed += int(attention.sum()) + int((new_tokens != pad).sum())
+        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

@@ -1,0 +1,17 @@
+"""Input files the platform reads, as resources so a run (or the UI) can point elsewhere."""
+
+from __future__ import annotations
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from persona_assets.opinions.readers import SurveySource, read_survey
+
+
+class GoqaSource(ConfigurableResource):
+    """A GlobalOpinionQA file in any supported format (chosen by content)."""
+
+    path: str = Field(description="Hugging Face CSV, flattened JSON or curated wide CSV.")
+
+    def load(self) -> SurveySource:
+        return read_survey(self.path)
