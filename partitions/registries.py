@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from persona_assets.errors import PersonaInputError
 from persona_assets.opinions.readers import read_survey
 
 AGENT_KEY = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-class RegistryError(ValueError):
+class RegistryError(PersonaInputError):
     pass
 
 

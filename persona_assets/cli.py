@@ -6,8 +6,12 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
+from dagster import BetaWarning
+
+from persona_assets.errors import PersonaInputError
 from persona_assets.settings import PROJECT_ROOT, Settings, SettingsError, load_settings
 
 INSTANCE_YAML = """\
@@ -101,9 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("--port", type=int, default=3000)
     ui.set_defaults(handler=command_ui)
     args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", category=BetaWarning)
     try:
         return args.handler(args)
-    except SettingsError as exc:
+    except PersonaInputError as exc:
         print(f"persona: {exc}", file=sys.stderr)
         return 2
 

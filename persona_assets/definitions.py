@@ -10,9 +10,10 @@ from resources.sources import GoqaSource
 from resources.warehouse import WarehouseIOManager
 
 settings = load_settings()
+ALL_ASSETS = load_assets_from_modules([opinion_assets, elicitation_assets])
 
 defs = Definitions(
-    assets=load_assets_from_modules([opinion_assets, elicitation_assets]),
+    assets=ALL_ASSETS,
     resources={
         "io_manager": WarehouseIOManager(database=str(settings.warehouse_path)),
         "llm": LLMResource(model=settings.model, models_dir=str(settings.models_dir), corpus_dir=str(DATA_DIR)),

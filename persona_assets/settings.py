@@ -14,13 +14,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from persona_assets.errors import PersonaInputError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = PROJECT_ROOT / "data"
 SAMPLE_GOQA_SOURCE = DATA_DIR / "goqa" / "sample_global_opinions.csv"
 TINY_MODEL = "tiny"
 
 
-class SettingsError(ValueError):
+class SettingsError(PersonaInputError):
     """A setting holds a value the platform cannot use."""
 
 

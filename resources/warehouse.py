@@ -111,7 +111,7 @@ class Warehouse:
                 query = f"SELECT t.* FROM {name} t WHERE EXISTS ({_key_match(partition_columns)})"
             else:
                 query = f"SELECT * FROM {name}"
-            return pl.from_arrow(con.execute(query).fetch_arrow_table())
+            return con.execute(query).pl()
 
     def table_row_counts(self) -> list[tuple[str, str, int]]:
         if not self.path.exists():

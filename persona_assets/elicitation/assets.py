@@ -84,7 +84,7 @@ def zero_shot_base_predictions(
                 "input_ids": [row_ref("opinions.goqa_splits", r["row_id"]), row_ref("opinions.goqa_claims", r["claim_id"])],
             }
         )
-    provenance = Provenance(context.run_id, ZERO_SHOT_VERSION, model_id=engine.model_id, prompt_hash=ZERO_SHOT_HASH)
+    provenance = Provenance(context.run.run_id, ZERO_SHOT_VERSION, model_id=engine.model_id, prompt_hash=ZERO_SHOT_HASH)
     frame = result_frame(rows, PREDICTION_SCHEMA, provenance)
     accuracy = frame.group_by("country", "variant").agg(pl.len(), pl.col("correct").mean()).sort("country", "variant")
     context.add_output_metadata(

@@ -48,7 +48,7 @@ class SplitConfig(Config):
 
 
 def _provenance(context: AssetExecutionContext) -> Provenance:
-    return Provenance(run_id=context.run_id, code_version=CODE_VERSION)
+    return Provenance(run_id=context.run.run_id, code_version=CODE_VERSION)
 
 
 @asset(**SHARED)

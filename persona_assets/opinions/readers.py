@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from persona_assets.errors import PersonaInputError
+
 FORMAT_HF_CSV = "hf_csv"
 FORMAT_FLAT_JSON = "flat_json"
 FORMAT_WIDE_CSV = "wide_csv"
@@ -35,7 +37,7 @@ _DEFAULTDICT = re.compile(r"^\s*defaultdict\(\s*<class\s+'list'>\s*,\s*(\{.*\})\
 _OPTION_LINE = re.compile(r"^([A-Z])\.\s?(.*)$")
 
 
-class SurveyFormatError(ValueError):
+class SurveyFormatError(PersonaInputError):
     """Bad survey input; the message names the file, the row and the field."""
 
     def __init__(self, path: Path | str, row: int | None, field_name: str | None, problem: str):

@@ -9,7 +9,6 @@ changed corpus builds a new model and an unchanged one is reused.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -37,6 +36,9 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
 CORPUS_SUFFIXES = {".csv", ".json", ".txt", ".md"}
+# Real tokenizers hold these answer words as single tokens (" True", " Aye", option letters);
+# the tiny one is taught them too, so scoring takes the same paths as with a real model.
+ANSWER_WORDS = " " + " ".join(["True", "False", "Yes", "No", "Aye", "Naye", *"ABCDEFGHIJK"])
 
 
 def corpus_files(data_dir: Path) -> list[Path]:
@@ -44,7 +46,8 @@ def corpus_files(data_dir: Path) -> list[Path]:
 
 
 def corpus_digest(files: list[Path], data_dir: Path) -> str:
-    h = hashlib.sha256(json.dumps({"seed": SEED, "vocab": VOCAB_SIZE, "config": MODEL_CONFIG}).encode())
+    # This file defines the build, so a change to it builds a new model.
+    h = hashlib.sha256(Path(__file__).read_bytes())
     for f in files:
         h.update(str(f.relative_to(data_dir)).encode())
         h.update(hashlib.sha256(f.read_bytes()).digest())
@@ -88,7 +91,7 @@ def _build(out: Path, files: list[Path]) -> None:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    texts = [f.read_text(encoding="utf-8", errors="replace") for f in files]
+    texts = [f.read_text(encoding="utf-8", errors="replace") for f in files] + [ANSWER_WORDS] * 200
     tokenizer.train_from_iterator(texts, trainer=trainer)
     bos_id = tokenizer.token_to_id(BOS)
     tokenizer.post_processor = processors.TemplateProcessing(
