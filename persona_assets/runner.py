@@ -152,8 +152,15 @@ def execute_plan(defs: Definitions, runs: Sequence[PlannedRun], instance: Dagste
         outcome = RunOutcome(planned, result.run_id, time.monotonic() - started, result.success)
         if not result.success:
             failures = [e for e in result.all_events if e.is_step_failure]
-            outcome.error = failures[0].event_specific_data.error.message.strip() if failures else "run failed"
+            outcome.error = _root_cause(failures[0].event_specific_data.error) if failures else "run failed"
         outcomes.append(outcome)
         if not result.success:
             break
     return outcomes
+
+
+def _root_cause(error) -> str:
+    """The innermost error message: a step failure wraps the user's error in Dagster's own."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
