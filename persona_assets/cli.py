@@ -12,8 +12,9 @@ from pathlib import Path
 from dagster import BetaWarning
 
 from persona_assets.errors import PersonaInputError
-from persona_assets.settings import PROJECT_ROOT, Settings, SettingsError, load_settings
+from persona_assets.settings import DATA_DIR, PROJECT_ROOT, TINY_MODEL, Settings, SettingsError, load_settings
 
+EMBEDDED_PROFILE = DATA_DIR / "embedded_profile.yaml"
 INSTANCE_YAML = """\
 # Written by `persona`; the Dagster instance behind `persona run` and `persona ui`.
 telemetry:
@@ -29,6 +30,21 @@ def prepare_instance(settings: Settings):
     if not config.exists():
         config.write_text(INSTANCE_YAML)
     return DagsterInstance.from_config(str(settings.dagster_home))
+
+
+def load_op_config(path: Path | None) -> dict:
+    if path is None:
+        return {}
+    import yaml
+
+    try:
+        document = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SettingsError(f"{path}: cannot read the run config: {exc}") from exc
+    ops = document.get("ops", {}) if isinstance(document, dict) else None
+    if not isinstance(ops, dict):
+        raise SettingsError(f"{path}, field 'ops': must map op names to their config")
+    return ops
 
 
 def _split(value: str | None) -> set[str] | None:
@@ -56,10 +72,14 @@ def command_run(args: argparse.Namespace) -> int:
     _check_known("agent", agents, [a.key for a in AGENTS], str(AGENT_REGISTRY_FILE))
     selection = AssetSelection.from_string(args.select) if args.select else AssetSelection.all()
     instance = prepare_instance(settings)
+    config_file = args.config or (EMBEDDED_PROFILE if settings.model == TINY_MODEL else None)
+    op_config = load_op_config(config_file)
     runs = plan_runs(defs, selection, countries, agents)
     print(f"persona run: {len(runs)} runs planned; home {settings.home}; model {settings.model}")
+    if config_file:
+        print(f"run config: {config_file}")
     started = time.monotonic()
-    outcomes = execute_plan(defs, runs, instance)
+    outcomes = execute_plan(defs, runs, instance, op_config)
     elapsed = time.monotonic() - started
     failed = [o for o in outcomes if not o.success]
     usage = process_usage()
@@ -99,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--countries", help="comma-separated countries (default: all in the survey source)")
     run.add_argument("--agents", help="comma-separated agent keys (default: all in the registry)")
     run.add_argument("--select", help="a Dagster asset selection, e.g. 'group:opinions'")
+    run.add_argument(
+        "--config", type=Path,
+        help="run config (YAML with 'ops:'); default with the embedded model: data/embedded_profile.yaml",
+    )
     run.set_defaults(handler=command_run)
     ui = commands.add_parser("ui", help="open the Dagster UI on this platform's instance")
     ui.add_argument("--host", default="127.0.0.1")

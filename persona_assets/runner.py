@@ -131,7 +131,20 @@ def plan_runs(
     return runs
 
 
-def execute_plan(defs: Definitions, runs: Sequence[PlannedRun], instance: DagsterInstance, log=print) -> list[RunOutcome]:
+def op_config_for(defs: Definitions, asset_keys: Sequence[AssetKey], op_config: dict) -> dict:
+    """The part of ``op_config`` (op name -> config) for the ops that compute these assets."""
+    graph = defs.resolve_asset_graph()
+    names = {graph.assets_def_for_key(k).op.name for k in asset_keys}
+    return {name: value for name, value in op_config.items() if name in names}
+
+
+def execute_plan(
+    defs: Definitions,
+    runs: Sequence[PlannedRun],
+    instance: DagsterInstance,
+    op_config: dict | None = None,
+    log=print,
+) -> list[RunOutcome]:
     job = defs.resolve_implicit_global_asset_job_def()
     outcomes = []
     for planned in runs:
@@ -146,7 +159,7 @@ def execute_plan(defs: Definitions, runs: Sequence[PlannedRun], instance: Dagste
             instance=instance,
             asset_selection=planned.asset_keys,
             tags=tags,
-            run_config=QUIET_CONSOLE,
+            run_config={**QUIET_CONSOLE, "ops": op_config_for(defs, planned.asset_keys, op_config or {})},
             raise_on_error=False,
         )
         outcome = RunOutcome(planned, result.run_id, time.monotonic() - started, result.success)

@@ -5,6 +5,10 @@ PERSONA_HOME         warehouse file, artifacts, built models and the Dagster ins
 PERSONA_MODEL        "tiny" (the embedded model) or a Hugging Face id or local path
 PERSONA_GOQA_SOURCE  a GlobalOpinionQA file in any supported format
                      (default: the synthetic sample in data/goqa/)
+PERSONA_CHAT_BASE_URL  an OpenAI-compatible API for the zero-shot chat baseline
+                     (default: none, the local engine answers through its chat template)
+PERSONA_CHAT_MODEL   the model name to ask that API for
+PERSONA_CHAT_API_KEY the API key; read from the environment when a request is made, never stored
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ class Settings:
     home: Path
     model: str
     goqa_source: Path
+    chat_base_url: str = ""
+    chat_model: str = ""
 
     @property
     def warehouse_path(self) -> Path:
@@ -59,4 +65,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     goqa_source = Path(source_text).expanduser().resolve() if source_text else SAMPLE_GOQA_SOURCE
     if not goqa_source.is_file():
         raise SettingsError(f"PERSONA_GOQA_SOURCE: no such file: {goqa_source}")
-    return Settings(home=home, model=model, goqa_source=goqa_source)
+    chat_base_url = (env.get("PERSONA_CHAT_BASE_URL") or "").strip()
+    chat_model = (env.get("PERSONA_CHAT_MODEL") or "").strip()
+    if chat_base_url and not chat_model:
+        raise SettingsError("PERSONA_CHAT_BASE_URL is set but PERSONA_CHAT_MODEL is not: name the chat model")
+    return Settings(home, model, goqa_source, chat_base_url, chat_model)

@@ -12,6 +12,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from resources.llm.engine import (
+    ChatPrompt,
     Engine,
     EngineUsage,
     GenerateRequest,
@@ -89,6 +90,7 @@ class LLMResource(ConfigurableResource):
 
 
 __all__ = [
+    "ChatPrompt",
     "Engine",
     "EngineUsage",
     "GenerateRequest",

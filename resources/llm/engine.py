@@ -16,10 +16,23 @@ from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
+class ChatPrompt:
+    """Messages ``(role, content)`` laid out by the model's own chat template, ready for the reply."""
+
+    messages: tuple[tuple[str, str], ...]
+
+
+# A prompt is a string; a tuple of segments tokenized one by one and concatenated
+# (segments keep token boundaries stable, so prompts sharing leading segments share
+# a token prefix a backend can compute once); or a chat.
+Prompt = str | tuple[str, ...] | ChatPrompt
+
+
+@dataclass(frozen=True)
 class ScoreRequest:
     """Score each candidate as a continuation of ``prompt`` (log P(candidate | prompt))."""
 
-    prompt: str
+    prompt: Prompt
     candidates: tuple[str, ...]
 
 
@@ -81,7 +94,8 @@ class Engine(ABC):
     usage: EngineUsage = field(default_factory=EngineUsage)
 
     @abstractmethod
-    def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]: ...
+    def score(self, requests: Sequence[ScoreRequest], reuse_prefix: bool | None = None) -> list[list[float]]:
+        """``reuse_prefix``: compute shared prompt prefixes once (None: the backend decides)."""
 
     @abstractmethod
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]: ...

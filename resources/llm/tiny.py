@@ -38,7 +38,8 @@ CHAT_TEMPLATE = (
 CORPUS_SUFFIXES = {".csv", ".json", ".txt", ".md"}
 # Real tokenizers hold these answer words as single tokens (" True", " Aye", option letters);
 # the tiny one is taught them too, so scoring takes the same paths as with a real model.
-ANSWER_WORDS = " " + " ".join(["True", "False", "Yes", "No", "Aye", "Naye", *"ABCDEFGHIJK"])
+_WORDS = ["True", "False", "Yes", "No", "Aye", "Naye", *"ABCDEFGHIJK"]
+ANSWER_WORDS = " " + " ".join(_WORDS) + "\n" + "\n".join(_WORDS)
 
 
 def corpus_files(data_dir: Path) -> list[Path]:

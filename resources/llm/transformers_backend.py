@@ -1,26 +1,34 @@
 """The transformers backend: CPU here, GPU where present.
 
-Scoring uses right padding, so every real token keeps its position and its
-log-probabilities do not depend on what else is in the batch (up to float
-rounding). Generation uses left padding, as causal generation needs.
+Scoring has two paths. Batched: right padding, so every real token keeps its
+position and its log-probabilities do not depend on the batch (up to float
+rounding). Shared prefix: sequences are taken in sorted token order, which walks
+their prefix tree depth-first, and one key/value cache is cut back to the common
+prefix with the previous sequence and extended, so a shared prefix is computed
+once. Generation uses left padding, as causal generation needs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers.utils import logging as transformers_logging
 
 from resources.llm.engine import (
+    ChatPrompt,
     Engine,
     GenerateRequest,
     LoglikelihoodRequest,
+    Prompt,
     ScoreRequest,
     TokenLogprobs,
 )
+
+# Below this share of tokens saved by prefix reuse, padded batches are faster.
+PREFIX_REUSE_MIN_SAVING = 0.6
 
 
 transformers_logging.disable_progress_bar()
@@ -83,14 +91,15 @@ class TransformersEngine(Engine):
     tokenizer: object = None
     device: str = "cpu"
     max_batch_tokens: int = 16384
+    segment_cache: dict = field(default_factory=dict)
 
     # -- the interface ---------------------------------------------------------
 
-    def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+    def score(self, requests: Sequence[ScoreRequest], reuse_prefix: bool | None = None) -> list[list[float]]:
         items: list[_Item] = []
         owners: list[list[tuple[int, int]]] = []  # per item, per target: (request, candidate)
         for r_index, request in enumerate(requests):
-            prompt_ids = self._encode(request.prompt, first=True)
+            prompt_ids = self._encode_prompt(request.prompt)
             candidate_ids = [self._encode(c, first=False) for c in request.candidates]
             if any(not ids for ids in candidate_ids):
                 raise ValueError(f"empty candidate in {request.candidates!r}")
@@ -105,8 +114,11 @@ class TransformersEngine(Engine):
                     )
                     owners.append([(r_index, c)] * len(ids))
         self.usage.requests += len(requests)
+        if reuse_prefix is None:
+            reuse_prefix = prefix_saving([item.ids for item in items]) >= PREFIX_REUSE_MIN_SAVING
+        values_per_item = self._shared_prefix_logprobs(items) if reuse_prefix else self._target_logprobs(items)
         results = [[0.0] * len(r.candidates) for r in requests]
-        for item_owners, values in zip(owners, self._target_logprobs(items), strict=True):
+        for item_owners, values in zip(owners, values_per_item, strict=True):
             for (r_index, c), value in zip(item_owners, values, strict=True):
                 results[r_index][c] += value
         return results
@@ -138,7 +150,7 @@ class TransformersEngine(Engine):
                       request.repetition_penalty, request.seed)
             groups.setdefault(params, []).append(index)
         for params, indices in groups.items():
-            encoded = [self._encode(requests[i].prompt, first=True) for i in indices]
+            encoded = [self._encode_prompt(requests[i].prompt) for i in indices]
             for batch in self._batches([len(e) + params[0] for e in encoded]):
                 texts = self._generate_batch([encoded[b] for b in batch], requests[indices[batch[0]]])
                 for b, text in zip(batch, texts, strict=True):
@@ -149,7 +161,25 @@ class TransformersEngine(Engine):
     # -- internals -------------------------------------------------------------
 
     def _encode(self, text: str, first: bool) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=first)["input_ids"]
+        key = (text, first)
+        ids = self.segment_cache.get(key)
+        if ids is None:
+            if len(self.segment_cache) > 200_000:
+                self.segment_cache.clear()
+            ids = self.segment_cache[key] = self.tokenizer(text, add_special_tokens=first)["input_ids"]
+        return list(ids)
+
+    def _encode_prompt(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            return self._encode(prompt, first=True)
+        if isinstance(prompt, ChatPrompt):
+            messages = [{"role": role, "content": content} for role, content in prompt.messages]
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return self._encode(text, first=False)  # the template writes its own begin-of-text
+        ids: list[int] = []
+        for index, segment in enumerate(prompt):
+            ids += self._encode(segment, first=index == 0)
+        return ids
 
     def _batches(self, lengths: list[int]) -> list[list[int]]:
         """Group indices, longest first, so that padded batch size stays within the token budget."""
@@ -189,6 +219,34 @@ class TransformersEngine(Engine):
         return results
 
     @torch.inference_mode()
+    def _shared_prefix_logprobs(self, items: list[_Item]) -> list[list[float]]:
+        from transformers import DynamicCache
+
+        results: list[list[float]] = [[] for _ in items]
+        cache, cached = DynamicCache(), []
+        for i in sorted(range(len(items)), key=lambda i: items[i].ids):
+            item = items[i]
+            if not item.targets:
+                continue
+            # Recompute at least the position whose logits the first target needs.
+            keep = min(common_prefix_length(cached, item.ids), min(ctx for ctx, _ in item.targets) - 1)
+            if keep < len(cached):
+                cache.crop(keep - len(cached))  # a negative count removes that many tokens
+            new_ids = item.ids[keep:]
+            out = self.model(
+                input_ids=torch.tensor([new_ids], device=self.device), past_key_values=cache, use_cache=True
+            )
+            cache, cached = out.past_key_values, list(item.ids)
+            self.usage.forward_passes += 1
+            self.usage.tokens_computed += len(new_ids)
+            self.usage.tokens_reused += keep
+            positions = torch.tensor([ctx - 1 - keep for ctx, _ in item.targets], device=out.logits.device)
+            tokens = torch.tensor([tok for _, tok in item.targets], device=out.logits.device)
+            rows = torch.log_softmax(out.logits[0, positions].float(), dim=-1)
+            results[i] = rows.gather(1, tokens[:, None]).squeeze(1).tolist()
+        return results
+
+    @torch.inference_mode()
     def _generate_batch(self, encoded: list[list[int]], params: GenerateRequest) -> list[str]:
         width = max(len(e) for e in encoded)
         pad = self.tokenizer.pad_token_id
@@ -209,3 +267,21 @@ class TransformersEngine(Engine):
         self.usage.forward_passes += new_tokens.shape[1]
         self.usage.tokens_computed += int(attention.sum()) + int((new_tokens != pad).sum())
         return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def prefix_saving(sequences: list[list[int]]) -> float:
+    """Share of tokens a depth-first walk of the prefix tree would not recompute."""
+    total = sum(len(s) for s in sequences)
+    if not total:
+        return 0.0
+    ordered = sorted(sequences)
+    shared = sum(common_prefix_length(a, b) for a, b in zip(ordered, ordered[1:]))
+    return shared / total

@@ -1,0 +1,190 @@
+"""Zero-shot baselines on each country's test split: the base model, and a chat model."""
+
+import polars as pl
+from dagster import AssetExecutionContext, AssetIn, asset
+
+from partitions import countries_partitions
+from persona_assets.common import (
+    COUNTRY_PARTITION,
+    MODEL_KINDS,
+    ONE_RUN_PER_BACKFILL,
+    OWNERS,
+    engine_metadata,
+    markdown_table,
+)
+from persona_assets.elicitation.prompts import (
+    CANDIDATES,
+    CHAT_CANDIDATES,
+    CHAT_HASH,
+    ZERO_SHOT_HASH,
+    chat_messages,
+    parse_true_false,
+    predicted_label,
+    zero_shot_prompt,
+)
+from persona_assets.provenance import Provenance, result_frame, row_ref
+from resources.llm import ChatPrompt, LLMResource, ScoreRequest
+from resources.llm.chat_api import ChatApiResource
+
+GROUP = "elicitation"
+ZERO_SHOT_VERSION = f"zero-shot-1-{ZERO_SHOT_HASH}"
+CHAT_VERSION = f"zero-shot-chat-1-{CHAT_HASH}"
+TEST_INPUTS = {
+    "goqa_splits": AssetIn(key=["opinions", "goqa_splits"]),
+    "goqa_claims": AssetIn(key=["opinions", "goqa_claims"]),
+}
+
+PREDICTION_SCHEMA = {
+    "variant": pl.String,
+    "country": pl.String,
+    "claim_id": pl.String,
+    "logprob_true": pl.Float64,
+    "logprob_false": pl.Float64,
+    "predicted_label": pl.Int64,
+    "label": pl.Int64,
+    "correct": pl.Boolean,
+}
+
+
+@asset(
+    key_prefix=GROUP,
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds=MODEL_KINDS,
+    code_version=ZERO_SHOT_VERSION,
+    partitions_def=countries_partitions,
+    metadata=COUNTRY_PARTITION,
+    backfill_policy=ONE_RUN_PER_BACKFILL,
+    ins=TEST_INPUTS,
+)
+def zero_shot_base_predictions(
+    context: AssetExecutionContext, llm: LLMResource, goqa_splits: pl.DataFrame, goqa_claims: pl.DataFrame
+) -> pl.DataFrame:
+    """Zero-shot base-model baseline: log P(" True") vs log P(" False") for each test claim, no demonstrations."""
+    test = goqa_splits.filter(pl.col("split") == "test").join(
+        goqa_claims.select("row_id", "question", "option"), left_on="claim_id", right_on="row_id"
+    )
+    # A claim in both variants is scored once.
+    claims = test.unique("claim_id", keep="first").sort("claim_id")
+    with llm.metered() as (engine, meter):
+        scores = engine.score(
+            [ScoreRequest(zero_shot_prompt(r["question"], r["option"], r["country"]), CANDIDATES)
+             for r in claims.iter_rows(named=True)]
+        )
+    by_claim = dict(zip(claims["claim_id"], scores, strict=True))
+    rows = []
+    for r in test.sort("variant", "country", "position").iter_rows(named=True):
+        lp_true, lp_false = by_claim[r["claim_id"]]
+        predicted = predicted_label(lp_true, lp_false)
+        rows.append(
+            {
+                "row_id": f"{r['variant']}/{r['claim_id']}",
+                "variant": r["variant"],
+                "country": r["country"],
+                "claim_id": r["claim_id"],
+                "logprob_true": lp_true,
+                "logprob_false": lp_false,
+                "predicted_label": predicted,
+                "label": r["label"],
+                "correct": predicted == r["label"],
+                "partition_key": r["country"],
+                "input_ids": [row_ref("opinions.goqa_splits", r["row_id"]), row_ref("opinions.goqa_claims", r["claim_id"])],
+            }
+        )
+    provenance = Provenance(context.run.run_id, ZERO_SHOT_VERSION, model_id=engine.model_id, prompt_hash=ZERO_SHOT_HASH)
+    frame = result_frame(rows, PREDICTION_SCHEMA, provenance)
+    accuracy = frame.group_by("country", "variant").agg(pl.len(), pl.col("correct").mean()).sort("country", "variant")
+    context.add_output_metadata(
+        {
+            **engine_metadata(meter, engine.model_id),
+            "accuracy": markdown_table(
+                ["country", "variant", "test claims", "accuracy"],
+                [[c, v, n, f"{a:.3f}"] for c, v, n, a in accuracy.iter_rows()],
+            ),
+        }
+    )
+    return frame
+
+
+CHAT_SCHEMA = {
+    "variant": pl.String,
+    "country": pl.String,
+    "claim_id": pl.String,
+    "answered_by": pl.String,
+    "reply": pl.String,
+    "predicted_label": pl.Int64,
+    "label": pl.Int64,
+    "correct": pl.Boolean,
+    "parse_failed": pl.Boolean,
+}
+
+
+@asset(
+    key_prefix=GROUP,
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds=MODEL_KINDS,
+    code_version=CHAT_VERSION,
+    partitions_def=countries_partitions,
+    metadata=COUNTRY_PARTITION,
+    backfill_policy=ONE_RUN_PER_BACKFILL,
+    ins=TEST_INPUTS,
+)
+def zero_shot_chat_predictions(
+    context: AssetExecutionContext,
+    llm: LLMResource,
+    chat_api: ChatApiResource,
+    goqa_splits: pl.DataFrame,
+    goqa_claims: pl.DataFrame,
+) -> pl.DataFrame:
+    """Zero-shot instruction-model baseline: asked in a chat whether each test claim is the most popular answer.
+
+    Through an OpenAI-compatible API when one is set (the reply must be exactly True or
+    False; anything else is stored as a parse failure and counted), otherwise through the
+    local engine's chat template, scoring "True" against "False".
+    """
+    test = goqa_splits.filter(pl.col("split") == "test").join(
+        goqa_claims.select("row_id", "question", "option"), left_on="claim_id", right_on="row_id"
+    )
+    claims = test.unique("claim_id", keep="first").sort("claim_id")
+    messages = [chat_messages(r["question"], r["option"], r["country"]) for r in claims.iter_rows(named=True)]
+    with llm.metered() as (engine, meter):
+        if chat_api.enabled:
+            answered_by = chat_api.describe()
+            replies = [chat_api.complete(list(m)) for m in messages]
+            predictions = [parse_true_false(reply) for reply in replies]
+        else:
+            answered_by = f"local:{engine.model_id}"
+            scores = engine.score([ScoreRequest(ChatPrompt(m), CHAT_CANDIDATES) for m in messages])
+            predictions = [predicted_label(t, f) for t, f in scores]
+            replies = ["True" if p else "False" for p in predictions]
+    by_claim = dict(zip(claims["claim_id"], zip(replies, predictions, strict=True), strict=True))
+    rows = []
+    for r in test.sort("variant", "country", "position").iter_rows(named=True):
+        reply, predicted = by_claim[r["claim_id"]]
+        rows.append(
+            {
+                "row_id": f"{r['variant']}/{r['claim_id']}",
+                "variant": r["variant"],
+                "country": r["country"],
+                "claim_id": r["claim_id"],
+                "answered_by": answered_by,
+                "reply": reply,
+                "predicted_label": predicted,
+                "label": r["label"],
+                "correct": None if predicted is None else predicted == r["label"],
+                "parse_failed": predicted is None,
+                "partition_key": r["country"],
+                "input_ids": [row_ref("opinions.goqa_splits", r["row_id"]), row_ref("opinions.goqa_claims", r["claim_id"])],
+            }
+        )
+    model_id = chat_api.model if chat_api.enabled else engine.model_id
+    frame = result_frame(rows, CHAT_SCHEMA, Provenance(context.run.run_id, CHAT_VERSION, model_id=model_id, prompt_hash=CHAT_HASH))
+    context.add_output_metadata(
+        {
+            **engine_metadata(meter, engine.model_id),
+            "answered_by": answered_by,
+            "parse_failures": int(frame["parse_failed"].sum()),
+        }
+    )
+    return frame

@@ -1,0 +1,99 @@
+"""Plots as PNG bytes (matplotlib, no display), and their inline form for the Dagster UI."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+METHOD_COLORS = {
+    "zero_shot_base": "#9658ca",
+    "zero_shot_chat": "#b366cc",
+    "icm": "#58b6c0",
+    "gold": "#e0b400",
+    "random_matched": "#7a7a7a",
+}
+METHOD_NAMES = {
+    "zero_shot_base": "Zero-shot (base)",
+    "zero_shot_chat": "Zero-shot (chat)",
+    "icm": "ICM (unsupervised)",
+    "gold": "Golden supervision",
+    "random_matched": "Random labels (accuracy-matched)",
+}
+
+
+@dataclass(frozen=True)
+class Bar:
+    method: str
+    mean: float
+    low: float
+    high: float
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def accuracy_bars(title: str, bars: Sequence[Bar]) -> bytes:
+    """Test accuracy per method with its 95% interval."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    x = range(len(bars))
+    heights = [100 * b.mean for b in bars]
+    errors = [[100 * (b.mean - b.low) for b in bars], [100 * (b.high - b.mean) for b in bars]]
+    axis.bar(x, heights, yerr=errors, capsize=5, color=[METHOD_COLORS.get(b.method, "#888") for b in bars])
+    for i, b in enumerate(bars):
+        axis.text(i, 100 * b.high + 1.5, f"{100 * b.mean:.1f}%", ha="center", fontsize=9)
+    axis.set_xticks(list(x), [METHOD_NAMES.get(b.method, b.method) for b in bars], rotation=15)
+    axis.set_ylim(0, 110)
+    axis.set_ylabel("Test accuracy (%)")
+    axis.set_title(title)
+    axis.grid(axis="y", alpha=0.3)
+    return _png(figure)
+
+
+def accuracy_curves(title: str, curves: dict[str, list[tuple[int, float, float]]]) -> bytes:
+    """Accuracy vs number of in-context examples; curves[method] = [(k, mean, std)]."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for method, points in curves.items():
+        points = sorted(points)
+        axis.errorbar(
+            [p[0] for p in points], [100 * p[1] for p in points], yerr=[100 * p[2] for p in points],
+            marker="o", capsize=3, label=METHOD_NAMES.get(method, method), color=METHOD_COLORS.get(method),
+        )
+    axis.set_xlabel("Number of in-context examples")
+    axis.set_ylabel("Test accuracy (%)")
+    axis.set_ylim(0, 100)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    return _png(figure)
+
+
+def search_trace(title: str, iterations: Sequence[int], energy: Sequence[float], agreement: Sequence[float | None]) -> bytes:
+    """ICM energy and agreement with gold labels, per iteration."""
+    figure, left = plt.subplots(figsize=(7, 4))
+    left.plot(iterations, energy, color="#58b6c0", label="energy U")
+    left.set_xlabel("iteration")
+    left.set_ylabel("energy U")
+    right = left.twinx()
+    right.plot(iterations, [100 * a if a is not None else float("nan") for a in agreement], color="#e0b400",
+               label="agreement with gold (%)")
+    right.set_ylabel("agreement with gold labels (%)")
+    right.set_ylim(0, 100)
+    left.set_title(title)
+    handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    left.legend(handles, [h.get_label() for h in handles], loc="upper right", fontsize=8)
+    return _png(figure)
+
+
+def inline(png: bytes, alt: str) -> str:
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"

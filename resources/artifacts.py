@@ -1,0 +1,45 @@
+"""Artifacts on disk under ``PERSONA_HOME/artifacts``: plots, checkpoints, models.
+
+Writes are atomic (a temporary file renamed into place) and return the sha256
+that result tables record next to the path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+
+def write_atomic(path: Path, data: bytes) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return hashlib.sha256(data).hexdigest()
+
+
+class ArtifactStore(ConfigurableResource):
+    root: str = Field(description="The artifacts folder, PERSONA_HOME/artifacts by default.")
+
+    def path(self, *parts: str) -> Path:
+        return Path(self.root, *parts)
+
+    def write(self, data: bytes, *parts: str) -> tuple[Path, str]:
+        path = self.path(*parts)
+        return path, write_atomic(path, data)
+
+    def read_text(self, *parts: str) -> str | None:
+        path = self.path(*parts)
+        return path.read_text() if path.exists() else None
