@@ -101,6 +101,37 @@ def command_run(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCHMARKS = ("icm",)
+
+
+def command_bench(args: argparse.Namespace) -> int:
+    import json
+    import platform
+
+    from benchmarks import icm_pool
+    from persona_assets.settings import load_settings as settings_now
+    from resources.llm import LLMResource
+
+    settings = settings_now()
+    llm = LLMResource(model=settings.model, models_dir=str(settings.models_dir), corpus_dir=str(DATA_DIR))
+    names = BENCHMARKS if args.name == "all" else (args.name,)
+    machine = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+               "cpus": os.cpu_count(), "python": platform.python_version()}
+    reports = {}
+    out_dir = PROJECT_ROOT / "benchmarks" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        report = {**icm_pool.run(llm.engine()), "host": machine}
+        reports[name] = report
+        (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2))
+        (out_dir / f"{name}.md").write_text(icm_pool.markdown(report) + "\n")
+        if not args.json:
+            print(icm_pool.markdown(report))
+    if args.json:
+        print(json.dumps(reports, indent=2))
+    return 0
+
+
 def command_ui(args: argparse.Namespace) -> int:
     settings = load_settings()
     prepare_instance(settings)
@@ -124,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         help="run config (YAML with 'ops:'); default with the embedded model: data/embedded_profile.yaml",
     )
     run.set_defaults(handler=command_run)
+    bench = commands.add_parser("bench", help="run benchmarks; results also go to benchmarks/results/")
+    bench.add_argument("name", choices=[*BENCHMARKS, "all"])
+    bench.add_argument("--json", action="store_true", help="print JSON instead of the markdown table")
+    bench.set_defaults(handler=command_bench)
     ui = commands.add_parser("ui", help="open the Dagster UI on this platform's instance")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)

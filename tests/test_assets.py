@@ -7,7 +7,10 @@ from dagster import AssetKey, DagsterInstance, materialize
 from partitions import COUNTRIES
 from persona_assets.definitions import ALL_ASSETS
 from persona_assets.runner import RANGE_END, RANGE_START
-from persona_assets.settings import SAMPLE_GOQA_SOURCE
+from persona_assets.settings import DATA_DIR, SAMPLE_GOQA_SOURCE
+from resources.llm import LLMResource
+from resources.artifacts import ArtifactStore
+from resources.llm.chat_api import ChatApiResource
 from resources.sources import GoqaSource
 from resources.warehouse import Warehouse, WarehouseIOManager
 
@@ -20,12 +23,21 @@ def warehouse_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def resources(warehouse_path, tiny_llm):
+def resources(warehouse_path, models_dir):
+    # Its own engine key (batch size), so this module sees the load even if other tests loaded the model.
+    llm = LLMResource(models_dir=str(models_dir), corpus_dir=str(DATA_DIR), device="cpu", dtype="float32",
+                      max_batch_tokens=8191)
     return {
         "io_manager": WarehouseIOManager(database=str(warehouse_path)),
-        "llm": tiny_llm,
+        "llm": llm,
         "goqa_source": GoqaSource(path=str(SAMPLE_GOQA_SOURCE)),
+        "artifacts": ArtifactStore(root=str(warehouse_path.parent / "artifacts")),
+        "chat_api": ChatApiResource(),
     }
+
+
+SMALL_ICM = {"ops": {"icm_search": {"config": {"iterations": 8, "variants": ["binary"], "checkpoint_every": 4}},
+                     "elicitation__few_shot_predictions": {"config": {"repeats": 2, "example_counts": [4]}}}}
 
 
 def assets():
@@ -45,6 +57,7 @@ def first_runs(resources):
         assets(), resources=resources, instance=instance,
         selection='(group:opinions and not key:"opinions/goqa_questions") or group:elicitation',
         tags={RANGE_START: COUNTRIES[0], RANGE_END: COUNTRIES[2]},
+        run_config=SMALL_ICM,
     )
     return questions, countries
 
@@ -52,9 +65,12 @@ def first_runs(resources):
 def test_a_range_of_countries_is_one_run_with_one_model_load(first_runs, resources):
     _, countries = first_runs
     assert countries.success
-    metadata = materialization(countries, ZERO_SHOT).materialization.metadata
-    assert metadata["engine/model_loads"].value == 1
-    assert metadata["engine/requests"].value > 0
+    # One event per partition; one step may make several assets (ICM labels and trace): count steps.
+    by_step = {e.step_key: e.materialization.metadata for e in countries.get_asset_materialization_events()}
+    engine_events = [m for m in by_step.values() if "engine/model_loads" in m]
+    assert len(engine_events) == 4  # ICM search, zero-shot base, zero-shot chat, few-shot
+    assert sum(m["engine/model_loads"].value for m in engine_events) == 1
+    assert all(m["engine/requests"].value > 0 for m in engine_events)
     # Another run in the same process reuses the loaded model.
     again = materialize(assets(), resources=resources, selection=[ZERO_SHOT], partition_key=COUNTRIES[3],
                         instance=DagsterInstance.ephemeral())
@@ -96,3 +112,31 @@ def test_input_ids_point_at_existing_rows(first_runs, warehouse_path):
         assert all(ref.split(":", 1)[1] in survey for ref in ids)
     for ids in wh.read("opinions", "goqa_splits")["input_ids"]:
         assert ids[0].startswith("opinions.goqa_claims:") and ids[0].split(":", 1)[1] in claims
+
+
+def test_icm_search_writes_labels_trace_and_plots(first_runs, warehouse_path):
+    _, countries = first_runs
+    labels = Warehouse(warehouse_path).read("elicitation", "icm_labels")
+    splits = Warehouse(warehouse_path).read("opinions", "goqa_splits")
+    train = splits.filter((pl.col("split") == "train") & (pl.col("variant") == "binary"))
+    assert labels.height == train.height and set(labels["variant"]) == {"binary"}
+    assert labels["icm_label"].drop_nulls().is_in([0, 1]).all()
+    trace = Warehouse(warehouse_path).read("elicitation", "icm_search_trace")
+    assert trace.group_by("country").len().sort("country")["len"].to_list() == [8, 8, 8]
+    metadata = materialization(countries, AssetKey(["elicitation", "icm_search_trace"])).materialization.metadata
+    assert "data:image/png;base64," in metadata["trace_plots"].value
+    predictions = Warehouse(warehouse_path).read("elicitation", "few_shot_predictions")
+    assert set(predictions["method"]) == {"gold", "icm", "random_matched"}
+
+
+def test_accuracy_summary_has_every_country_the_aggregate_and_plots(first_runs, resources, warehouse_path):
+    result = materialize(assets(), resources=resources, selection=[AssetKey(["elicitation", "accuracy_summary"])],
+                         instance=DagsterInstance.ephemeral())
+    summary = Warehouse(warehouse_path).read("elicitation", "accuracy_summary")
+    assert set(summary["scope"]) >= {*COUNTRIES[:3], "aggregate"}
+    headline = summary.filter(pl.col("headline") & (pl.col("scope") == "aggregate"))
+    assert set(headline["method"]) == {"zero_shot_base", "zero_shot_chat", "icm", "gold", "random_matched"}
+    assert ((summary["ci_low"] <= summary["mean"]) & (summary["mean"] <= summary["ci_high"])).all()
+    plots = materialization(result, AssetKey(["elicitation", "accuracy_summary"])).materialization.metadata["plots"].value
+    for scope in (*COUNTRIES[:3], "aggregate"):
+        assert f"### {scope} (binary): accuracy" in plots and f"### {scope} (binary): examples" in plots

@@ -1,0 +1,1 @@
+"""Performance measurements: each compares two ways of doing one thing, side by side in one run."""
