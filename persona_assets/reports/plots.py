@@ -74,7 +74,8 @@ def accuracy_curves(title: str, curves: dict[str, list[tuple[int, float, float]]
     axis.set_ylim(0, 100)
     axis.set_title(title)
     axis.grid(alpha=0.3)
-    axis.legend()
+    if curves:
+        axis.legend()
     return _png(figure)
 
 
