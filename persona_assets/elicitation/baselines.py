@@ -22,6 +22,7 @@ from persona_assets.elicitation.prompts import (
     predicted_label,
     zero_shot_prompt,
 )
+from persona_assets.elicitation.tables import test_split_claims
 from persona_assets.provenance import Provenance, result_frame, row_ref
 from resources.llm import ChatPrompt, LLMResource, ScoreRequest
 from resources.llm.chat_api import ChatApiResource
@@ -29,10 +30,16 @@ from resources.llm.chat_api import ChatApiResource
 GROUP = "elicitation"
 ZERO_SHOT_VERSION = f"zero-shot-1-{ZERO_SHOT_HASH}"
 CHAT_VERSION = f"zero-shot-chat-1-{CHAT_HASH}"
-TEST_INPUTS = {
-    "goqa_splits": AssetIn(key=["opinions", "goqa_splits"]),
-    "goqa_claims": AssetIn(key=["opinions", "goqa_claims"]),
-}
+BASELINE = dict(
+    key_prefix=GROUP,
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds=MODEL_KINDS,
+    partitions_def=countries_partitions,
+    metadata=COUNTRY_PARTITION,
+    backfill_policy=ONE_RUN_PER_BACKFILL,
+    ins={"goqa_splits": AssetIn(key=["opinions", "goqa_splits"]), "goqa_claims": AssetIn(key=["opinions", "goqa_claims"])},
+)
 
 PREDICTION_SCHEMA = {
     "variant": pl.String,
@@ -46,26 +53,12 @@ PREDICTION_SCHEMA = {
 }
 
 
-@asset(
-    key_prefix=GROUP,
-    group_name=GROUP,
-    owners=OWNERS,
-    kinds=MODEL_KINDS,
-    code_version=ZERO_SHOT_VERSION,
-    partitions_def=countries_partitions,
-    metadata=COUNTRY_PARTITION,
-    backfill_policy=ONE_RUN_PER_BACKFILL,
-    ins=TEST_INPUTS,
-)
+@asset(**BASELINE, code_version=ZERO_SHOT_VERSION)
 def zero_shot_base_predictions(
     context: AssetExecutionContext, llm: LLMResource, goqa_splits: pl.DataFrame, goqa_claims: pl.DataFrame
 ) -> pl.DataFrame:
     """Zero-shot base-model baseline: log P(" True") vs log P(" False") for each test claim, no demonstrations."""
-    test = goqa_splits.filter(pl.col("split") == "test").join(
-        goqa_claims.select("row_id", "question", "option"), left_on="claim_id", right_on="row_id"
-    )
-    # A claim in both variants is scored once.
-    claims = test.unique("claim_id", keep="first").sort("claim_id")
+    test, claims = test_split_claims(goqa_splits, goqa_claims)
     with llm.metered() as (engine, meter):
         scores = engine.score(
             [ScoreRequest(zero_shot_prompt(r["question"], r["option"], r["country"]), CANDIDATES)
@@ -119,17 +112,7 @@ CHAT_SCHEMA = {
 }
 
 
-@asset(
-    key_prefix=GROUP,
-    group_name=GROUP,
-    owners=OWNERS,
-    kinds=MODEL_KINDS,
-    code_version=CHAT_VERSION,
-    partitions_def=countries_partitions,
-    metadata=COUNTRY_PARTITION,
-    backfill_policy=ONE_RUN_PER_BACKFILL,
-    ins=TEST_INPUTS,
-)
+@asset(**BASELINE, code_version=CHAT_VERSION)
 def zero_shot_chat_predictions(
     context: AssetExecutionContext,
     llm: LLMResource,
@@ -143,10 +126,7 @@ def zero_shot_chat_predictions(
     False; anything else is stored as a parse failure and counted), otherwise through the
     local engine's chat template, scoring "True" against "False".
     """
-    test = goqa_splits.filter(pl.col("split") == "test").join(
-        goqa_claims.select("row_id", "question", "option"), left_on="claim_id", right_on="row_id"
-    )
-    claims = test.unique("claim_id", keep="first").sort("claim_id")
+    test, claims = test_split_claims(goqa_splits, goqa_claims)
     messages = [chat_messages(r["question"], r["option"], r["country"]) for r in claims.iter_rows(named=True)]
     with llm.metered() as (engine, meter):
         if chat_api.enabled:

@@ -17,6 +17,15 @@ def split_claims(splits: pl.DataFrame, claims: pl.DataFrame, country: str, varia
     )
 
 
+def test_split_claims(splits: pl.DataFrame, claims: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Test rows of every variant with their text, and the distinct claims among them (a claim in
+    both variants is scored once)."""
+    test = splits.filter(pl.col("split") == "test").join(
+        claims.select("row_id", "question", "option"), left_on="claim_id", right_on="row_id"
+    )
+    return test, test.unique("claim_id", keep="first").sort("claim_id")
+
+
 def icm_claims(train: pl.DataFrame) -> list[IcmClaim]:
     return [
         IcmClaim(uid, r["question_id"], r["question"], r["option"], r["label"])
