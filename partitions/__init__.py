@@ -7,11 +7,10 @@ the source or a new agent in the registry appears after a reload.
 from dagster import MultiPartitionsDefinition, StaticPartitionsDefinition
 
 from partitions.registries import Agent, agent_registry, country_registry
-from persona_assets.settings import DATA_DIR, load_settings
-
-AGENT_REGISTRY_FILE = DATA_DIR / "board" / "agents.json"
+from persona_assets.settings import load_settings
 
 _settings = load_settings()
+AGENT_REGISTRY_FILE = _settings.board_dir / "agents.json"
 COUNTRIES: list[str] = country_registry(_settings.goqa_source)
 AGENTS: list[Agent] = agent_registry(AGENT_REGISTRY_FILE)
 

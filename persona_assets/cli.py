@@ -101,19 +101,19 @@ def command_run(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS = ("icm",)
+BENCHMARKS = ("icm", "training")
 
 
 def command_bench(args: argparse.Namespace) -> int:
     import json
     import platform
 
-    from benchmarks import icm_pool
-    from persona_assets.settings import load_settings as settings_now
+    from benchmarks import icm_pool, training
     from resources.llm import LLMResource
 
-    settings = settings_now()
+    settings = load_settings()
     llm = LLMResource(model=settings.model, models_dir=str(settings.models_dir), corpus_dir=str(DATA_DIR))
+    suites = {"icm": (lambda: icm_pool.run(llm.engine()), icm_pool.markdown), "training": (training.run, training.markdown)}
     names = BENCHMARKS if args.name == "all" else (args.name,)
     machine = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
                "cpus": os.cpu_count(), "python": platform.python_version()}
@@ -121,12 +121,13 @@ def command_bench(args: argparse.Namespace) -> int:
     out_dir = PROJECT_ROOT / "benchmarks" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in names:
-        report = {**icm_pool.run(llm.engine()), "host": machine}
+        measure, render = suites[name]
+        report = {**measure(), "host": machine}
         reports[name] = report
         (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2))
-        (out_dir / f"{name}.md").write_text(icm_pool.markdown(report) + "\n")
+        (out_dir / f"{name}.md").write_text(render(report) + "\n")
         if not args.json:
-            print(icm_pool.markdown(report))
+            print(render(report), flush=True)
     if args.json:
         print(json.dumps(reports, indent=2))
     return 0

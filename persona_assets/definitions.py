@@ -2,6 +2,7 @@
 
 from dagster import Definitions, load_assets_from_modules
 
+from persona_assets.agents import assets as agent_assets
 from persona_assets.elicitation import baselines, evaluations, search
 from persona_assets.opinions import assets as opinion_assets
 from persona_assets.reports import elicitation as elicitation_reports
@@ -9,11 +10,13 @@ from persona_assets.settings import DATA_DIR, load_settings
 from resources.artifacts import ArtifactStore
 from resources.llm import LLMResource
 from resources.llm.chat_api import ChatApiResource
-from resources.sources import GoqaSource
+from resources.sources import BoardSource, GoqaSource
 from resources.warehouse import WarehouseIOManager
 
 settings = load_settings()
-ALL_ASSETS = load_assets_from_modules([opinion_assets, baselines, search, evaluations, elicitation_reports])
+ALL_ASSETS = load_assets_from_modules(
+    [opinion_assets, baselines, search, evaluations, elicitation_reports, agent_assets]
+)
 
 defs = Definitions(
     assets=ALL_ASSETS,
@@ -21,6 +24,7 @@ defs = Definitions(
         "io_manager": WarehouseIOManager(database=str(settings.warehouse_path)),
         "llm": LLMResource(model=settings.model, models_dir=str(settings.models_dir), corpus_dir=str(DATA_DIR)),
         "goqa_source": GoqaSource(path=str(settings.goqa_source)),
+        "board": BoardSource(path=str(settings.board_dir)),
         "artifacts": ArtifactStore(root=str(settings.artifacts_dir)),
         "chat_api": ChatApiResource(base_url=settings.chat_base_url, model=settings.chat_model),
     },

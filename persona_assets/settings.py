@@ -5,6 +5,7 @@ PERSONA_HOME         warehouse file, artifacts, built models and the Dagster ins
 PERSONA_MODEL        "tiny" (the embedded model) or a Hugging Face id or local path
 PERSONA_GOQA_SOURCE  a GlobalOpinionQA file in any supported format
                      (default: the synthetic sample in data/goqa/)
+PERSONA_BOARD_DIR    a board: agents.json, transcripts/*.json, votes.csv (default: data/board)
 PERSONA_CHAT_BASE_URL  an OpenAI-compatible API for the zero-shot chat baseline
                      (default: none, the local engine answers through its chat template)
 PERSONA_CHAT_MODEL   the model name to ask that API for
@@ -23,6 +24,7 @@ from persona_assets.errors import PersonaInputError
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = PROJECT_ROOT / "data"
 SAMPLE_GOQA_SOURCE = DATA_DIR / "goqa" / "sample_global_opinions.csv"
+SAMPLE_BOARD_DIR = DATA_DIR / "board"
 TINY_MODEL = "tiny"
 
 
@@ -35,6 +37,7 @@ class Settings:
     home: Path
     model: str
     goqa_source: Path
+    board_dir: Path = SAMPLE_BOARD_DIR
     chat_base_url: str = ""
     chat_model: str = ""
 
@@ -65,8 +68,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     goqa_source = Path(source_text).expanduser().resolve() if source_text else SAMPLE_GOQA_SOURCE
     if not goqa_source.is_file():
         raise SettingsError(f"PERSONA_GOQA_SOURCE: no such file: {goqa_source}")
+    board_text = env.get("PERSONA_BOARD_DIR")
+    board_dir = Path(board_text).expanduser().resolve() if board_text else SAMPLE_BOARD_DIR
+    if not (board_dir / "agents.json").is_file():
+        raise SettingsError(f"PERSONA_BOARD_DIR: {board_dir} has no agents.json (the agent registry)")
     chat_base_url = (env.get("PERSONA_CHAT_BASE_URL") or "").strip()
     chat_model = (env.get("PERSONA_CHAT_MODEL") or "").strip()
     if chat_base_url and not chat_model:
         raise SettingsError("PERSONA_CHAT_BASE_URL is set but PERSONA_CHAT_MODEL is not: name the chat model")
-    return Settings(home, model, goqa_source, chat_base_url, chat_model)
+    return Settings(home, model, goqa_source, board_dir, chat_base_url, chat_model)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dagster import ConfigurableResource
 from pydantic import Field
 
@@ -15,3 +17,15 @@ class GoqaSource(ConfigurableResource):
 
     def load(self) -> SurveySource:
         return read_survey(self.path)
+
+
+class BoardSource(ConfigurableResource):
+    """A board: ``agents.json`` (the registry), ``transcripts/*.json``, ``votes.csv``."""
+
+    path: str = Field(description="The board folder.")
+
+    def transcripts_dir(self) -> Path:
+        return Path(self.path) / "transcripts"
+
+    def votes_file(self) -> Path:
+        return Path(self.path) / "votes.csv"

@@ -7,19 +7,17 @@ from dagster import AssetKey, DagsterInstance, materialize
 from partitions import COUNTRIES
 from persona_assets.definitions import ALL_ASSETS
 from persona_assets.runner import RANGE_END, RANGE_START
-from persona_assets.settings import DATA_DIR, SAMPLE_GOQA_SOURCE
+from persona_assets.settings import DATA_DIR
 from resources.llm import LLMResource
-from resources.artifacts import ArtifactStore
-from resources.llm.chat_api import ChatApiResource
-from resources.sources import GoqaSource
-from resources.warehouse import Warehouse, WarehouseIOManager
+from resources.warehouse import Warehouse
+from tests.conftest import local_resources
 
 ZERO_SHOT = AssetKey(["elicitation", "zero_shot_base_predictions"])
 
 
 @pytest.fixture(scope="module")
 def warehouse_path(tmp_path_factory):
-    return tmp_path_factory.mktemp("warehouse") / "w.duckdb"
+    return tmp_path_factory.mktemp("warehouse") / "w.duckdb"  # where local_resources puts it
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +25,7 @@ def resources(warehouse_path, models_dir):
     # Its own engine key (batch size), so this module sees the load even if other tests loaded the model.
     llm = LLMResource(models_dir=str(models_dir), corpus_dir=str(DATA_DIR), device="cpu", dtype="float32",
                       max_batch_tokens=8191)
-    return {
-        "io_manager": WarehouseIOManager(database=str(warehouse_path)),
-        "llm": llm,
-        "goqa_source": GoqaSource(path=str(SAMPLE_GOQA_SOURCE)),
-        "artifacts": ArtifactStore(root=str(warehouse_path.parent / "artifacts")),
-        "chat_api": ChatApiResource(),
-    }
+    return local_resources(warehouse_path.parent, llm)
 
 
 SMALL_ICM = {"ops": {"icm_search": {"config": {"iterations": 8, "variants": ["binary"], "checkpoint_every": 4}},

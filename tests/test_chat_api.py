@@ -9,11 +9,9 @@ import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
 from persona_assets.definitions import ALL_ASSETS
-from persona_assets.settings import SAMPLE_GOQA_SOURCE
-from resources.artifacts import ArtifactStore
 from resources.llm.chat_api import API_KEY_VARIABLE, ChatApiResource
-from resources.sources import GoqaSource
-from resources.warehouse import Warehouse, WarehouseIOManager
+from resources.warehouse import Warehouse
+from tests.conftest import local_resources
 
 SECRET = "sk-test-never-log-me"
 
@@ -61,13 +59,7 @@ def server():
 def test_zero_shot_chat_through_the_api(server, tmp_path, monkeypatch, tiny_llm):
     monkeypatch.setenv(API_KEY_VARIABLE, SECRET)
     database = tmp_path / "w.duckdb"
-    resources = {
-        "io_manager": WarehouseIOManager(database=str(database)),
-        "llm": tiny_llm,
-        "goqa_source": GoqaSource(path=str(SAMPLE_GOQA_SOURCE)),
-        "artifacts": ArtifactStore(root=str(tmp_path / "artifacts")),
-        "chat_api": ChatApiResource(base_url=server, model="judge-7b", max_retries=3),
-    }
+    resources = local_resources(tmp_path, tiny_llm, chat_api=ChatApiResource(base_url=server, model="judge-7b", max_retries=3))
     instance = DagsterInstance.ephemeral()
     assert materialize(ALL_ASSETS, resources=resources, instance=instance, selection=[AssetKey(["opinions", "goqa_questions"])]).success
     result = materialize(

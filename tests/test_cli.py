@@ -1,8 +1,5 @@
 """``persona run`` as a user runs it: a separate process, a fresh home, the summary on stdout."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
@@ -10,18 +7,10 @@ import pytest
 
 from persona_assets.opinions.readers import read_survey
 from persona_assets.settings import SAMPLE_GOQA_SOURCE
+from tests.conftest import persona
 from tests.survey_files import write_flat_json
 
 pytestmark = pytest.mark.slow
-PERSONA = str(Path(sys.executable).with_name("persona"))
-
-
-def persona(home, *args, source=None, models=None):
-    env = {**os.environ, "PERSONA_HOME": str(home)}
-    if source:
-        env["PERSONA_GOQA_SOURCE"] = str(source)
-    result = subprocess.run([PERSONA, *args], env=env, capture_output=True, text=True, timeout=600)
-    return result
 
 
 def row_counts(home):
@@ -38,17 +27,17 @@ def countries_in(home, table):
         return {r[0] for r in con.execute(f"SELECT DISTINCT country FROM {table}").fetchall()}
 
 
-def test_persona_run_materializes_everything_and_prints_a_summary(tmp_path):
-    result = persona(tmp_path, "run")
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
-    assert "runs succeeded" in out and "model loads 1" in out
+def test_persona_run_materializes_everything_and_prints_a_summary(sample_run):
+    assert sample_run.returncode == 0, sample_run.stderr
+    out = sample_run.stdout
+    assert "runs succeeded" in out and "model loads 1," in out
     assert "Open the UI" in out and "Plots:" in out
-    counts = row_counts(tmp_path)
+    counts = row_counts(sample_run.home)
     assert counts["opinions.goqa_questions"] == 32
     assert counts["opinions.goqa_survey"] == 128
     assert counts["opinions.goqa_claims"] == 256
     assert counts["elicitation.zero_shot_base_predictions"] > 0
+    assert counts["agents.lora_adapters"] == 3 and counts["agents.perplexity_matrix"] == 4 * 3
     for table, n in counts.items():
         assert f"{n:>9,} rows" in out and table in out
 

@@ -98,3 +98,28 @@ def search_trace(title: str, iterations: Sequence[int], energy: Sequence[float],
 
 def inline(png: bytes, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def loss_curve(title: str, steps: Sequence[int], losses: Sequence[float]) -> bytes:
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    axis.plot(steps, losses, color="#58b6c0")
+    axis.set_xlabel("step")
+    axis.set_ylabel("training loss (agent tokens)")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    return _png(figure)
+
+
+def heatmap(title: str, rows: Sequence[str], columns: Sequence[str], values: Sequence[Sequence[float]], label: str) -> bytes:
+    figure, axis = plt.subplots(figsize=(1.6 + 1.3 * len(columns), 1.2 + 0.6 * len(rows)))
+    image = axis.imshow(values, cmap="viridis_r", aspect="auto")
+    axis.set_xticks(range(len(columns)), columns, rotation=20)
+    axis.set_yticks(range(len(rows)), rows)
+    for i, row in enumerate(values):
+        for j, value in enumerate(row):
+            axis.text(j, i, f"{value:.1f}", ha="center", va="center", color="white", fontsize=9)
+    axis.set_xlabel("held-out set of")
+    axis.set_ylabel("model")
+    axis.set_title(title)
+    figure.colorbar(image, ax=axis, label=label)
+    return _png(figure)

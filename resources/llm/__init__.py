@@ -54,7 +54,8 @@ class LLMResource(ConfigurableResource):
     corpus_dir: str = Field(description="The sample corpus the embedded tokenizer is trained on.")
 
     def _key(self) -> tuple:
-        return (self.backend, self.model, self.device, self.dtype, self.max_batch_tokens)
+        where = (self.models_dir, self.corpus_dir) if self.model == TINY else ()
+        return (self.backend, self.model, *where, self.device, self.dtype, self.max_batch_tokens)
 
     def model_path(self) -> str:
         if self.model == TINY:

@@ -34,6 +34,7 @@ class ScoreRequest:
 
     prompt: Prompt
     candidates: tuple[str, ...]
+    adapter: str | None = None
 
 
 @dataclass(frozen=True)
@@ -45,13 +46,19 @@ class GenerateRequest:
     top_k: int = 0
     repetition_penalty: float = 1.0
     seed: int = 0
+    adapter: str | None = None
 
 
 @dataclass(frozen=True)
 class LoglikelihoodRequest:
-    """Text as ``(segment, counts)`` pieces; only tokens of counted segments are scored."""
+    """Text as ``(segment, counts)`` pieces; only tokens of counted segments are scored.
 
-    segments: tuple[tuple[str, bool], ...]
+    The first segment may be a ``ChatPrompt``: the chat laid out by the model's
+    template up to the start of the reply, never counted.
+    """
+
+    segments: tuple[tuple[str | ChatPrompt, bool], ...]
+    adapter: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,3 +109,7 @@ class Engine(ABC):
 
     @abstractmethod
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[TokenLogprobs]: ...
+
+    def add_adapter(self, name: str, path: str, fingerprint: str) -> None:
+        """Serve a LoRA adapter under ``name`` beside the base model (reloaded when the fingerprint changes)."""
+        raise NotImplementedError(f"{type(self).__name__} does not serve adapters")

@@ -11,6 +11,7 @@ once. Generation uses left padding, as causal generation needs.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,10 +93,73 @@ class TransformersEngine(Engine):
     device: str = "cpu"
     max_batch_tokens: int = 16384
     segment_cache: dict = field(default_factory=dict)
+    # public adapter name -> (name inside the PEFT model, fingerprint of its files)
+    adapters: dict = field(default_factory=dict)
+
+    # -- adapters --------------------------------------------------------------
+
+    def add_adapter(self, name: str, path: str, fingerprint: str) -> None:
+        if self.adapters.get(name, (None, None))[1] == fingerprint:
+            return
+        from peft import PeftModel
+
+        internal = f"{name}-{fingerprint[:12]}"
+        if not isinstance(self.model, PeftModel):
+            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=internal)
+        elif internal not in self.model.peft_config:
+            self.model.load_adapter(path, adapter_name=internal)
+        self.model.eval()
+        self.adapters[name] = (internal, fingerprint)
+
+    def new_trainable_adapter(self, name: str, lora_config) -> str:
+        """Add a fresh LoRA adapter to the shared model for training; returns its internal name."""
+        from peft import PeftModel, get_peft_model
+
+        internal = f"{name}-training-{len(getattr(self.model, 'peft_config', {}))}"
+        if isinstance(self.model, PeftModel):
+            self.model.add_adapter(internal, lora_config)
+        else:
+            self.model = get_peft_model(self.model, lora_config, adapter_name=internal)
+        self.model.set_adapter(internal)
+        return internal
+
+    def register_adapter(self, name: str, internal: str, fingerprint: str) -> None:
+        self.model.eval()
+        self.adapters[name] = (internal, fingerprint)
+
+    @contextmanager
+    def _adapter(self, name: str | None):
+        from peft import PeftModel
+
+        if name is not None and name not in self.adapters:
+            raise KeyError(f"adapter {name!r} is not loaded; known: {', '.join(self.adapters) or 'none'}")
+        if not isinstance(self.model, PeftModel):
+            yield
+        elif name is None:
+            with self.model.disable_adapter():
+                yield
+        else:
+            self.model.set_adapter(self.adapters[name][0])
+            yield
+
+    def _by_adapter(self, requests, run) -> list:
+        """Run ``run`` on each group of requests that share an adapter; results in request order."""
+        results: list = [None] * len(requests)
+        groups: dict = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(request.adapter, []).append(index)
+        for adapter, indices in groups.items():
+            with self._adapter(adapter):
+                for index, value in zip(indices, run([requests[i] for i in indices]), strict=True):
+                    results[index] = value
+        return results
 
     # -- the interface ---------------------------------------------------------
 
     def score(self, requests: Sequence[ScoreRequest], reuse_prefix: bool | None = None) -> list[list[float]]:
+        return self._by_adapter(requests, lambda group: self._score(group, reuse_prefix))
+
+    def _score(self, requests: Sequence[ScoreRequest], reuse_prefix: bool | None) -> list[list[float]]:
         items: list[_Item] = []
         owners: list[list[tuple[int, int]]] = []  # per item, per target: (request, candidate)
         for r_index, request in enumerate(requests):
@@ -124,12 +188,15 @@ class TransformersEngine(Engine):
         return results
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[TokenLogprobs]:
+        return self._by_adapter(requests, self._loglikelihood)
+
+    def _loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[TokenLogprobs]:
         encoded = []
         for request in requests:
             ids: list[int] = []
             counted: list[bool] = []
             for index, (text, counts) in enumerate(request.segments):
-                piece = self._encode(text, first=index == 0)
+                piece = self._encode_prompt(text) if index == 0 else self._encode(text, first=False)
                 ids += piece
                 counted += [counts] * len(piece)
             if counted:
@@ -143,6 +210,9 @@ class TransformersEngine(Engine):
         ]
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
+        return self._by_adapter(requests, self._generate)
+
+    def _generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
         outputs: list[str] = [""] * len(requests)
         groups: dict[tuple, list[int]] = {}
         for index, request in enumerate(requests):

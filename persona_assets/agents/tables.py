@@ -1,0 +1,115 @@
+"""Rows of the agents tables (no Dagster here)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+
+import polars as pl
+
+from partitions.registries import Agent
+from persona_assets.agents.corpora import (
+    SpeakerTurn,
+    as_messages,
+    completions,
+    conversation_windows,
+    monologues,
+)
+from persona_assets.agents.transcripts import Meeting, alias_table, speaker_agent
+from persona_assets.provenance import file_ref, row_ref
+
+TURNS_TABLE = "agents.board_turns"
+
+TURN_SCHEMA = {
+    "meeting_id": pl.String,
+    "turn": pl.Int64,
+    "speaker": pl.String,
+    "agent": pl.String,
+    "text": pl.String,
+    "words": pl.Int64,
+    "split": pl.String,
+    "source_file": pl.String,
+    "source_sha256": pl.String,
+}
+CONVERSATION_SCHEMA = {"agent": pl.String, "meeting_id": pl.String, "window": pl.Int64, "messages": pl.String,
+                       "agent_turns": pl.Int64}
+COMPLETION_SCHEMA = {"agent": pl.String, "split": pl.String, "meeting_id": pl.String, "turn": pl.Int64,
+                     "context": pl.String, "target": pl.String}
+MONOLOGUE_SCHEMA = {"agent": pl.String, "meeting_id": pl.String, "turn": pl.Int64, "text": pl.String, "words": pl.Int64}
+PERPLEXITY_SCHEMA = {"model": pl.String, "heldout_agent": pl.String, "examples": pl.Int64, "tokens": pl.Int64,
+                     "nll": pl.Float64, "perplexity": pl.Float64}
+BASE_MODEL_ROW = "base"
+
+
+def turn_rows(meetings: Sequence[Meeting], agents: Sequence[Agent], splits: dict[str, str]) -> list[dict]:
+    aliases = alias_table(agents)
+    rows = []
+    for meeting in meetings:
+        for turn in meeting.turns:
+            rows.append({
+                "row_id": f"{meeting.meeting_id}/{turn.index}", "meeting_id": meeting.meeting_id, "turn": turn.index,
+                "speaker": turn.speaker, "agent": speaker_agent(turn.speaker, aliases), "text": turn.text,
+                "words": len(turn.text.split()), "split": splits[meeting.meeting_id],
+                "source_file": str(meeting.path), "source_sha256": meeting.sha256,
+                "partition_key": None, "input_ids": [file_ref(meeting.sha256, turn.index + 1)],
+            })
+    return rows
+
+
+def speaker_turns(turns: pl.DataFrame, split: str | None = None) -> dict[str, list[SpeakerTurn]]:
+    """Turns per meeting, in order, optionally of one split only."""
+    frame = turns if split is None else turns.filter(pl.col("split") == split)
+    out: dict[str, list[SpeakerTurn]] = {}
+    for r in frame.sort("meeting_id", "turn").iter_rows(named=True):
+        out.setdefault(r["meeting_id"], []).append(SpeakerTurn(r["meeting_id"], r["turn"], r["speaker"], r["agent"], r["text"]))
+    return out
+
+
+def _refs(turns: Sequence[SpeakerTurn]) -> list[str]:
+    return [row_ref(TURNS_TABLE, f"{t.meeting_id}/{t.index}") for t in turns]
+
+
+def conversation_rows(turns: pl.DataFrame, agents: Sequence[str], max_words: int) -> list[dict]:
+    rows = []
+    for agent in agents:
+        for meeting_id, meeting in speaker_turns(turns, "train").items():
+            for window_index, window in enumerate(conversation_windows(meeting, agent, max_words)):
+                rows.append({
+                    "row_id": f"{agent}/{meeting_id}/{window_index}", "agent": agent, "meeting_id": meeting_id,
+                    "window": window_index, "messages": json.dumps(as_messages(window, agent)),
+                    "agent_turns": sum(t.agent == agent for t in window), "partition_key": agent, "input_ids": _refs(window),
+                })
+    return rows
+
+
+def completion_rows(turns: pl.DataFrame, agents: Sequence[str], context_turns: int, min_words: int) -> list[dict]:
+    split_of = dict(zip(turns["meeting_id"], turns["split"], strict=True))
+    rows = []
+    for agent in agents:
+        for meeting_id, meeting in speaker_turns(turns).items():
+            for c in completions(meeting, agent, context_turns, min_words):
+                rows.append({
+                    "row_id": f"{agent}/{meeting_id}/{c.target.index}", "agent": agent, "split": split_of[meeting_id],
+                    "meeting_id": meeting_id, "turn": c.target.index,
+                    "context": json.dumps(as_messages(c.context, agent)), "target": c.target.text,
+                    "partition_key": agent, "input_ids": _refs([*c.context, c.target]),
+                })
+    return rows
+
+
+def monologue_rows(turns: pl.DataFrame, agents: Sequence[str], min_words: int) -> list[dict]:
+    rows = []
+    for agent in agents:
+        for meeting_id, meeting in speaker_turns(turns).items():
+            for t in monologues(meeting, agent, min_words):
+                rows.append({
+                    "row_id": f"{agent}/{meeting_id}/{t.index}", "agent": agent, "meeting_id": meeting_id, "turn": t.index,
+                    "text": t.text, "words": len(t.text.split()), "partition_key": agent, "input_ids": _refs([t]),
+                })
+    return rows
+
+
+def perplexity(nll: float, tokens: int) -> float:
+    """Token-weighted: exp(total negative log-likelihood / total counted tokens)."""
+    return math.exp(nll / tokens) if tokens else float("nan")

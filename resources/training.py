@@ -1,0 +1,211 @@
+"""LoRA adapters trained through PEFT and Accelerate, with checkpoints to resume from.
+
+The adapter is added to the engine's own model, so training, perplexity and
+generation in one process share a single load of the base weights. The same
+loop runs on this CPU and, under ``accelerate launch`` with an FSDP config, on
+several GPUs: devices, gradient sync and saving go through the Accelerator.
+
+Resumption is exact on one device: the batch order of each epoch comes from a
+generator seeded by (seed, epoch), and a checkpoint holds the adapter weights,
+the optimizer, the step, the loss curve and the torch random state (dropout).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from resources.artifacts import write_atomic
+
+Example = tuple[list[int], list[bool]]  # token ids, and which of them the loss counts
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class LoraTraining:
+    rank: int
+    alpha: int
+    dropout: float
+    target_modules: tuple[str, ...]
+    learning_rate: float = 1e-3
+    epochs: int = 3
+    batch_size: int = 4
+    max_length: int = 512
+    checkpoint_every: int = 20
+    seed: int = 0
+    quantization: str = "none"  # "4bit": QLoRA, a CUDA GPU with bitsandbytes only
+
+    def lora_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
+            target_modules=list(self.target_modules), task_type="CAUSAL_LM",
+        )
+
+
+@dataclass
+class TrainingOutcome:
+    adapter_dir: Path
+    fingerprint: str
+    steps: int
+    tokens_trained: int
+    seconds: float
+    resumed_from_step: int | None
+    losses: list[dict] = field(default_factory=list)
+
+
+def files_fingerprint(directory: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(directory)).encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def run_fingerprint(settings: LoraTraining, examples: Sequence[Example], base_model: str) -> str:
+    digest = hashlib.sha256(json.dumps([asdict(settings), base_model]).encode())
+    for ids, mask in examples:
+        digest.update(json.dumps([ids, mask]).encode())
+    return digest.hexdigest()[:16]
+
+
+def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def _collate(examples: Sequence[Example], pad_id: int, max_length: int):
+    rows = [(ids[:max_length], mask[:max_length]) for ids, mask in examples]
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (ids, mask) in enumerate(rows):
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        attention[r, : len(ids)] = 1
+        labels[r, : len(ids)] = torch.tensor([t if m else -100 for t, m in zip(ids, mask, strict=True)])
+    return input_ids, attention, labels
+
+
+def train_adapter(
+    engine,
+    name: str,
+    examples: Sequence[Example],
+    settings: LoraTraining,
+    checkpoint_path: Path,
+    adapter_dir: Path,
+    log=lambda message: None,
+) -> TrainingOutcome:
+    """Train ``name`` on ``examples`` (loss on counted tokens only) and serve it from the engine."""
+    from accelerate import Accelerator
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    if settings.quantization != "none":
+        raise TrainingError(
+            f"quantization={settings.quantization!r}: QLoRA needs a CUDA GPU with bitsandbytes and a base model "
+            "loaded in 4 bits for training; run it in the GPU worker (the engine here serves full-precision weights)"
+        )
+    if not examples:
+        raise TrainingError(f"{name}: no training examples")
+    counted = sum(sum(mask) for _, mask in examples)
+    if counted == 0:
+        raise TrainingError(f"{name}: no token of the training examples is the agent's")
+
+    accelerator = Accelerator(cpu=engine.device == "cpu")
+    torch.manual_seed(settings.seed)  # the LoRA initialisation
+    internal = engine.new_trainable_adapter(name, settings.lora_config())
+    model = engine.model
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    steps_per_epoch = -(-len(examples) // settings.batch_size)
+    total_steps = settings.epochs * steps_per_epoch
+    step, losses, tokens_trained, resumed_from = 0, [], 0, None
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, weights_only=False)
+        set_peft_model_state_dict(accelerator.unwrap_model(model), state["adapter"], adapter_name=internal)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        step, losses, tokens_trained = state["step"], state["losses"], state["tokens_trained"]
+        resumed_from = step
+        log(f"{name}: resuming from step {step} of {total_steps}")
+
+    def save_checkpoint() -> None:
+        state = {
+            "adapter": get_peft_model_state_dict(accelerator.unwrap_model(model), adapter_name=internal),
+            "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+            "step": step, "losses": losses, "tokens_trained": tokens_trained,
+        }
+        if accelerator.is_main_process:
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            write_atomic(checkpoint_path, buffer.getvalue())
+
+    started = time.perf_counter()
+    model.train()
+    try:
+        while step < total_steps:
+            epoch, within = divmod(step, steps_per_epoch)
+            batch = _batches(len(examples), settings.batch_size, settings.seed, epoch)[within]
+            input_ids, attention, labels = _collate([examples[i] for i in batch], engine.tokenizer.pad_token_id,
+                                                    settings.max_length)
+            output = model(input_ids=input_ids.to(accelerator.device), attention_mask=attention.to(accelerator.device),
+                           labels=labels.to(accelerator.device))
+            accelerator.backward(output.loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            batch_tokens = int((labels != -100).sum())
+            tokens_trained += batch_tokens
+            step += 1
+            losses.append({"step": step, "epoch": epoch, "loss": float(output.loss.detach()), "tokens": batch_tokens})
+            if step % settings.checkpoint_every == 0 or step % steps_per_epoch == 0:
+                save_checkpoint()
+    finally:
+        model.eval()
+    seconds = time.perf_counter() - started
+
+    unwrapped = accelerator.unwrap_model(model)
+    adapter_dir.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(unwrapped, adapter_name=internal).items()}
+    buffer_path = adapter_dir / "adapter_model.safetensors"
+    save_file(weights, str(buffer_path))
+    unwrapped.peft_config[internal].save_pretrained(str(adapter_dir))
+    fingerprint = files_fingerprint(adapter_dir)
+    engine.register_adapter(name, internal, fingerprint)
+    return TrainingOutcome(adapter_dir, fingerprint, step, tokens_trained, seconds, resumed_from, losses)
+
+
+def merge_adapter(engine, name: str, out_dir: Path, check_inputs: Sequence[list[int]]) -> tuple[str, float]:
+    """Save base + adapter merged into plain weights with the tokenizer; return (fingerprint, max |logit diff|).
+
+    The merge works on a copy of the engine's model, which keeps serving the base
+    and every adapter unmerged.
+    """
+    internal = engine.adapters[name][0]
+    merged = copy.deepcopy(engine.model).merge_and_unload(adapter_names=[internal])
+    merged.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(str(out_dir), safe_serialization=True)
+    engine.tokenizer.save_pretrained(str(out_dir))
+    worst = 0.0
+    with torch.inference_mode(), engine._adapter(name):
+        for ids in check_inputs:
+            tensor = torch.tensor([ids], device=engine.device)
+            unmerged = engine.model(input_ids=tensor).logits.float()
+            direct = merged(input_ids=tensor).logits.float()
+            worst = max(worst, float((unmerged - direct).abs().max()))
+    return files_fingerprint(out_dir), worst
