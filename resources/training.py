@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -124,6 +125,8 @@ def train_adapter(
     if counted == 0:
         raise TrainingError(f"{name}: no token of the training examples is the agent's")
 
+    # transformers 5 warns about a renamed attribute that Accelerate still reads.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     accelerator = Accelerator(cpu=engine.device == "cpu")
     torch.manual_seed(settings.seed)  # the LoRA initialisation
     internal = engine.new_trainable_adapter(name, settings.lora_config())
