@@ -1,12 +1,14 @@
 """The code location: every asset, with resources chosen from the settings."""
 
-from dagster import Definitions, load_assets_from_modules
+from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
 from persona_assets.agents import assets as agent_assets
+from persona_assets.alignment import assets as alignment_assets
 from persona_assets.elicitation import baselines, evaluations, search
 from persona_assets.opinions import assets as opinion_assets
 from persona_assets.reports import elicitation as elicitation_reports
 from persona_assets.settings import DATA_DIR, load_settings
+from persona_assets.votes import assets as vote_assets
 from resources.artifacts import ArtifactStore
 from resources.llm import LLMResource
 from resources.llm.chat_api import ChatApiResource
@@ -15,11 +17,13 @@ from resources.warehouse import WarehouseIOManager
 
 settings = load_settings()
 ALL_ASSETS = load_assets_from_modules(
-    [opinion_assets, baselines, search, evaluations, elicitation_reports, agent_assets]
+    [opinion_assets, baselines, search, evaluations, elicitation_reports, agent_assets, vote_assets, alignment_assets]
 )
+ALL_CHECKS = load_asset_checks_from_modules([vote_assets])
 
 defs = Definitions(
     assets=ALL_ASSETS,
+    asset_checks=ALL_CHECKS,
     resources={
         "io_manager": WarehouseIOManager(database=str(settings.warehouse_path)),
         "llm": LLMResource(model=settings.model, models_dir=str(settings.models_dir), corpus_dir=str(DATA_DIR)),

@@ -110,16 +110,34 @@ def loss_curve(title: str, steps: Sequence[int], losses: Sequence[float]) -> byt
     return _png(figure)
 
 
-def heatmap(title: str, rows: Sequence[str], columns: Sequence[str], values: Sequence[Sequence[float]], label: str) -> bytes:
+def heatmap(
+    title: str, rows: Sequence[str], columns: Sequence[str], values: Sequence[Sequence[float]], label: str,
+    fmt: str = "{:.1f}",
+) -> bytes:
     figure, axis = plt.subplots(figsize=(1.6 + 1.3 * len(columns), 1.2 + 0.6 * len(rows)))
     image = axis.imshow(values, cmap="viridis_r", aspect="auto")
     axis.set_xticks(range(len(columns)), columns, rotation=20)
     axis.set_yticks(range(len(rows)), rows)
     for i, row in enumerate(values):
         for j, value in enumerate(row):
-            axis.text(j, i, f"{value:.1f}", ha="center", va="center", color="white", fontsize=9)
+            axis.text(j, i, fmt.format(value), ha="center", va="center", color="white", fontsize=9)
     axis.set_xlabel("held-out set of")
     axis.set_ylabel("model")
     axis.set_title(title)
     figure.colorbar(image, ax=axis, label=label)
+    return _png(figure)
+
+
+def confusion_matrix(title: str, truth: Sequence[str], predicted: Sequence[str], rows: Sequence[str], columns: Sequence[str]) -> bytes:
+    counts = [[sum(t == r and p == c for t, p in zip(truth, predicted, strict=True)) for c in columns] for r in rows]
+    figure, axis = plt.subplots(figsize=(1.5 + 1.2 * len(columns), 1.2 + 0.9 * len(rows)))
+    axis.imshow(counts, cmap="Blues")
+    for i, row in enumerate(counts):
+        for j, value in enumerate(row):
+            axis.text(j, i, str(value), ha="center", va="center")
+    axis.set_xticks(range(len(columns)), columns)
+    axis.set_yticks(range(len(rows)), rows)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("recorded vote")
+    axis.set_title(title)
     return _png(figure)
