@@ -19,6 +19,10 @@ INSTANCE_YAML = """\
 # Written by `persona`; the Dagster instance behind `persona run` and `persona ui`.
 telemetry:
   enabled: false
+# The warehouse is one DuckDB file with one writer at a time, and a run that uses a model
+# loads it: queued runs (schedules, sensors, the UI) go one after another, in order.
+run_queue:
+  max_concurrent_runs: 1
 """
 
 
@@ -70,7 +74,8 @@ def command_run(args: argparse.Namespace) -> int:
     countries, agents = _split(args.countries), _split(args.agents)
     _check_known("country", countries, COUNTRIES, str(settings.goqa_source))
     _check_known("agent", agents, [a.key for a in AGENTS], str(AGENT_REGISTRY_FILE))
-    selection = AssetSelection.from_string(args.select) if args.select else AssetSelection.all()
+    # A multi-asset runs whole: selecting one of its outputs brings the others.
+    selection = (AssetSelection.from_string(args.select) if args.select else AssetSelection.all()).required_multi_asset_neighbors()
     instance = prepare_instance(settings)
     config_file = args.config or (EMBEDDED_PROFILE if settings.model == TINY_MODEL else None)
     op_config = load_op_config(config_file)
@@ -133,6 +138,20 @@ def command_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_lineage(args: argparse.Namespace) -> int:
+    from persona_assets.lineage import lineage_graph, render, source_files
+    from resources.warehouse import Warehouse
+
+    settings = load_settings()
+    if not settings.warehouse_path.exists():
+        raise SettingsError(f"no warehouse at {settings.warehouse_path}: run `persona run` first")
+    with Warehouse(settings.warehouse_path).connect() as con:
+        nodes = lineage_graph(con, args.table, args.row_id)
+        files = source_files(con)
+    print("\n".join(render(nodes, f"{args.table}:{args.row_id}", files, args.max_inputs)))
+    return 0
+
+
 def command_ui(args: argparse.Namespace) -> int:
     settings = load_settings()
     prepare_instance(settings)
@@ -160,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("name", choices=[*BENCHMARKS, "all"])
     bench.add_argument("--json", action="store_true", help="print JSON instead of the markdown table")
     bench.set_defaults(handler=command_bench)
+    lineage = commands.add_parser("lineage", help="print a result row's chain back to its source file rows")
+    lineage.add_argument("table", help="schema.table, e.g. elicitation.accuracy_summary")
+    lineage.add_argument("row_id", help="the row's row_id")
+    lineage.add_argument("--max-inputs", type=int, default=3, help="inputs shown per row (default 3)")
+    lineage.set_defaults(handler=command_lineage)
     ui = commands.add_parser("ui", help="open the Dagster UI on this platform's instance")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)

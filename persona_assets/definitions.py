@@ -3,7 +3,9 @@
 from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
 from persona_assets.agents import assets as agent_assets
+from persona_assets import checks
 from persona_assets.alignment import assets as alignment_assets
+from persona_assets.automation import country_schedules, domain_jobs, input_sensors, partition_jobs
 from persona_assets.elicitation import baselines, evaluations, search
 from persona_assets.opinions import assets as opinion_assets
 from persona_assets.reports import elicitation as elicitation_reports
@@ -19,11 +21,16 @@ settings = load_settings()
 ALL_ASSETS = load_assets_from_modules(
     [opinion_assets, baselines, search, evaluations, elicitation_reports, agent_assets, vote_assets, alignment_assets]
 )
-ALL_CHECKS = load_asset_checks_from_modules([vote_assets])
+ALL_CHECKS = load_asset_checks_from_modules([vote_assets, checks])
+
+PARTITION_JOBS = partition_jobs(ALL_ASSETS)
 
 defs = Definitions(
     assets=ALL_ASSETS,
     asset_checks=ALL_CHECKS,
+    jobs=domain_jobs(ALL_ASSETS) + PARTITION_JOBS,
+    schedules=country_schedules(settings.schedule_cron),
+    sensors=input_sensors(str(settings.goqa_source), str(settings.board_dir), PARTITION_JOBS),
     resources={
         "io_manager": WarehouseIOManager(database=str(settings.warehouse_path)),
         "llm": LLMResource(model=settings.model, models_dir=str(settings.models_dir), corpus_dir=str(DATA_DIR)),

@@ -45,7 +45,8 @@ class Provenance:
 
 
 def result_frame(rows: list[dict], schema: dict[str, pl.DataType], provenance: Provenance) -> pl.DataFrame:
-    """Rows (each with its own ``partition_key`` and ``input_ids``) plus the run's provenance."""
+    """Rows (each with its own ``partition_key`` and ``input_ids``) plus the run's provenance;
+    a row may set its own ``adapter`` (a run over several agents serves several adapters)."""
     constant = {
         "run_id": provenance.run_id,
         "code_version": provenance.code_version,
@@ -54,4 +55,4 @@ def result_frame(rows: list[dict], schema: dict[str, pl.DataType], provenance: P
         "prompt_hash": provenance.prompt_hash,
     }
     full_schema = {"row_id": pl.String, **schema, **PROVENANCE_SCHEMA}
-    return pl.DataFrame([{**row, **constant} for row in rows], schema=full_schema, orient="row")
+    return pl.DataFrame([{**constant, **row} for row in rows], schema=full_schema, orient="row")

@@ -6,6 +6,7 @@ PERSONA_MODEL        "tiny" (the embedded model) or a Hugging Face id or local p
 PERSONA_GOQA_SOURCE  a GlobalOpinionQA file in any supported format
                      (default: the synthetic sample in data/goqa/)
 PERSONA_BOARD_DIR    a board: agents.json, transcripts/*.json, votes.csv (default: data/board)
+PERSONA_SCHEDULE_CRON  when each country's backfill schedule fires (default: Mondays 03:00)
 PERSONA_CHAT_BASE_URL  an OpenAI-compatible API for the zero-shot chat baseline
                      (default: none, the local engine answers through its chat template)
 PERSONA_CHAT_MODEL   the model name to ask that API for
@@ -40,6 +41,7 @@ class Settings:
     board_dir: Path = SAMPLE_BOARD_DIR
     chat_base_url: str = ""
     chat_model: str = ""
+    schedule_cron: str = "0 3 * * 1"
 
     @property
     def warehouse_path(self) -> Path:
@@ -76,4 +78,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     chat_model = (env.get("PERSONA_CHAT_MODEL") or "").strip()
     if chat_base_url and not chat_model:
         raise SettingsError("PERSONA_CHAT_BASE_URL is set but PERSONA_CHAT_MODEL is not: name the chat model")
-    return Settings(home, model, goqa_source, board_dir, chat_base_url, chat_model)
+    schedule_cron = (env.get("PERSONA_SCHEDULE_CRON") or "0 3 * * 1").strip()
+    if len(schedule_cron.split()) != 5:
+        raise SettingsError(f"PERSONA_SCHEDULE_CRON: {schedule_cron!r} is not a five-field cron expression")
+    return Settings(home, model, goqa_source, board_dir, chat_base_url, chat_model, schedule_cron)

@@ -32,6 +32,8 @@ from dagster import (
 )
 from pydantic import Field
 
+from resources.lineage import refresh_lineage_view
+
 PartitionKeys = list[tuple[str, ...]]
 
 
@@ -90,6 +92,7 @@ class Warehouse:
                 else:
                     con.execute(f"DELETE FROM {name}")
                 con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming_rows")
+                refresh_lineage_view(con)
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -119,7 +122,7 @@ class Warehouse:
         with self.connect() as con:
             tables = con.execute(
                 "SELECT schema_name, table_name FROM duckdb_tables() ORDER BY schema_name, table_name"
-            ).fetchall()
+            ).fetchall()  # views such as lineage.edges are not tables
             return [
                 (s, t, con.execute(f'SELECT count(*) FROM "{s}"."{t}"').fetchone()[0]) for s, t in tables
             ]

@@ -154,7 +154,7 @@ def lora_training(
                 log=context.log.info,
             )
             adapter_rows.append({
-                "row_id": agent, "agent": agent, "adapter_path": str(outcome.adapter_dir), "sha256": outcome.fingerprint,
+                "row_id": agent, "agent": agent, "adapter": agent, "adapter_path": str(outcome.adapter_dir), "sha256": outcome.fingerprint,
                 **{k: v for k, v in asdict(settings).items() if k in ("rank", "alpha", "dropout")},
                 "target_modules": list(settings.target_modules), "steps": outcome.steps,
                 "tokens_trained": outcome.tokens_trained, "seconds": outcome.seconds,
@@ -206,7 +206,7 @@ def merged_models(
             fingerprint, difference = merge_adapter(engine, agent, out_dir, samples)
             if difference > MERGE_TOLERANCE:
                 raise RuntimeError(f"{agent}: merged model differs from base + adapter by {difference:.2e} (> {MERGE_TOLERANCE})")
-            rows.append({"row_id": agent, "agent": agent, "model_path": str(out_dir), "sha256": fingerprint,
+            rows.append({"row_id": agent, "agent": agent, "adapter": agent, "model_path": str(out_dir), "sha256": fingerprint,
                          "max_logit_difference": difference, "partition_key": agent,
                          "input_ids": [row_ref("agents.lora_adapters", agent)]})
     context.add_output_metadata({**engine_metadata(meter, engine.model_id),
@@ -239,7 +239,7 @@ def perplexity_matrix(
                 results = engine.loglikelihood(requests)
                 nll = -sum(r.total for r in results)
                 tokens = sum(r.n_counted for r in results)
-                rows.append({"row_id": f"{model}/{agent}", "model": model, "heldout_agent": agent, "examples": examples.height,
+                rows.append({"row_id": f"{model}/{agent}", "model": model, "adapter": adapter, "heldout_agent": agent, "examples": examples.height,
                              "tokens": tokens, "nll": nll, "perplexity": perplexity(nll, tokens), "partition_key": None,
                              "input_ids": [row_ref("agents.completion_examples", i) for i in examples["row_id"]]
                              + ([row_ref("agents.lora_adapters", model)] if adapter else [])})

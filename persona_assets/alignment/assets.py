@@ -42,7 +42,7 @@ def answer_rows(engine, survey: pl.DataFrame, pairs: list[tuple[str, str]], adap
             model = normalize_logprobs(logprobs)
             survey_distribution = normalize(r["distribution"])
             rows.append({
-                "row_id": f"{persona}/{country}/{r['question_id']}", "agent": persona, "country": country,
+                "row_id": f"{persona}/{country}/{r['question_id']}", "agent": persona, "adapter": adapter_of(persona), "country": country,
                 "question_id": r["question_id"], "model_distribution": model, "country_distribution": survey_distribution,
                 "similarity": similarity(model, survey_distribution),
                 "partition_key": country if persona == BASE else f"{persona}|{country}",

@@ -102,7 +102,7 @@ def vote_predictions(
             scores = engine.score([ScoreRequest(p, SCORE_CANDIDATES, adapter=agent) for p in prompts])
             replies = engine.generate([GenerateRequest(p, max_new_tokens=48, adapter=agent) for p in prompts])
             for r, (aye, naye), reply in zip(records.iter_rows(named=True), scores, replies, strict=True):
-                base = {"agent": agent, "motion_id": r["motion_id"], "truth": r["vote"], "partition_key": agent,
+                base = {"agent": agent, "adapter": agent, "motion_id": r["motion_id"], "truth": r["vote"], "partition_key": agent,
                         "input_ids": [row_ref("votes.vote_records", r["row_id"]), row_ref("agents.lora_adapters", agent)]}
                 scored = LABELS[0] if aye > naye else LABELS[1]
                 parsed = parse_final_vote(reply)
@@ -111,7 +111,7 @@ def vote_predictions(
                 rows.append({**base, "row_id": f"generate/{r['row_id']}", "method": "generate", "predicted": parsed,
                              "correct": parsed == r["vote"], "reply": reply, "logprob_aye": None, "logprob_naye": None})
     frame = result_frame(rows, PREDICTION_SCHEMA, Provenance(context.run.run_id, PREDICTION_VERSION, model_id=engine.model_id,
-                                                             adapter=",".join(context.partition_keys), prompt_hash=VOTE_HASH))
+                                                             prompt_hash=VOTE_HASH))
     context.add_output_metadata({**engine_metadata(meter, engine.model_id), "answer_prefix": ANSWER_PREFIX,
                                  "unknown_generations": int((frame["predicted"] == UNKNOWN).sum())})
     return frame

@@ -1,0 +1,49 @@
+"""Checks on the key tables. Blocking where a failure makes every downstream result meaningless."""
+
+import polars as pl
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetKey, MetadataValue, asset_check, build_column_schema_change_checks
+
+CLAIMS = AssetKey(["opinions", "goqa_claims"])
+SPLITS = AssetKey(["opinions", "goqa_splits"])
+
+
+def groups_without_one_positive(claims: pl.DataFrame) -> pl.DataFrame:
+    return (
+        claims.group_by("question_id", "country")
+        .agg(pl.col("label").sum().alias("positives"), pl.len().alias("claims"))
+        .filter((pl.col("positives") != 1) | (pl.col("claims") != 2))
+    )
+
+
+def questions_in_train_and_test(splits: pl.DataFrame) -> pl.DataFrame:
+    roles = splits.group_by("variant", "question_id").agg(pl.col("split").n_unique().alias("roles"))
+    return roles.filter(pl.col("roles") > 1)
+
+
+@asset_check(asset=CLAIMS, blocking=True, description="Every (question, country) has exactly two claims, one of them True.")
+def one_positive_claim_per_group(goqa_claims: pl.DataFrame) -> AssetCheckResult:
+    bad = groups_without_one_positive(goqa_claims)
+    return AssetCheckResult(passed=bad.height == 0, metadata={"bad_groups": bad.height,
+                                                             "examples": MetadataValue.json(bad.head(5).to_dicts())})
+
+
+@asset_check(asset=CLAIMS, description="Claims are balanced: the share of True labels is 0.5 (within 0.05).")
+def claim_label_balance(goqa_claims: pl.DataFrame) -> AssetCheckResult:
+    share = float(goqa_claims["label"].mean()) if goqa_claims.height else float("nan")
+    return AssetCheckResult(passed=abs(share - 0.5) <= 0.05, severity=AssetCheckSeverity.WARN,
+                            metadata={"positive_share": share})
+
+
+@asset_check(asset=SPLITS, blocking=True, description="No question is in train for one claim and in test for another.")
+def no_question_in_train_and_test(goqa_splits: pl.DataFrame) -> AssetCheckResult:
+    leaked = questions_in_train_and_test(goqa_splits)
+    return AssetCheckResult(passed=leaked.height == 0, metadata={"leaked_questions": leaked.height})
+
+
+KEY_TABLES = [
+    CLAIMS, SPLITS,
+    AssetKey(["elicitation", "icm_labels"]), AssetKey(["elicitation", "accuracy_summary"]),
+    AssetKey(["agents", "lora_adapters"]), AssetKey(["agents", "perplexity_matrix"]),
+    AssetKey(["votes", "vote_predictions"]), AssetKey(["alignment", "opinion_alignment"]),
+]
+schema_checks = build_column_schema_change_checks(assets=KEY_TABLES, severity=AssetCheckSeverity.WARN)

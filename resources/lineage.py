@@ -1,0 +1,48 @@
+"""The lineage view: every result row's inputs as edges, and a table macro that walks them.
+
+``lineage.edges``: one row per (table, row, input reference) over every warehouse
+table that carries provenance, with the step's run, model, adapter, prompt hash and
+code version. ``lineage.chain(table, row_id)``: everything reachable from one row,
+down to ``file:<sha256>:<row>`` references of source files.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+PROVENANCE_COLUMNS = ("row_id", "input_ids", "run_id", "code_version", "model_id", "adapter", "prompt_hash")
+
+
+def provenance_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    # Base tables only: registered frames and views appear in duckdb_columns() too.
+    rows = con.execute(
+        "SELECT c.schema_name || '.' || c.table_name, list(c.column_name) FROM duckdb_columns() c "
+        "JOIN duckdb_tables() t ON t.table_oid = c.table_oid WHERE NOT t.temporary GROUP BY ALL ORDER BY 1"
+    ).fetchall()
+    return [table for table, columns in rows if set(PROVENANCE_COLUMNS) <= set(columns)]
+
+
+def refresh_lineage_view(con: duckdb.DuckDBPyConnection) -> None:
+    tables = provenance_tables(con)
+    con.execute("CREATE SCHEMA IF NOT EXISTS lineage")
+    if not tables:
+        return
+    parts = [
+        f"SELECT '{t}' AS table_name, row_id, unnest(input_ids) AS input_ref, run_id, code_version, model_id, "
+        f"adapter, prompt_hash FROM {t}"
+        for t in tables
+    ]
+    con.execute("CREATE OR REPLACE VIEW lineage.edges AS " + " UNION ALL ".join(parts))
+    con.execute(
+        """
+        CREATE OR REPLACE MACRO lineage.chain(start_table, start_row) AS TABLE
+        WITH RECURSIVE walk(table_name, row_id, input_ref, run_id, code_version, model_id, adapter, prompt_hash) AS (
+            SELECT table_name, row_id, input_ref, run_id, code_version, model_id, adapter, prompt_hash
+            FROM lineage.edges WHERE table_name = start_table AND row_id = start_row
+            UNION
+            SELECT e.table_name, e.row_id, e.input_ref, e.run_id, e.code_version, e.model_id, e.adapter, e.prompt_hash
+            FROM walk w JOIN lineage.edges e ON e.table_name || ':' || e.row_id = w.input_ref
+        )
+        SELECT * FROM walk
+        """
+    )
