@@ -152,6 +152,23 @@ def command_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_review(args: argparse.Namespace) -> int:
+    from persona_assets.review import REVIEW_TABLE, SOURCES, questions_of, run_review
+    from resources.warehouse import Warehouse, WarehouseResource
+
+    settings = load_settings()
+    schema, table, column, order = SOURCES[args.kind]
+    store = WarehouseResource(database=str(settings.warehouse_path))
+    source = store.read_optional(schema, table)
+    if source is None:
+        raise SettingsError(f"no {schema}.{table} in {settings.warehouse_path}: materialize it first (persona run)")
+    questions = questions_of(source.sort(order), schema, table, column)
+    warehouse = Warehouse(settings.warehouse_path)
+    run_review(questions, store.read_optional(schema, REVIEW_TABLE),
+               save=lambda frame: warehouse.replace(schema, REVIEW_TABLE, frame))
+    return 0
+
+
 def command_ui(args: argparse.Namespace) -> int:
     settings = load_settings()
     prepare_instance(settings)
@@ -184,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     lineage.add_argument("row_id", help="the row's row_id")
     lineage.add_argument("--max-inputs", type=int, default=3, help="inputs shown per row (default 3)")
     lineage.set_defaults(handler=command_lineage)
+    review = commands.add_parser("review-questions", help="keep, edit or drop each generated question (resumable)")
+    review.add_argument("--kind", choices=["votes"], default="votes", help="which questions (default: votes)")
+    review.set_defaults(handler=command_review)
     ui = commands.add_parser("ui", help="open the Dagster UI on this platform's instance")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 
-from dagster import AssetExecutionContext, BackfillPolicy, BetaWarning, MetadataValue
+from dagster import BackfillPolicy, BetaWarning, MetadataValue
 
 from resources.llm import UsageMeter
 
@@ -29,7 +29,3 @@ def markdown_table(header: list[str], rows: list[list]) -> MetadataValue:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
     return MetadataValue.md("\n".join(lines))
-
-
-def partition_keys(context: AssetExecutionContext) -> list[str]:
-    return list(context.partition_keys) if context.has_partition_key_range or context.has_partition_key else []

@@ -15,7 +15,7 @@ from resources.artifacts import ArtifactStore
 from resources.llm import LLMResource
 from resources.llm.chat_api import ChatApiResource
 from resources.sources import BoardSource, GoqaSource
-from resources.warehouse import WarehouseIOManager
+from resources.warehouse import WarehouseIOManager, WarehouseResource
 
 settings = load_settings()
 ALL_ASSETS = load_assets_from_modules(
@@ -26,13 +26,14 @@ ALL_CHECKS = load_asset_checks_from_modules([vote_assets, checks])
 PARTITION_JOBS = partition_jobs(ALL_ASSETS)
 
 defs = Definitions(
-    assets=ALL_ASSETS,
+    assets=[*ALL_ASSETS, vote_assets.question_reviews],
     asset_checks=ALL_CHECKS,
     jobs=domain_jobs(ALL_ASSETS) + PARTITION_JOBS,
     schedules=country_schedules(settings.schedule_cron),
     sensors=input_sensors(str(settings.goqa_source), str(settings.board_dir), PARTITION_JOBS),
     resources={
         "io_manager": WarehouseIOManager(database=str(settings.warehouse_path)),
+        "warehouse": WarehouseResource(database=str(settings.warehouse_path)),
         "llm": LLMResource(model=settings.model, models_dir=str(settings.models_dir), corpus_dir=str(DATA_DIR)),
         "goqa_source": GoqaSource(path=str(settings.goqa_source)),
         "board": BoardSource(path=str(settings.board_dir)),

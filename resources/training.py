@@ -45,7 +45,7 @@ class LoraTraining:
     max_length: int = 512
     checkpoint_every: int = 20
     seed: int = 0
-    quantization: str = "none"  # "4bit": QLoRA, a CUDA GPU with bitsandbytes only
+    quantization: str = "none"  # "4bit": QLoRA on a 4-bit copy of the base (CUDA and bitsandbytes only)
 
     def lora_config(self):
         from peft import LoraConfig
@@ -114,11 +114,8 @@ def train_adapter(
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import save_file
 
-    if settings.quantization != "none":
-        raise TrainingError(
-            f"quantization={settings.quantization!r}: QLoRA needs a CUDA GPU with bitsandbytes and a base model "
-            "loaded in 4 bits for training; run it in the GPU worker (the engine here serves full-precision weights)"
-        )
+    if settings.quantization not in ("none", "4bit"):
+        raise TrainingError(f"quantization must be none or 4bit, got {settings.quantization!r}")
     if not examples:
         raise TrainingError(f"{name}: no training examples")
     counted = sum(sum(mask) for _, mask in examples)
@@ -129,8 +126,11 @@ def train_adapter(
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     accelerator = Accelerator(cpu=engine.device == "cpu")
     torch.manual_seed(settings.seed)  # the LoRA initialisation
-    internal = engine.new_trainable_adapter(name, settings.lora_config())
-    model = engine.model
+    if settings.quantization == "4bit":
+        internal, model = f"{name}-qlora", _quantized_for_training(engine, name, settings)
+    else:
+        internal = engine.new_trainable_adapter(name, settings.lora_config())
+        model = engine.model
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -188,8 +188,35 @@ def train_adapter(
     save_file(weights, str(buffer_path))
     unwrapped.peft_config[internal].save_pretrained(str(adapter_dir))
     fingerprint = files_fingerprint(adapter_dir)
-    engine.register_adapter(name, internal, fingerprint)
+    if settings.quantization == "4bit":
+        del model, unwrapped  # the 4-bit copy; the engine serves the adapter on its full-precision base
+        torch.cuda.empty_cache()
+        engine.add_adapter(name, str(adapter_dir), fingerprint)
+    else:
+        engine.register_adapter(name, internal, fingerprint)
     return TrainingOutcome(adapter_dir, fingerprint, step, tokens_trained, seconds, resumed_from, losses)
+
+
+def _quantized_for_training(engine, name: str, settings: LoraTraining):
+    """QLoRA: a second copy of the base in 4 bits (NF4, double quantization, bfloat16 compute)
+    with a fresh adapter; counted as a model load."""
+    if not torch.cuda.is_available():
+        raise TrainingError(f"{name}: QLoRA (quantization=4bit) needs a CUDA GPU; none is visible here")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise TrainingError(f"{name}: QLoRA needs bitsandbytes (pip install '.[gpu]')") from exc
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quantized = AutoModelForCausalLM.from_pretrained(
+        engine.model_path,
+        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                               bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16),
+        device_map={"": torch.cuda.current_device()},
+    )
+    engine.usage.model_loads += 1
+    return get_peft_model(prepare_model_for_kbit_training(quantized), settings.lora_config(), adapter_name=f"{name}-qlora")
 
 
 def merge_adapter(engine, name: str, out_dir: Path, check_inputs: Sequence[list[int]]) -> tuple[str, float]:

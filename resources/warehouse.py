@@ -23,6 +23,7 @@ import duckdb
 import polars as pl
 from dagster import (
     ConfigurableIOManager,
+    ConfigurableResource,
     InputContext,
     MetadataValue,
     MultiPartitionsDefinition,
@@ -204,6 +205,21 @@ def partition_key_tuples(keys: Sequence[str], partitions_def) -> PartitionKeys:
             tuples.append(tuple(by_dimension[d] for d in dimensions))
         return tuples
     return [(str(k),) for k in keys]
+
+
+class WarehouseResource(ConfigurableResource):
+    """Direct access for what is not an asset's own input, e.g. reviews people write with the CLI."""
+
+    database: str = Field(description="Path of the DuckDB file.")
+
+    def read_optional(self, schema: str, table: str) -> pl.DataFrame | None:
+        warehouse = Warehouse(self.database)
+        if not warehouse.path.exists():
+            return None
+        with warehouse.connect() as con:
+            if not _table_exists(con, schema, table):
+                return None
+        return warehouse.read(schema, table)
 
 
 class WarehouseIOManager(ConfigurableIOManager):

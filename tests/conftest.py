@@ -78,10 +78,11 @@ def local_resources(home: Path, llm, **overrides) -> dict:
     from resources.artifacts import ArtifactStore
     from resources.llm.chat_api import ChatApiResource
     from resources.sources import BoardSource, GoqaSource
-    from resources.warehouse import WarehouseIOManager
+    from resources.warehouse import WarehouseIOManager, WarehouseResource
 
     return {
         "io_manager": WarehouseIOManager(database=str(home / "w.duckdb")),
+        "warehouse": WarehouseResource(database=str(home / "w.duckdb")),
         "llm": llm,
         "goqa_source": GoqaSource(path=str(SAMPLE_GOQA_SOURCE)),
         "board": BoardSource(path=str(SAMPLE_BOARD_DIR)),

@@ -59,7 +59,7 @@ class TrainingConfig(Config):
     max_length: int = Field(default=2048, description="Tokens per example; longer ones are truncated.")
     checkpoint_every: int = Field(default=50, description="Save a checkpoint every N steps (and every epoch).")
     seed: int = Field(default=0)
-    quantization: str = Field(default="none", description="none, or 4bit (QLoRA; GPU worker only).")
+    quantization: str = Field(default="none", description="none, or 4bit (QLoRA: a CUDA GPU with bitsandbytes).")
 
 
 def _provenance(context, engine=None, adapter=None) -> Provenance:

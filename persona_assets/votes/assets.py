@@ -1,7 +1,17 @@
 """Votes: motions and per-agent votes from the records, vote predictions two ways, and their metrics."""
 
 import polars as pl
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetExecutionContext, AssetIn, MetadataValue, asset, asset_check
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetSpec,
+    MetadataValue,
+    asset,
+    asset_check,
+)
 
 from partitions import AGENTS, agents_partitions
 from persona_assets.agents.assets import AGENTS_BY_KEY, ensure_adapters
@@ -22,25 +32,46 @@ from persona_assets.votes.prediction import (
 from persona_assets.votes.records import Motion, formal_question, read_votes, resolve_votes
 from resources.artifacts import ArtifactStore
 from resources.llm import ChatPrompt, GenerateRequest, LLMResource, ScoreRequest
+from persona_assets.review import REVIEW_TABLE, reviewed
 from resources.sources import BoardSource
+from resources.warehouse import WarehouseResource
 
 GROUP = "votes"
 VERSION = "votes-1"
 PREDICTION_VERSION = f"vote-prediction-1-{VOTE_HASH}"
 SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS)
 
-MOTION_SCHEMA = {"context": pl.String, "question": pl.String, "ayes": pl.List(pl.String), "nayes": pl.List(pl.String),
+MOTION_SCHEMA = {"context": pl.String, "generated_question": pl.String, "question": pl.String, "review": pl.String,
+                 "ayes": pl.List(pl.String), "nayes": pl.List(pl.String),
                  "source_file": pl.String, "source_sha256": pl.String, "source_row": pl.Int64}
+REVIEWS = AssetKey([GROUP, REVIEW_TABLE])
+
+question_reviews = AssetSpec(
+    REVIEWS, group_name=GROUP, owners=OWNERS, kinds={"duckdb"},
+    description="People's reviews of the generated vote questions (keep, edit, drop), written by "
+                "`persona review-questions --kind votes`; motions apply them when they next materialize.",
+)
 RECORD_SCHEMA = {"motion_id": pl.String, "agent": pl.String, "vote": pl.String, "name_as_written": pl.String}
 
 
-@asset(**SHARED, kinds=TABLE_KINDS, code_version=VERSION)
-def motions(context: AssetExecutionContext, board: BoardSource) -> pl.DataFrame:
-    """Each vote record's motion, with the formal yes/no question a member answers."""
+@asset(**SHARED, kinds=TABLE_KINDS, code_version=VERSION, deps=[REVIEWS])
+def motions(context: AssetExecutionContext, board: BoardSource, warehouse: WarehouseResource) -> pl.DataFrame:
+    """Each vote record's motion, with the formal yes/no question a member answers: the reviewed
+    text where a person reviewed it (a dropped question leaves its motion out), else the generated one."""
     votes = read_votes(board.votes_file())
-    rows = [{"row_id": m.motion_id, "context": m.context, "question": formal_question(m.context), "ayes": list(m.ayes),
-             "nayes": list(m.nayes), "source_file": str(votes.path), "source_sha256": votes.sha256, "source_row": m.row,
-             "partition_key": None, "input_ids": [file_ref(votes.sha256, m.row)]} for m in votes.motions]
+    reviews = warehouse.read_optional(GROUP, REVIEW_TABLE)
+    rows, dropped = [], []
+    for m in votes.motions:
+        generated = formal_question(m.context)
+        question, decision, review_ref = reviewed(f"votes.motions:{m.motion_id}", generated, reviews, f"votes.{REVIEW_TABLE}")
+        if question is None:
+            dropped.append(m.motion_id)
+            continue
+        rows.append({"row_id": m.motion_id, "context": m.context, "generated_question": generated, "question": question,
+                     "review": decision, "ayes": list(m.ayes), "nayes": list(m.nayes), "source_file": str(votes.path),
+                     "source_sha256": votes.sha256, "source_row": m.row, "partition_key": None,
+                     "input_ids": [file_ref(votes.sha256, m.row)] + ([review_ref] if review_ref else [])})
+    context.add_output_metadata({"reviewed": sum(r["review"] is not None for r in rows), "dropped_by_review": dropped})
     return result_frame(rows, MOTION_SCHEMA, Provenance(context.run.run_id, VERSION))
 
 

@@ -80,7 +80,7 @@ def load_transformers_engine(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
-    engine = TransformersEngine(model_id=model_id, model=model, tokenizer=tokenizer, device=device,
+    engine = TransformersEngine(model_id=model_id, model=model, tokenizer=tokenizer, model_path=model_path, device=device,
                                 max_batch_tokens=max_batch_tokens)
     engine.usage.model_loads += 1
     return engine
@@ -90,6 +90,7 @@ def load_transformers_engine(
 class TransformersEngine(Engine):
     model: object = None
     tokenizer: object = None
+    model_path: str = ""
     device: str = "cpu"
     max_batch_tokens: int = 16384
     segment_cache: dict = field(default_factory=dict)
