@@ -19,10 +19,14 @@ INSTANCE_YAML = """\
 # Written by `persona`; the Dagster instance behind `persona run` and `persona ui`.
 telemetry:
   enabled: false
-# The warehouse is one DuckDB file with one writer at a time, and a run that uses a model
-# loads it: queued runs (schedules, sensors, the UI) go one after another, in order.
-run_queue:
-  max_concurrent_runs: 1
+concurrency:
+  # The warehouse is one DuckDB file with one writer at a time, and a run that uses a model
+  # loads it: queued runs (schedules, sensors, the UI) go one after another, in order.
+  runs:
+    max_concurrent_runs: 1
+# Steps declare pools "gpu" (they load a model) and "warehouse" (they only write tables). No pool
+# limit is set here: `persona run` executes in its own process, and a run killed there would keep its
+# pool slot claimed. On a shared deployment: dagster instance concurrency set gpu <number of GPUs>.
 """
 
 
@@ -31,7 +35,7 @@ def prepare_instance(settings: Settings):
 
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
     config = settings.dagster_home / "dagster.yaml"
-    if not config.exists():
+    if not config.exists() or config.read_text() != INSTANCE_YAML:
         config.write_text(INSTANCE_YAML)
     return DagsterInstance.from_config(str(settings.dagster_home))
 

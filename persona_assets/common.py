@@ -14,6 +14,9 @@ warnings.filterwarnings("ignore", category=BetaWarning)
 OWNERS = ["team:persona-research"]
 TABLE_KINDS = {"polars", "duckdb"}
 MODEL_KINDS = {"pytorch", "duckdb"}
+# Concurrency pools (limits in the instance's dagster.yaml): steps that load a model, and the rest,
+# which write the single-writer DuckDB file.
+GPU_POOL, WAREHOUSE_POOL = "gpu", "warehouse"
 COUNTRY_PARTITION = {"partition_expr": "country"}
 AGENT_PARTITION = {"partition_expr": "agent"}
 AGENT_COUNTRY_PARTITION = {"partition_expr": {"agent": "agent", "country": "country"}}

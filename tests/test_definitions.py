@@ -22,7 +22,8 @@ def test_every_asset_is_described_grouped_owned_and_typed():
         assert node.group_name and node.group_name != "default", name
         assert node.owners, name
         assert node.kinds, name
-        assert node.code_version, name
+        # External assets (people write them with the CLI) have no code of ours to version.
+        assert node.code_version or not node.is_materializable, name
         assert len(node.key.path) == 2, f"{name}: key must be [schema, table]"
 
 

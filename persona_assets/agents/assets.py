@@ -23,7 +23,17 @@ from persona_assets.agents.tables import (
     turn_rows,
 )
 from persona_assets.agents.transcripts import read_meetings
-from persona_assets.common import AGENT_PARTITION, MODEL_KINDS, ONE_RUN_PER_BACKFILL, OWNERS, TABLE_KINDS, engine_metadata, markdown_table
+from persona_assets.common import (
+    AGENT_PARTITION,
+    GPU_POOL,
+    MODEL_KINDS,
+    ONE_RUN_PER_BACKFILL,
+    OWNERS,
+    TABLE_KINDS,
+    WAREHOUSE_POOL,
+    engine_metadata,
+    markdown_table,
+)
 from persona_assets.provenance import Provenance, result_frame, row_ref
 from persona_assets.reports.plots import heatmap, inline, loss_curve
 from resources.artifacts import ArtifactStore
@@ -66,7 +76,7 @@ def _provenance(context, engine=None, adapter=None) -> Provenance:
     return Provenance(context.run.run_id, VERSION, model_id=engine.model_id if engine else None, adapter=adapter)
 
 
-@asset(**SHARED, kinds=TABLE_KINDS)
+@asset(**SHARED, kinds=TABLE_KINDS, pool=WAREHOUSE_POOL)
 def board_turns(context: AssetExecutionContext, config: BoardConfig, board: BoardSource) -> pl.DataFrame:
     """Every turn of every meeting transcript, its speaker resolved to an agent (or none), and the
     meeting's train/test split: whole meetings, so no meeting feeds both."""
@@ -88,21 +98,21 @@ def board_turns(context: AssetExecutionContext, config: BoardConfig, board: Boar
 TURNS_IN = {"board_turns": AssetIn(key=[GROUP, "board_turns"])}
 
 
-@asset(**SHARED, **BY_AGENT, kinds=TABLE_KINDS, ins=TURNS_IN)
+@asset(**SHARED, **BY_AGENT, kinds=TABLE_KINDS, pool=WAREHOUSE_POOL, ins=TURNS_IN)
 def training_conversations(context: AssetExecutionContext, config: CorpusConfig, board_turns: pl.DataFrame) -> pl.DataFrame:
     """Training chats from train meetings: the agent's turns as assistant turns, everyone else's as user turns."""
     rows = conversation_rows(board_turns, context.partition_keys, config.conversation_words)
     return result_frame(rows, CONVERSATION_SCHEMA, _provenance(context))
 
 
-@asset(**SHARED, **BY_AGENT, kinds=TABLE_KINDS, ins=TURNS_IN)
+@asset(**SHARED, **BY_AGENT, kinds=TABLE_KINDS, pool=WAREHOUSE_POOL, ins=TURNS_IN)
 def completion_examples(context: AssetExecutionContext, config: CorpusConfig, board_turns: pl.DataFrame) -> pl.DataFrame:
     """Each utterance of the agent with the turns before it, from train and test meetings (the held-out sets)."""
     rows = completion_rows(board_turns, context.partition_keys, config.context_turns, config.min_completion_words)
     return result_frame(rows, COMPLETION_SCHEMA, _provenance(context))
 
 
-@asset(**SHARED, **BY_AGENT, kinds=TABLE_KINDS, ins=TURNS_IN)
+@asset(**SHARED, **BY_AGENT, kinds=TABLE_KINDS, pool=WAREHOUSE_POOL, ins=TURNS_IN)
 def monologues(context: AssetExecutionContext, config: CorpusConfig, board_turns: pl.DataFrame) -> pl.DataFrame:
     """The agent's utterances longer than the monologue threshold (150 words by default)."""
     return result_frame(monologue_rows(board_turns, context.partition_keys, config.monologue_words), MONOLOGUE_SCHEMA,
@@ -124,6 +134,7 @@ LOSS_SCHEMA = {"agent": pl.String, "step": pl.Int64, "epoch": pl.Int64, "loss": 
                                   code_version=VERSION, description="Training loss per step and agent, with the loss curve plot."),
     },
     group_name=GROUP,
+    pool=GPU_POOL,
     partitions_def=agents_partitions,
     backfill_policy=ONE_RUN_PER_BACKFILL,
     ins={"training_conversations": AssetIn(key=[GROUP, "training_conversations"])},
@@ -188,7 +199,7 @@ def ensure_adapters(engine, adapters: pl.DataFrame) -> None:
 MERGED_SCHEMA = {"agent": pl.String, "model_path": pl.String, "sha256": pl.String, "max_logit_difference": pl.Float64}
 
 
-@asset(**SHARED, **BY_AGENT, kinds=MODEL_KINDS | {"safetensors"},
+@asset(**SHARED, **BY_AGENT, kinds=MODEL_KINDS | {"safetensors"}, pool=GPU_POOL,
        ins={"lora_adapters": AssetIn(key=[GROUP, "lora_adapters"]), "completion_examples": AssetIn(key=[GROUP, "completion_examples"])})
 def merged_models(
     context: AssetExecutionContext, llm: LLMResource, artifacts: ArtifactStore,
@@ -214,7 +225,7 @@ def merged_models(
     return result_frame(rows, MERGED_SCHEMA, _provenance(context, engine))
 
 
-@asset(**SHARED, kinds=MODEL_KINDS | {"matplotlib"},
+@asset(**SHARED, kinds=MODEL_KINDS | {"matplotlib"}, pool=GPU_POOL,
        ins={"lora_adapters": AssetIn(key=[GROUP, "lora_adapters"]), "completion_examples": AssetIn(key=[GROUP, "completion_examples"])})
 def perplexity_matrix(
     context: AssetExecutionContext, llm: LLMResource, artifacts: ArtifactStore,

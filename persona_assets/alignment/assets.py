@@ -9,10 +9,12 @@ from persona_assets.alignment.similarity import OPINION_HASH, normalize, normali
 from persona_assets.common import (
     AGENT_COUNTRY_PARTITION,
     COUNTRY_PARTITION,
+    GPU_POOL,
     MODEL_KINDS,
     ONE_RUN_PER_BACKFILL,
     OWNERS,
     TABLE_KINDS,
+    WAREHOUSE_POOL,
     engine_metadata,
     markdown_table,
 )
@@ -59,7 +61,7 @@ def _metadata(meter, engine, frame: pl.DataFrame, skipped: int) -> dict:
                                               [[a, c, f"{s:.3f}"] for a, c, s in means.iter_rows()])}
 
 
-@asset(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=MODEL_KINDS, code_version=VERSION,
+@asset(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=MODEL_KINDS, pool=GPU_POOL, code_version=VERSION,
        partitions_def=agent_country_partitions, metadata=AGENT_COUNTRY_PARTITION, backfill_policy=ONE_RUN_PER_BACKFILL,
        ins={"goqa_survey": SURVEY_IN, "lora_adapters": AssetIn(key=["agents", "lora_adapters"])})
 def agent_opinions(context: AssetExecutionContext, llm: LLMResource, goqa_survey: pl.DataFrame, lora_adapters: pl.DataFrame) -> pl.DataFrame:
@@ -77,7 +79,7 @@ def agent_opinions(context: AssetExecutionContext, llm: LLMResource, goqa_survey
     return frame
 
 
-@asset(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=MODEL_KINDS, code_version=VERSION,
+@asset(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=MODEL_KINDS, pool=GPU_POOL, code_version=VERSION,
        partitions_def=countries_partitions, metadata=COUNTRY_PARTITION, backfill_policy=ONE_RUN_PER_BACKFILL,
        ins={"goqa_survey": SURVEY_IN})
 def base_opinions(context: AssetExecutionContext, llm: LLMResource, goqa_survey: pl.DataFrame) -> pl.DataFrame:
@@ -92,7 +94,7 @@ def base_opinions(context: AssetExecutionContext, llm: LLMResource, goqa_survey:
 SUMMARY_SCHEMA = {"persona": pl.String, "country": pl.String, "questions": pl.Int64, "similarity": pl.Float64}
 
 
-@asset(key_prefix=GROUP, group_name="reports", owners=OWNERS, kinds=TABLE_KINDS | {"matplotlib"}, code_version=VERSION,
+@asset(key_prefix=GROUP, group_name="reports", owners=OWNERS, kinds=TABLE_KINDS | {"matplotlib"}, pool=WAREHOUSE_POOL, code_version=VERSION,
        ins={"agent_opinions": AssetIn(key=[GROUP, "agent_opinions"]), "base_opinions": AssetIn(key=[GROUP, "base_opinions"])})
 def opinion_alignment(context: AssetExecutionContext, artifacts: ArtifactStore, agent_opinions: pl.DataFrame,
                       base_opinions: pl.DataFrame) -> pl.DataFrame:

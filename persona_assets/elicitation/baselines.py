@@ -6,6 +6,7 @@ from dagster import AssetExecutionContext, AssetIn, asset
 from partitions import countries_partitions
 from persona_assets.common import (
     COUNTRY_PARTITION,
+    GPU_POOL,
     MODEL_KINDS,
     ONE_RUN_PER_BACKFILL,
     OWNERS,
@@ -34,7 +35,7 @@ BASELINE = dict(
     key_prefix=GROUP,
     group_name=GROUP,
     owners=OWNERS,
-    kinds=MODEL_KINDS,
+    kinds=MODEL_KINDS, pool=GPU_POOL,
     partitions_def=countries_partitions,
     metadata=COUNTRY_PARTITION,
     backfill_policy=ONE_RUN_PER_BACKFILL,

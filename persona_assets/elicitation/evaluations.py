@@ -5,7 +5,15 @@ from dagster import AssetExecutionContext, AssetIn, Config, asset
 from pydantic import Field
 
 from partitions import countries_partitions
-from persona_assets.common import COUNTRY_PARTITION, MODEL_KINDS, ONE_RUN_PER_BACKFILL, OWNERS, engine_metadata, markdown_table
+from persona_assets.common import (
+    COUNTRY_PARTITION,
+    GPU_POOL,
+    MODEL_KINDS,
+    ONE_RUN_PER_BACKFILL,
+    OWNERS,
+    engine_metadata,
+    markdown_table,
+)
 from persona_assets.elicitation.evaluation import build_conditions, condition_margins
 from persona_assets.elicitation.prompts import FEW_SHOT_HASH
 from persona_assets.elicitation.tables import demo_pool, split_claims, test_claims
@@ -42,7 +50,7 @@ class FewShotConfig(Config):
     key_prefix=GROUP,
     group_name=GROUP,
     owners=OWNERS,
-    kinds=MODEL_KINDS,
+    kinds=MODEL_KINDS, pool=GPU_POOL,
     code_version=EVALUATION_VERSION,
     partitions_def=countries_partitions,
     metadata=COUNTRY_PARTITION,

@@ -12,6 +12,7 @@ from persona_assets.common import (
     ONE_RUN_PER_BACKFILL,
     OWNERS,
     TABLE_KINDS,
+    WAREHOUSE_POOL,
     markdown_table,
 )
 from persona_assets.opinions.splits import SplitRules
@@ -30,7 +31,7 @@ from resources.sources import GoqaSource
 
 GROUP = "opinions"
 CODE_VERSION = "opinions-1"
-SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=TABLE_KINDS, code_version=CODE_VERSION)
+SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=TABLE_KINDS, pool=WAREHOUSE_POOL, code_version=CODE_VERSION)
 BY_COUNTRY = dict(
     partitions_def=countries_partitions, metadata=COUNTRY_PARTITION, backfill_policy=ONE_RUN_PER_BACKFILL
 )

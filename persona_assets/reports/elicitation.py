@@ -5,7 +5,7 @@ from collections import defaultdict
 import polars as pl
 from dagster import AssetExecutionContext, AssetIn, MetadataValue, asset
 
-from persona_assets.common import OWNERS, TABLE_KINDS
+from persona_assets.common import OWNERS, TABLE_KINDS, WAREHOUSE_POOL
 from persona_assets.elicitation.evaluation import AccuracySummary, aggregate, summarize
 from persona_assets.provenance import Provenance, result_frame, row_ref
 from persona_assets.reports.plots import Bar, accuracy_bars, accuracy_curves, inline
@@ -104,7 +104,7 @@ def summary_rows(lists) -> list[dict]:
     key_prefix="elicitation",
     group_name="reports",
     owners=OWNERS,
-    kinds=TABLE_KINDS | {"matplotlib"},
+    kinds=TABLE_KINDS | {"matplotlib"}, pool=WAREHOUSE_POOL,
     code_version=SUMMARY_VERSION,
     ins={
         "zero_shot_base_predictions": AssetIn(key=["elicitation", "zero_shot_base_predictions"]),

@@ -16,7 +16,17 @@ from dagster import (
 from partitions import AGENTS, agents_partitions
 from persona_assets.agents.assets import AGENTS_BY_KEY, ensure_adapters
 from persona_assets.agents.transcripts import alias_table
-from persona_assets.common import AGENT_PARTITION, MODEL_KINDS, ONE_RUN_PER_BACKFILL, OWNERS, TABLE_KINDS, engine_metadata, markdown_table
+from persona_assets.common import (
+    AGENT_PARTITION,
+    GPU_POOL,
+    MODEL_KINDS,
+    ONE_RUN_PER_BACKFILL,
+    OWNERS,
+    TABLE_KINDS,
+    WAREHOUSE_POOL,
+    engine_metadata,
+    markdown_table,
+)
 from persona_assets.provenance import Provenance, file_ref, result_frame, row_ref
 from persona_assets.reports.plots import confusion_matrix, inline
 from persona_assets.votes.prediction import (
@@ -54,7 +64,7 @@ question_reviews = AssetSpec(
 RECORD_SCHEMA = {"motion_id": pl.String, "agent": pl.String, "vote": pl.String, "name_as_written": pl.String}
 
 
-@asset(**SHARED, kinds=TABLE_KINDS, code_version=VERSION, deps=[REVIEWS])
+@asset(**SHARED, kinds=TABLE_KINDS, pool=WAREHOUSE_POOL, code_version=VERSION, deps=[REVIEWS])
 def motions(context: AssetExecutionContext, board: BoardSource, warehouse: WarehouseResource) -> pl.DataFrame:
     """Each vote record's motion, with the formal yes/no question a member answers: the reviewed
     text where a person reviewed it (a dropped question leaves its motion out), else the generated one."""
@@ -75,7 +85,7 @@ def motions(context: AssetExecutionContext, board: BoardSource, warehouse: Wareh
     return result_frame(rows, MOTION_SCHEMA, Provenance(context.run.run_id, VERSION))
 
 
-@asset(**SHARED, kinds=TABLE_KINDS, code_version=VERSION, ins={"motions": AssetIn(key=[GROUP, "motions"])})
+@asset(**SHARED, kinds=TABLE_KINDS, pool=WAREHOUSE_POOL, code_version=VERSION, ins={"motions": AssetIn(key=[GROUP, "motions"])})
 def vote_records(context: AssetExecutionContext, motions: pl.DataFrame) -> pl.DataFrame:
     """One row per (motion, voter): the agent the name resolves to through the registry's aliases, or
     null for a name that matches no agent (kept, reported in metadata and by a check)."""
@@ -111,7 +121,7 @@ PREDICTION_SCHEMA = {"agent": pl.String, "motion_id": pl.String, "method": pl.St
 
 
 @asset(
-    **SHARED, kinds=MODEL_KINDS, code_version=PREDICTION_VERSION, partitions_def=agents_partitions,
+    **SHARED, kinds=MODEL_KINDS, pool=GPU_POOL, code_version=PREDICTION_VERSION, partitions_def=agents_partitions,
     metadata=AGENT_PARTITION, backfill_policy=ONE_RUN_PER_BACKFILL,
     ins={"motions": AssetIn(key=[GROUP, "motions"]), "vote_records": AssetIn(key=[GROUP, "vote_records"]),
          "lora_adapters": AssetIn(key=["agents", "lora_adapters"])},
@@ -153,7 +163,7 @@ METRIC_SCHEMA = {"method": pl.String, "scope": pl.String, "n": pl.Int64, "accura
                  "majority_baseline": pl.Float64, "majority_class": pl.String}
 
 
-@asset(key_prefix=GROUP, group_name="reports", owners=OWNERS, kinds=TABLE_KINDS | {"matplotlib"}, code_version=VERSION,
+@asset(key_prefix=GROUP, group_name="reports", owners=OWNERS, kinds=TABLE_KINDS | {"matplotlib"}, pool=WAREHOUSE_POOL, code_version=VERSION,
        ins={"vote_predictions": AssetIn(key=[GROUP, "vote_predictions"])})
 def vote_metrics_summary(context: AssetExecutionContext, artifacts: ArtifactStore, vote_predictions: pl.DataFrame) -> pl.DataFrame:
     """Accuracy, balanced accuracy, macro-F1, Unknown rate and the majority-class baseline per method,
