@@ -10,15 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from partitions.registries import Agent
-from persona_assets.errors import PersonaInputError
+from persona_assets.errors import InputFileError, PersonaInputError
 
 HONORIFICS = re.compile(r"^(mr|mrs|ms|miss|dr|prof|chair|vice chair|chairman|chairwoman|supervisor)\.?\s+", re.I)
 
 
-class TranscriptError(PersonaInputError):
-    def __init__(self, path: Path | str, row: int | None, field_name: str | None, problem: str):
-        where = [str(path)] + ([f"row {row}"] if row is not None else []) + ([f"field '{field_name}'"] if field_name else [])
-        super().__init__(f"{', '.join(where)}: {problem}")
+class TranscriptError(InputFileError):
+    """Bad meeting transcript."""
 
 
 @dataclass(frozen=True)

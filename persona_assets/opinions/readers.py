@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from persona_assets.errors import PersonaInputError
+from persona_assets.errors import InputFileError
 
 FORMAT_HF_CSV = "hf_csv"
 FORMAT_FLAT_JSON = "flat_json"
@@ -37,17 +37,8 @@ _DEFAULTDICT = re.compile(r"^\s*defaultdict\(\s*<class\s+'list'>\s*,\s*(\{.*\})\
 _OPTION_LINE = re.compile(r"^([A-Z])\.\s?(.*)$")
 
 
-class SurveyFormatError(PersonaInputError):
-    """Bad survey input; the message names the file, the row and the field."""
-
-    def __init__(self, path: Path | str, row: int | None, field_name: str | None, problem: str):
-        self.path, self.row, self.field, self.problem = str(path), row, field_name, problem
-        where = [self.path]
-        if row is not None:
-            where.append(f"row {row}")
-        if field_name is not None:
-            where.append(f"field '{field_name}'")
-        super().__init__(f"{', '.join(where)}: {problem}")
+class SurveyFormatError(InputFileError):
+    """Bad survey input."""
 
 
 @dataclass(frozen=True)

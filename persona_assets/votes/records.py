@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from persona_assets.agents.transcripts import speaker_agent
-from persona_assets.errors import PersonaInputError
+from persona_assets.errors import InputFileError
 
 COLUMNS = ("Context", "Ayes", "Nayes")
 AYE, NAYE = "Aye", "Naye"
@@ -18,10 +18,8 @@ _SEPARATORS = re.compile(r"\s*(?:,|;|&|\band\b)\s*", re.I)
 _NAME = re.compile(r"^[A-Za-z][A-Za-z.'\- ]*$")
 
 
-class VoteRecordError(PersonaInputError):
-    def __init__(self, path, row, field_name, problem):
-        where = [str(path)] + ([f"row {row}"] if row is not None else []) + ([f"field '{field_name}'"] if field_name else [])
-        super().__init__(f"{', '.join(where)}: {problem}")
+class VoteRecordError(InputFileError):
+    """Bad vote record."""
 
 
 @dataclass(frozen=True)
