@@ -104,6 +104,7 @@ def command_run(args: argparse.Namespace) -> int:
     plots = sorted((settings.artifacts_dir / "plots").glob("**/*.png"))
     print(f"Plots: {settings.artifacts_dir / 'plots'} ({len(plots)} files)")
     print("Open the UI:  persona ui   (then http://127.0.0.1:3000)")
+    print("Trace a row:  persona lineage <schema.table> <row_id>")
     if failed:
         print(f"\nFAILED run {failed[0].run_id}: {failed[0].error}", file=sys.stderr)
         return 1
