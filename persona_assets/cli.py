@@ -1,4 +1,4 @@
-"""The ``persona`` command: run the asset graph on the embedded default, open the UI."""
+"""The ``persona`` command: run the graph, open the UI, trace a row, review questions, run benchmarks."""
 
 from __future__ import annotations
 
