@@ -21,6 +21,21 @@ agent_country_partitions = MultiPartitionsDefinition(
     {"agent": agents_partitions, "country": countries_partitions}
 )
 
+
+
+def partitioning(partitions_def) -> str:
+    """The name of a partitions definition: unpartitioned, country, agent or agent_country."""
+    if partitions_def is None:
+        return "unpartitioned"
+    if partitions_def == countries_partitions:
+        return "country"
+    if partitions_def == agents_partitions:
+        return "agent"
+    if partitions_def == agent_country_partitions:
+        return "agent_country"
+    raise ValueError(f"unknown partitions definition {partitions_def}")
+
+
 __all__ = [
     "AGENTS",
     "AGENT_REGISTRY_FILE",
@@ -28,4 +43,5 @@ __all__ = [
     "agent_country_partitions",
     "agents_partitions",
     "countries_partitions",
+    "partitioning",
 ]

@@ -24,7 +24,7 @@ from dagster import (
     sensor,
 )
 
-from partitions import AGENTS, COUNTRIES, agent_country_partitions, agents_partitions, countries_partitions
+from partitions import AGENTS, COUNTRIES, agent_country_partitions, agents_partitions, countries_partitions, partitioning
 from persona_assets.agents.transcripts import alias_table, read_meetings, speaker_agent
 from persona_assets.opinions.readers import read_survey
 from persona_assets.votes.records import read_votes
@@ -43,7 +43,7 @@ def domain_jobs(assets_defs) -> list:
         for assets_def in assets_defs:
             for key in assets_def.keys:
                 if assets_def.group_names_by_key[key] == group:
-                    by_partitioning.setdefault(_dimension(assets_def.partitions_def), []).append(key)
+                    by_partitioning.setdefault(partitioning(assets_def.partitions_def), []).append(key)
         partitioned = [d for d in by_partitioning if d != "unpartitioned"]
         for dimension, dim_keys in by_partitioning.items():
             if dimension == "unpartitioned" and partitioned:
@@ -53,16 +53,6 @@ def domain_jobs(assets_defs) -> list:
             jobs.append(define_asset_job(f"{group}{suffix}_job", selection=AssetSelection.assets(*sorted(by_partitioning[dimension])),
                                          description=f"Every {group} asset ({dimension})."))
     return jobs
-
-
-def _dimension(pdef) -> str:
-    if pdef is None:
-        return "unpartitioned"
-    if pdef == countries_partitions:
-        return "country"
-    if pdef == agents_partitions:
-        return "agent"
-    return "agent_country"
 
 
 def keys_partitioned_by(assets_defs, pdef) -> list[AssetKey]:

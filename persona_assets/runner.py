@@ -22,7 +22,7 @@ from dagster import (
     PartitionsDefinition,
 )
 
-from partitions import agents_partitions, countries_partitions
+from partitions import partitioning
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 # Step-level debug lines stay in the instance (the UI shows them); the terminal gets warnings.
@@ -64,14 +64,6 @@ def _dimension_filter(name: str, countries: set[str] | None, agents: set[str] | 
     return {"country": countries, "agent": agents}.get(name)
 
 
-def _dimension_name(partitions_def: PartitionsDefinition) -> str:
-    if partitions_def == countries_partitions:
-        return "country"
-    if partitions_def == agents_partitions:
-        return "agent"
-    return ""
-
-
 def partition_ranges(
     partitions_def: PartitionsDefinition, countries: set[str] | None, agents: set[str] | None
 ) -> list[tuple[tuple[str, str], int]]:
@@ -92,7 +84,7 @@ def partition_ranges(
             ranges.append(((start, end), size))
         return ranges
     keys = partitions_def.get_partition_keys()
-    wanted = _dimension_filter(_dimension_name(partitions_def), countries, agents)
+    wanted = _dimension_filter(partitioning(partitions_def), countries, agents)
     return [((b[0], b[-1]), len(b)) for b in contiguous_ranges(keys, set(keys) if wanted is None else wanted)]
 
 

@@ -232,7 +232,7 @@ def merge_adapter(engine, name: str, out_dir: Path, check_inputs: Sequence[list[
     merged.save_pretrained(str(out_dir), safe_serialization=True)
     engine.tokenizer.save_pretrained(str(out_dir))
     worst = 0.0
-    with torch.inference_mode(), engine._adapter(name):
+    with torch.inference_mode(), engine.using_adapter(name):
         for ids in check_inputs:
             tensor = torch.tensor([ids], device=engine.device)
             unmerged = engine.model(input_ids=tensor).logits.float()

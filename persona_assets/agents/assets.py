@@ -40,7 +40,7 @@ from resources.artifacts import ArtifactStore
 from resources.llm import ChatPrompt, LLMResource, LoglikelihoodRequest
 from resources.llm.chat import chat_tokens
 from resources.sources import BoardSource
-from resources.training import LoraTraining, merge_adapter, train_adapter
+from resources.training import LoraTraining, merge_adapter, run_fingerprint, train_adapter
 
 GROUP = "agents"
 VERSION = "agents-1"
@@ -155,8 +155,6 @@ def lora_training(
                                     quantization=config.quantization)
             conversations = training_conversations.filter(pl.col("agent") == agent).sort("row_id")
             examples = [chat_tokens(engine.tokenizer, [tuple(m) for m in json.loads(r)]) for r in conversations["messages"]]
-            from resources.training import run_fingerprint
-
             run = run_fingerprint(settings, examples, engine.model_id)
             outcome = train_adapter(
                 engine, agent, examples, settings,

@@ -129,7 +129,8 @@ class TransformersEngine(Engine):
         self.adapters[name] = (internal, fingerprint)
 
     @contextmanager
-    def _adapter(self, name: str | None):
+    def using_adapter(self, name: str | None):
+        """Run the block with this adapter active (None: the base model alone)."""
         from peft import PeftModel
 
         if name is not None and name not in self.adapters:
@@ -150,7 +151,7 @@ class TransformersEngine(Engine):
         for index, request in enumerate(requests):
             groups.setdefault(request.adapter, []).append(index)
         for adapter, indices in groups.items():
-            with self._adapter(adapter):
+            with self.using_adapter(adapter):
                 for index, value in zip(indices, run([requests[i] for i in indices]), strict=True):
                     results[index] = value
         return results
