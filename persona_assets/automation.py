@@ -30,7 +30,7 @@ from persona_assets.opinions.readers import read_survey
 from persona_assets.votes.records import read_votes
 from persona_assets.runner import RANGE_END, RANGE_START, contiguous_ranges
 
-DOMAINS = ("opinions", "elicitation", "agents", "votes", "alignment", "reports")
+DOMAINS = ("opinions", "elicitation", "agents", "traits", "responses", "judging", "votes", "alignment", "reports")
 COUNTRY_TAG = "persona/country"
 BOARD_TABLES = [AssetKey(["agents", "board_turns"]), AssetKey(["votes", "motions"]), AssetKey(["votes", "vote_records"])]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from dagster import BetaWarning
 
 from persona_assets.errors import PersonaInputError
+from persona_assets.review import SOURCES
 from persona_assets.settings import DATA_DIR, PROJECT_ROOT, TINY_MODEL, Settings, SettingsError, load_settings
 
 EMBEDDED_PROFILE = DATA_DIR / "embedded_profile.yaml"
@@ -158,7 +159,7 @@ def command_lineage(args: argparse.Namespace) -> int:
 
 
 def command_review(args: argparse.Namespace) -> int:
-    from persona_assets.review import REVIEW_TABLE, SOURCES, questions_of, run_review
+    from persona_assets.review import REVIEW_TABLE, questions_of, run_review
     from resources.warehouse import Warehouse, WarehouseResource
 
     settings = load_settings()
@@ -207,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     lineage.add_argument("--max-inputs", type=int, default=3, help="inputs shown per row (default 3)")
     lineage.set_defaults(handler=command_lineage)
     review = commands.add_parser("review-questions", help="keep, edit or drop each generated question (resumable)")
-    review.add_argument("--kind", choices=["votes"], default="votes", help="which questions (default: votes)")
+    review.add_argument("--kind", choices=sorted(SOURCES), default="votes",
+                        help="votes: motions' questions; traits: probe questions; monologues: monologue prompts")
     review.set_defaults(handler=command_review)
     ui = commands.add_parser("ui", help="open the Dagster UI on this platform's instance")
     ui.add_argument("--host", default="127.0.0.1")

@@ -7,9 +7,12 @@ from persona_assets import checks
 from persona_assets.alignment import assets as alignment_assets
 from persona_assets.automation import country_schedules, domain_jobs, input_sensors, partition_jobs
 from persona_assets.elicitation import baselines, evaluations, search
+from persona_assets.judging import assets as judging_assets
 from persona_assets.opinions import assets as opinion_assets
 from persona_assets.reports import elicitation as elicitation_reports
+from persona_assets.responses import assets as response_assets
 from persona_assets.settings import DATA_DIR, load_settings
+from persona_assets.traits import assets as trait_assets
 from persona_assets.votes import assets as vote_assets
 from resources.artifacts import ArtifactStore
 from resources.llm import LLMResource
@@ -19,14 +22,15 @@ from resources.warehouse import WarehouseIOManager, WarehouseResource
 
 settings = load_settings()
 ALL_ASSETS = load_assets_from_modules(
-    [opinion_assets, baselines, search, evaluations, elicitation_reports, agent_assets, vote_assets, alignment_assets]
+    [opinion_assets, baselines, search, evaluations, elicitation_reports, agent_assets, trait_assets, response_assets,
+     judging_assets, vote_assets, alignment_assets]
 )
-ALL_CHECKS = load_asset_checks_from_modules([vote_assets, checks])
+ALL_CHECKS = load_asset_checks_from_modules([vote_assets, judging_assets, checks])
 
 PARTITION_JOBS = partition_jobs(ALL_ASSETS)
 
 defs = Definitions(
-    assets=[*ALL_ASSETS, vote_assets.question_reviews],
+    assets=[*ALL_ASSETS, vote_assets.question_reviews, trait_assets.question_reviews],
     asset_checks=ALL_CHECKS,
     jobs=domain_jobs(ALL_ASSETS) + PARTITION_JOBS,
     schedules=country_schedules(settings.schedule_cron),
@@ -35,6 +39,8 @@ defs = Definitions(
         "io_manager": WarehouseIOManager(database=str(settings.warehouse_path)),
         "warehouse": WarehouseResource(database=str(settings.warehouse_path)),
         "llm": LLMResource(model=settings.model, models_dir=str(settings.models_dir), corpus_dir=str(DATA_DIR)),
+        # The same model as the generator by default: then both names share one loaded engine.
+        "judge_llm": LLMResource(model=settings.judge_model, models_dir=str(settings.models_dir), corpus_dir=str(DATA_DIR)),
         "goqa_source": GoqaSource(path=str(settings.goqa_source)),
         "board": BoardSource(path=str(settings.board_dir)),
         "artifacts": ArtifactStore(root=str(settings.artifacts_dir)),

@@ -25,11 +25,17 @@ REVIEW_VERSION = "review-1"
 REVIEW_SCHEMA = {"question_ref": pl.String, "original": pl.String, "decision": pl.String, "text": pl.String,
                  "reviewer": pl.String, "reviewed_at": pl.String}
 # Which questions each kind reviews: (schema, table, column of the generated text, order column).
-SOURCES = {"votes": ("votes", "motions", "generated_question", "source_row")}
+SOURCES = {
+    "votes": ("votes", "motions", "generated_question", "source_row"),
+    "traits": ("traits", "probe_questions", "generated_question", "row_id"),
+    "monologues": ("traits", "monologue_prompts", "generated_question", "row_id"),
+}
 
 
 def questions_of(frame: pl.DataFrame, schema: str, table: str, column: str) -> list[Question]:
-    return [Question(f"{schema}.{table}:{r['row_id']}", r[column], tuple(r["input_ids"])) for r in frame.iter_rows(named=True)]
+    """The questions to review; a generation that failed has no text to review."""
+    return [Question(f"{schema}.{table}:{r['row_id']}", r[column], tuple(r["input_ids"]))
+            for r in frame.iter_rows(named=True) if r[column] is not None]
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,10 @@ PERSONA_CHAT_BASE_URL  an OpenAI-compatible API for the zero-shot chat baseline
                      (default: none, the local engine answers through its chat template)
 PERSONA_CHAT_MODEL   the model name to ask that API for
 PERSONA_CHAT_API_KEY the API key; read from the environment when a request is made, never stored
+PERSONA_JUDGE_MODEL  the judge model, "tiny" or a Hugging Face id or local path (default: PERSONA_MODEL;
+                     a judge from another family than the generator is the sound choice)
+PERSONA_JUDGE_MAX_FAILURE_RATE  the share of judgments that may fail to parse before the
+                     judge_failure_rate checks fail (default: 0.05)
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ class Settings:
     chat_base_url: str = ""
     chat_model: str = ""
     schedule_cron: str = "0 3 * * 1"
+    judge_model: str = TINY_MODEL
+    judge_max_failure_rate: float = 0.05
 
     @property
     def warehouse_path(self) -> Path:
@@ -81,4 +87,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     schedule_cron = (env.get("PERSONA_SCHEDULE_CRON") or "0 3 * * 1").strip()
     if len(schedule_cron.split()) != 5:
         raise SettingsError(f"PERSONA_SCHEDULE_CRON: {schedule_cron!r} is not a five-field cron expression")
-    return Settings(home, model, goqa_source, board_dir, chat_base_url, chat_model, schedule_cron)
+    judge_model = (env.get("PERSONA_JUDGE_MODEL") or model).strip()
+    rate_text = (env.get("PERSONA_JUDGE_MAX_FAILURE_RATE") or "0.05").strip()
+    try:
+        judge_max_failure_rate = float(rate_text)
+    except ValueError:
+        judge_max_failure_rate = -1.0
+    if not 0.0 <= judge_max_failure_rate <= 1.0:
+        raise SettingsError(f"PERSONA_JUDGE_MAX_FAILURE_RATE: {rate_text!r} is not a number between 0 and 1")
+    return Settings(home, model, goqa_source, board_dir, chat_base_url, chat_model, schedule_cron, judge_model,
+                    judge_max_failure_rate)

@@ -141,3 +141,39 @@ def confusion_matrix(title: str, truth: Sequence[str], predicted: Sequence[str],
     axis.set_ylabel("recorded vote")
     axis.set_title(title)
     return _png(figure)
+
+
+def score_violins(title: str, groups: Sequence[tuple[str, Sequence[float], Sequence[float]]]) -> bytes:
+    """Per group (a task's aspect): the agent's and the baseline's score distributions side by side, every sample."""
+    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4))
+    for index, (_, agent, baseline) in enumerate(groups):
+        for offset, values, color in ((-0.2, agent, "#58b6c0"), (0.2, baseline, "#9658ca")):
+            if len(values) > 1 and len(set(values)) > 1:
+                parts = axis.violinplot([values], positions=[index + offset], widths=0.35, showmedians=True)
+                for body in parts["bodies"]:
+                    body.set_facecolor(color)
+            axis.scatter([index + offset] * len(values), values, s=6, color=color, alpha=0.4)
+    axis.set_xticks(range(len(groups)), [g[0] for g in groups], rotation=20)
+    axis.set_ylim(0.5, 5.5)
+    axis.set_ylabel("Judge score (1-5)")
+    axis.scatter([], [], color="#58b6c0", label="agent (adapter)")
+    axis.scatter([], [], color="#9658ca", label="baseline (base + persona)")
+    axis.legend(loc="lower right", fontsize=8)
+    axis.set_title(title)
+    axis.grid(axis="y", alpha=0.3)
+    return _png(figure)
+
+
+def win_rate_bars(title: str, labels: Sequence[str], rates: Sequence[tuple[float, float, float]]) -> bytes:
+    """Order-consistent agent win rate per group with its Wilson 95% interval; 50% marked."""
+    figure, axis = plt.subplots(figsize=(max(6, 0.9 * len(labels)), 4))
+    means = [100 * (r[0] if r[0] == r[0] else 0.0) for r in rates]
+    errors = [[max(0.0, m - 100 * r[1]) for m, r in zip(means, rates)], [max(0.0, 100 * r[2] - m) for m, r in zip(means, rates)]]
+    axis.bar(range(len(labels)), means, yerr=errors, capsize=4, color="#58b6c0")
+    axis.axhline(50, color="#888", linestyle="--", linewidth=1)
+    axis.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    axis.set_ylim(0, 105)
+    axis.set_ylabel("Agent wins (%, both orders agree)")
+    axis.set_title(title)
+    axis.grid(axis="y", alpha=0.3)
+    return _png(figure)

@@ -39,7 +39,10 @@ class ScoreRequest:
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    prompt: str
+    """Text after ``prompt``. With ``json_schema`` (a JSON Schema as JSON text) the backend
+    constrains decoding to that schema where it can; the reply still goes through a parser."""
+
+    prompt: Prompt
     max_new_tokens: int = 64
     temperature: float = 0.0
     top_p: float = 1.0
@@ -47,6 +50,7 @@ class GenerateRequest:
     repetition_penalty: float = 1.0
     seed: int = 0
     adapter: str | None = None
+    json_schema: str | None = None
 
 
 @dataclass(frozen=True)

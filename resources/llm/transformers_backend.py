@@ -5,7 +5,8 @@ position and its log-probabilities do not depend on the batch (up to float
 rounding). Shared prefix: sequences are taken in sorted token order, which walks
 their prefix tree depth-first, and one key/value cache is cut back to the common
 prefix with the previous sequence and extended, so a shared prefix is computed
-once. Generation uses left padding, as causal generation needs.
+once. Generation uses left padding, as causal generation needs, and constrains decoding
+to a JSON schema when a request carries one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as transformers_logging
 
+from resources.llm.constrained import JsonSchemaGrammars
 from resources.llm.engine import (
     ChatPrompt,
     Engine,
@@ -96,6 +98,11 @@ class TransformersEngine(Engine):
     segment_cache: dict = field(default_factory=dict)
     # public adapter name -> (name inside the PEFT model, fingerprint of its files)
     adapters: dict = field(default_factory=dict)
+    grammars: JsonSchemaGrammars | None = None
+
+    def __post_init__(self) -> None:
+        if self.grammars is None and self.tokenizer is not None:
+            self.grammars = JsonSchemaGrammars(self.tokenizer, self.model.config.vocab_size, stop_token_ids(self.model, self.tokenizer))
 
     # -- adapters --------------------------------------------------------------
 
@@ -219,7 +226,7 @@ class TransformersEngine(Engine):
         groups: dict[tuple, list[int]] = {}
         for index, request in enumerate(requests):
             params = (request.max_new_tokens, request.temperature, request.top_p, request.top_k,
-                      request.repetition_penalty, request.seed)
+                      request.repetition_penalty, request.seed, request.json_schema)
             groups.setdefault(params, []).append(index)
         for params, indices in groups.items():
             encoded = [self._encode_prompt(requests[i].prompt) for i in indices]
@@ -332,6 +339,8 @@ class TransformersEngine(Engine):
             torch.manual_seed(params.seed)
         else:
             options.update(temperature=None, top_p=None, top_k=None)
+        if params.json_schema is not None:
+            options["logits_processor"] = [self.grammars.logits_processor(params.json_schema, len(encoded))]
         out = self.model.generate(
             input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), **options
         )
@@ -339,6 +348,13 @@ class TransformersEngine(Engine):
         self.usage.forward_passes += new_tokens.shape[1]
         self.usage.tokens_computed += int(attention.sum()) + int((new_tokens != pad).sum())
         return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+
+def stop_token_ids(model, tokenizer) -> tuple[int, ...]:
+    """The tokens generation stops at: the generation config's end-of-sequence ids, else the tokenizer's."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = configured if configured is not None else tokenizer.eos_token_id
+    return tuple(ids) if isinstance(ids, (list, tuple)) else (ids,)
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:

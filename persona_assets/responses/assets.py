@@ -1,0 +1,114 @@
+"""Responses: the evaluation items of each agent, and both systems' answers over the sampling grid."""
+
+import json
+
+import polars as pl
+from dagster import AssetExecutionContext, AssetIn, Config, asset
+from pydantic import Field
+
+from partitions import agents_partitions
+from persona_assets.agents.assets import AGENTS_BY_KEY, ensure_adapters
+from persona_assets.common import (
+    AGENT_PARTITION,
+    GPU_POOL,
+    MODEL_KINDS,
+    ONE_RUN_PER_BACKFILL,
+    OWNERS,
+    TABLE_KINDS,
+    WAREHOUSE_POOL,
+    engine_metadata,
+    markdown_table,
+)
+from persona_assets.provenance import Provenance, result_frame, row_ref
+from persona_assets.responses.tables import ITEM_SCHEMA, RESPONSE_SCHEMA, item_rows, response_row
+from persona_assets.responses.tasks import (
+    AGENT,
+    PROMPT_HASH,
+    SYSTEMS,
+    UPSTREAM_GRID,
+    SamplingSetting,
+    sample_seed,
+    system_messages,
+)
+from resources.llm import ChatPrompt, GenerateRequest, LLMResource
+
+GROUP = "responses"
+SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, partitions_def=agents_partitions,
+              metadata=AGENT_PARTITION, backfill_policy=ONE_RUN_PER_BACKFILL)
+ITEMS_VERSION = "items-1"
+RESPONSES_VERSION = f"responses-1-{PROMPT_HASH}"
+
+
+class ItemConfig(Config):
+    max_per_trait: int = Field(default=25, description="Probe questions answered per agent and trait (upstream: 25).")
+    max_completions: int = Field(default=20, description="Held-out completion prompts per agent (upstream: 20).")
+    max_monologues: int = Field(default=20, description="Monologue prompts per agent (upstream: 20).")
+
+
+class ResponseConfig(Config):
+    grid: list[str] = Field(
+        default=[s.label for s in UPSTREAM_GRID],
+        description="Sampling settings as T<temperature>_P<top_p>_K<top_k>_R<repetition penalty>; every item is "
+                    "answered under each (default: the upstream four).")
+    samples: int = Field(default=3, description="Samples per item, setting and system (the same for both systems).")
+    max_new_tokens: dict[str, int] = Field(default={"trait": 500, "completion": 150, "monologue": 250},
+                                           description="New tokens per task (upstream: 500, 150, 250).")
+    seed: int = Field(default=0)
+
+
+@asset(**SHARED, kinds=TABLE_KINDS, pool=WAREHOUSE_POOL, code_version=ITEMS_VERSION,
+       ins={"probe_questions": AssetIn(key=["traits", "probe_questions"]),
+            "completion_examples": AssetIn(key=["agents", "completion_examples"]),
+            "monologue_prompts": AssetIn(key=["traits", "monologue_prompts"])})
+def evaluation_items(context: AssetExecutionContext, config: ItemConfig, probe_questions: pl.DataFrame,
+                     completion_examples: pl.DataFrame, monologue_prompts: pl.DataFrame) -> pl.DataFrame:
+    """What each agent is evaluated on, with the reference a judge compares against: probe questions (reference:
+    the trait summary), held-out completion contexts (what the agent said next), monologue prompts (the monologue)."""
+    rows = [row for agent in context.partition_keys
+            for row in item_rows(agent, probe_questions, completion_examples, monologue_prompts,
+                                 config.max_per_trait, config.max_completions, config.max_monologues)]
+    frame = result_frame(rows, ITEM_SCHEMA, Provenance(context.run.run_id, ITEMS_VERSION))
+    counts = frame.group_by("agent", "task").len().sort("agent", "task")
+    context.add_output_metadata({"items": markdown_table(["agent", "task", "items"], counts.rows())})
+    return frame
+
+
+@asset(**SHARED, kinds=MODEL_KINDS, pool=GPU_POOL, code_version=RESPONSES_VERSION,
+       ins={"evaluation_items": AssetIn(key=[GROUP, "evaluation_items"]),
+            "lora_adapters": AssetIn(key=["agents", "lora_adapters"]),
+            "agent_profiles": AssetIn(key=["traits", "agent_profiles"])})
+def task_responses(context: AssetExecutionContext, config: ResponseConfig, llm: LLMResource, evaluation_items: pl.DataFrame,
+                   lora_adapters: pl.DataFrame, agent_profiles: pl.DataFrame) -> pl.DataFrame:
+    """Every item answered by both systems under every sampling setting, `samples` times each with seeds shared
+    by the systems: the agent's adapter, and the base model told the agent's persona profile (the baseline).
+    Both see the same chat layout through the model's own template; no best-of-n is taken here."""
+    grid = [SamplingSetting.parse(label) for label in config.grid]
+    profile = dict(zip(agent_profiles["agent"], agent_profiles["profile"], strict=True))
+    plan, requests = [], []
+    for item in evaluation_items.sort("agent", "row_id").iter_rows(named=True):
+        agent = item["agent"]
+        messages = tuple(tuple(m) for m in json.loads(item["messages"]))
+        for system in SYSTEMS:
+            if system != AGENT and agent not in profile:
+                raise ValueError(f"traits.agent_profiles has no profile for agent {agent!r}: materialize it first")
+            chat = ChatPrompt(system_messages(system, AGENTS_BY_KEY[agent].display_name, profile.get(agent, "")) + messages)
+            source = row_ref("agents.lora_adapters", agent) if system == AGENT else row_ref("traits.agent_profiles", agent)
+            for index, setting in enumerate(grid):
+                for sample in range(config.samples):
+                    seed = sample_seed(config.seed, index, sample)
+                    plan.append((item, system, setting, sample, seed, source))
+                    requests.append(GenerateRequest(
+                        chat, max_new_tokens=config.max_new_tokens[item["task"]], temperature=setting.temperature,
+                        top_p=setting.top_p, top_k=setting.top_k, repetition_penalty=setting.repetition_penalty,
+                        seed=seed, adapter=agent if system == AGENT else None))
+    with llm.metered() as (engine, meter):
+        ensure_adapters(engine, lora_adapters)
+        replies = engine.generate(requests)
+    rows = [{**response_row(item, system, setting, sample, seed, reply, source), "adapter": item["agent"] if system == AGENT else None}
+            for (item, system, setting, sample, seed, source), reply in zip(plan, replies, strict=True)]
+    frame = result_frame(rows, RESPONSE_SCHEMA, Provenance(context.run.run_id, RESPONSES_VERSION, model_id=engine.model_id,
+                                                           prompt_hash=PROMPT_HASH))
+    counts = frame.group_by("agent", "task", "system").len().sort("agent", "task", "system")
+    context.add_output_metadata({**engine_metadata(meter, engine.model_id), "settings": [s.label for s in grid],
+                                 "samples": config.samples, "responses": markdown_table(counts.columns, counts.rows())})
+    return frame

@@ -1,0 +1,208 @@
+"""Traits: screened monologue chunks, probe questions (with human review), monologue prompts, agent profiles."""
+
+import polars as pl
+from dagster import AssetExecutionContext, AssetIn, AssetKey, AssetSpec, Config, asset
+from pydantic import Field
+
+from partitions import agents_partitions
+from persona_assets.agents.assets import AGENTS_BY_KEY
+from persona_assets.common import (
+    AGENT_PARTITION,
+    GPU_POOL,
+    MODEL_KINDS,
+    ONE_RUN_PER_BACKFILL,
+    OWNERS,
+    engine_metadata,
+    markdown_table,
+)
+from persona_assets.provenance import Provenance, result_frame, row_ref
+from persona_assets.review import REVIEW_TABLE
+from persona_assets.structured_output import ask_structured
+from persona_assets.traits import prompts
+from persona_assets.traits.extraction import kept, monologue_chunks, pack_remarks, screen_until_cap
+from persona_assets.traits.tables import (
+    MONOLOGUE_PROMPT_SCHEMA,
+    MONOLOGUES,
+    PROBE_SCHEMA,
+    PROFILE_SCHEMA,
+    SCREENING_SCHEMA,
+    question_row,
+    screening_id,
+    screening_rows,
+)
+from resources.llm import ChatPrompt, GenerateRequest, LLMResource
+from resources.warehouse import WarehouseResource
+
+GROUP = "traits"
+SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=MODEL_KINDS, pool=GPU_POOL,
+              partitions_def=agents_partitions, metadata=AGENT_PARTITION, backfill_policy=ONE_RUN_PER_BACKFILL)
+MONOLOGUES_IN = {"monologues": AssetIn(key=["agents", "monologues"])}
+REVIEWS = AssetKey([GROUP, REVIEW_TABLE])
+
+question_reviews = AssetSpec(
+    REVIEWS, group_name=GROUP, owners=OWNERS, kinds={"duckdb"},
+    description="People's reviews of probe questions and monologue prompts (keep, edit, drop), written by "
+                "`persona review-questions --kind traits|monologues`; applied when those assets next materialize.",
+)
+
+
+class SamplingConfig(Config):
+    temperature: float = Field(default=0.7, description="Upstream: 0.7.")
+    top_p: float = Field(default=0.9, description="Upstream: 0.9.")
+    seed: int = Field(default=0)
+
+
+class ScreeningConfig(SamplingConfig):
+    chunk_words: int = Field(default=200, description="Monologues are cut into chunks of this many words.")
+    max_items_per_trait: int = Field(default=25, description="Relevant items kept per agent and trait (the cap holds).")
+    summary_chars: int = Field(default=300, description="Longest summary a screening reply may hold.")
+
+
+class QuestionConfig(SamplingConfig):
+    question_chars: int = Field(default=200, description="Longest question a reply may hold.")
+
+
+class MonologuePromptConfig(QuestionConfig):
+    max_monologues: int = Field(default=20, description="Monologues per agent that get a prompt (upstream: 20).")
+
+
+class ProfileConfig(Config):
+    longest_monologues: int = Field(default=20, description="The longest monologues read for the profile.")
+    block_chars: int = Field(default=5000, description="Monologues are packed into blocks of at most this many characters.")
+    partial_tokens: int = Field(default=500, description="New tokens for each block's partial profile.")
+    profile_tokens: int = Field(default=700, description="New tokens for the consolidated profile.")
+    interview_questions: int = Field(default=10, description="Interview questions per agent.")
+    question_chars: int = Field(default=200)
+
+
+def _monologues_of(monologues: pl.DataFrame, agent: str) -> list[tuple[str, str]]:
+    part = monologues.filter(pl.col("agent") == agent).sort("meeting_id", "turn")
+    return list(zip(part["row_id"], part["text"], strict=True))
+
+
+def _sampling(config: SamplingConfig) -> dict:
+    return {"temperature": config.temperature, "top_p": config.top_p, "seed": config.seed}
+
+
+@asset(**SHARED, ins=MONOLOGUES_IN, code_version=f"screenings-1-{prompts.TRAIT_HASH}")
+def trait_screenings(context: AssetExecutionContext, config: ScreeningConfig, llm: LLMResource,
+                     monologues: pl.DataFrame) -> pl.DataFrame:
+    """Each monologue chunk screened for each trait (belief, memory, personality): a verdict and a summary,
+    as constrained JSON. Chunks are screened in order until an agent has its cap of relevant items per trait;
+    `kept` marks the first ones up to the cap. Replies that fail to parse are rows with a `failure`."""
+    rows = []
+    with llm.metered() as (engine, meter):
+        for agent in context.partition_keys:
+            name = AGENTS_BY_KEY[agent].display_name
+            chunks = monologue_chunks(_monologues_of(monologues, agent), config.chunk_words)
+            schema = prompts.screening_schema(config.summary_chars)
+
+            def screen(batch, name=name, schema=schema):
+                chats = [ChatPrompt(prompts.screening_messages(trait, name, chunk.text)) for trait, chunk in batch]
+                return ask_structured(engine, chats, schema, config.summary_chars, **_sampling(config))
+
+            made = screen_until_cap(chunks, prompts.TRAITS, config.max_items_per_trait, screen)
+            for trait, screenings in made.items():
+                kept_ids = {screening_id(s) for s in kept(screenings, config.max_items_per_trait)}
+                rows += screening_rows(agent, screenings, kept_ids)
+    frame = result_frame(rows, SCREENING_SCHEMA, Provenance(context.run.run_id, f"screenings-1-{prompts.TRAIT_HASH}",
+                                                            model_id=engine.model_id, prompt_hash=prompts.TRAIT_HASH))
+    counts = frame.group_by("agent", "trait").agg(
+        pl.len().alias("screened"), pl.col("relevant").sum().alias("relevant"), pl.col("kept").sum().alias("kept"),
+        pl.col("failure").is_not_null().sum().alias("failed")).sort("agent", "trait")
+    context.add_output_metadata({**engine_metadata(meter, engine.model_id),
+                                 "failures": int(frame["failure"].is_not_null().sum()),
+                                 "per_agent_and_trait": markdown_table(counts.columns, counts.rows())})
+    return frame
+
+
+@asset(**SHARED, ins={"trait_screenings": AssetIn(key=[GROUP, "trait_screenings"])}, deps=[REVIEWS],
+       code_version=f"probe-questions-1-{prompts.TRAIT_HASH}")
+def probe_questions(context: AssetExecutionContext, config: QuestionConfig, llm: LLMResource,
+                    warehouse: WarehouseResource, trait_screenings: pl.DataFrame) -> pl.DataFrame:
+    """One probe question per kept trait item, generated from its summary; the reviewed text replaces it where
+    a person reviewed it (`persona review-questions --kind traits`) and a dropped question is left out."""
+    reviews = warehouse.read_optional(GROUP, REVIEW_TABLE)
+    items = trait_screenings.filter(pl.col("kept") & pl.col("agent").is_in(context.partition_keys)).sort("agent", "trait", "chunk_id")
+    schema = prompts.question_schema(config.question_chars)
+    with llm.metered() as (engine, meter):
+        chats = [ChatPrompt(prompts.question_messages(r["trait"], AGENTS_BY_KEY[r["agent"]].display_name, r["summary"]))
+                 for r in items.iter_rows(named=True)]
+        answers = ask_structured(engine, chats, schema, config.question_chars, **_sampling(config))
+    rows, dropped = [], 0
+    for item, (reply, parsed) in zip(items.iter_rows(named=True), answers, strict=True):
+        row = question_row(item["row_id"], f"{GROUP}.probe_questions", reply, parsed, reviews,
+                           [row_ref(f"{GROUP}.trait_screenings", item["row_id"])])
+        if row is None:
+            dropped += 1
+            continue
+        rows.append({**row, "agent": item["agent"], "trait": item["trait"], "chunk_id": item["chunk_id"],
+                     "summary": item["summary"], "partition_key": item["agent"]})
+    frame = result_frame(rows, PROBE_SCHEMA, Provenance(context.run.run_id, f"probe-questions-1-{prompts.TRAIT_HASH}",
+                                                        model_id=engine.model_id, prompt_hash=prompts.TRAIT_HASH))
+    context.add_output_metadata({**engine_metadata(meter, engine.model_id), "failures": int(frame["failure"].is_not_null().sum()),
+                                 "reviewed": int(frame["review"].is_not_null().sum()), "dropped_by_review": dropped})
+    return frame
+
+
+@asset(**SHARED, ins=MONOLOGUES_IN, deps=[REVIEWS], code_version=f"monologue-prompts-1-{prompts.MONOLOGUE_HASH}")
+def monologue_prompts(context: AssetExecutionContext, config: MonologuePromptConfig, llm: LLMResource,
+                      warehouse: WarehouseResource, monologues: pl.DataFrame) -> pl.DataFrame:
+    """For each monologue (up to the per-agent limit), the open question that would draw it out: the monologue
+    task's prompt, with the monologue as its reference. Reviewed like probe questions (`--kind monologues`)."""
+    reviews = warehouse.read_optional(GROUP, REVIEW_TABLE)
+    items = [(agent, mid, text) for agent in context.partition_keys
+             for mid, text in _monologues_of(monologues, agent)[: config.max_monologues]]
+    schema = prompts.question_schema(config.question_chars)
+    with llm.metered() as (engine, meter):
+        chats = [ChatPrompt(prompts.monologue_messages(AGENTS_BY_KEY[agent].display_name, text)) for agent, _, text in items]
+        answers = ask_structured(engine, chats, schema, config.question_chars, **_sampling(config))
+    rows, dropped = [], 0
+    for (agent, mid, text), (reply, parsed) in zip(items, answers, strict=True):
+        row = question_row(mid, f"{GROUP}.monologue_prompts", reply, parsed, reviews, [row_ref(MONOLOGUES, mid)])
+        if row is None:
+            dropped += 1
+            continue
+        rows.append({**row, "agent": agent, "monologue_id": mid, "monologue": text, "partition_key": agent})
+    frame = result_frame(rows, MONOLOGUE_PROMPT_SCHEMA, Provenance(
+        context.run.run_id, f"monologue-prompts-1-{prompts.MONOLOGUE_HASH}", model_id=engine.model_id,
+        prompt_hash=prompts.MONOLOGUE_HASH))
+    context.add_output_metadata({**engine_metadata(meter, engine.model_id), "failures": int(frame["failure"].is_not_null().sum()),
+                                 "reviewed": int(frame["review"].is_not_null().sum()), "dropped_by_review": dropped})
+    return frame
+
+
+@asset(**SHARED, ins=MONOLOGUES_IN, code_version=f"profiles-1-{prompts.PROFILE_HASH}")
+def agent_profiles(context: AssetExecutionContext, config: ProfileConfig, llm: LLMResource,
+                   monologues: pl.DataFrame) -> pl.DataFrame:
+    """A consolidated persona profile per agent from its longest monologues (partial profiles of packed blocks,
+    merged; greedy), with interview questions that test adherence to it. The persona baseline is prompted with it."""
+    rows = []
+    with llm.metered() as (engine, meter):
+        for agent in context.partition_keys:
+            name = AGENTS_BY_KEY[agent].display_name
+            own = _monologues_of(monologues, agent)
+            used = sorted(own, key=lambda m: len(m[1]), reverse=True)[: config.longest_monologues]
+            blocks = pack_remarks([text for _, text in used], config.longest_monologues, config.block_chars)
+            if not blocks:
+                rows.append({"row_id": agent, "agent": agent, "profile": "", "partial_profiles": [], "interview_questions": [],
+                             "monologues_used": 0, "failure": "no monologues", "partition_key": agent, "input_ids": []})
+                continue
+            partials = engine.generate([
+                GenerateRequest(ChatPrompt((("user", prompts.PARTIAL_PROFILE_TEMPLATE.format(name=name, remarks=b)),)),
+                                max_new_tokens=config.partial_tokens) for b in blocks])
+            consolidated = engine.generate([GenerateRequest(
+                ChatPrompt((("user", prompts.CONSOLIDATE_TEMPLATE.format(name=name, partials="\n\n".join(partials))),)),
+                max_new_tokens=config.profile_tokens)])[0]
+            schema = prompts.interview_schema(config.interview_questions, config.question_chars)
+            ask = ChatPrompt(prompts.chat(prompts.INTERVIEW_TEMPLATE.format(name=name, profile=consolidated,
+                                                                           count=config.interview_questions)))
+            [(_, parsed)] = ask_structured(engine, [ask], schema, config.interview_questions * config.question_chars)
+            rows.append({"row_id": agent, "agent": agent, "profile": consolidated.strip(), "partial_profiles": partials,
+                         "interview_questions": parsed.value["questions"] if parsed.ok else [],
+                         "monologues_used": len(used), "failure": parsed.failure,
+                         "partition_key": agent, "input_ids": [row_ref(MONOLOGUES, mid) for mid, _ in used]})
+    frame = result_frame(rows, PROFILE_SCHEMA, Provenance(context.run.run_id, f"profiles-1-{prompts.PROFILE_HASH}",
+                                                          model_id=engine.model_id, prompt_hash=prompts.PROFILE_HASH))
+    context.add_output_metadata({**engine_metadata(meter, engine.model_id), "failures": int(frame["failure"].is_not_null().sum())})
+    return frame

@@ -1,0 +1,55 @@
+"""Rows of the traits tables (no Dagster here)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import polars as pl
+
+from persona_assets.provenance import row_ref
+from persona_assets.review import reviewed
+from persona_assets.structured_output import Parsed
+from persona_assets.traits.extraction import Screening
+
+SCREENING_SCHEMA = {"agent": pl.String, "trait": pl.String, "chunk_id": pl.String, "monologue_id": pl.String,
+                    "chunk": pl.String, "relevant": pl.Boolean, "kept": pl.Boolean, "summary": pl.String,
+                    "reply": pl.String, "failure": pl.String}
+# A generated question and the text downstream assets use: the reviewed one where a person reviewed it.
+QUESTION_COLUMNS = {"generated_question": pl.String, "question": pl.String, "review": pl.String, "reply": pl.String,
+                    "failure": pl.String}
+PROBE_SCHEMA = {"agent": pl.String, "trait": pl.String, "chunk_id": pl.String, "summary": pl.String, **QUESTION_COLUMNS}
+MONOLOGUE_PROMPT_SCHEMA = {"agent": pl.String, "monologue_id": pl.String, "monologue": pl.String, **QUESTION_COLUMNS}
+PROFILE_SCHEMA = {"agent": pl.String, "profile": pl.String, "partial_profiles": pl.List(pl.String),
+                  "interview_questions": pl.List(pl.String), "monologues_used": pl.Int64, "failure": pl.String}
+MONOLOGUES = "agents.monologues"
+
+
+def screening_id(screening: Screening) -> str:
+    return f"{screening.trait}/{screening.chunk.chunk_id}"  # chunk ids start with the agent's monologue row id
+
+
+def screening_rows(agent: str, screenings: Sequence[Screening], kept_ids: set[str]) -> list[dict]:
+    rows = []
+    for s in screenings:
+        row_id = screening_id(s)
+        rows.append({
+            "row_id": row_id, "agent": agent, "trait": s.trait, "chunk_id": s.chunk.chunk_id,
+            "monologue_id": s.chunk.monologue_id, "chunk": s.chunk.text,
+            "relevant": bool(s.parsed.value["relevant"]) if s.parsed.ok else None, "kept": row_id in kept_ids,
+            "summary": s.parsed.value["summary"] if s.parsed.ok else None, "reply": s.reply, "failure": s.parsed.failure,
+            "partition_key": agent, "input_ids": [row_ref(MONOLOGUES, s.chunk.monologue_id)],
+        })
+    return rows
+
+
+def question_row(row_id: str, table: str, reply: str, parsed: Parsed, reviews: pl.DataFrame | None,
+                 inputs: list[str]) -> dict | None:
+    """The question columns of one generated question; None when a review dropped it."""
+    generated = parsed.value["question"] if parsed.ok else None
+    question, decision, review_ref = (None, None, None)
+    if generated is not None:
+        question, decision, review_ref = reviewed(f"{table}:{row_id}", generated, reviews, table.split(".")[0] + ".question_reviews")
+        if question is None:
+            return None
+    return {"row_id": row_id, "generated_question": generated, "question": question, "review": decision, "reply": reply,
+            "failure": parsed.failure, "input_ids": inputs + ([review_ref] if review_ref else [])}
