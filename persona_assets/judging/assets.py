@@ -26,24 +26,16 @@ from persona_assets.common import (
     engine_metadata,
     markdown_table,
 )
-from persona_assets.judging.outcomes import ORDERS, ordered, win_rates, winner_of
-from persona_assets.judging.rubrics import (
-    ASPECTS,
-    JUDGE_HASH,
-    PAIRWISE_HASH,
-    absolute_messages,
-    comparison_schema,
-    judgment_schema,
-    pairwise_messages,
-)
-from persona_assets.judging.tables import COMPARISON_SCHEMA, JUDGMENT_SCHEMA, comparison_row, judge_items, judgment_row
+from persona_assets.judging.judge import compare_pairs, score_responses
+from persona_assets.judging.outcomes import win_rates
+from persona_assets.judging.rubrics import JUDGE_HASH, PAIRWISE_HASH
+from persona_assets.judging.tables import COMPARISON_SCHEMA, JUDGMENT_SCHEMA, judge_items
 from persona_assets.provenance import Provenance, result_frame, row_ref
 from persona_assets.reports.plots import inline, score_violins, win_rate_bars
 from persona_assets.responses.tasks import AGENT, BASELINE
 from persona_assets.settings import load_settings
-from persona_assets.structured_output import ask_structured
 from resources.artifacts import ArtifactStore
-from resources.llm import ChatPrompt, LLMResource
+from resources.llm import LLMResource
 
 GROUP = "judging"
 SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=MODEL_KINDS, pool=GPU_POOL,
@@ -76,12 +68,9 @@ def judgments(context: AssetExecutionContext, config: JudgeConfig, judge_llm: LL
     alignment, plausibility, tone; monologue: fit, style) by the judge model, as JSON-schema constrained output read
     by a strict parser of the reply alone. A reply that still fails is a row with a `failure` and no score."""
     items = judge_items(evaluation_items, _speakers())
-    plan = [(r, aspect) for r in task_responses.sort("row_id").iter_rows(named=True) for aspect in ASPECTS[r["task"]]]
-    chats = [ChatPrompt(absolute_messages(aspect, items[r["item_id"]], r["response"])) for r, aspect in plan]
     with judge_llm.metered() as (engine, meter):
-        answers = ask_structured(engine, chats, judgment_schema(config.explanation_chars), config.explanation_chars,
-                                 temperature=config.temperature, seed=config.seed)
-    rows = [judgment_row(r, items[r["item_id"]], aspect, reply, parsed) for (r, aspect), (reply, parsed) in zip(plan, answers, strict=True)]
+        rows = score_responses(engine, items, task_responses.sort("row_id").to_dicts(), config.explanation_chars,
+                               config.temperature, config.seed)
     frame = result_frame(rows, JUDGMENT_SCHEMA, Provenance(context.run.run_id, JUDGMENTS_VERSION, model_id=engine.model_id,
                                                            prompt_hash=JUDGE_HASH))
     context.add_output_metadata({**engine_metadata(meter, engine.model_id), **_failure_metadata(frame, ["failure"])})
@@ -95,25 +84,9 @@ def pairwise_comparisons(context: AssetExecutionContext, config: JudgeConfig, ju
     against the reference in both orders (agent as A, then baseline as A). `outcome` is the winner when both orders
     agree, `tie`, `inconsistent` when they disagree, or `failed` when either reply did not parse."""
     items = judge_items(evaluation_items, _speakers())
-    by_key = {(r["item_id"], r["setting"], r["sample"], r["system"]): r for r in task_responses.iter_rows(named=True)}
-    pairs = sorted((k[:3] for k in by_key if k[3] == AGENT and (*k[:3], BASELINE) in by_key))
-    plan, chats = [], []
-    for key in pairs:
-        agent_r, baseline_r = by_key[(*key, AGENT)], by_key[(*key, BASELINE)]
-        for order in ORDERS:
-            plan.append((key, order))
-            chats.append(ChatPrompt(pairwise_messages(items[key[0]], *ordered(order, agent_r["response"], baseline_r["response"]))))
     with judge_llm.metered() as (engine, meter):
-        answers = ask_structured(engine, chats, comparison_schema(config.explanation_chars), config.explanation_chars,
-                                 temperature=config.temperature, seed=config.seed)
-    judged = {}
-    for (key, order), answer in zip(plan, answers, strict=True):
-        judged.setdefault(key, {})[order] = answer
-    rows = []
-    for key in pairs:
-        replies = judged[key]
-        verdicts = {order: winner_of(parsed.value["winner"] if parsed.ok else None, order) for order, (_, parsed) in replies.items()}
-        rows.append(comparison_row(items[key[0]], by_key[(*key, AGENT)], by_key[(*key, BASELINE)], verdicts, replies))
+        rows = compare_pairs(engine, items, task_responses.to_dicts(), config.explanation_chars, config.temperature,
+                             config.seed)
     frame = result_frame(rows, COMPARISON_SCHEMA, Provenance(context.run.run_id, COMPARISONS_VERSION,
                                                              model_id=engine.model_id, prompt_hash=PAIRWISE_HASH))
     outcomes = frame.group_by("outcome").len().sort("outcome")
