@@ -1,7 +1,12 @@
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,3 +96,69 @@ def local_resources(home: Path, llm, **overrides) -> dict:
         "chat_api": ChatApiResource(),
         **overrides,
     }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_materialization(port: int, path: list[str], partition: str, timeout: float = 300) -> dict:
+    """Poll the webserver until the asset has a materialization of that partition; returns it."""
+    query = """query($key: AssetKeyInput!) { assetOrError(assetKey: $key) { ... on Asset {
+                 assetMaterializations(partitions: [$partition], limit: 1) { runId partition } } } }"""
+    query = query.replace("$partition", json.dumps(partition))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = graphql(port, query, {"key": {"path": path}})["assetOrError"]["assetMaterializations"]
+        if found:
+            return found[0]
+        time.sleep(2)
+    raise AssertionError(f"no materialization of {'/'.join(path)} [{partition}] within {timeout} s")
+
+
+def wait_for_run(port: int, run_id: str, timeout: float = 300) -> str:
+    """Poll the webserver until the run ends; returns its final status."""
+    deadline, status = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        status = graphql(port, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }",
+                         {"id": run_id})["runOrError"]["status"]
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            return status
+        time.sleep(2)
+    raise AssertionError(f"run {run_id} still {status} after {timeout} s")
+
+
+def graphql(port: int, query: str, variables: dict | None = None) -> dict:
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        payload = json.loads(response.read())
+    assert "errors" not in payload, payload
+    return payload["data"]
+
+
+@pytest.fixture
+def ui(tmp_path):
+    """`persona ui` (webserver and daemon) on a free loopback port, with its own home; yields the port."""
+    port = free_port()
+    log = (tmp_path / "ui.log").open("w")
+    process = subprocess.Popen([PERSONA, "ui", "--port", str(port)], env={**os.environ, "PERSONA_HOME": str(tmp_path)},
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5):
+                break
+        except OSError:
+            assert process.poll() is None, (tmp_path / "ui.log").read_text()
+            time.sleep(1)
+    else:
+        pytest.fail("the webserver did not start: " + (tmp_path / "ui.log").read_text()[-2000:])
+    yield port
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
