@@ -11,6 +11,7 @@ from pathlib import Path
 
 from dagster import BetaWarning
 
+from persona_assets.common import GPU_POOL, WAREHOUSE_POOL
 from persona_assets.errors import PersonaInputError
 from persona_assets.review import SOURCES
 from persona_assets.settings import DATA_DIR, PROJECT_ROOT, TINY_MODEL, Settings, SettingsError, load_settings
@@ -21,24 +22,37 @@ INSTANCE_YAML = """\
 telemetry:
   enabled: false
 concurrency:
-  # The warehouse is one DuckDB file with one writer at a time, and a run that uses a model
-  # loads it: queued runs (schedules, sensors, the UI) go one after another, in order.
   runs:
-    max_concurrent_runs: 1
-# Steps declare pools "gpu" (they load a model) and "warehouse" (they only write tables). No pool
-# limit is set here: `persona run` executes in its own process, and a run killed there would keep its
-# pool slot claimed. On a shared deployment: dagster instance concurrency set gpu <number of GPUs>.
+    max_concurrent_runs: 4
+  # Steps declare pool "gpu" (they load a model) or "warehouse" (they only write tables). With one
+  # machine and one DuckDB file, each pool takes one run at a time. The limit is enforced when the
+  # queue starts a run (granularity: run), so a run killed mid-step holds no slot; `persona run`
+  # executes its runs one after another in its own process.
+  pools:
+    granularity: run
+    default_limit: 1
 """
 
 
 def prepare_instance(settings: Settings):
     from dagster import DagsterInstance
 
+    from persona_assets.runner import fail_orphaned_runs
+
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
     config = settings.dagster_home / "dagster.yaml"
     if not config.exists() or config.read_text() != INSTANCE_YAML:
         config.write_text(INSTANCE_YAML)
-    return DagsterInstance.from_config(str(settings.dagster_home))
+    instance = DagsterInstance.from_config(str(settings.dagster_home))
+    # The queue learns a pool's default limit only after first dequeuing a run that uses it, so the
+    # first runs launched together would all start: the pools get their limits before any run.
+    known = instance.event_log_storage.get_concurrency_keys()
+    for pool in (GPU_POOL, WAREHOUSE_POOL):
+        if pool not in known:
+            instance.event_log_storage.initialize_concurrency_limit_to_default(pool)
+    for run_id in fail_orphaned_runs(instance):
+        print(f"persona: run {run_id} was left unfinished by a process that is gone; marked failed", file=sys.stderr)
+    return instance
 
 
 def load_op_config(path: Path | None) -> dict:

@@ -9,6 +9,8 @@ job, and all are recorded in the Dagster instance the UI reads.
 from __future__ import annotations
 
 import itertools
+import os
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,14 +19,18 @@ from dagster import (
     AssetKey,
     AssetSelection,
     DagsterInstance,
+    DagsterRunStatus,
     Definitions,
     MultiPartitionsDefinition,
     PartitionsDefinition,
+    RunsFilter,
 )
 
 from partitions import partitioning
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+# Which process executes an in-process run, so that a later `persona` can tell a killed run from a live one.
+PID_TAG, HOST_TAG = "persona/pid", "persona/host"
 # Step-level debug lines stay in the instance (the UI shows them); the terminal gets warnings.
 QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -140,9 +146,9 @@ def execute_plan(
     job = defs.resolve_implicit_global_asset_job_def()
     outcomes = []
     for planned in runs:
-        tags = {}
+        tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
         if planned.key_range:
-            tags = {RANGE_START: planned.key_range[0], RANGE_END: planned.key_range[1]}
+            tags |= {RANGE_START: planned.key_range[0], RANGE_END: planned.key_range[1]}
         names = ", ".join(k.to_user_string() for k in planned.asset_keys)
         where = f" [{planned.key_range[0]} .. {planned.key_range[1]}]" if planned.key_range else ""
         log(f"-> {names}{where}", flush=True)
@@ -162,6 +168,29 @@ def execute_plan(
         if not result.success:
             break
     return outcomes
+
+
+def fail_orphaned_runs(instance: DagsterInstance) -> list[str]:
+    """Mark failed the in-process runs of this host whose process is gone (killed mid-run): otherwise they
+    stay 'started' forever, and the run queue counts them against their pools. Returns their run ids."""
+    orphaned = []
+    active = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING],
+                                          tags={HOST_TAG: socket.gethostname()}))
+    for run in active:
+        if not _process_alive(int(run.tags[PID_TAG])):
+            instance.report_run_failed(run, "its persona process ended without finishing it (killed?)")
+            orphaned.append(run.run_id)
+    return orphaned
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _root_cause(error) -> str:

@@ -123,6 +123,7 @@ def test_a_killed_training_resumes_from_its_checkpoint(tmp_path):
 
     resumed = persona(killed, *TRAIN, "--config", str(config))
     assert resumed.returncode == 0, resumed.stderr
+    assert "left unfinished by a process that is gone; marked failed" in resumed.stderr  # no slot held forever
     uninterrupted = persona(clean, *TRAIN, "--config", str(config))
     assert uninterrupted.returncode == 0, uninterrupted.stderr
     (steps, resumed_from, path) = query(killed, "select steps, resumed_from_step, adapter_path from agents.lora_adapters")[0]

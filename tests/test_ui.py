@@ -1,5 +1,6 @@
 """The Dagster UI for real: `persona ui` (dagster dev with its daemon) on loopback, driven over GraphQL."""
 
+import duckdb
 import pytest
 
 from tests.conftest import graphql, wait_for_run
@@ -9,8 +10,8 @@ LOCATION = "persona_platform"
 SURVEY = ["opinions", "goqa_survey"]
 
 
-def test_launch_a_partition_over_graphql_and_read_metadata_and_lineage(ui):
-    launched = graphql(ui, """
+def launch(port: int, partition: str) -> str:
+    launched = graphql(port, """
         mutation Launch($params: ExecutionParams!) {
           launchRun(executionParams: $params) {
             __typename
@@ -22,10 +23,14 @@ def test_launch_a_partition_over_graphql_and_read_metadata_and_lineage(ui):
             "selector": {"repositoryLocationName": LOCATION, "repositoryName": "__repository__", "jobName": "opinions_job",
                          "assetSelection": [{"path": SURVEY}]},
             "runConfigData": {},
-            "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "Caldera"}]},
+            "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
         }})["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
-    run_id = launched["run"]["runId"]
+    return launched["run"]["runId"]
+
+
+def test_launch_a_partition_over_graphql_and_read_metadata_and_lineage(ui):
+    run_id = launch(ui, "Caldera")
     status = wait_for_run(ui, run_id)
     assert status == "SUCCESS"
     asset = graphql(ui, """
@@ -45,3 +50,15 @@ def test_launch_a_partition_over_graphql_and_read_metadata_and_lineage(ui):
     assert ["opinions", "goqa_claims"] in [k["path"] for k in nodes["dependedByKeys"]]
     assert ["alignment", "agent_opinions"] in [k["path"] for k in nodes["dependedByKeys"]]
     assert "Caldera" in nodes["partitionDefinition"]["description"]
+
+
+def test_two_runs_launched_at_once_both_complete_one_at_a_time_in_the_warehouse_pool(ui, tmp_path):
+    runs = [launch(ui, "Aldoria"), launch(ui, "Borvania")]
+    assert [wait_for_run(ui, r) for r in runs] == ["SUCCESS", "SUCCESS"]
+    times = [graphql(ui, "query($id: ID!) { runOrError(runId: $id) { ... on Run { startTime endTime } } }",
+                     {"id": r})["runOrError"] for r in runs]
+    first, second = sorted(times, key=lambda t: t["startTime"])
+    assert second["startTime"] >= first["endTime"]  # the pool "warehouse" (limit 1) held the second run back
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
+        counts = dict(con.execute("select country, count(*) from opinions.goqa_survey group by all").fetchall())
+    assert counts == {"Aldoria": 32, "Borvania": 32}
