@@ -81,3 +81,25 @@ def test_changing_a_prompt_template_marks_downstream_assets_stale(tmp_path, tiny
     finally:
         monkeypatch.undo()
         importlib.reload(baselines)
+
+
+def test_every_table_row_carries_provenance_and_its_inputs_exist(sample_run):
+    from persona_assets.provenance import PROVENANCE_SCHEMA
+
+    with duckdb.connect(str(sample_run.home / "warehouse.duckdb"), read_only=True) as con:
+        tables = [f"{s}.{t}" for s, t in con.execute(
+            "select schema_name, table_name from duckdb_tables() where schema_name != 'lineage'").fetchall()]
+        assert len(tables) >= 30
+        row_ids = {}
+        for table in tables:
+            columns = {c for (c,) in con.execute(f"select column_name from (describe {table})").fetchall()}
+            assert {"row_id", *PROVENANCE_SCHEMA} <= columns, f"{table} lacks {set(PROVENANCE_SCHEMA) - columns}"
+            ids = [r for (r,) in con.execute(f"select row_id from {table}").fetchall()]
+            assert len(ids) == len(set(ids)) and None not in ids, f"{table}: row ids not unique"
+            row_ids[table] = set(ids)
+        for table in tables:
+            for (ref,) in con.execute(f"select distinct unnest(input_ids) from {table}").fetchall():
+                if ref.startswith("file:"):
+                    continue
+                source, _, row_id = ref.partition(":")
+                assert row_id in row_ids.get(source, set()), f"{table} names {ref}, which does not exist"
