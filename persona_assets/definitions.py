@@ -38,9 +38,12 @@ defs = Definitions(
     resources={
         "io_manager": WarehouseIOManager(database=str(settings.warehouse_path)),
         "warehouse": WarehouseResource(database=str(settings.warehouse_path)),
-        "llm": LLMResource(model=settings.model, models_dir=str(settings.models_dir), corpus_dir=str(DATA_DIR)),
+        "llm": LLMResource(model=settings.model, backend=settings.engine, base_url=settings.engine_base_url,
+                           models_dir=str(settings.models_dir), corpus_dir=str(DATA_DIR)),
         # The same model as the generator by default: then both names share one loaded engine.
-        "judge_llm": LLMResource(model=settings.judge_model, models_dir=str(settings.models_dir), corpus_dir=str(DATA_DIR)),
+        "judge_llm": LLMResource(model=settings.judge_model, backend=settings.judge_engine, base_url=settings.judge_base_url,
+                                 api_key_variables=["PERSONA_JUDGE_API_KEY", "PERSONA_ENGINE_API_KEY"],
+                                 models_dir=str(settings.models_dir), corpus_dir=str(DATA_DIR)),
         "goqa_source": GoqaSource(path=str(settings.goqa_source)),
         "board": BoardSource(path=str(settings.board_dir)),
         "artifacts": ArtifactStore(root=str(settings.artifacts_dir)),

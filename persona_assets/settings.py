@@ -11,6 +11,12 @@ PERSONA_CHAT_BASE_URL  an OpenAI-compatible API for the zero-shot chat baseline
                      (default: none, the local engine answers through its chat template)
 PERSONA_CHAT_MODEL   the model name to ask that API for
 PERSONA_CHAT_API_KEY the API key; read from the environment when a request is made, never stored
+PERSONA_ENGINE       the engine backend: transformers (default), vllm (a CUDA GPU, the gpu extra) or
+                     openai (an OpenAI-compatible server; PERSONA_MODEL names the model it serves)
+PERSONA_ENGINE_BASE_URL  that server, e.g. http://host:8000/v1 (openai backend)
+PERSONA_ENGINE_API_KEY   its key; read from the environment at each call, never stored or logged
+PERSONA_JUDGE_ENGINE, PERSONA_JUDGE_BASE_URL, PERSONA_JUDGE_API_KEY  the same for the judge
+                     (default: the generator's engine and server)
 PERSONA_JUDGE_MODEL  the judge model, "tiny" or a Hugging Face id or local path (default: PERSONA_MODEL;
                      a judge from another family than the generator is the sound choice)
 PERSONA_JUDGE_MAX_FAILURE_RATE  the share of judgments that may fail to parse before the
@@ -48,6 +54,10 @@ class Settings:
     schedule_cron: str = "0 3 * * 1"
     judge_model: str = TINY_MODEL
     judge_max_failure_rate: float = 0.05
+    engine: str = "transformers"
+    engine_base_url: str = ""
+    judge_engine: str = "transformers"
+    judge_base_url: str = ""
 
     @property
     def warehouse_path(self) -> Path:
@@ -95,5 +105,20 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         judge_max_failure_rate = -1.0
     if not 0.0 <= judge_max_failure_rate <= 1.0:
         raise SettingsError(f"PERSONA_JUDGE_MAX_FAILURE_RATE: {rate_text!r} is not a number between 0 and 1")
+    engine, engine_base_url = _engine(env, "PERSONA_ENGINE", "PERSONA_ENGINE_BASE_URL", "transformers", "")
+    judge_engine, judge_base_url = _engine(env, "PERSONA_JUDGE_ENGINE", "PERSONA_JUDGE_BASE_URL", engine, engine_base_url)
     return Settings(home, model, goqa_source, board_dir, chat_base_url, chat_model, schedule_cron, judge_model,
-                    judge_max_failure_rate)
+                    judge_max_failure_rate, engine, engine_base_url, judge_engine, judge_base_url)
+
+
+ENGINES = ("transformers", "vllm", "openai")
+
+
+def _engine(env: Mapping[str, str], name: str, url_name: str, default: str, default_url: str) -> tuple[str, str]:
+    engine = (env.get(name) or default).strip()
+    if engine not in ENGINES:
+        raise SettingsError(f"{name}: {engine!r} is not one of {', '.join(ENGINES)}")
+    base_url = (env.get(url_name) or default_url).strip()
+    if engine == "openai" and not base_url.startswith(("http://", "https://")):
+        raise SettingsError(f"{url_name}: the openai engine needs the server's URL (http://host:port/v1), got {base_url!r}")
+    return engine, base_url
