@@ -1,0 +1,105 @@
+"""Faults and secrets: a process killed inside a warehouse write, bad settings, API keys kept out of every record."""
+
+import os
+import subprocess
+import sys
+import threading
+from http.server import ThreadingHTTPServer
+
+import polars as pl
+import pytest
+
+from persona_assets.settings import SettingsError, load_settings
+from resources.warehouse import Warehouse
+from tests.conftest import PROJECT_ROOT, persona
+from tests.test_chat_api import FakeChatServer
+
+# The child writes version 2 of partition A and stops inside the transaction (after the delete and the
+# insert, before the commit), where the parent kills it with SIGKILL.
+WRITER = """
+import sys, time
+import polars as pl
+import resources.warehouse as warehouse
+
+def stall(con):
+    print("inside the transaction", flush=True)
+    time.sleep(60)
+
+if sys.argv[2] == "stall":
+    warehouse.refresh_lineage_view = stall
+rows = pl.DataFrame({"country": ["A"] * 50_000, "value": list(range(50_000)), "version": [2] * 50_000})
+warehouse.Warehouse(sys.argv[1]).replace("faults", "rows", rows, ["country"], [("A",)])
+print("committed", flush=True)
+"""
+
+
+def version_counts(path) -> dict:
+    frame = Warehouse(path).read("faults", "rows")
+    return {(country, version): n for country, version, n in frame.group_by("country", "version").len().iter_rows()}
+
+
+def test_a_write_killed_inside_its_transaction_leaves_the_old_partition_and_a_rerun_replaces_it(tmp_path):
+    path = tmp_path / "w.duckdb"
+    old = pl.DataFrame({"country": ["A"] * 1000 + ["B"] * 500, "value": list(range(1500)), "version": [1] * 1500})
+    Warehouse(path).replace("faults", "rows", old, ["country"], [("A",), ("B",)])
+
+    child = subprocess.Popen([sys.executable, "-c", WRITER, str(path), "stall"], cwd=PROJECT_ROOT,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "inside the transaction"
+    child.kill()
+    child.wait()
+    assert version_counts(path) == {("A", 1): 1000, ("B", 1): 500}  # nothing of the killed write, nothing lost
+
+    rerun = subprocess.run([sys.executable, "-c", WRITER, str(path), "run"], cwd=PROJECT_ROOT, capture_output=True,
+                           text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert version_counts(path) == {("A", 2): 50_000, ("B", 1): 500}
+    assert Warehouse(path).read("faults", "rows").filter(pl.col("country") == "A")["value"].n_unique() == 50_000
+
+
+@pytest.mark.parametrize("variable, value, named", [
+    ("PERSONA_ENGINE", "gpt", "PERSONA_ENGINE: 'gpt' is not one of transformers, vllm, openai"),
+    ("PERSONA_JUDGE_ENGINE", "llama", "PERSONA_JUDGE_ENGINE: 'llama'"),
+    ("PERSONA_JUDGE_MAX_FAILURE_RATE", "lots", "PERSONA_JUDGE_MAX_FAILURE_RATE: 'lots'"),
+    ("PERSONA_JUDGE_MAX_FAILURE_RATE", "1.5", "between 0 and 1"),
+    ("PERSONA_SCHEDULE_CRON", "weekly", "PERSONA_SCHEDULE_CRON"),
+    ("PERSONA_GOQA_SOURCE", "/no/such/file.csv", "PERSONA_GOQA_SOURCE: no such file"),
+])
+def test_bad_settings_are_refused_by_name(variable, value, named):
+    with pytest.raises(SettingsError, match=named.replace("(", r"\(")):
+        load_settings({variable: value})
+
+
+def test_the_openai_engine_needs_its_server(tmp_path):
+    with pytest.raises(SettingsError, match="PERSONA_ENGINE_BASE_URL"):
+        load_settings({"PERSONA_ENGINE": "openai"})
+    settings = load_settings({"PERSONA_ENGINE": "openai", "PERSONA_ENGINE_BASE_URL": "http://h:8000/v1"})
+    assert (settings.judge_engine, settings.judge_base_url) == ("openai", "http://h:8000/v1")  # the judge follows
+
+
+@pytest.mark.slow
+def test_no_api_key_reaches_a_log_line_metadata_entry_or_warehouse_row(tmp_path):
+    keys = {"PERSONA_CHAT_API_KEY": "sk-chat-d41d8cd98f00", "PERSONA_ENGINE_API_KEY": "sk-engine-9e107d9d372b",
+            "PERSONA_JUDGE_API_KEY": "sk-judge-e4d909c290d0"}
+    FakeChatServer.calls, FakeChatServer.replies = [], ["True", "False"]
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeChatServer)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        env = {**keys, "PERSONA_CHAT_BASE_URL": f"http://127.0.0.1:{httpd.server_address[1]}/v1",
+               "PERSONA_CHAT_MODEL": "chat-7b"}
+        result = persona(tmp_path, "run", "--countries", "Caldera", "--select",
+                         '+key:"elicitation/zero_shot_chat_predictions"', extra_env=env)
+    finally:
+        httpd.shutdown()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert FakeChatServer.calls and {c["auth"] for c in FakeChatServer.calls} == {f"Bearer {keys['PERSONA_CHAT_API_KEY']}"}
+    leaks = []
+    for text, where in ((result.stdout, "stdout"), (result.stderr, "stderr")):
+        leaks += [f"{where}: {k}" for k, v in keys.items() if v in text]
+    # Every file under the home: the warehouse, the Dagster instance (event log with every log line and
+    # metadata entry, run storage with run config and tags), compute logs and artifacts.
+    for root, _, files in os.walk(tmp_path):
+        for name in files:
+            data = open(os.path.join(root, name), "rb").read()
+            leaks += [f"{os.path.join(root, name)}: {k}" for k, v in keys.items() if v.encode() in data]
+    assert not leaks, leaks
