@@ -278,22 +278,33 @@ class TransformersEngine(Engine):
             width = max(len(items[i].ids) for i in batch)
             input_ids = torch.full((len(batch), width), self.tokenizer.pad_token_id, dtype=torch.long)
             attention = torch.zeros((len(batch), width), dtype=torch.long)
+            # Logits only where a target is read: the vocabulary projection of every position would cost
+            # batch x width x vocabulary floats (gigabytes for a real vocabulary).
+            keep = torch.zeros((len(batch), width), dtype=torch.bool)
             for row, i in enumerate(batch):
                 ids = items[i].ids
                 input_ids[row, : len(ids)] = torch.tensor(ids)
                 attention[row, : len(ids)] = 1
+                for ctx, _ in items[i].targets:
+                    keep[row, ctx - 1] = True
+            if not keep.any():
+                continue
             logits = self.model(
-                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device)
-            ).logits
+                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), logits_to_keep=keep.to(self.device)
+            ).logits.reshape(-1, self.model.config.vocab_size)  # kept positions, row by row, in position order
             self.usage.forward_passes += 1
             self.usage.tokens_computed += int(attention.sum())
+            offset = 0
             for row, i in enumerate(batch):
+                positions = keep[row].nonzero().flatten().tolist()
+                at = {p: offset + j for j, p in enumerate(positions)}
+                offset += len(positions)
                 targets = items[i].targets
                 if not targets:
                     continue
-                positions = torch.tensor([ctx - 1 for ctx, _ in targets], device=logits.device)
+                picked = torch.tensor([at[ctx - 1] for ctx, _ in targets], device=logits.device)
                 tokens = torch.tensor([tok for _, tok in targets], device=logits.device)
-                rows = torch.log_softmax(logits[row, positions].float(), dim=-1)
+                rows = torch.log_softmax(logits[picked].float(), dim=-1)
                 results[i] = rows.gather(1, tokens[:, None]).squeeze(1).tolist()
         return results
 
@@ -312,14 +323,17 @@ class TransformersEngine(Engine):
             if keep < len(cached):
                 cache.crop(keep - len(cached))  # a negative count removes that many tokens
             new_ids = item.ids[keep:]
+            wanted = sorted({ctx - 1 - keep for ctx, _ in item.targets})
             out = self.model(
-                input_ids=torch.tensor([new_ids], device=self.device), past_key_values=cache, use_cache=True
+                input_ids=torch.tensor([new_ids], device=self.device), past_key_values=cache, use_cache=True,
+                logits_to_keep=torch.tensor(wanted, device=self.device),
             )
             cache, cached = out.past_key_values, list(item.ids)
             self.usage.forward_passes += 1
             self.usage.tokens_computed += len(new_ids)
             self.usage.tokens_reused += keep
-            positions = torch.tensor([ctx - 1 - keep for ctx, _ in item.targets], device=out.logits.device)
+            at = {p: j for j, p in enumerate(wanted)}
+            positions = torch.tensor([at[ctx - 1 - keep] for ctx, _ in item.targets], device=out.logits.device)
             tokens = torch.tensor([tok for _, tok in item.targets], device=out.logits.device)
             rows = torch.log_softmax(out.logits[0, positions].float(), dim=-1)
             results[i] = rows.gather(1, tokens[:, None]).squeeze(1).tolist()
