@@ -126,19 +126,23 @@ def command_run(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS = ("icm", "training")
+BENCHMARKS = ("icm", "scoring", "training", "loads", "planning")
 
 
 def command_bench(args: argparse.Namespace) -> int:
     import json
     import platform
 
-    from benchmarks import icm_pool, training
+    from benchmarks import icm_pool, model_loads, planning, scoring, training
     from resources.llm import LLMResource
 
     settings = load_settings()
     llm = LLMResource(model=settings.model, models_dir=str(settings.models_dir), corpus_dir=str(DATA_DIR))
-    suites = {"icm": (lambda: icm_pool.run(llm.engine()), icm_pool.markdown), "training": (training.run, training.markdown)}
+    suites = {"icm": (lambda: icm_pool.run(llm.engine()), icm_pool.markdown),
+              "scoring": (lambda: scoring.run(llm.engine()), scoring.markdown),
+              "training": (training.run, training.markdown),
+              "loads": (model_loads.run, model_loads.markdown),
+              "planning": (planning.run, planning.markdown)}
     names = BENCHMARKS if args.name == "all" else (args.name,)
     machine = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
                "cpus": os.cpu_count(), "python": platform.python_version()}

@@ -108,7 +108,13 @@ def read_survey(path: Path | str) -> SurveySource:
     return SurveySource(path, fmt, sha256, tuple(records), tuple(skipped))
 
 
+# A selections cell holds every country's distribution: Python's default 128 KiB cell limit is too small
+# for a survey of thousands of countries; a cell is bounded by the file read into memory anyway.
+CSV_CELL_LIMIT = 1 << 30
+
+
 def _csv_rows(path: Path, text: str) -> list[list[str]]:
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_CELL_LIMIT))
     try:
         rows = list(csv.reader(io.StringIO(text)))
     except csv.Error as exc:
