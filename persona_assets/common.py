@@ -6,6 +6,8 @@ import warnings
 
 from dagster import BackfillPolicy, BetaWarning, MetadataValue
 
+from persona_assets.deployment import DEFAULT_PROFILE, GpuProfile, gpu_op_tags
+from persona_assets.settings import load_deployment
 from resources.llm import UsageMeter
 
 # Backfill policies are marked beta in dagster 1.13; they are what makes one run load a model once.
@@ -22,6 +24,13 @@ AGENT_PARTITION = {"partition_expr": "agent"}
 AGENT_COUNTRY_PARTITION = {"partition_expr": {"agent": "agent", "country": "country"}}
 # A backfill of any range of partitions is one run: one process, one model load.
 ONE_RUN_PER_BACKFILL = BackfillPolicy.single_run()
+DEPLOYMENT = load_deployment()
+
+
+def gpu_step(profile: GpuProfile = DEFAULT_PROFILE) -> dict:
+    """Decorator arguments for a step that loads a model: the gpu pool and, when PERSONA_DEPLOYMENT=k8s,
+    the GPU pod it runs in. Op tags, not asset tags: k8s_job_executor reads step pod config only there."""
+    return {"pool": GPU_POOL, "op_tags": gpu_op_tags(profile, DEPLOYMENT.on_k8s, DEPLOYMENT.gpu_image)}
 
 
 def engine_metadata(meter: UsageMeter, model_id: str) -> dict:

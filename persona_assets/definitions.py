@@ -1,11 +1,13 @@
 """The code location: every asset, with resources chosen from the settings."""
 
 from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
+from dagster_k8s import k8s_job_executor
 
 from persona_assets.agents import assets as agent_assets
 from persona_assets import checks
 from persona_assets.alignment import assets as alignment_assets
 from persona_assets.automation import country_schedules, domain_jobs, input_sensors, partition_jobs
+from persona_assets.deployment import K8S_EXECUTOR_CONFIG
 from persona_assets.elicitation import baselines, evaluations, search
 from persona_assets.judging import assets as judging_assets
 from persona_assets.opinions import assets as opinion_assets
@@ -28,11 +30,14 @@ ALL_ASSETS = load_assets_from_modules(
 ALL_CHECKS = load_asset_checks_from_modules([vote_assets, judging_assets, checks])
 
 PARTITION_JOBS = partition_jobs(ALL_ASSETS)
+# On Kubernetes every step is its own pod (GPU steps in GPU pods, from their op tags); locally Dagster's default.
+EXECUTOR = k8s_job_executor.configured(K8S_EXECUTOR_CONFIG) if settings.deployment.on_k8s else None
 
 defs = Definitions(
     assets=[*ALL_ASSETS, vote_assets.question_reviews, trait_assets.question_reviews],
     asset_checks=ALL_CHECKS,
     jobs=domain_jobs(ALL_ASSETS) + PARTITION_JOBS,
+    executor=EXECUTOR,
     schedules=country_schedules(settings.schedule_cron),
     sensors=input_sensors(str(settings.goqa_source), str(settings.board_dir), PARTITION_JOBS),
     resources={

@@ -21,6 +21,10 @@ PERSONA_JUDGE_MODEL  the judge model, "tiny" or a Hugging Face id or local path 
                      a judge from another family than the generator is the sound choice)
 PERSONA_JUDGE_MAX_FAILURE_RATE  the share of judgments that may fail to parse before the
                      judge_failure_rate checks fail (default: 0.05)
+PERSONA_DEPLOYMENT   "local" (steps run on this machine) or "k8s" (steps run as Kubernetes jobs,
+                     model-loading steps in GPU pods; see k8s/README.md) (default: local)
+PERSONA_K8S_GPU_IMAGE  the image of the GPU step pods when PERSONA_DEPLOYMENT=k8s
+                     (default: persona-platform-gpu:0.1.0, built from k8s/Dockerfile.gpu)
 """
 
 from __future__ import annotations
@@ -37,10 +41,24 @@ DATA_DIR = PROJECT_ROOT / "data"
 SAMPLE_GOQA_SOURCE = DATA_DIR / "goqa" / "sample_global_opinions.csv"
 SAMPLE_BOARD_DIR = DATA_DIR / "board"
 TINY_MODEL = "tiny"
+DEPLOYMENTS = ("local", "k8s")
+DEFAULT_GPU_IMAGE = "persona-platform-gpu:0.1.0"
 
 
 class SettingsError(PersonaInputError):
     """A setting holds a value the platform cannot use."""
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Where steps run. Read apart from the other settings because asset decorators need it at import."""
+
+    kind: str = "local"
+    gpu_image: str = DEFAULT_GPU_IMAGE
+
+    @property
+    def on_k8s(self) -> bool:
+        return self.kind == "k8s"
 
 
 @dataclass(frozen=True)
@@ -58,6 +76,7 @@ class Settings:
     engine_base_url: str = ""
     judge_engine: str = "transformers"
     judge_base_url: str = ""
+    deployment: Deployment = Deployment()
 
     @property
     def warehouse_path(self) -> Path:
@@ -74,6 +93,17 @@ class Settings:
     @property
     def dagster_home(self) -> Path:
         return self.home / "dagster"
+
+
+def load_deployment(environ: Mapping[str, str] | None = None) -> Deployment:
+    env = os.environ if environ is None else environ
+    kind = (env.get("PERSONA_DEPLOYMENT") or "local").strip().lower()
+    if kind not in DEPLOYMENTS:
+        raise SettingsError(f"PERSONA_DEPLOYMENT: {kind!r} is not one of {', '.join(DEPLOYMENTS)}")
+    gpu_image = (env.get("PERSONA_K8S_GPU_IMAGE") or DEFAULT_GPU_IMAGE).strip()
+    if not gpu_image or any(c.isspace() for c in gpu_image):
+        raise SettingsError(f"PERSONA_K8S_GPU_IMAGE: {gpu_image!r} is not an image reference")
+    return Deployment(kind, gpu_image)
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -108,7 +138,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     engine, engine_base_url = _engine(env, "PERSONA_ENGINE", "PERSONA_ENGINE_BASE_URL", "transformers", "")
     judge_engine, judge_base_url = _engine(env, "PERSONA_JUDGE_ENGINE", "PERSONA_JUDGE_BASE_URL", engine, engine_base_url)
     return Settings(home, model, goqa_source, board_dir, chat_base_url, chat_model, schedule_cron, judge_model,
-                    judge_max_failure_rate, engine, engine_base_url, judge_engine, judge_base_url)
+                    judge_max_failure_rate, engine, engine_base_url, judge_engine, judge_base_url, load_deployment(env))
 
 
 ENGINES = ("transformers", "vllm", "openai")

@@ -25,15 +25,16 @@ from persona_assets.agents.tables import (
 from persona_assets.agents.transcripts import read_meetings
 from persona_assets.common import (
     AGENT_PARTITION,
-    GPU_POOL,
     MODEL_KINDS,
     ONE_RUN_PER_BACKFILL,
     OWNERS,
     TABLE_KINDS,
     WAREHOUSE_POOL,
     engine_metadata,
+    gpu_step,
     markdown_table,
 )
+from persona_assets.deployment import TRAINING_PROFILE
 from persona_assets.provenance import Provenance, result_frame, row_ref
 from persona_assets.reports.plots import heatmap, inline, loss_curve
 from resources.artifacts import ArtifactStore
@@ -134,7 +135,7 @@ LOSS_SCHEMA = {"agent": pl.String, "step": pl.Int64, "epoch": pl.Int64, "loss": 
                                   code_version=VERSION, description="Training loss per step and agent, with the loss curve plot."),
     },
     group_name=GROUP,
-    pool=GPU_POOL,
+    **gpu_step(TRAINING_PROFILE),
     partitions_def=agents_partitions,
     backfill_policy=ONE_RUN_PER_BACKFILL,
     ins={"training_conversations": AssetIn(key=[GROUP, "training_conversations"])},
@@ -197,7 +198,7 @@ def ensure_adapters(engine, adapters: pl.DataFrame) -> None:
 MERGED_SCHEMA = {"agent": pl.String, "model_path": pl.String, "sha256": pl.String, "max_logit_difference": pl.Float64}
 
 
-@asset(**SHARED, **BY_AGENT, kinds=MODEL_KINDS | {"safetensors"}, pool=GPU_POOL,
+@asset(**SHARED, **BY_AGENT, kinds=MODEL_KINDS | {"safetensors"}, **gpu_step(),
        ins={"lora_adapters": AssetIn(key=[GROUP, "lora_adapters"]), "completion_examples": AssetIn(key=[GROUP, "completion_examples"])})
 def merged_models(
     context: AssetExecutionContext, llm: LLMResource, artifacts: ArtifactStore,
@@ -223,7 +224,7 @@ def merged_models(
     return result_frame(rows, MERGED_SCHEMA, _provenance(context, engine))
 
 
-@asset(**SHARED, kinds=MODEL_KINDS | {"matplotlib"}, pool=GPU_POOL,
+@asset(**SHARED, kinds=MODEL_KINDS | {"matplotlib"}, **gpu_step(),
        ins={"lora_adapters": AssetIn(key=[GROUP, "lora_adapters"]), "completion_examples": AssetIn(key=[GROUP, "completion_examples"])})
 def perplexity_matrix(
     context: AssetExecutionContext, llm: LLMResource, artifacts: ArtifactStore,

@@ -9,13 +9,13 @@ from persona_assets.alignment.similarity import OPINION_HASH, normalize, normali
 from persona_assets.common import (
     AGENT_COUNTRY_PARTITION,
     COUNTRY_PARTITION,
-    GPU_POOL,
     MODEL_KINDS,
     ONE_RUN_PER_BACKFILL,
     OWNERS,
     TABLE_KINDS,
     WAREHOUSE_POOL,
     engine_metadata,
+    gpu_step,
     markdown_table,
 )
 from persona_assets.provenance import Provenance, result_frame, row_ref
@@ -61,7 +61,7 @@ def _metadata(meter, engine, frame: pl.DataFrame, skipped: int) -> dict:
                                               [[a, c, f"{s:.3f}"] for a, c, s in means.iter_rows()])}
 
 
-@asset(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=MODEL_KINDS, pool=GPU_POOL, code_version=VERSION,
+@asset(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=MODEL_KINDS, **gpu_step(), code_version=VERSION,
        partitions_def=agent_country_partitions, metadata=AGENT_COUNTRY_PARTITION, backfill_policy=ONE_RUN_PER_BACKFILL,
        ins={"goqa_survey": SURVEY_IN, "lora_adapters": AssetIn(key=["agents", "lora_adapters"])})
 def agent_opinions(context: AssetExecutionContext, llm: LLMResource, goqa_survey: pl.DataFrame, lora_adapters: pl.DataFrame) -> pl.DataFrame:
@@ -79,7 +79,7 @@ def agent_opinions(context: AssetExecutionContext, llm: LLMResource, goqa_survey
     return frame
 
 
-@asset(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=MODEL_KINDS, pool=GPU_POOL, code_version=VERSION,
+@asset(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=MODEL_KINDS, **gpu_step(), code_version=VERSION,
        partitions_def=countries_partitions, metadata=COUNTRY_PARTITION, backfill_policy=ONE_RUN_PER_BACKFILL,
        ins={"goqa_survey": SURVEY_IN})
 def base_opinions(context: AssetExecutionContext, llm: LLMResource, goqa_survey: pl.DataFrame) -> pl.DataFrame:

@@ -6,11 +6,11 @@ from dagster import AssetExecutionContext, AssetIn, asset
 from partitions import countries_partitions
 from persona_assets.common import (
     COUNTRY_PARTITION,
-    GPU_POOL,
     MODEL_KINDS,
     ONE_RUN_PER_BACKFILL,
     OWNERS,
     engine_metadata,
+    gpu_step,
     markdown_table,
 )
 from persona_assets.elicitation.prompts import (
@@ -35,7 +35,7 @@ BASELINE = dict(
     key_prefix=GROUP,
     group_name=GROUP,
     owners=OWNERS,
-    kinds=MODEL_KINDS, pool=GPU_POOL,
+    kinds=MODEL_KINDS, **gpu_step(),
     partitions_def=countries_partitions,
     metadata=COUNTRY_PARTITION,
     backfill_policy=ONE_RUN_PER_BACKFILL,

@@ -7,11 +7,11 @@ from pydantic import Field
 from partitions import countries_partitions
 from persona_assets.common import (
     COUNTRY_PARTITION,
-    GPU_POOL,
     MODEL_KINDS,
     ONE_RUN_PER_BACKFILL,
     OWNERS,
     engine_metadata,
+    gpu_step,
     markdown_table,
 )
 from persona_assets.elicitation.evaluation import build_conditions, condition_margins
@@ -50,7 +50,7 @@ class FewShotConfig(Config):
     key_prefix=GROUP,
     group_name=GROUP,
     owners=OWNERS,
-    kinds=MODEL_KINDS, pool=GPU_POOL,
+    kinds=MODEL_KINDS, **gpu_step(),
     code_version=EVALUATION_VERSION,
     partitions_def=countries_partitions,
     metadata=COUNTRY_PARTITION,

@@ -11,11 +11,11 @@ from pydantic import Field
 from partitions import countries_partitions
 from persona_assets.common import (
     COUNTRY_PARTITION,
-    GPU_POOL,
     MODEL_KINDS,
     ONE_RUN_PER_BACKFILL,
     OWNERS,
     engine_metadata,
+    gpu_step,
 )
 from persona_assets.elicitation.icm import ClaimScorer, IcmParams, IcmSearch, SearchState
 from persona_assets.elicitation.prompts import FEW_SHOT_HASH
@@ -102,7 +102,7 @@ def checkpoint_name(country: str, variant: str, params: IcmParams, claim_ids: li
         ),
     },
     group_name=GROUP,
-    pool=GPU_POOL,
+    **gpu_step(),
     partitions_def=countries_partitions,
     backfill_policy=ONE_RUN_PER_BACKFILL,
     ins={"goqa_splits": AssetIn(key=["opinions", "goqa_splits"]), "goqa_claims": AssetIn(key=["opinions", "goqa_claims"])},

@@ -17,13 +17,13 @@ from partitions import agents_partitions
 from persona_assets.agents.assets import AGENTS_BY_KEY
 from persona_assets.common import (
     AGENT_PARTITION,
-    GPU_POOL,
     MODEL_KINDS,
     ONE_RUN_PER_BACKFILL,
     OWNERS,
     TABLE_KINDS,
     WAREHOUSE_POOL,
     engine_metadata,
+    gpu_step,
     markdown_table,
 )
 from persona_assets.judging.judge import compare_pairs, score_responses
@@ -38,7 +38,7 @@ from resources.artifacts import ArtifactStore
 from resources.llm import LLMResource
 
 GROUP = "judging"
-SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=MODEL_KINDS, pool=GPU_POOL,
+SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=MODEL_KINDS, **gpu_step(),
               partitions_def=agents_partitions, metadata=AGENT_PARTITION, backfill_policy=ONE_RUN_PER_BACKFILL)
 RESPONSES_IN = {"evaluation_items": AssetIn(key=["responses", "evaluation_items"]),
                 "task_responses": AssetIn(key=["responses", "task_responses"])}

@@ -10,13 +10,13 @@ from partitions import agents_partitions
 from persona_assets.agents.assets import AGENTS_BY_KEY, ensure_adapters
 from persona_assets.common import (
     AGENT_PARTITION,
-    GPU_POOL,
     MODEL_KINDS,
     ONE_RUN_PER_BACKFILL,
     OWNERS,
     TABLE_KINDS,
     WAREHOUSE_POOL,
     engine_metadata,
+    gpu_step,
     markdown_table,
 )
 from persona_assets.provenance import Provenance, result_frame, row_ref
@@ -73,7 +73,7 @@ def evaluation_items(context: AssetExecutionContext, config: ItemConfig, probe_q
     return frame
 
 
-@asset(**SHARED, kinds=MODEL_KINDS, pool=GPU_POOL, code_version=RESPONSES_VERSION,
+@asset(**SHARED, kinds=MODEL_KINDS, **gpu_step(), code_version=RESPONSES_VERSION,
        ins={"evaluation_items": AssetIn(key=[GROUP, "evaluation_items"]),
             "lora_adapters": AssetIn(key=["agents", "lora_adapters"]),
             "agent_profiles": AssetIn(key=["traits", "agent_profiles"])})

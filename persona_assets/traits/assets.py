@@ -8,11 +8,11 @@ from partitions import agents_partitions
 from persona_assets.agents.assets import AGENTS_BY_KEY
 from persona_assets.common import (
     AGENT_PARTITION,
-    GPU_POOL,
     MODEL_KINDS,
     ONE_RUN_PER_BACKFILL,
     OWNERS,
     engine_metadata,
+    gpu_step,
     markdown_table,
 )
 from persona_assets.provenance import Provenance, result_frame, row_ref
@@ -34,7 +34,7 @@ from resources.llm import ChatPrompt, GenerateRequest, LLMResource
 from resources.warehouse import WarehouseResource
 
 GROUP = "traits"
-SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=MODEL_KINDS, pool=GPU_POOL,
+SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=MODEL_KINDS, **gpu_step(),
               partitions_def=agents_partitions, metadata=AGENT_PARTITION, backfill_policy=ONE_RUN_PER_BACKFILL)
 MONOLOGUES_IN = {"monologues": AssetIn(key=["agents", "monologues"])}
 REVIEWS = AssetKey([GROUP, REVIEW_TABLE])

@@ -18,13 +18,13 @@ from persona_assets.agents.assets import AGENTS_BY_KEY, ensure_adapters
 from persona_assets.agents.transcripts import alias_table
 from persona_assets.common import (
     AGENT_PARTITION,
-    GPU_POOL,
     MODEL_KINDS,
     ONE_RUN_PER_BACKFILL,
     OWNERS,
     TABLE_KINDS,
     WAREHOUSE_POOL,
     engine_metadata,
+    gpu_step,
     markdown_table,
 )
 from persona_assets.provenance import Provenance, file_ref, result_frame, row_ref
@@ -121,7 +121,7 @@ PREDICTION_SCHEMA = {"agent": pl.String, "motion_id": pl.String, "method": pl.St
 
 
 @asset(
-    **SHARED, kinds=MODEL_KINDS, pool=GPU_POOL, code_version=PREDICTION_VERSION, partitions_def=agents_partitions,
+    **SHARED, kinds=MODEL_KINDS, **gpu_step(), code_version=PREDICTION_VERSION, partitions_def=agents_partitions,
     metadata=AGENT_PARTITION, backfill_policy=ONE_RUN_PER_BACKFILL,
     ins={"motions": AssetIn(key=[GROUP, "motions"]), "vote_records": AssetIn(key=[GROUP, "vote_records"]),
          "lora_adapters": AssetIn(key=["agents", "lora_adapters"])},
