@@ -1,17 +1,20 @@
 """Faults and secrets: a process killed inside a warehouse write, bad settings, API keys kept out of every record."""
 
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from http.server import ThreadingHTTPServer
 
+import duckdb
 import polars as pl
 import pytest
 
 from persona_assets.settings import SettingsError, load_settings
 from resources.warehouse import Warehouse
-from tests.conftest import PROJECT_ROOT, persona
+from tests.conftest import PERSONA, PROJECT_ROOT, persona
 from tests.test_chat_api import FakeChatServer
 
 # The child writes version 2 of partition A and stops inside the transaction (after the delete and the
@@ -103,3 +106,44 @@ def test_no_api_key_reaches_a_log_line_metadata_entry_or_warehouse_row(tmp_path)
             data = open(os.path.join(root, name), "rb").read()
             leaks += [f"{os.path.join(root, name)}: {k}" for k, v in keys.items() if v.encode() in data]
     assert not leaks, leaks
+
+
+ITERATIONS = 60
+ICM_CONFIG = f"ops:\n  icm_search:\n    config:\n      iterations: {ITERATIONS}\n      checkpoint_every: 5\n"
+ICM = ["run", "--countries", "Caldera", "--select", 'key:"elicitation/icm_labels"']
+
+
+def icm_rows(home):
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        labels = con.execute("select row_id, icm_label from elicitation.icm_labels order by row_id").fetchall()
+        trace = con.execute("select row_id, iteration, accepted, energy from elicitation.icm_search_trace "
+                            "order by row_id").fetchall()
+    return labels, trace
+
+
+@pytest.mark.slow
+def test_an_icm_search_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path):
+    config = tmp_path / "icm.yaml"
+    config.write_text(ICM_CONFIG)
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    for home in (killed, clean):
+        prepared = persona(home, "run", "--countries", "Caldera", "--select", '+key:"opinions/goqa_splits"')
+        assert prepared.returncode == 0, prepared.stderr
+    process = subprocess.Popen([PERSONA, *ICM, "--config", str(config)], env={**os.environ, "PERSONA_HOME": str(killed)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = killed / "artifacts" / "checkpoints" / "icm" / "Caldera"
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.rglob("*.json")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert process.poll() is None, "the search finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+    resumed = persona(killed, *ICM, "--config", str(config))
+    assert resumed.returncode == 0, resumed.stderr
+    uninterrupted = persona(clean, *ICM, "--config", str(config))
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    labels, trace = icm_rows(killed)
+    assert (labels, trace) == icm_rows(clean)
+    assert len({r for r, _ in labels}) == len(labels) and len({r[0] for r in trace}) == len(trace)  # none twice
+    assert {i for _, i, _, _ in trace} == set(range(ITERATIONS))  # every iteration traced, the killed ones too
