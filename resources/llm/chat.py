@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+from resources.llm.engine import ChatPrompt, Prompt
 
 
 class ChatTemplateError(ValueError):
@@ -15,6 +17,21 @@ def render(tokenizer, messages: Sequence[tuple[str, str]], generation_prompt: bo
         tokenize=False,
         add_generation_prompt=generation_prompt,
     )
+
+
+def prompt_ids(tokenizer, prompt: Prompt, encode: Callable[[str, bool], list[int]]) -> list[int]:
+    """Token ids of any prompt; ``encode(text, first)`` tokenizes a piece, with special tokens only when first.
+
+    A chat goes through the model's template (which writes its own begin-of-text); segments are
+    tokenized one by one, so prompts sharing leading segments share a token prefix."""
+    if isinstance(prompt, str):
+        return encode(prompt, True)
+    if isinstance(prompt, ChatPrompt):
+        return encode(render(tokenizer, prompt.messages, generation_prompt=True), False)
+    ids: list[int] = []
+    for index, segment in enumerate(prompt):
+        ids += encode(segment, index == 0)
+    return ids
 
 
 def chat_tokens(tokenizer, messages: Sequence[tuple[str, str]], counted_role: str = "assistant") -> tuple[list[int], list[bool]]:

@@ -20,8 +20,8 @@ import torch
 from transformers.utils import logging as transformers_logging
 
 from resources.llm.constrained import JsonSchemaGrammars
+from resources.llm.chat import prompt_ids
 from resources.llm.engine import (
-    ChatPrompt,
     Engine,
     GenerateRequest,
     LoglikelihoodRequest,
@@ -249,16 +249,7 @@ class TransformersEngine(Engine):
         return list(ids)
 
     def _encode_prompt(self, prompt: Prompt) -> list[int]:
-        if isinstance(prompt, str):
-            return self._encode(prompt, first=True)
-        if isinstance(prompt, ChatPrompt):
-            messages = [{"role": role, "content": content} for role, content in prompt.messages]
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            return self._encode(text, first=False)  # the template writes its own begin-of-text
-        ids: list[int] = []
-        for index, segment in enumerate(prompt):
-            ids += self._encode(segment, first=index == 0)
-        return ids
+        return prompt_ids(self.tokenizer, prompt, self._encode)
 
     def _batches(self, lengths: list[int]) -> list[list[int]]:
         """Group indices, longest first, so that padded batch size stays within the token budget."""

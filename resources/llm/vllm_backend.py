@@ -21,8 +21,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from resources.llm.chat import prompt_ids
 from resources.llm.engine import (
-    ChatPrompt,
     Engine,
     GenerateRequest,
     LoglikelihoodRequest,
@@ -161,16 +161,7 @@ class VllmEngine(Engine):
         return list(self.tokenizer(text, add_special_tokens=first)["input_ids"])
 
     def _encode_prompt(self, prompt: Prompt) -> list[int]:
-        if isinstance(prompt, str):
-            return self._encode(prompt, first=True)
-        if isinstance(prompt, ChatPrompt):
-            messages = [{"role": role, "content": content} for role, content in prompt.messages]
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            return self._encode(text, first=False)
-        ids: list[int] = []
-        for index, segment in enumerate(prompt):
-            ids += self._encode(segment, first=index == 0)
-        return ids
+        return prompt_ids(self.tokenizer, prompt, self._encode)
 
 
 def _structured(schema: dict) -> dict:
