@@ -15,6 +15,10 @@ PERSONA_JUDGE_MODEL  the judge model, "tiny" or a Hugging Face id or local path 
                      a judge from another family than the generator is the sound choice)
 PERSONA_JUDGE_MAX_FAILURE_RATE  the share of judgments that may fail to parse before the
                      judge_failure_rate checks fail (default: 0.05)
+PERSONA_WAREHOUSE    where the tables live: a DuckDB file path (default: $PERSONA_HOME/warehouse.duckdb)
+                     or a DuckLake for many writers, ducklake:postgres:<libpq connection string or URI>
+PERSONA_WAREHOUSE_DATA_PATH  the DuckLake's data files: a directory every writer mounts, or an
+                     object-store URL (required with a DuckLake, refused with a file)
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from persona_assets.errors import PersonaInputError
+from resources import lake
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = PROJECT_ROOT / "data"
@@ -48,10 +53,27 @@ class Settings:
     schedule_cron: str = "0 3 * * 1"
     judge_model: str = TINY_MODEL
     judge_max_failure_rate: float = 0.05
+    # A DuckDB file path or a ducklake:postgres:... location (may hold a password: show it via
+    # warehouse_label, never directly).
+    warehouse: str = ""
+    warehouse_data_path: str = ""
+
+    @property
+    def warehouse_is_lake(self) -> bool:
+        return lake.is_lake(self.warehouse)
 
     @property
     def warehouse_path(self) -> Path:
-        return self.home / "warehouse.duckdb"
+        if self.warehouse_is_lake:
+            raise SettingsError(f"PERSONA_WAREHOUSE is the DuckLake {self.warehouse_label}: there is no warehouse file")
+        return Path(self.warehouse) if self.warehouse else self.home / "warehouse.duckdb"
+
+    @property
+    def warehouse_label(self) -> str:
+        """The warehouse for messages: the file path, or the DuckLake with its password redacted."""
+        if self.warehouse_is_lake:
+            return f"{lake.redact(self.warehouse)} (data {self.warehouse_data_path})"
+        return str(self.warehouse_path)
 
     @property
     def artifacts_dir(self) -> Path:
@@ -95,5 +117,36 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         judge_max_failure_rate = -1.0
     if not 0.0 <= judge_max_failure_rate <= 1.0:
         raise SettingsError(f"PERSONA_JUDGE_MAX_FAILURE_RATE: {rate_text!r} is not a number between 0 and 1")
+    warehouse, warehouse_data_path = _warehouse(env, home)
     return Settings(home, model, goqa_source, board_dir, chat_base_url, chat_model, schedule_cron, judge_model,
-                    judge_max_failure_rate)
+                    judge_max_failure_rate, warehouse, warehouse_data_path)
+
+
+def _warehouse(env: Mapping[str, str], home: Path) -> tuple[str, str]:
+    text = (env.get("PERSONA_WAREHOUSE") or "").strip()
+    data_path = (env.get("PERSONA_WAREHOUSE_DATA_PATH") or "").strip()
+    if lake.is_lake(text):
+        try:
+            lake.check_location(text)
+        except lake.LakeLocationError as exc:
+            raise SettingsError(f"PERSONA_WAREHOUSE: {exc}") from None
+        if not data_path:
+            raise SettingsError(
+                "PERSONA_WAREHOUSE is a DuckLake but PERSONA_WAREHOUSE_DATA_PATH is not set: name the directory "
+                "(mounted by every writer) or object-store URL for its data files"
+            )
+        return text, data_path
+    if data_path:
+        raise SettingsError(
+            "PERSONA_WAREHOUSE_DATA_PATH is set but PERSONA_WAREHOUSE is not a DuckLake (ducklake:postgres:...): "
+            "a DuckDB file keeps its data in itself"
+        )
+    if "://" in text or text.lower().startswith(("postgres:", "postgresql:", "md:", "motherduck:")):
+        raise SettingsError(
+            f"PERSONA_WAREHOUSE: {lake.redact(text)!r} is neither a DuckDB file path nor a DuckLake; "
+            "for PostgreSQL write ducklake:postgres:<connection>"
+        )
+    path = Path(text).expanduser().resolve() if text else home / "warehouse.duckdb"
+    if path.is_dir():
+        raise SettingsError(f"PERSONA_WAREHOUSE: {path} is a directory; name the DuckDB file inside it")
+    return str(path), ""

@@ -21,7 +21,7 @@ ARTIFACTS = PROJECT_ROOT / "tests" / "artifacts"
 def pytest_configure(config):
     # Settings are read when the code location is imported: keep tests off the user's home.
     os.environ["PERSONA_HOME"] = tempfile.mkdtemp(prefix="persona-test-home-")
-    for name in ("PERSONA_MODEL", "PERSONA_GOQA_SOURCE"):
+    for name in ("PERSONA_MODEL", "PERSONA_GOQA_SOURCE", "PERSONA_WAREHOUSE", "PERSONA_WAREHOUSE_DATA_PATH"):
         os.environ.pop(name, None)
 
 
