@@ -88,7 +88,6 @@ def command_run(args: argparse.Namespace) -> int:
     from persona_assets.definitions import defs
     from persona_assets.runner import execute_plan, plan_runs
     from resources.llm import process_usage
-    from resources.warehouse import Warehouse
 
     countries, agents = _split(args.countries), _split(args.agents)
     _check_known("country", countries, COUNTRIES, str(settings.goqa_source))
@@ -111,8 +110,8 @@ def command_run(args: argparse.Namespace) -> int:
     print(f"{len(outcomes) - len(failed)} of {len(runs)} runs succeeded in {elapsed:.1f} s; "
           f"model loads {usage.model_loads}, forward passes {usage.forward_passes}, "
           f"tokens computed {usage.tokens_computed}")
-    print(f"Tables in {settings.warehouse_path}:")
-    counts = Warehouse(settings.warehouse_path).table_row_counts()
+    print(f"Tables in {settings.warehouse_label}:")
+    counts = open_warehouse(settings).table_row_counts()
     width = max((len(s) + len(t) + 1 for s, t, _ in counts), default=0)
     for schema, table, count in counts:
         print(f"  {f'{schema}.{table}':<{width}} {count:>9,} rows")
@@ -126,14 +125,21 @@ def command_run(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS = ("icm", "scoring", "training", "loads", "planning")
+def open_warehouse(settings: Settings):
+    """The warehouse the settings name: the DuckDB file or the DuckLake."""
+    from resources.warehouse import Warehouse
+
+    return Warehouse(settings.warehouse, data_path=settings.warehouse_data_path)
+
+
+BENCHMARKS = ("icm", "scoring", "training", "loads", "planning", "warehouse")
 
 
 def command_bench(args: argparse.Namespace) -> int:
     import json
     import platform
 
-    from benchmarks import icm_pool, model_loads, planning, scoring, training
+    from benchmarks import icm_pool, model_loads, planning, scoring, training, warehouse
     from resources.llm import LLMResource
 
     settings = load_settings()
@@ -142,7 +148,8 @@ def command_bench(args: argparse.Namespace) -> int:
               "scoring": (lambda: scoring.run(llm.engine()), scoring.markdown),
               "training": (training.run, training.markdown),
               "loads": (model_loads.run, model_loads.markdown),
-              "planning": (planning.run, planning.markdown)}
+              "planning": (planning.run, planning.markdown),
+              "warehouse": (warehouse.run, warehouse.markdown)}
     names = BENCHMARKS if args.name == "all" else (args.name,)
     machine = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
                "cpus": os.cpu_count(), "python": platform.python_version()}
@@ -164,12 +171,12 @@ def command_bench(args: argparse.Namespace) -> int:
 
 def command_lineage(args: argparse.Namespace) -> int:
     from persona_assets.lineage import lineage_graph, render, source_files
-    from resources.warehouse import Warehouse
 
     settings = load_settings()
-    if not settings.warehouse_path.exists():
-        raise SettingsError(f"no warehouse at {settings.warehouse_path}: run `persona run` first")
-    with Warehouse(settings.warehouse_path).connect() as con:
+    warehouse = open_warehouse(settings)
+    if not warehouse.exists():
+        raise SettingsError(f"no warehouse at {settings.warehouse_label}: run `persona run` first")
+    with warehouse.connect() as con:
         nodes = lineage_graph(con, args.table, args.row_id)
         files = source_files(con)
     print("\n".join(render(nodes, f"{args.table}:{args.row_id}", files, args.max_inputs)))
@@ -178,17 +185,15 @@ def command_lineage(args: argparse.Namespace) -> int:
 
 def command_review(args: argparse.Namespace) -> int:
     from persona_assets.review import REVIEW_TABLE, questions_of, run_review
-    from resources.warehouse import Warehouse, WarehouseResource
 
     settings = load_settings()
     schema, table, column, order = SOURCES[args.kind]
-    store = WarehouseResource(database=str(settings.warehouse_path))
-    source = store.read_optional(schema, table)
+    warehouse = open_warehouse(settings)
+    source = warehouse.read_optional(schema, table)
     if source is None:
-        raise SettingsError(f"no {schema}.{table} in {settings.warehouse_path}: materialize it first (persona run)")
+        raise SettingsError(f"no {schema}.{table} in {settings.warehouse_label}: materialize it first (persona run)")
     questions = questions_of(source.sort(order), schema, table, column)
-    warehouse = Warehouse(settings.warehouse_path)
-    run_review(questions, store.read_optional(schema, REVIEW_TABLE),
+    run_review(questions, warehouse.read_optional(schema, REVIEW_TABLE),
                save=lambda frame: warehouse.replace(schema, REVIEW_TABLE, frame))
     return 0
 

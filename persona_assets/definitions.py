@@ -1,6 +1,6 @@
 """The code location: every asset, with resources chosen from the settings."""
 
-from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
+from dagster import Definitions, EnvVar, load_asset_checks_from_modules, load_assets_from_modules
 from dagster_k8s import k8s_job_executor
 
 from persona_assets.agents import assets as agent_assets
@@ -33,6 +33,11 @@ PARTITION_JOBS = partition_jobs(ALL_ASSETS)
 # On Kubernetes every step is its own pod (GPU steps in GPU pods, from their op tags); locally Dagster's default.
 EXECUTOR = k8s_job_executor.configured(K8S_EXECUTOR_CONFIG) if settings.deployment.on_k8s else None
 
+# A DuckLake location may hold a password. Resource config given as a value is part of the
+# job snapshot the instance stores and the UI shows; given as EnvVar, only the variable's
+# name is stored, and each run's process reads the value from its own environment.
+WAREHOUSE = EnvVar("PERSONA_WAREHOUSE") if settings.warehouse_is_lake else str(settings.warehouse_path)
+
 defs = Definitions(
     assets=[*ALL_ASSETS, vote_assets.question_reviews, trait_assets.question_reviews],
     asset_checks=ALL_CHECKS,
@@ -41,8 +46,8 @@ defs = Definitions(
     schedules=country_schedules(settings.schedule_cron),
     sensors=input_sensors(str(settings.goqa_source), str(settings.board_dir), PARTITION_JOBS),
     resources={
-        "io_manager": WarehouseIOManager(database=str(settings.warehouse_path)),
-        "warehouse": WarehouseResource(database=str(settings.warehouse_path)),
+        "io_manager": WarehouseIOManager(database=WAREHOUSE, data_path=settings.warehouse_data_path),
+        "warehouse": WarehouseResource(database=WAREHOUSE, data_path=settings.warehouse_data_path),
         "llm": LLMResource(model=settings.model, backend=settings.engine, base_url=settings.engine_base_url,
                            models_dir=str(settings.models_dir), corpus_dir=str(DATA_DIR)),
         # The same model as the generator by default: then both names share one loaded engine.

@@ -25,6 +25,10 @@ PERSONA_DEPLOYMENT   "local" (steps run on this machine) or "k8s" (steps run as 
                      model-loading steps in GPU pods; see k8s/README.md) (default: local)
 PERSONA_K8S_GPU_IMAGE  the image of the GPU step pods when PERSONA_DEPLOYMENT=k8s
                      (default: persona-platform-gpu:0.1.0, built from k8s/Dockerfile.gpu)
+PERSONA_WAREHOUSE    where the tables live: a DuckDB file path (default: $PERSONA_HOME/warehouse.duckdb)
+                     or a DuckLake for many writers, ducklake:postgres:<libpq connection string or URI>
+PERSONA_WAREHOUSE_DATA_PATH  the DuckLake's data files: a directory every writer mounts, or an
+                     object-store URL (required with a DuckLake, refused with a file)
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from persona_assets.errors import PersonaInputError
+from resources import lake
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = PROJECT_ROOT / "data"
@@ -77,10 +82,27 @@ class Settings:
     judge_engine: str = "transformers"
     judge_base_url: str = ""
     deployment: Deployment = Deployment()
+    # A DuckDB file path or a ducklake:postgres:... location (may hold a password: show it via
+    # warehouse_label, never directly).
+    warehouse: str = ""
+    warehouse_data_path: str = ""
+
+    @property
+    def warehouse_is_lake(self) -> bool:
+        return lake.is_lake(self.warehouse)
 
     @property
     def warehouse_path(self) -> Path:
-        return self.home / "warehouse.duckdb"
+        if self.warehouse_is_lake:
+            raise SettingsError(f"PERSONA_WAREHOUSE is the DuckLake {self.warehouse_label}: there is no warehouse file")
+        return Path(self.warehouse) if self.warehouse else self.home / "warehouse.duckdb"
+
+    @property
+    def warehouse_label(self) -> str:
+        """The warehouse for messages: the file path, or the DuckLake with its password redacted."""
+        if self.warehouse_is_lake:
+            return f"{lake.redact(self.warehouse)} (data {self.warehouse_data_path})"
+        return str(self.warehouse_path)
 
     @property
     def artifacts_dir(self) -> Path:
@@ -135,10 +157,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         judge_max_failure_rate = -1.0
     if not 0.0 <= judge_max_failure_rate <= 1.0:
         raise SettingsError(f"PERSONA_JUDGE_MAX_FAILURE_RATE: {rate_text!r} is not a number between 0 and 1")
+    warehouse, warehouse_data_path = _warehouse(env, home)
     engine, engine_base_url = _engine(env, "PERSONA_ENGINE", "PERSONA_ENGINE_BASE_URL", "transformers", "")
     judge_engine, judge_base_url = _engine(env, "PERSONA_JUDGE_ENGINE", "PERSONA_JUDGE_BASE_URL", engine, engine_base_url)
     return Settings(home, model, goqa_source, board_dir, chat_base_url, chat_model, schedule_cron, judge_model,
-                    judge_max_failure_rate, engine, engine_base_url, judge_engine, judge_base_url, load_deployment(env))
+                    judge_max_failure_rate, engine, engine_base_url, judge_engine, judge_base_url, load_deployment(env),
+                    warehouse, warehouse_data_path)
 
 
 ENGINES = ("transformers", "vllm", "openai")
@@ -152,3 +176,33 @@ def _engine(env: Mapping[str, str], name: str, url_name: str, default: str, defa
     if engine == "openai" and not base_url.startswith(("http://", "https://")):
         raise SettingsError(f"{url_name}: the openai engine needs the server's URL (http://host:port/v1), got {base_url!r}")
     return engine, base_url
+
+
+def _warehouse(env: Mapping[str, str], home: Path) -> tuple[str, str]:
+    text = (env.get("PERSONA_WAREHOUSE") or "").strip()
+    data_path = (env.get("PERSONA_WAREHOUSE_DATA_PATH") or "").strip()
+    if lake.is_lake(text):
+        try:
+            lake.check_location(text)
+        except lake.LakeLocationError as exc:
+            raise SettingsError(f"PERSONA_WAREHOUSE: {exc}") from None
+        if not data_path:
+            raise SettingsError(
+                "PERSONA_WAREHOUSE is a DuckLake but PERSONA_WAREHOUSE_DATA_PATH is not set: name the directory "
+                "(mounted by every writer) or object-store URL for its data files"
+            )
+        return text, data_path
+    if data_path:
+        raise SettingsError(
+            "PERSONA_WAREHOUSE_DATA_PATH is set but PERSONA_WAREHOUSE is not a DuckLake (ducklake:postgres:...): "
+            "a DuckDB file keeps its data in itself"
+        )
+    if "://" in text or text.lower().startswith(("postgres:", "postgresql:", "md:", "motherduck:")):
+        raise SettingsError(
+            f"PERSONA_WAREHOUSE: {lake.redact(text)!r} is neither a DuckDB file path nor a DuckLake; "
+            "for PostgreSQL write ducklake:postgres:<connection>"
+        )
+    path = Path(text).expanduser().resolve() if text else home / "warehouse.duckdb"
+    if path.is_dir():
+        raise SettingsError(f"PERSONA_WAREHOUSE: {path} is a directory; name the DuckDB file inside it")
+    return str(path), ""

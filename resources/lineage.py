@@ -4,9 +4,15 @@
 table that carries provenance, with the step's run, model, adapter, prompt hash and
 code version. ``lineage.chain(table, row_id)``: everything reachable from one row,
 down to ``file:<sha256>:<row>`` references of source files.
+
+Both live in the warehouse's own catalog, in the DuckDB file or in the DuckLake (which
+stores views and macros in its PostgreSQL catalog). Their table references are
+unqualified, so they resolve against the catalog in use: the warehouse ``USE``s it.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import duckdb
 
@@ -14,15 +20,39 @@ PROVENANCE_COLUMNS = ("row_id", "input_ids", "run_id", "code_version", "model_id
 
 
 def provenance_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
-    # Base tables only: registered frames and views appear in duckdb_columns() too.
+    # Base tables of the warehouse only: registered frames, views and other attached catalogs
+    # appear in duckdb_columns() too.
     rows = con.execute(
         "SELECT c.schema_name || '.' || c.table_name, list(c.column_name) FROM duckdb_columns() c "
-        "JOIN duckdb_tables() t ON t.table_oid = c.table_oid WHERE NOT t.temporary GROUP BY ALL ORDER BY 1"
+        "JOIN duckdb_tables() t ON t.table_oid = c.table_oid "
+        "WHERE NOT t.temporary AND t.database_name = current_database() GROUP BY ALL ORDER BY 1"
     ).fetchall()
     return [table for table, columns in rows if set(PROVENANCE_COLUMNS) <= set(columns)]
 
 
+CHAIN_MACRO = """
+    CREATE OR REPLACE MACRO lineage.chain(start_table, start_row) AS TABLE
+    WITH RECURSIVE walk(table_name, row_id, input_ref, run_id, code_version, model_id, adapter, prompt_hash) AS (
+        SELECT table_name, row_id, input_ref, run_id, code_version, model_id, adapter, prompt_hash
+        FROM lineage.edges WHERE table_name = start_table AND row_id = start_row
+        UNION
+        SELECT e.table_name, e.row_id, e.input_ref, e.run_id, e.code_version, e.model_id, e.adapter, e.prompt_hash
+        FROM walk w JOIN lineage.edges e ON e.table_name || ':' || e.row_id = w.input_ref
+    )
+    SELECT * FROM walk
+"""
+
+
 def refresh_lineage_view(con: duckdb.DuckDBPyConnection) -> None:
+    """Point ``lineage.edges`` at every provenance table; do nothing when it already does.
+
+    The view is rewritten only when the set of tables changes. Under DuckLake two
+    transactions that both replace the view conflict, so rewriting it on every write
+    would make every pair of concurrent writers collide; when two writers do add
+    tables at once, the loser retries and its view then covers both tables. The
+    view's comment holds a fingerprint of its definition and the macro's, which is
+    how "already does" is decided.
+    """
     tables = provenance_tables(con)
     con.execute("CREATE SCHEMA IF NOT EXISTS lineage")
     if not tables:
@@ -32,17 +62,14 @@ def refresh_lineage_view(con: duckdb.DuckDBPyConnection) -> None:
         f"adapter, prompt_hash FROM {t}"
         for t in tables
     ]
-    con.execute("CREATE OR REPLACE VIEW lineage.edges AS " + " UNION ALL ".join(parts))
-    con.execute(
-        """
-        CREATE OR REPLACE MACRO lineage.chain(start_table, start_row) AS TABLE
-        WITH RECURSIVE walk(table_name, row_id, input_ref, run_id, code_version, model_id, adapter, prompt_hash) AS (
-            SELECT table_name, row_id, input_ref, run_id, code_version, model_id, adapter, prompt_hash
-            FROM lineage.edges WHERE table_name = start_table AND row_id = start_row
-            UNION
-            SELECT e.table_name, e.row_id, e.input_ref, e.run_id, e.code_version, e.model_id, e.adapter, e.prompt_hash
-            FROM walk w JOIN lineage.edges e ON e.table_name || ':' || e.row_id = w.input_ref
-        )
-        SELECT * FROM walk
-        """
-    )
+    view = "CREATE OR REPLACE VIEW lineage.edges AS " + " UNION ALL ".join(parts)
+    fingerprint = "lineage " + hashlib.sha256((view + CHAIN_MACRO).encode()).hexdigest()[:16]
+    current = con.execute(
+        "SELECT comment FROM duckdb_views() WHERE database_name = current_database() "
+        "AND schema_name = 'lineage' AND view_name = 'edges'"
+    ).fetchone()
+    if current and current[0] == fingerprint:
+        return
+    con.execute(view)
+    con.execute(f"COMMENT ON VIEW lineage.edges IS '{fingerprint}'")
+    con.execute(CHAIN_MACRO)

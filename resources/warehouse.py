@@ -1,4 +1,4 @@
-"""The warehouse: one DuckDB file, a schema per domain, Polars frames in and out.
+"""The warehouse: a DuckDB file or a DuckLake, a schema per domain, Polars frames in and out.
 
 Asset key ``[schema, table]`` is table ``schema.table``. A partitioned asset names
 its partition columns in metadata ``partition_expr``: a column name, or for
@@ -10,12 +10,20 @@ skips writing an empty frame, so an empty partition leaves stale rows or no
 table at all. Here each write replaces exactly its partitions in one
 transaction, an empty frame still creates its typed table, and rows outside the
 run's partitions are refused.
+
+Where the tables live is the only difference between the two stores: a DuckDB file
+(one writing process at a time, so opening waits for the file lock) or a DuckLake
+attached as the default catalog (many writers on many machines; each commit is
+checked against the others, and a transaction that lost a race runs again whole).
+Every read and write below is the same SQL for both.
 """
 
 from __future__ import annotations
 
+import os
+import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,9 +41,16 @@ from dagster import (
 )
 from pydantic import Field
 
+from resources import lake
 from resources.lineage import refresh_lineage_view
 
 PartitionKeys = list[tuple[str, ...]]
+_LAKE_INSTANCES: dict[tuple[int, str, str], duckdb.DuckDBPyConnection] = {}
+
+DATABASE_DESCRIPTION = (
+    "Path of the DuckDB file, or a DuckLake: ducklake:postgres:<libpq connection string or postgresql:// URI>."
+)
+DATA_PATH_DESCRIPTION = "Where a DuckLake keeps its Parquet files (a shared directory or an object-store URL)."
 
 
 class WarehouseError(RuntimeError):
@@ -43,30 +58,114 @@ class WarehouseError(RuntimeError):
 
 
 class Warehouse:
-    """Transactions on the DuckDB file; DuckDB allows one writing process at a time."""
+    """Transactions on the warehouse, a DuckDB file or a DuckLake (``database`` says which)."""
 
-    def __init__(self, path: Path | str, lock_timeout_s: float = 120.0):
-        self.path = Path(path)
+    def __init__(self, database: Path | str, lock_timeout_s: float = 120.0, data_path: str = ""):
+        self.database = str(database).strip()
+        self.is_lake = lake.is_lake(self.database)
         self.lock_timeout_s = lock_timeout_s
+        self.data_path = data_path
+        if self.is_lake:
+            try:
+                lake.check_location(self.database)
+            except lake.LakeLocationError as exc:
+                raise WarehouseError(str(exc)) from None
+            if not data_path:
+                raise WarehouseError(f"the DuckLake {self.describe()} needs a data path for its files")
+
+    @property
+    def path(self) -> Path:
+        if self.is_lake:
+            raise WarehouseError(f"the warehouse is the DuckLake {self.describe()}, not a file")
+        return Path(self.database)
+
+    def describe(self) -> str:
+        """Where the warehouse is, fit for logs and metadata: never a password."""
+        if self.is_lake:
+            return f"{lake.redact(self.database)} (data {self.data_path})"
+        return str(Path(self.database).resolve())
+
+    def exists(self) -> bool:
+        # A DuckLake catalog is created by its first ATTACH, so it always "exists".
+        return self.is_lake or self.path.exists()
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.lock_timeout_s
+        connection = self._open_lake(deadline) if self.is_lake else self._open_file(deadline)
+        try:
+            # DuckDB draws a progress bar on stdout for long queries: noise in run logs and piped output.
+            connection.execute("SET enable_progress_bar = false")
+            yield connection
+        finally:
+            connection.close()
+
+    def _open_file(self, deadline: float) -> duckdb.DuckDBPyConnection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         delay = 0.05
         while True:
             try:
-                connection = duckdb.connect(str(self.path))
-                break
+                return duckdb.connect(str(self.path))
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        try:
-            yield connection
-        finally:
-            connection.close()
+
+    def _open_lake(self, deadline: float) -> duckdb.DuckDBPyConnection:
+        """A new connection to the lake, from this process's one DuckDB instance that has it attached.
+
+        Loading the extensions (their signatures are checked, about 0.3 s) and attaching
+        happen once per process and location; each use then gets its own cursor, which
+        is a connection with its own transactions, so writers in one process conflict
+        and retry exactly as writers in different processes do.
+        """
+        key = (os.getpid(), self.database, self.data_path)  # a forked child must not reuse its parent's instance
+        instance = _LAKE_INSTANCES.get(key)
+        if instance is None:
+            # Extensions come from the pip packages; never fetch one from the network mid-run.
+            instance = duckdb.connect(config={"autoinstall_known_extensions": False})
+            try:
+                lake.load_extensions(instance)
+                lake.attach(instance, self.database, self.data_path, deadline)
+            except lake.LakeLocationError as exc:
+                instance.close()
+                raise WarehouseError(str(exc)) from None
+            except BaseException:
+                instance.close()
+                raise
+            _LAKE_INSTANCES[key] = instance
+        connection = instance.cursor()
+        connection.execute(f"USE {lake.CATALOG_NAME}")
+        return connection
+
+    def transaction(self, con: duckdb.DuckDBPyConnection, work: Callable[[duckdb.DuckDBPyConnection], None]) -> int:
+        """Run ``work`` in one transaction; when a concurrent writer's commit conflicts, run it all again.
+
+        A conflicting COMMIT leaves nothing behind (DuckLake writes the new snapshot
+        only when the commit succeeds), so the retry starts from the other writer's
+        committed state. Returns the number of attempts.
+        """
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.05
+        attempt = 0
+        while True:
+            attempt += 1
+            con.execute("BEGIN TRANSACTION")
+            try:
+                work(con)
+                con.execute("COMMIT")
+                return attempt
+            except duckdb.Error as exc:
+                _rollback(con)
+                if not lake.is_conflict(exc) or time.monotonic() > deadline:
+                    raise
+            except BaseException:
+                _rollback(con)
+                raise
+            # Jitter keeps writers that collided from colliding again in lockstep.
+            time.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 2.0)
 
     def replace(
         self,
@@ -75,29 +174,31 @@ class Warehouse:
         frame: pl.DataFrame,
         partition_columns: Sequence[str] = (),
         partition_keys: PartitionKeys | None = None,
-    ) -> None:
-        """Replace the given partitions (or the whole table) with ``frame``, atomically."""
+    ) -> int:
+        """Replace the given partitions (or the whole table) with ``frame``, atomically.
+
+        Returns the attempts the transaction took (more than 1: it lost a race and ran again).
+        """
         if partition_columns:
             _check_rows_in_partitions(schema, table, frame, partition_columns, partition_keys or [])
         name = f'"{schema}"."{table}"'
+
+        def work(con: duckdb.DuckDBPyConnection) -> None:
+            con.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            con.execute(f"CREATE TABLE IF NOT EXISTS {name} AS SELECT * FROM incoming_rows LIMIT 0")
+            _add_new_columns(con, schema, table, frame)
+            if partition_columns:
+                con.execute(f"DELETE FROM {name} t WHERE EXISTS ({_key_match(partition_columns)})")
+            else:
+                con.execute(f"DELETE FROM {name}")
+            con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming_rows")
+            refresh_lineage_view(con)
+
         with self.connect() as con:
             con.register("incoming_rows", frame.to_arrow())
-            con.execute("BEGIN TRANSACTION")
-            try:
-                con.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-                con.execute(f"CREATE TABLE IF NOT EXISTS {name} AS SELECT * FROM incoming_rows LIMIT 0")
-                _add_new_columns(con, schema, table, frame)
-                if partition_columns:
-                    _register_keys(con, partition_columns, partition_keys or [])
-                    con.execute(f"DELETE FROM {name} t WHERE EXISTS ({_key_match(partition_columns)})")
-                else:
-                    con.execute(f"DELETE FROM {name}")
-                con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM incoming_rows")
-                refresh_lineage_view(con)
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+            if partition_columns:
+                _register_keys(con, partition_columns, partition_keys or [])
+            return self.transaction(con, work)
 
     def read(
         self,
@@ -109,7 +210,7 @@ class Warehouse:
         name = f'"{schema}"."{table}"'
         with self.connect() as con:
             if not _table_exists(con, schema, table):
-                raise WarehouseError(f"table {schema}.{table} does not exist in {self.path}; materialize it first")
+                raise WarehouseError(f"table {schema}.{table} does not exist in {self.describe()}; materialize it first")
             if partition_columns and partition_keys is not None:
                 _register_keys(con, partition_columns, partition_keys)
                 query = f"SELECT t.* FROM {name} t WHERE EXISTS ({_key_match(partition_columns)})"
@@ -117,16 +218,34 @@ class Warehouse:
                 query = f"SELECT * FROM {name}"
             return con.execute(query).pl()
 
+    def read_optional(self, schema: str, table: str) -> pl.DataFrame | None:
+        if not self.exists():
+            return None
+        with self.connect() as con:
+            if not _table_exists(con, schema, table):
+                return None
+        return self.read(schema, table)
+
     def table_row_counts(self) -> list[tuple[str, str, int]]:
-        if not self.path.exists():
+        if not self.exists():
             return []
         with self.connect() as con:
             tables = con.execute(
-                "SELECT schema_name, table_name FROM duckdb_tables() ORDER BY schema_name, table_name"
+                "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = current_database() "
+                "ORDER BY schema_name, table_name"
             ).fetchall()  # views such as lineage.edges are not tables
             return [
                 (s, t, con.execute(f'SELECT count(*) FROM "{s}"."{t}"').fetchone()[0]) for s, t in tables
             ]
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back if a transaction is still open: a failed COMMIT has already ended it."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.TransactionException as exc:
+        if "no transaction is active" not in str(exc):
+            raise
 
 
 def _register_keys(con: duckdb.DuckDBPyConnection, columns: Sequence[str], keys: PartitionKeys) -> None:
@@ -142,7 +261,9 @@ def _key_match(columns: Sequence[str]) -> str:
 def _table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
     return bool(
         con.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?", [schema, table]
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+            "AND schema_name = ? AND table_name = ?",
+            [schema, table],
         ).fetchone()[0]
     )
 
@@ -152,7 +273,9 @@ def _add_new_columns(con: duckdb.DuckDBPyConnection, schema: str, table: str, fr
     existing = {
         row[0]
         for row in con.execute(
-            "SELECT column_name FROM duckdb_columns() WHERE schema_name = ? AND table_name = ?", [schema, table]
+            "SELECT column_name FROM duckdb_columns() WHERE database_name = current_database() "
+            "AND schema_name = ? AND table_name = ?",
+            [schema, table],
         ).fetchall()
     }
     new = [c for c in frame.columns if c not in existing]
@@ -210,26 +333,24 @@ def partition_key_tuples(keys: Sequence[str], partitions_def) -> PartitionKeys:
 class WarehouseResource(ConfigurableResource):
     """Direct access for what is not an asset's own input, e.g. reviews people write with the CLI."""
 
-    database: str = Field(description="Path of the DuckDB file.")
+    database: str = Field(description=DATABASE_DESCRIPTION)
+    data_path: str = Field(default="", description=DATA_PATH_DESCRIPTION)
 
     def read_optional(self, schema: str, table: str) -> pl.DataFrame | None:
-        warehouse = Warehouse(self.database)
-        if not warehouse.path.exists():
-            return None
-        with warehouse.connect() as con:
-            if not _table_exists(con, schema, table):
-                return None
-        return warehouse.read(schema, table)
+        return Warehouse(self.database, data_path=self.data_path).read_optional(schema, table)
 
 
 class WarehouseIOManager(ConfigurableIOManager):
     """Stores Polars frames as warehouse tables, one atomic replace per write."""
 
-    database: str = Field(description="Path of the DuckDB file.")
-    lock_timeout_s: float = Field(default=120.0, description="How long to wait for another writer.")
+    database: str = Field(description=DATABASE_DESCRIPTION)
+    data_path: str = Field(default="", description=DATA_PATH_DESCRIPTION)
+    lock_timeout_s: float = Field(
+        default=120.0, description="How long to wait for another writer (file lock, or retries after conflicts)."
+    )
 
     def _warehouse(self) -> Warehouse:
-        return Warehouse(self.database, self.lock_timeout_s)
+        return Warehouse(self.database, self.lock_timeout_s, self.data_path)
 
     def handle_output(self, context: OutputContext, obj: pl.DataFrame) -> None:
         if not isinstance(obj, pl.DataFrame):
@@ -238,7 +359,13 @@ class WarehouseIOManager(ConfigurableIOManager):
         partitions_def = context.asset_partitions_def if context.has_asset_partitions else None
         columns = partition_columns(context.definition_metadata or {}, partitions_def)
         keys = partition_key_tuples(context.asset_partition_keys, partitions_def) if columns else None
-        self._warehouse().replace(schema, table, obj, columns, keys)
+        warehouse = self._warehouse()
+        attempts = warehouse.replace(schema, table, obj, columns, keys)
+        location = (
+            {"warehouse": MetadataValue.text(warehouse.describe()), "warehouse_attempts": attempts}
+            if warehouse.is_lake
+            else {"warehouse": MetadataValue.path(warehouse.describe())}
+        )
         context.add_output_metadata(
             {
                 "dagster/row_count": obj.height,
@@ -246,7 +373,7 @@ class WarehouseIOManager(ConfigurableIOManager):
                 "dagster/column_schema": TableSchema(
                     columns=[TableColumn(name=n, type=str(t)) for n, t in obj.schema.items()]
                 ),
-                "warehouse": MetadataValue.path(str(Path(self.database).resolve())),
+                **location,
             }
         )
 

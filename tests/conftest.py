@@ -20,9 +20,10 @@ ARTIFACTS = PROJECT_ROOT / "tests" / "artifacts"
 
 def pytest_configure(config):
     # Settings are read when the code location is imported: keep tests off the user's home.
+    # Nor may a developer's settings (a real model, an API, a DuckLake, k8s) leak into the tests.
+    for name in [n for n in os.environ if n.startswith("PERSONA_")]:
+        os.environ.pop(name)
     os.environ["PERSONA_HOME"] = tempfile.mkdtemp(prefix="persona-test-home-")
-    for name in ("PERSONA_MODEL", "PERSONA_GOQA_SOURCE"):
-        os.environ.pop(name, None)
 
 
 @pytest.fixture(scope="session")
