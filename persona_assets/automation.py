@@ -68,11 +68,11 @@ def partition_jobs(assets_defs) -> list:
     """The jobs schedules and sensors launch: one per partitions definition they cover."""
     return [
         define_asset_job(COUNTRY_JOB, selection=AssetSelection.assets(*keys_partitioned_by(assets_defs, countries_partitions)),
-                         partitions_def=countries_partitions, description="Every country-partitioned asset."),
+                         description="Every country-partitioned asset."),
         define_asset_job(AGENT_COUNTRY_JOB, selection=AssetSelection.assets(*keys_partitioned_by(assets_defs, agent_country_partitions)),
-                         partitions_def=agent_country_partitions, description="Every agent x country asset."),
+                         description="Every agent x country asset."),
         define_asset_job(BOARD_JOB, selection=AssetSelection.assets(*BOARD_TABLES, *keys_partitioned_by(assets_defs, agents_partitions)),
-                         partitions_def=agents_partitions, description="The board tables and every agent-partitioned asset."),
+                         description="The board tables and every agent-partitioned asset."),
     ]
 
 

@@ -15,10 +15,10 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-# JSON strings may not hold raw control characters; a pattern keeps constrained
-# decoders (whose string rule can be looser) inside that, and bounds the length so
-# that a reply closes within its token budget.
 def text_field(max_chars: int) -> dict:
+    """A free-text field. JSON strings may not hold raw control characters; the pattern keeps constrained
+    decoders (whose string rule can be looser) inside that, and bounds the length so that a reply closes
+    within its token budget."""
     return {"type": "string", "pattern": f"^[^\\x00-\\x1f]{{1,{max_chars}}}$"}
 
 
@@ -27,8 +27,9 @@ def object_schema(properties: dict[str, dict]) -> dict:
 
 
 def schema_text(schema: dict) -> str:
-    """The canonical JSON text of a schema: what a request carries and what a prompt hash covers."""
-    return json.dumps(schema, sort_keys=True, separators=(",", ":"))
+    """The JSON text of a schema: what a request carries and what a prompt hash covers. Key order is kept:
+    a constrained decoder writes properties in schema order (so an explanation can come before its score)."""
+    return json.dumps(schema, separators=(",", ":"))
 
 
 def token_budget(max_chars: int, overhead_tokens: int = 48) -> int:
