@@ -15,6 +15,8 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from resources.llm.engine import Engine, GenerateRequest
+
 def text_field(max_chars: int) -> dict:
     """A free-text field. JSON strings may not hold raw control characters; the pattern keeps constrained
     decoders (whose string rule can be looser) inside that, and bounds the length so that a reply closes
@@ -64,12 +66,10 @@ def parse_reply(reply: str | None, schema: dict) -> Parsed:
 
 
 def ask_structured(
-    engine, prompts: list, schema: dict, max_chars: int, *, temperature: float = 0.0, top_p: float = 1.0,
+    engine: Engine, prompts: list, schema: dict, max_chars: int, *, temperature: float = 0.0, top_p: float = 1.0,
     top_k: int = 0, seed: int = 0, adapter: str | None = None,
 ) -> list[tuple[str, Parsed]]:
     """Generate one constrained reply per prompt (one batch) and parse each: ``(reply, parse)``."""
-    from resources.llm import GenerateRequest
-
     text = schema_text(schema)
     replies = engine.generate([
         GenerateRequest(p, max_new_tokens=token_budget(max_chars), temperature=temperature, top_p=top_p, top_k=top_k,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import polars as pl
 
 from persona_assets.provenance import row_ref
-from persona_assets.review import reviewed
+from persona_assets.review import REVIEW_TABLE, reviewed
 from persona_assets.structured_output import Parsed
 from persona_assets.traits.extraction import Screening
 
@@ -48,7 +48,8 @@ def question_row(row_id: str, table: str, reply: str, parsed: Parsed, reviews: p
     generated = parsed.value["question"] if parsed.ok else None
     question, decision, review_ref = (None, None, None)
     if generated is not None:
-        question, decision, review_ref = reviewed(f"{table}:{row_id}", generated, reviews, table.split(".")[0] + ".question_reviews")
+        schema = table.split(".")[0]
+        question, decision, review_ref = reviewed(f"{table}:{row_id}", generated, reviews, f"{schema}.{REVIEW_TABLE}")
         if question is None:
             return None
     return {"row_id": row_id, "generated_question": generated, "question": question, "review": decision, "reply": reply,

@@ -37,6 +37,15 @@ class ScoreRequest:
     adapter: str | None = None
 
 
+def per_request(values: Sequence[float], requests: Sequence[ScoreRequest]) -> list[list[float]]:
+    """Scores computed for every (request, candidate) in order, grouped back by request."""
+    out, position = [], 0
+    for request in requests:
+        out.append(list(values[position : position + len(request.candidates)]))
+        position += len(request.candidates)
+    return out
+
+
 @dataclass(frozen=True)
 class GenerateRequest:
     """Text after ``prompt``. With ``json_schema`` (a JSON Schema as JSON text) the backend

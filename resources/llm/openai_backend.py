@@ -34,6 +34,7 @@ from resources.llm.engine import (
     Prompt,
     ScoreRequest,
     TokenLogprobs,
+    per_request,
 )
 
 RETRIED_STATUS = {408, 409, 429}  # and every 5xx
@@ -73,11 +74,7 @@ class OpenAIEngine(Engine):
         # The server caches shared prefixes itself (vLLM's prefix caching); reuse_prefix has nothing to choose here.
         pairs = [(r, c) for r in requests for c in r.candidates]
         totals = self._each(pairs, lambda pair: self._continuation_logprob(pair[0], pair[1]))
-        out, position = [], 0
-        for request in requests:
-            out.append(totals[position : position + len(request.candidates)])
-            position += len(request.candidates)
-        return out
+        return per_request(totals, requests)
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[TokenLogprobs]:
         return self._each(requests, self._loglikelihood_one)

@@ -29,6 +29,7 @@ from resources.llm.engine import (
     Prompt,
     ScoreRequest,
     TokenLogprobs,
+    per_request,
 )
 
 
@@ -87,11 +88,7 @@ class VllmEngine(Engine):
                 candidate_ids = self._encode(candidate, first=False)
                 items.append((prompt_ids + candidate_ids, len(prompt_ids), request.adapter))
         totals = [sum(values[start:]) for values, start in zip(self._prompt_logprobs(items), (i[1] for i in items), strict=True)]
-        out, position = [], 0
-        for request in requests:
-            out.append(totals[position : position + len(request.candidates)])
-            position += len(request.candidates)
-        return out
+        return per_request(totals, requests)
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[TokenLogprobs]:
         encoded = []
