@@ -1,7 +1,14 @@
 """Trait extraction logic: chunks, screening rounds, a cap that holds, profile packing."""
 
 from persona_assets.structured_output import Parsed
-from persona_assets.traits.extraction import kept, monologue_chunks, pack_remarks, screen_until_cap, word_chunks
+from persona_assets.traits.extraction import (
+    kept,
+    longest_first,
+    monologue_chunks,
+    pack_remarks,
+    screen_until_cap,
+    word_chunks,
+)
 from persona_assets.traits.prompts import TRAITS
 
 
@@ -59,7 +66,8 @@ def test_kept_is_capped_even_when_a_round_finds_more():
 
 def test_profile_blocks_take_the_longest_remarks_within_the_limit():
     texts = ["a" * 10, "b" * 400, "c" * 300, "d" * 50, "e" * 2000]
-    blocks = pack_remarks(texts, longest=4, max_chars=1000)
+    chosen = [text for _, text in longest_first(list(enumerate(texts)), 4)]
+    blocks = pack_remarks(chosen, max_chars=1000)
     assert blocks[0] == "e" * 1000  # cut to the limit
     assert "b" * 400 in blocks[1] and "c" * 300 in blocks[1] and "d" * 50 in blocks[1]
     assert all(len(b) <= 1000 for b in blocks) and not any("a" in b for b in blocks)

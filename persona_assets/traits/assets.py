@@ -19,18 +19,26 @@ from persona_assets.provenance import Provenance, result_frame, row_ref
 from persona_assets.review import REVIEW_TABLE
 from persona_assets.structured_output import ask_structured
 from persona_assets.traits import prompts
-from persona_assets.traits.extraction import kept, monologue_chunks, pack_remarks, screen_until_cap
+from persona_assets.traits.extraction import (
+    build_profiles,
+    kept,
+    longest_first,
+    monologue_chunks,
+    pack_remarks,
+    screen_until_cap,
+)
 from persona_assets.traits.tables import (
     MONOLOGUE_PROMPT_SCHEMA,
     MONOLOGUES,
     PROBE_SCHEMA,
     PROFILE_SCHEMA,
     SCREENING_SCHEMA,
+    profile_row,
     question_row,
     screening_id,
     screening_rows,
 )
-from resources.llm import ChatPrompt, GenerateRequest, LLMResource
+from resources.llm import ChatPrompt, LLMResource
 from resources.warehouse import WarehouseResource
 
 GROUP = "traits"
@@ -177,31 +185,15 @@ def agent_profiles(context: AssetExecutionContext, config: ProfileConfig, llm: L
                    monologues: pl.DataFrame) -> pl.DataFrame:
     """A consolidated persona profile per agent from its longest monologues (partial profiles of packed blocks,
     merged; greedy), with interview questions that test adherence to it. The persona baseline is prompted with it."""
-    rows = []
+    used = {agent: longest_first(_monologues_of(monologues, agent), config.longest_monologues)
+            for agent in context.partition_keys}
+    people = [(AGENTS_BY_KEY[agent].display_name, pack_remarks([text for _, text in used[agent]], config.block_chars))
+              for agent in context.partition_keys]
     with llm.metered() as (engine, meter):
-        for agent in context.partition_keys:
-            name = AGENTS_BY_KEY[agent].display_name
-            own = _monologues_of(monologues, agent)
-            used = sorted(own, key=lambda m: len(m[1]), reverse=True)[: config.longest_monologues]
-            blocks = pack_remarks([text for _, text in used], config.longest_monologues, config.block_chars)
-            if not blocks:
-                rows.append({"row_id": agent, "agent": agent, "profile": "", "partial_profiles": [], "interview_questions": [],
-                             "monologues_used": 0, "failure": "no monologues", "partition_key": agent, "input_ids": []})
-                continue
-            partials = engine.generate([
-                GenerateRequest(ChatPrompt((("user", prompts.PARTIAL_PROFILE_TEMPLATE.format(name=name, remarks=b)),)),
-                                max_new_tokens=config.partial_tokens) for b in blocks])
-            consolidated = engine.generate([GenerateRequest(
-                ChatPrompt((("user", prompts.CONSOLIDATE_TEMPLATE.format(name=name, partials="\n\n".join(partials))),)),
-                max_new_tokens=config.profile_tokens)])[0]
-            schema = prompts.interview_schema(config.interview_questions, config.question_chars)
-            ask = ChatPrompt(prompts.chat(prompts.INTERVIEW_TEMPLATE.format(name=name, profile=consolidated,
-                                                                           count=config.interview_questions)))
-            [(_, parsed)] = ask_structured(engine, [ask], schema, config.interview_questions * config.question_chars)
-            rows.append({"row_id": agent, "agent": agent, "profile": consolidated.strip(), "partial_profiles": partials,
-                         "interview_questions": parsed.value["questions"] if parsed.ok else [],
-                         "monologues_used": len(used), "failure": parsed.failure,
-                         "partition_key": agent, "input_ids": [row_ref(MONOLOGUES, mid) for mid, _ in used]})
+        profiles = build_profiles(engine, people, partial_tokens=config.partial_tokens, profile_tokens=config.profile_tokens,
+                                  interview_questions=config.interview_questions, question_chars=config.question_chars)
+    rows = [profile_row(agent, profile, [mid for mid, _ in used[agent]])
+            for agent, profile in zip(context.partition_keys, profiles, strict=True)]
     frame = result_frame(rows, PROFILE_SCHEMA, Provenance(context.run.run_id, f"profiles-1-{prompts.PROFILE_HASH}",
                                                           model_id=engine.model_id, prompt_hash=prompts.PROFILE_HASH))
     context.add_output_metadata({**engine_metadata(meter, engine.model_id), "failures": int(frame["failure"].is_not_null().sum())})

@@ -9,7 +9,7 @@ import polars as pl
 from persona_assets.provenance import row_ref
 from persona_assets.review import REVIEW_TABLE, reviewed
 from persona_assets.structured_output import Parsed
-from persona_assets.traits.extraction import Screening
+from persona_assets.traits.extraction import Profile, Screening
 
 SCREENING_SCHEMA = {"agent": pl.String, "trait": pl.String, "chunk_id": pl.String, "monologue_id": pl.String,
                     "chunk": pl.String, "relevant": pl.Boolean, "kept": pl.Boolean, "summary": pl.String,
@@ -54,3 +54,10 @@ def question_row(row_id: str, table: str, reply: str, parsed: Parsed, reviews: p
             return None
     return {"row_id": row_id, "generated_question": generated, "question": question, "review": decision, "reply": reply,
             "failure": parsed.failure, "input_ids": inputs + ([review_ref] if review_ref else [])}
+
+
+def profile_row(agent: str, profile: Profile, monologue_ids: list[str]) -> dict:
+    return {"row_id": agent, "agent": agent, "profile": profile.text, "partial_profiles": list(profile.partials),
+            "interview_questions": list(profile.interview_questions), "monologues_used": len(monologue_ids),
+            "failure": profile.failure, "partition_key": agent,
+            "input_ids": [row_ref(MONOLOGUES, mid) for mid in monologue_ids]}
