@@ -27,12 +27,20 @@ from persona_assets.common import (
     markdown_table,
 )
 from persona_assets.judging.judge import compare_pairs, score_responses
-from persona_assets.judging.outcomes import win_rates
 from persona_assets.judging.rubrics import JUDGE_HASH, PAIRWISE_HASH
-from persona_assets.judging.tables import COMPARISON_SCHEMA, JUDGMENT_SCHEMA, judge_items
-from persona_assets.provenance import Provenance, result_frame, row_ref
+from persona_assets.judging.tables import (
+    COMPARISON_FAILURES,
+    COMPARISON_SCHEMA,
+    JUDGMENT_FAILURES,
+    JUDGMENT_SCHEMA,
+    SUMMARY_SCHEMA,
+    failure_rate,
+    judge_items,
+    score_groups,
+    summary_rows,
+)
+from persona_assets.provenance import Provenance, result_frame
 from persona_assets.reports.plots import inline, score_violins, win_rate_bars
-from persona_assets.responses.tasks import AGENT, BASELINE
 from persona_assets.settings import load_settings
 from resources.artifacts import ArtifactStore
 from resources.llm import LLMResource
@@ -57,8 +65,8 @@ def _speakers() -> dict[str, str]:
 
 
 def _failure_metadata(frame: pl.DataFrame, failure_columns: list[str]) -> dict:
-    failed = frame.select(pl.any_horizontal([pl.col(c).is_not_null() for c in failure_columns]).alias("f"))["f"]
-    return {"judge_failures": int(failed.sum()), "judge_failure_rate": float(failed.mean()) if frame.height else 0.0}
+    failed, rate = failure_rate(frame, failure_columns)
+    return {"judge_failures": failed, "judge_failure_rate": rate}
 
 
 @asset(**SHARED, ins=RESPONSES_IN, code_version=JUDGMENTS_VERSION)
@@ -73,7 +81,7 @@ def judgments(context: AssetExecutionContext, config: JudgeConfig, judge_llm: LL
                                config.temperature, config.seed)
     frame = result_frame(rows, JUDGMENT_SCHEMA, Provenance(context.run.run_id, JUDGMENTS_VERSION, model_id=engine.model_id,
                                                            prompt_hash=JUDGE_HASH))
-    context.add_output_metadata({**engine_metadata(meter, engine.model_id), **_failure_metadata(frame, ["failure"])})
+    context.add_output_metadata({**engine_metadata(meter, engine.model_id), **_failure_metadata(frame, JUDGMENT_FAILURES)})
     return frame
 
 
@@ -91,7 +99,7 @@ def pairwise_comparisons(context: AssetExecutionContext, config: JudgeConfig, ju
                                                              model_id=engine.model_id, prompt_hash=PAIRWISE_HASH))
     outcomes = frame.group_by("outcome").len().sort("outcome")
     context.add_output_metadata({**engine_metadata(meter, engine.model_id),
-                                 **_failure_metadata(frame, ["failure_agent_first", "failure_baseline_first"]),
+                                 **_failure_metadata(frame, COMPARISON_FAILURES),
                                  "outcomes": markdown_table(["outcome", "pairs"], outcomes.rows())})
     return frame
 
@@ -106,33 +114,13 @@ def _check_failure_rate(frame: pl.DataFrame, failure_columns: list[str]) -> Asse
 @asset_check(asset=[GROUP, "judgments"], blocking=True,
              description="The share of judgments whose reply failed to parse is at most PERSONA_JUDGE_MAX_FAILURE_RATE.")
 def judgments_failure_rate(judgments: pl.DataFrame) -> AssetCheckResult:
-    return _check_failure_rate(judgments, ["failure"])
+    return _check_failure_rate(judgments, JUDGMENT_FAILURES)
 
 
 @asset_check(asset=[GROUP, "pairwise_comparisons"], blocking=True,
              description="The share of pairs with a failed verdict is at most PERSONA_JUDGE_MAX_FAILURE_RATE.")
 def pairwise_failure_rate(pairwise_comparisons: pl.DataFrame) -> AssetCheckResult:
-    return _check_failure_rate(pairwise_comparisons, ["failure_agent_first", "failure_baseline_first"])
-
-
-SUMMARY_SCHEMA = {"scope": pl.String, "agent": pl.String, "task": pl.String, "setting": pl.String, "pairs": pl.Int64,
-                  "judged": pl.Int64, "agent_wins": pl.Int64, "baseline_wins": pl.Int64, "ties": pl.Int64,
-                  "inconsistent": pl.Int64, "failed": pl.Int64, "consistent_rate": pl.Float64, "consistent_low": pl.Float64,
-                  "consistent_high": pl.Float64, "raw_rate": pl.Float64, "raw_low": pl.Float64, "raw_high": pl.Float64,
-                  "agent_mean_score": pl.Float64, "baseline_mean_score": pl.Float64}
-
-
-def _scopes(frame: pl.DataFrame) -> list[tuple[str, str, str, str, pl.Expr]]:
-    """(scope, agent, task, setting, filter): each agent x task x setting, each agent x task, each task."""
-    scopes = []
-    for agent, task, setting in frame.select("agent", "task", "setting").unique().sort("agent", "task", "setting").rows():
-        scopes.append(("agent x task x setting", agent, task, setting,
-                       (pl.col("agent") == agent) & (pl.col("task") == task) & (pl.col("setting") == setting)))
-    for agent, task in frame.select("agent", "task").unique().sort("agent", "task").rows():
-        scopes.append(("agent x task", agent, task, "all", (pl.col("agent") == agent) & (pl.col("task") == task)))
-    for (task,) in frame.select("task").unique().sort("task").rows():
-        scopes.append(("task", "all", task, "all", pl.col("task") == task))
-    return scopes
+    return _check_failure_rate(pairwise_comparisons, COMPARISON_FAILURES)
 
 
 @asset(key_prefix=GROUP, group_name="reports", owners=OWNERS, kinds=TABLE_KINDS | {"matplotlib"}, pool=WAREHOUSE_POOL,
@@ -142,24 +130,9 @@ def judging_summary(context: AssetExecutionContext, artifacts: ArtifactStore, ju
                     pairwise_comparisons: pl.DataFrame) -> pl.DataFrame:
     """Win rates of agent over baseline with Wilson 95% intervals (order-consistent and raw) per agent, task and
     sampling setting; mean judge scores of both systems over all samples; score violins and judge failure rates."""
-    rows = []
-    scored = judgments.filter(pl.col("score").is_not_null())
-    for scope, agent, task, setting, where in _scopes(pairwise_comparisons):
-        pairs = pairwise_comparisons.filter(where)
-        verdicts = pairs["verdict_agent_first"].to_list() + pairs["verdict_baseline_first"].to_list()
-        rates = win_rates(pairs["outcome"].to_list(), verdicts)
-        scores = scored.filter(where)
-        mean = {s: scores.filter(pl.col("system") == s)["score"].mean() for s in (AGENT, BASELINE)}
-        rows.append({"row_id": f"{agent}/{task}/{setting}", "scope": scope, "agent": agent, "task": task, "setting": setting,
-                     **{k: v for k, v in vars(rates).items() if k not in ("raw_agent_wins", "raw_verdicts")},
-                     "agent_mean_score": mean[AGENT], "baseline_mean_score": mean[BASELINE], "partition_key": None,
-                     "input_ids": [row_ref("judging.pairwise_comparisons", i) for i in pairs["row_id"]]})
-    frame = result_frame(rows, SUMMARY_SCHEMA, Provenance(context.run.run_id, "judging-summary-1"))
-
-    violin_groups = [(f"{task}/{aspect}", *(scored.filter((pl.col("task") == task) & (pl.col("aspect") == aspect)
-                                                          & (pl.col("system") == s))["score"].to_list() for s in (AGENT, BASELINE)))
-                     for task, aspect in scored.select("task", "aspect").unique().sort("task", "aspect").rows()]
-    violins = score_violins("Judge scores, every sample (no best-of-n)", violin_groups)
+    frame = result_frame(summary_rows(judgments, pairwise_comparisons), SUMMARY_SCHEMA,
+                         Provenance(context.run.run_id, "judging-summary-1"))
+    violins = score_violins("Judge scores, every sample (no best-of-n)", score_groups(judgments))
     per_agent = frame.filter(pl.col("scope") == "agent x task")
     bars = win_rate_bars("Agent vs persona baseline, order-consistent wins",
                          [f"{r['agent']}/{r['task']}" for r in per_agent.iter_rows(named=True)],
@@ -168,9 +141,9 @@ def judging_summary(context: AssetExecutionContext, artifacts: ArtifactStore, ju
     for name, png in (("score-violins", violins), ("win-rates", bars)):
         path, sha = artifacts.write(png, "plots", "judging", f"{name}.png")
         plots.append(f"`{path}` sha256 {sha[:12]}\n\n{inline(png, name)}")
-    failure_rates = [["judging.judgments", judgments.height, _failure_metadata(judgments, ["failure"])["judge_failure_rate"]],
+    failure_rates = [["judging.judgments", judgments.height, failure_rate(judgments, JUDGMENT_FAILURES)[1]],
                      ["judging.pairwise_comparisons", pairwise_comparisons.height,
-                      _failure_metadata(pairwise_comparisons, ["failure_agent_first", "failure_baseline_first"])["judge_failure_rate"]]]
+                      failure_rate(pairwise_comparisons, COMPARISON_FAILURES)[1]]]
 
     def pct(rate, low, high):
         return "n/a" if rate != rate else f"{100 * rate:.0f}% [{100 * low:.0f}, {100 * high:.0f}]"

@@ -6,9 +6,10 @@ import json
 
 import polars as pl
 
-from persona_assets.judging.outcomes import combine, flatten
+from persona_assets.judging.outcomes import combine, flatten, win_rates
 from persona_assets.judging.rubrics import Aspect, Item
 from persona_assets.provenance import row_ref
+from persona_assets.responses.tasks import AGENT, BASELINE
 from persona_assets.structured_output import Parsed
 
 ITEMS, RESPONSES = "responses.evaluation_items", "responses.task_responses"
@@ -55,3 +56,58 @@ def comparison_row(item: Item, agent_response: dict, baseline_response: dict, ve
             "partition_key": a["agent"],
             "input_ids": [row_ref(RESPONSES, a["row_id"]), row_ref(RESPONSES, baseline_response["row_id"]),
                           row_ref(ITEMS, a["item_id"])]}
+
+
+SUMMARY_SCHEMA = {"scope": pl.String, "agent": pl.String, "task": pl.String, "setting": pl.String, "pairs": pl.Int64,
+                  "judged": pl.Int64, "agent_wins": pl.Int64, "baseline_wins": pl.Int64, "ties": pl.Int64,
+                  "inconsistent": pl.Int64, "failed": pl.Int64, "consistent_rate": pl.Float64, "consistent_low": pl.Float64,
+                  "consistent_high": pl.Float64, "raw_rate": pl.Float64, "raw_low": pl.Float64, "raw_high": pl.Float64,
+                  "agent_mean_score": pl.Float64, "baseline_mean_score": pl.Float64}
+
+
+def _scopes(frame: pl.DataFrame) -> list[tuple[str, str, str, str, pl.Expr]]:
+    """(scope, agent, task, setting, filter): each agent x task x setting, each agent x task, each task."""
+    scopes = []
+    for agent, task, setting in frame.select("agent", "task", "setting").unique().sort("agent", "task", "setting").rows():
+        scopes.append(("agent x task x setting", agent, task, setting,
+                       (pl.col("agent") == agent) & (pl.col("task") == task) & (pl.col("setting") == setting)))
+    for agent, task in frame.select("agent", "task").unique().sort("agent", "task").rows():
+        scopes.append(("agent x task", agent, task, "all", (pl.col("agent") == agent) & (pl.col("task") == task)))
+    for (task,) in frame.select("task").unique().sort("task").rows():
+        scopes.append(("task", "all", task, "all", pl.col("task") == task))
+    return scopes
+
+
+def summary_rows(judgments: pl.DataFrame, comparisons: pl.DataFrame) -> list[dict]:
+    """Per scope: pair outcomes, consistent and raw agent win rates with Wilson intervals, both systems' mean scores."""
+    rows = []
+    scored = judgments.filter(pl.col("score").is_not_null())
+    for scope, agent, task, setting, where in _scopes(comparisons):
+        pairs = comparisons.filter(where)
+        rates = win_rates(pairs["outcome"].to_list(),
+                          pairs["verdict_agent_first"].to_list() + pairs["verdict_baseline_first"].to_list())
+        scores = scored.filter(where)
+        mean = {s: scores.filter(pl.col("system") == s)["score"].mean() for s in (AGENT, BASELINE)}
+        rows.append({"row_id": f"{agent}/{task}/{setting}", "scope": scope, "agent": agent, "task": task, "setting": setting,
+                     **{k: v for k, v in vars(rates).items() if k not in ("raw_agent_wins", "raw_verdicts")},
+                     "agent_mean_score": mean[AGENT], "baseline_mean_score": mean[BASELINE], "partition_key": None,
+                     "input_ids": [row_ref("judging.pairwise_comparisons", i) for i in pairs["row_id"]]})
+    return rows
+
+
+def score_groups(judgments: pl.DataFrame) -> list[tuple[str, list[float], list[float]]]:
+    """(task/aspect, agent scores, baseline scores) over every sample that has a score."""
+    scored = judgments.filter(pl.col("score").is_not_null())
+    return [(f"{task}/{aspect}", *(scored.filter((pl.col("task") == task) & (pl.col("aspect") == aspect)
+                                                 & (pl.col("system") == s))["score"].to_list() for s in (AGENT, BASELINE)))
+            for task, aspect in scored.select("task", "aspect").unique().sort("task", "aspect").rows()]
+
+
+JUDGMENT_FAILURES = ["failure"]
+COMPARISON_FAILURES = ["failure_agent_first", "failure_baseline_first"]  # a pair fails when either order did
+
+
+def failure_rate(frame: pl.DataFrame, failure_columns: list[str]) -> tuple[int, float]:
+    """Rows with a failure in any of the columns, and their share (0 for an empty table)."""
+    failed = frame.select(pl.any_horizontal([pl.col(c).is_not_null() for c in failure_columns]).alias("f"))["f"]
+    return int(failed.sum()), float(failed.mean()) if frame.height else 0.0

@@ -1,7 +1,5 @@
 """Responses: the evaluation items of each agent, and both systems' answers over the sampling grid."""
 
-import json
-
 import polars as pl
 from dagster import AssetExecutionContext, AssetIn, Config, asset
 from pydantic import Field
@@ -19,18 +17,10 @@ from persona_assets.common import (
     gpu_step,
     markdown_table,
 )
-from persona_assets.provenance import Provenance, result_frame, row_ref
-from persona_assets.responses.tables import ITEM_SCHEMA, RESPONSE_SCHEMA, item_rows, response_row
-from persona_assets.responses.tasks import (
-    AGENT,
-    PROMPT_HASH,
-    SYSTEMS,
-    UPSTREAM_GRID,
-    SamplingSetting,
-    sample_seed,
-    system_messages,
-)
-from resources.llm import ChatPrompt, GenerateRequest, LLMResource
+from persona_assets.provenance import Provenance, result_frame
+from persona_assets.responses.tables import ITEM_SCHEMA, RESPONSE_SCHEMA, item_rows, response_plan, response_row
+from persona_assets.responses.tasks import PROMPT_HASH, UPSTREAM_GRID, SamplingSetting
+from resources.llm import LLMResource
 
 GROUP = "responses"
 SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, partitions_def=agents_partitions,
@@ -83,29 +73,14 @@ def task_responses(context: AssetExecutionContext, config: ResponseConfig, llm: 
     by the systems: the agent's adapter, and the base model told the agent's persona profile (the baseline).
     Both see the same chat layout through the model's own template; no best-of-n is taken here."""
     grid = [SamplingSetting.parse(label) for label in config.grid]
-    profile = dict(zip(agent_profiles["agent"], agent_profiles["profile"], strict=True))
-    plan, requests = [], []
-    for item in evaluation_items.sort("agent", "row_id").iter_rows(named=True):
-        agent = item["agent"]
-        messages = tuple(tuple(m) for m in json.loads(item["messages"]))
-        for system in SYSTEMS:
-            if system != AGENT and agent not in profile:
-                raise ValueError(f"traits.agent_profiles has no profile for agent {agent!r}: materialize it first")
-            chat = ChatPrompt(system_messages(system, AGENTS_BY_KEY[agent].display_name, profile.get(agent, "")) + messages)
-            source = row_ref("agents.lora_adapters", agent) if system == AGENT else row_ref("traits.agent_profiles", agent)
-            for index, setting in enumerate(grid):
-                for sample in range(config.samples):
-                    seed = sample_seed(config.seed, index, sample)
-                    plan.append((item, system, setting, sample, seed, source))
-                    requests.append(GenerateRequest(
-                        chat, max_new_tokens=config.max_new_tokens[item["task"]], temperature=setting.temperature,
-                        top_p=setting.top_p, top_k=setting.top_k, repetition_penalty=setting.repetition_penalty,
-                        seed=seed, adapter=agent if system == AGENT else None))
+    profiles = dict(zip(agent_profiles["agent"], agent_profiles["profile"], strict=True))
+    names = {key: agent.display_name for key, agent in AGENTS_BY_KEY.items()}
+    plan = response_plan(evaluation_items.sort("agent", "row_id").to_dicts(), names, profiles, grid, config.samples,
+                         config.max_new_tokens, config.seed)
     with llm.metered() as (engine, meter):
         ensure_adapters(engine, lora_adapters)
-        replies = engine.generate(requests)
-    rows = [{**response_row(item, system, setting, sample, seed, reply, source), "adapter": item["agent"] if system == AGENT else None}
-            for (item, system, setting, sample, seed, source), reply in zip(plan, replies, strict=True)]
+        replies = engine.generate([planned.request for planned in plan])
+    rows = [response_row(planned, reply) for planned, reply in zip(plan, replies, strict=True)]
     frame = result_frame(rows, RESPONSE_SCHEMA, Provenance(context.run.run_id, RESPONSES_VERSION, model_id=engine.model_id,
                                                            prompt_hash=PROMPT_HASH))
     counts = frame.group_by("agent", "task", "system").len().sort("agent", "task", "system")

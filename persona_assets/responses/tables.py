@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import polars as pl
 
 from persona_assets.provenance import row_ref
 from persona_assets.responses.tasks import (
+    AGENT,
+    BASELINE,
     COMPLETION,
     MONOLOGUE,
+    SYSTEMS,
     TRAIT,
     SamplingSetting,
     context_messages,
     question_messages,
+    sample_seed,
+    system_messages,
 )
+from resources.llm.engine import ChatPrompt, GenerateRequest
 
 ITEM_SCHEMA = {"agent": pl.String, "task": pl.String, "trait": pl.String, "messages": pl.String, "reference": pl.String,
                "reference_kind": pl.String}
@@ -51,10 +59,43 @@ def item_rows(agent: str, probes: pl.DataFrame, completions: pl.DataFrame, monol
     return rows
 
 
-def response_row(item: dict, system: str, setting: SamplingSetting, sample: int, seed: int, response: str,
-                 system_source: str) -> dict:
-    return {"row_id": f"{item['row_id']}/{system}/{setting.label}/{sample}", "agent": item["agent"], "item_id": item["row_id"],
-            "task": item["task"], "system": system, "setting": setting.label, "temperature": setting.temperature,
-            "top_p": setting.top_p, "top_k": setting.top_k, "repetition_penalty": setting.repetition_penalty,
-            "sample": sample, "seed": seed, "response": response.strip(), "partition_key": item["agent"],
-            "input_ids": [row_ref("responses.evaluation_items", item["row_id"]), system_source]}
+@dataclass(frozen=True)
+class PlannedResponse:
+    item: dict
+    system: str
+    setting: SamplingSetting
+    sample: int
+    source: str  # the row that makes the system: the agent's adapter or its persona profile
+    request: GenerateRequest
+
+
+def response_plan(items: Sequence[dict], names: dict[str, str], profiles: dict[str, str], grid: Sequence[SamplingSetting],
+                  samples: int, max_new_tokens: dict[str, int], base_seed: int) -> list[PlannedResponse]:
+    """Every item, by both systems, under every setting, ``samples`` times with seeds the systems share."""
+    plan = []
+    for item in items:
+        agent = item["agent"]
+        messages = tuple(tuple(m) for m in json.loads(item["messages"]))
+        for system in SYSTEMS:
+            if system == BASELINE and agent not in profiles:
+                raise ValueError(f"traits.agent_profiles has no profile for agent {agent!r}: materialize it first")
+            chat = ChatPrompt(system_messages(system, names[agent], profiles.get(agent, "")) + messages)
+            source = row_ref("agents.lora_adapters" if system == AGENT else "traits.agent_profiles", agent)
+            for index, setting in enumerate(grid):
+                for sample in range(samples):
+                    seed = sample_seed(base_seed, index, sample)
+                    plan.append(PlannedResponse(item, system, setting, sample, source, GenerateRequest(
+                        chat, max_new_tokens=max_new_tokens[item["task"]], temperature=setting.temperature,
+                        top_p=setting.top_p, top_k=setting.top_k, repetition_penalty=setting.repetition_penalty,
+                        seed=seed, adapter=agent if system == AGENT else None)))
+    return plan
+
+
+def response_row(planned: PlannedResponse, response: str) -> dict:
+    item, setting = planned.item, planned.setting
+    return {"row_id": f"{item['row_id']}/{planned.system}/{setting.label}/{planned.sample}", "agent": item["agent"],
+            "item_id": item["row_id"], "task": item["task"], "system": planned.system, "setting": setting.label,
+            "temperature": setting.temperature, "top_p": setting.top_p, "top_k": setting.top_k,
+            "repetition_penalty": setting.repetition_penalty, "sample": planned.sample, "seed": planned.request.seed,
+            "response": response.strip(), "adapter": planned.request.adapter, "partition_key": item["agent"],
+            "input_ids": [row_ref("responses.evaluation_items", item["row_id"]), planned.source]}
