@@ -3,7 +3,7 @@
 The server listens only on a Unix socket in its own temporary directory (no TCP, so
 trust authentication reaches nobody else) and is stopped and deleted by ``stop``.
 PostgreSQL refuses to run as root, so as root it runs as the ``postgres`` user the
-Debian package creates. ``scripts/postgres-deps.sh`` installs the package.
+Debian package creates. ``scripts/system-deps.sh`` installs the package.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-INSTALL_HINT = "install Debian's postgresql package: scripts/postgres-deps.sh (scripts/test.sh runs it)"
+INSTALL_HINT = "install Debian's postgresql package: scripts/system-deps.sh (scripts/test.sh runs it)"
 
 
 class PostgresUnavailable(RuntimeError):

@@ -3,7 +3,6 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/setup.sh" dev
-"$root/scripts/browser-deps.sh"
-"$root/scripts/postgres-deps.sh"
+"$root/scripts/system-deps.sh"
 cd "$root"
 exec "$root/.venv/bin/python" -m pytest "$@"

@@ -16,7 +16,7 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 def browser():
     if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
         pytest.fail("Debian's chromium and chromium-driver are missing: scripts/test.sh installs them "
-                    "(scripts/browser-deps.sh)")
+                    "(scripts/system-deps.sh)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
