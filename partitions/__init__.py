@@ -11,7 +11,9 @@ from persona_assets.settings import load_settings
 
 _settings = load_settings()
 AGENT_REGISTRY_FILE = _settings.board_dir / "agents.json"
-COUNTRIES: list[str] = country_registry(_settings.goqa_source)
+# Partition key -> the country's name in the survey source (they differ only where Dagster refuses a character).
+COUNTRY_NAMES: dict[str, str] = country_registry(_settings.goqa_source)
+COUNTRIES: list[str] = list(COUNTRY_NAMES)
 AGENTS: list[Agent] = agent_registry(AGENT_REGISTRY_FILE)
 
 countries_partitions = StaticPartitionsDefinition(COUNTRIES)
@@ -40,6 +42,7 @@ __all__ = [
     "AGENTS",
     "AGENT_REGISTRY_FILE",
     "COUNTRIES",
+    "COUNTRY_NAMES",
     "agent_country_partitions",
     "agents_partitions",
     "countries_partitions",

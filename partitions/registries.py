@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from persona_assets.errors import PersonaInputError
-from persona_assets.opinions.readers import read_survey
+from persona_assets.opinions.readers import read_survey_once
 
 AGENT_KEY = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -34,13 +33,9 @@ class Agent:
     lora: LoraSettings
 
 
-def country_registry(source: Path) -> list[str]:
-    return _countries(str(source), source.stat().st_mtime_ns, source.stat().st_size)
-
-
-@lru_cache(maxsize=8)
-def _countries(source: str, _mtime: int, _size: int) -> list[str]:
-    return read_survey(source).countries
+def country_registry(source: Path) -> dict[str, str]:
+    """Partition key -> the country's name as written in the survey source, sorted by key."""
+    return read_survey_once(source).country_names
 
 
 def agent_registry(path: Path) -> list[Agent]:

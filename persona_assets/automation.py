@@ -10,6 +10,8 @@ Sensors hash input content and ask only for what changed.
 import hashlib
 import json
 import re
+import unicodedata
+from collections import Counter
 from pathlib import Path
 
 from dagster import (
@@ -86,16 +88,21 @@ def country_run_requests(country: str) -> list[RunRequest]:
     ]
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+def schedule_slugs(countries: list[str]) -> dict[str, str]:
+    """A Dagster-valid name part per country (ASCII letters, digits, _), unique: a hash of the key is added
+    where two countries would share one ('Côte d'Ivoire' -> 'cote_d_ivoire')."""
+    ascii_names = {c: unicodedata.normalize("NFKD", c).encode("ascii", "ignore").decode().lower() for c in countries}
+    base = {c: re.sub(r"[^a-z0-9]+", "_", name).strip("_") or "country" for c, name in ascii_names.items()}
+    uses = Counter(base.values())
+    return {c: b if uses[b] == 1 else f"{b}_{hashlib.sha256(c.encode()).hexdigest()[:8]}" for c, b in base.items()}
 
 
 def country_schedules(cron: str) -> list:
     """Two schedules per country, one per job (a schedule launches one job): country, agents x country."""
     schedules = []
-    for country in COUNTRIES:
+    for country, slug in schedule_slugs(COUNTRIES).items():
         for index, (job, part) in enumerate(((COUNTRY_JOB, "country"), (AGENT_COUNTRY_JOB, "agent_country"))):
-            @schedule(name=f"{slug(country)}_{part}_backfill_schedule", cron_schedule=cron, job_name=job,
+            @schedule(name=f"{slug}_{part}_backfill_schedule", cron_schedule=cron, job_name=job,
                       default_status=DefaultScheduleStatus.STOPPED,
                       description=f"Rematerializes every {part.replace('_', ' x ')} partition of {country}.")
             def country_schedule(context, country=country, index=index):

@@ -3,6 +3,7 @@
 import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetKey, MetadataValue, asset_check, build_column_schema_change_checks
 
+SURVEY = AssetKey(["opinions", "goqa_survey"])
 CLAIMS = AssetKey(["opinions", "goqa_claims"])
 SPLITS = AssetKey(["opinions", "goqa_splits"])
 
@@ -18,6 +19,15 @@ def groups_without_one_positive(claims: pl.DataFrame) -> pl.DataFrame:
 def questions_in_train_and_test(splits: pl.DataFrame) -> pl.DataFrame:
     roles = splits.group_by("variant", "question_id").agg(pl.col("split").n_unique().alias("roles"))
     return roles.filter(pl.col("roles") > 1)
+
+
+@asset_check(asset=SURVEY, description="Every survey row can make a claim; rows that cannot are counted by reason (warns).")
+def survey_rows_usable(goqa_survey: pl.DataFrame) -> AssetCheckResult:
+    unusable = goqa_survey.filter(~pl.col("usable"))
+    by_reason = dict(unusable.group_by("unusable_reason").len().sort("unusable_reason").iter_rows())
+    return AssetCheckResult(passed=unusable.height == 0, severity=AssetCheckSeverity.WARN,
+                            metadata={"survey_rows": goqa_survey.height, "unusable_rows": unusable.height,
+                                      "unusable_by_reason": MetadataValue.json(by_reason)})
 
 
 @asset_check(asset=CLAIMS, blocking=True, description="Every (question, country) has exactly two claims, one of them True.")

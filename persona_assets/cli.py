@@ -20,6 +20,13 @@ def _split(value: str | None) -> set[str] | None:
     return {v.strip() for v in value.split(",") if v.strip()} if value else None
 
 
+def country_partition_keys(wanted: set[str] | None) -> set[str] | None:
+    """Countries as partition keys, whether given by key or by their name in the source ('A|B' -> 'A/B')."""
+    from persona_assets.opinions.readers import country_key
+
+    return {country_key(w) for w in wanted} if wanted else wanted
+
+
 def _check_known(kind: str, wanted: set[str] | None, known: list[str], where: str) -> None:
     unknown = sorted((wanted or set()) - set(known))
     if unknown:
@@ -35,7 +42,7 @@ def command_run(args: argparse.Namespace) -> int:
     from persona_assets.runner import execute_plan, plan_runs
     from resources.llm import process_usage
 
-    countries, agents = _split(args.countries), _split(args.agents)
+    countries, agents = country_partition_keys(_split(args.countries)), _split(args.agents)
     _check_known("country", countries, COUNTRIES, str(settings.goqa_source))
     _check_known("agent", agents, [a.key for a in AGENTS], str(AGENT_REGISTRY_FILE))
     # A multi-asset runs whole: selecting one of its outputs brings the others.
@@ -78,14 +85,14 @@ def open_warehouse(settings: Settings):
     return Warehouse(settings.warehouse, data_path=settings.warehouse_data_path)
 
 
-BENCHMARKS = ("icm", "scoring", "training", "loads", "planning", "warehouse")
+BENCHMARKS = ("icm", "scoring", "training", "loads", "planning", "warehouse", "survey")
 
 
 def command_bench(args: argparse.Namespace) -> int:
     import json
     import platform
 
-    from benchmarks import icm_pool, model_loads, planning, scoring, training, warehouse
+    from benchmarks import icm_pool, model_loads, planning, scoring, survey, training, warehouse
     from resources.llm import LLMResource
 
     settings = load_settings()
@@ -95,7 +102,8 @@ def command_bench(args: argparse.Namespace) -> int:
               "training": (training.run, training.markdown),
               "loads": (model_loads.run, model_loads.markdown),
               "planning": (planning.run, planning.markdown),
-              "warehouse": (warehouse.run, warehouse.markdown)}
+              "warehouse": (warehouse.run, warehouse.markdown),
+              "survey": (survey.run, survey.markdown)}
     names = BENCHMARKS if args.name == "all" else (args.name,)
     machine = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
                "cpus": os.cpu_count(), "python": platform.python_version()}
@@ -159,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="persona", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="materialize every asset for every partition (or a selection)")
-    run.add_argument("--countries", help="comma-separated countries (default: all in the survey source)")
+    run.add_argument("--countries", help="comma-separated countries, by partition key or name (default: all in the survey "
+                     "source; `opinions/goqa_countries` lists both)")
     run.add_argument("--agents", help="comma-separated agent keys (default: all in the registry)")
     run.add_argument("--select", help="a Dagster asset selection, e.g. 'group:opinions'")
     run.add_argument(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 
-from dagster import BackfillPolicy, BetaWarning, MetadataValue
+from dagster import BackfillPolicy, BetaWarning, MetadataValue, TableColumn, TableRecord, TableSchema
 
 from persona_assets.deployment import DEFAULT_PROFILE, GpuProfile, gpu_op_tags
 from persona_assets.settings import load_deployment
@@ -41,3 +41,9 @@ def markdown_table(header: list[str], rows: list[list]) -> MetadataValue:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
     return MetadataValue.md("\n".join(lines))
+
+
+def table_metadata(columns: dict[str, str], rows: list[dict]) -> MetadataValue:
+    """A table the UI shows as one (columns: name -> 'string' | 'int' | 'float' | 'bool')."""
+    schema = TableSchema(columns=[TableColumn(name, kind) for name, kind in columns.items()])
+    return MetadataValue.table([TableRecord({name: row[name] for name in columns}) for row in rows], schema=schema)

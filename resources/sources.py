@@ -7,7 +7,7 @@ from pathlib import Path
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from persona_assets.opinions.readers import SurveySource, read_survey
+from persona_assets.opinions.readers import SurveySource, read_survey_once
 
 
 class GoqaSource(ConfigurableResource):
@@ -16,7 +16,7 @@ class GoqaSource(ConfigurableResource):
     path: str = Field(description="Hugging Face CSV, flattened JSON or curated wide CSV.")
 
     def load(self) -> SurveySource:
-        return read_survey(self.path)
+        return read_survey_once(self.path)
 
 
 class BoardSource(ConfigurableResource):

@@ -1,3 +1,4 @@
+import csv
 import json
 
 import pytest
@@ -7,6 +8,7 @@ from persona_assets.opinions.readers import (
     FORMAT_HF_CSV,
     FORMAT_WIDE_CSV,
     SurveyFormatError,
+    country_key,
     question_id,
     read_survey,
 )
@@ -145,9 +147,77 @@ def test_malformed_options(tmp_path):
     assert_error(write(tmp_path, HF_HEADER + hf_row(options="[Yes, No")), 2, "options", "not a list literal")
 
 
-def test_unusable_country_name(tmp_path):
-    row = hf_row(selections="defaultdict(<class 'list'>, {'A|B': [0.6, 0.4]})")
-    assert_error(write(tmp_path, HF_HEADER + row), 2, "country", "partition key")
+def write_hf(tmp_path, *rows):
+    """Rows of (question, selections dict, options list), written as the published CSV writes them."""
+    path = tmp_path / "survey.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["question", "selections", "options", "source"])
+        writer.writerows([q, f"defaultdict(<class 'list'>, {sel!r})", repr(opts), "x"] for q, sel, opts in rows)
+    return path
+
+
+def test_country_names_dagster_refuses_get_a_key_and_keep_their_name(tmp_path):
+    selections = {"A|B": [0.6, 0.4], "Korea, South": [0.3, 0.7], "Côte d'Ivoire": [0.2, 0.8]}
+    source = read_survey(write_hf(tmp_path, ("Q?", selections, ["Yes", "No"])))
+    assert source.country_names == {"A/B": "A|B", "Côte d'Ivoire": "Côte d'Ivoire", "Korea; South": "Korea, South"}
+    assert [r.country_name for r in source.records_for("Korea; South")] == ["Korea, South"]
+
+
+def test_country_key_is_stable_and_valid_for_dagster():
+    from dagster import MultiPartitionsDefinition, StaticPartitionsDefinition
+
+    names = ["Bosnia and Herzegovina", "Côte d'Ivoire", "Great Britain", "Congo (Kinshasa)", "x...y", "a[1]", "tab\there"]
+    keys = [country_key(n) for n in names]
+    assert keys[:4] == names[:4]
+    assert keys[4:] == ["x\u2026y", "a(1)", "tab here"]
+    assert country_key("Co\u0302te  d'Ivoire ") == "Côte d'Ivoire"  # decomposed accent, double space
+    MultiPartitionsDefinition({"agent": StaticPartitionsDefinition(["a"]), "country": StaticPartitionsDefinition(keys)})
+
+
+def test_two_names_with_one_key_are_refused(tmp_path):
+    path = write_hf(tmp_path, ("Q?", {"A|B": [0.6, 0.4], "A/B": [0.3, 0.7]}, ["Yes", "No"]))
+    assert_error(path, 2, "country", "would share the partition key 'A/B'")
+
+
+def test_options_may_mix_text_and_numbers_in_every_format(tmp_path):
+    ladder = "['Not important at all', 1.0, 2, 3.5, 'Very important']"
+    row = hf_row(selections="defaultdict(<class 'list'>, {'Aldoria': [0.1, 0.2, 0.3, 0.3, 0.1]})", options=ladder)
+    hf = read_survey(write(tmp_path, HF_HEADER + row))
+    items = [{"country": "Aldoria", "question": "Q?", "options": ["Not important at all", 1.0, 2, 3.5, "Very important"],
+              "distribution": [0.1, 0.2, 0.3, 0.3, 0.1]}]
+    flat = read_survey(write(tmp_path, json.dumps(items), "s.json"))
+    wide = read_survey(write(tmp_path, 'Country,"Q?\nA. 1.0\nB. 2\nC. 3.50\n"\nAldoria,0.4\n'))
+    expected = ("Not important at all", "1", "2", "3.5", "Very important")
+    for source in (hf, flat):
+        (record,) = source.records
+        assert record.options == expected
+        assert record.source_options == ("Not important at all", "1.0", "2", "3.5", "Very important")
+    assert hf.records[0].options == flat.records[0].options
+    assert question_id("Q?", hf.records[0].options) == question_id("Q?", flat.records[0].options)
+    assert wide.records[0].options == ("1", "2", "3.5") and wide.records[0].source_options == ("1.0", "2", "3.50")
+
+
+def test_zero_and_off_one_distributions_are_read_as_written(tmp_path):
+    row = hf_row(selections="defaultdict(<class 'list'>, {'Aldoria': [0.0, 0.0], 'Borvania': [0.504, 0.504]})")
+    source = read_survey(write(tmp_path, HF_HEADER + row))
+    assert {r.country: r.distribution for r in source.records} == {"Aldoria": (0.0, 0.0), "Borvania": (0.504, 0.504)}
+
+
+def test_text_with_newlines_quotes_and_accents_survives_csv(tmp_path):
+    question = 'Some say "it\'s fine"\nor not — é?'
+    (record,) = read_survey(write_hf(tmp_path, (question, {"Perú": [0.6, 0.4]}, ["Sí", 'No "way"']))).records
+    assert (record.question, record.options, record.country) == (question, ("Sí", 'No "way"'), "Perú")
+
+
+@pytest.mark.parametrize("options", ["[None, 'b']", "[['a'], 'b']", "[True, 'b']", "[]"])
+def test_options_that_are_neither_text_nor_numbers_are_malformed(tmp_path, options):
+    assert_error(write(tmp_path, HF_HEADER + hf_row(options=options)), 2, "options", "texts or numbers" if options == "[]" else "text or a finite number")
+
+
+def test_non_numeric_share_in_json_is_malformed(tmp_path):
+    items = [{"country": "Aldoria", "question": "Q?", "options": ["a", "b"], "distribution": [0.5, "half"]}]
+    assert_error(write(tmp_path, json.dumps(items), "bad.json"), 1, "distribution", "finite numbers")
 
 
 def test_duplicate_record(tmp_path):

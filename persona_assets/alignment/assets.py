@@ -5,7 +5,7 @@ from dagster import AssetExecutionContext, AssetIn, MetadataValue, asset
 
 from partitions import agent_country_partitions, countries_partitions
 from persona_assets.agents.assets import ensure_adapters
-from persona_assets.alignment.similarity import OPINION_HASH, normalize, normalize_logprobs, opinion_messages, option_letters, similarity
+from persona_assets.alignment.similarity import LETTERS, OPINION_HASH, normalize, normalize_logprobs, opinion_messages, option_letters, similarity
 from persona_assets.common import (
     AGENT_COUNTRY_PARTITION,
     COUNTRY_PARTITION,
@@ -33,11 +33,14 @@ SURVEY_IN = AssetIn(key=["opinions", "goqa_survey"])
 
 
 def answer_rows(engine, survey: pl.DataFrame, pairs: list[tuple[str, str]], adapter_of) -> tuple[list[dict], int]:
-    """For each (persona, country): the persona's letter distribution on every question with a survey distribution."""
+    """For each (persona, country): the persona's letter distribution on every question with shares that sum above 0
+    (ties count: a distribution is compared whole) and options that can be lettered; the rest are counted."""
     rows, skipped = [], 0
+    answerable = (pl.col("distribution").list.sum().fill_null(0) > 0) & (pl.col("options").list.len() <= len(LETTERS))
     for persona, country in pairs:
-        questions = survey.filter((pl.col("country") == country) & pl.col("distribution").is_not_null()).sort("question_id")
-        skipped += survey.filter((pl.col("country") == country) & pl.col("distribution").is_null()).height
+        of_country = survey.filter(pl.col("country") == country)
+        questions = of_country.filter(answerable).sort("question_id")
+        skipped += of_country.height - questions.height
         requests = [ScoreRequest(ChatPrompt(opinion_messages(r["question"], r["options"])), option_letters(len(r["options"])),
                                  adapter=adapter_of(persona)) for r in questions.iter_rows(named=True)]
         for r, logprobs in zip(questions.iter_rows(named=True), engine.score(requests), strict=True):
@@ -56,7 +59,7 @@ def answer_rows(engine, survey: pl.DataFrame, pairs: list[tuple[str, str]], adap
 
 def _metadata(meter, engine, frame: pl.DataFrame, skipped: int) -> dict:
     means = frame.group_by("agent", "country").agg(pl.col("similarity").mean()).sort("agent", "country")
-    return {**engine_metadata(meter, engine.model_id), "questions_without_distribution": skipped,
+    return {**engine_metadata(meter, engine.model_id), "questions_not_answerable": skipped,
             "mean_similarity": markdown_table(["persona", "country", "similarity"],
                                               [[a, c, f"{s:.3f}"] for a, c, s in means.iter_rows()])}
 

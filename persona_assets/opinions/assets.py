@@ -14,14 +14,19 @@ from persona_assets.common import (
     TABLE_KINDS,
     WAREHOUSE_POOL,
     markdown_table,
+    table_metadata,
 )
+from persona_assets.opinions.claims import UNUSABLE_REASONS
+from persona_assets.opinions.readers import is_number
 from persona_assets.opinions.splits import SplitRules
 from persona_assets.opinions.tables import (
     CLAIMS_SCHEMA,
+    COUNTRIES_SCHEMA,
     QUESTIONS_SCHEMA,
     SPLITS_SCHEMA,
     SURVEY_SCHEMA,
     claim_rows,
+    country_rows,
     question_rows,
     split_rows,
     survey_rows,
@@ -52,17 +57,44 @@ def _provenance(context: AssetExecutionContext) -> Provenance:
     return Provenance(run_id=context.run.run_id, code_version=CODE_VERSION)
 
 
+def _source_metadata(source) -> dict:
+    return {"source_file": str(source.path), "source_sha256": source.sha256, "source_format": source.format}
+
+
+def _unusable_counts(frame: pl.DataFrame) -> dict:
+    counts = Counter(frame["unusable_reason"].drop_nulls().to_list())
+    return {f"unusable/{reason}": counts.get(reason, 0) for reason in UNUSABLE_REASONS}
+
+
+@asset(**SHARED)
+def goqa_countries(context: AssetExecutionContext, goqa_source: GoqaSource) -> pl.DataFrame:
+    """Every country of the source: its partition key (what the UI and `persona run --countries` take), its
+    name as written in the file, and how many of its survey rows can make claims (the rest by reason)."""
+    source = goqa_source.load()
+    frame = result_frame(country_rows(source), COUNTRIES_SCHEMA, _provenance(context))
+    columns = {"country": "string", "country_name": "string", "survey_rows": "int", "usable_rows": "int"}
+    context.add_output_metadata(
+        {
+            **_source_metadata(source),
+            "countries": len(source.country_names),
+            "renamed_for_partition_keys": sum(k != n for k, n in source.country_names.items()),
+            "countries_table": table_metadata(columns | {r: "int" for r in UNUSABLE_REASONS}, frame.to_dicts()),
+        }
+    )
+    return frame
+
+
 @asset(**SHARED)
 def goqa_questions(context: AssetExecutionContext, goqa_source: GoqaSource) -> pl.DataFrame:
     """Every distinct survey question of the GlobalOpinionQA source with its options, in file order."""
     source = goqa_source.load()
     frame = result_frame(question_rows(source), QUESTIONS_SCHEMA, _provenance(context))
+    numeric = sum(any(is_number(token) for token in tokens) for tokens in frame["source_options"].to_list())
     context.add_output_metadata(
         {
-            "source_file": str(source.path),
-            "source_sha256": source.sha256,
-            "source_format": source.format,
+            **_source_metadata(source),
             "skipped_rows": len(source.skipped_rows),
+            "questions_with_numeric_options": numeric,
             "questions_by_option_count": dict(sorted(Counter(frame["n_options"].to_list()).items())),
         }
     )
@@ -75,21 +107,24 @@ def goqa_survey(context: AssetExecutionContext, goqa_source: GoqaSource) -> pl.D
     source = goqa_source.load()
     frame = result_frame(survey_rows(source, context.partition_keys), SURVEY_SCHEMA, _provenance(context))
     context.add_output_metadata(
-        {"source_file": str(source.path), "source_sha256": source.sha256, "source_format": source.format}
+        {**_source_metadata(source), "usable_rows": int(frame["usable"].sum()), **_unusable_counts(frame)}
     )
     return frame
 
 
 @asset(**SHARED, **BY_COUNTRY, ins={"goqa_survey": AssetIn(key=[GROUP, "goqa_survey"])})
 def goqa_claims(context: AssetExecutionContext, config: ClaimsConfig, goqa_survey: pl.DataFrame) -> pl.DataFrame:
-    """Binary claims: the most chosen option labelled 1 and one seeded random other option labelled 0."""
+    """Binary claims: the most chosen option labelled 1 and one seeded random other option labelled 0.
+    Survey rows that cannot make a claim (see `goqa_survey.unusable_reason`) are left out and counted."""
     rows, excluded = claim_rows(goqa_survey, config.seed)
     frame = result_frame(rows, CLAIMS_SCHEMA, _provenance(context))
     per_country = frame.group_by("country").agg(pl.len().alias("claims"), pl.col("label").mean().alias("positive"))
+    reasons = Counter(reason for _, _, reason in excluded)
     context.add_output_metadata(
         {
             "seed": config.seed,
-            "groups_without_distribution": len(excluded),
+            "survey_rows_left_out": len(excluded),
+            **{f"left_out/{reason}": reasons.get(reason, 0) for reason in UNUSABLE_REASONS},
             "claims_per_country": markdown_table(
                 ["country", "claims", "positive share"],
                 [[c, n, f"{p:.2f}"] for c, n, p in per_country.sort("country").iter_rows()],

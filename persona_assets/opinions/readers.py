@@ -10,6 +10,21 @@
    questions determine a distribution from that number (share of option B), so
    other questions carry ``distribution=None`` and ``mean_position``.
 
+Two kinds of bad input are told apart. A malformed file (missing column,
+unparseable list, option/distribution length mismatch, a value that is neither
+text nor a number, truncated JSON, an empty file) stops the read with an error
+naming file, row and field. A well-formed row that cannot make a claim (all
+shares 0, a tie for the largest share) is read like any other; the claims stage
+marks it unusable with its reason.
+
+Options may be text or numbers (the published ladder scales mix both:
+``['Not important at all', 1.0, ..., 'Very important']``); numbers are rendered
+canonically (``1.0`` -> ``"1"``, in every format) and the source token is kept.
+
+Country names are kept as written; each gets a partition key (``country_key``):
+the name itself, normalised, with the few characters Dagster refuses in keys
+replaced. Records carry the key in ``country`` and the name in ``country_name``.
+
 Row numbers in errors: CSV records count the header as row 1; JSON items count from 1.
 """
 
@@ -22,7 +37,9 @@ import io
 import json
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from persona_assets.errors import InputFileError
@@ -31,8 +48,9 @@ FORMAT_HF_CSV = "hf_csv"
 FORMAT_FLAT_JSON = "flat_json"
 FORMAT_WIDE_CSV = "wide_csv"
 
-# Characters Dagster refuses in static or multi-dimensional partition keys.
-_FORBIDDEN_IN_KEYS = ("|", ",", "[", "]", "...", "\n", "\r", "\t", "\0")
+# What Dagster refuses in static or multi-dimensional partition keys, and what stands in for it.
+_KEY_REPLACEMENTS = (("...", "\u2026"), ("|", "/"), (",", ";"), ("[", "("), ("]", ")"))
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 _DEFAULTDICT = re.compile(r"^\s*defaultdict\(\s*<class\s+'list'>\s*,\s*(\{.*\})\s*\)\s*$", re.DOTALL)
 _OPTION_LINE = re.compile(r"^([A-Z])\.\s?(.*)$")
 
@@ -47,10 +65,12 @@ class SurveyRecord:
 
     question: str
     options: tuple[str, ...]
-    country: str
+    country: str  # the partition key
     distribution: tuple[float, ...] | None
     mean_position: float | None
     row: int
+    country_name: str = ""  # as written in the file
+    source_options: tuple[str, ...] = ()  # the options' source tokens, e.g. "1.0" for the number 1.0
 
 
 @dataclass(frozen=True)
@@ -62,12 +82,25 @@ class SurveySource:
     # (row, reason) for rows the format defines as skippable, e.g. an empty question.
     skipped_rows: tuple[tuple[int, str], ...] = field(default=())
 
+    @cached_property
+    def _by_country(self) -> dict[str, list[SurveyRecord]]:
+        grouped: dict[str, list[SurveyRecord]] = {}
+        for record in self.records:
+            grouped.setdefault(record.country, []).append(record)
+        return grouped
+
     @property
     def countries(self) -> list[str]:
-        return sorted({r.country for r in self.records})
+        """The partition keys, sorted."""
+        return sorted(self._by_country)
+
+    @cached_property
+    def country_names(self) -> dict[str, str]:
+        """Partition key -> the country's name as first written in the file."""
+        return {key: records[0].country_name for key, records in sorted(self._by_country.items())}
 
     def records_for(self, country: str) -> list[SurveyRecord]:
-        records = [r for r in self.records if r.country == country]
+        records = self._by_country.get(country)
         if not records:
             raise SurveyFormatError(
                 self.path, None, "country",
@@ -104,8 +137,21 @@ def read_survey(path: Path | str) -> SurveySource:
             )
     if not records:
         raise SurveyFormatError(path, None, None, "the file holds no survey records")
+    _check_country_keys(path, records)
     _check_unique(path, records)
     return SurveySource(path, fmt, sha256, tuple(records), tuple(skipped))
+
+
+def read_survey_once(path: Path | str) -> SurveySource:
+    """``read_survey`` once per version of the file in a process: the code location and each step of a run
+    read the same file (a version is its size and modification time)."""
+    stat = Path(path).stat()
+    return _read_version(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=2)
+def _read_version(path: str, _mtime_ns: int, _size: int) -> SurveySource:
+    return read_survey(path)
 
 
 # A selections cell holds every country's distribution: Python's default 128 KiB cell limit is too small
@@ -137,24 +183,59 @@ def _read_hf_csv(path: Path, header: list[str], body: list[list[str]]):
         if not question or question.lower() == "nan":
             skipped.append((row, "empty question"))
             continue
-        options = _parse_options(path, row, cells[col["options"]])
+        options, source_options = _parse_options(path, row, cells[col["options"]])
         selections = _parse_selections(path, row, cells[col["selections"]])
-        for country, values in selections.items():
-            distribution = _check_distribution(path, row, "selections", country, values, options)
-            records.append(SurveyRecord(question, options, country, distribution, None, row))
+        for name, values in selections.items():
+            name = _check_country(path, row, name)
+            distribution = _check_distribution(path, row, f"selections[{name!r}]", values, options)
+            records.append(_record(question, options, source_options, name, distribution, None, row))
     return records, skipped
 
 
-def _parse_options(path: Path, row: int, text: str) -> tuple[str, ...]:
+def _record(question, options, source_options, name, distribution, mean_position, row) -> SurveyRecord:
+    return SurveyRecord(question, options, country_key(name), distribution, mean_position, row, name, source_options)
+
+
+def _parse_options(path: Path, row: int, text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     try:
         value = ast.literal_eval(text.strip())
     except (ValueError, SyntaxError) as exc:
         raise SurveyFormatError(path, row, "options", f"not a list literal: {text[:80]!r}") from exc
-    if not isinstance(value, list | tuple) or not all(isinstance(o, str) for o in value):
-        raise SurveyFormatError(path, row, "options", "must be a list of strings")
-    if len(value) < 2:
-        raise SurveyFormatError(path, row, "options", f"needs at least 2 options, got {len(value)}")
-    return tuple(o.strip() for o in value)
+    return _check_options(path, row, value)
+
+
+def _check_options(path: Path, row: int, value: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Canonical option texts and their source tokens; text and finite numbers are options, nothing else."""
+    if not isinstance(value, list | tuple) or not value:
+        raise SurveyFormatError(path, row, "options", "must be a non-empty list of texts or numbers")
+    options, tokens = [], []
+    for index, option in enumerate(value):
+        if isinstance(option, str):
+            token = option.strip()
+        elif isinstance(option, int | float) and not isinstance(option, bool) and math.isfinite(option):
+            token = repr(option)
+        else:
+            raise SurveyFormatError(
+                path, row, "options", f"option {index + 1} must be text or a finite number, got {option!r}"
+            )
+        options.append(canonical_option(token))
+        tokens.append(token)
+    return tuple(options), tuple(tokens)
+
+
+def is_number(token: str) -> bool:
+    return bool(_NUMBER.match(token.strip()))
+
+
+def canonical_option(token: str) -> str:
+    """One rendering for a number however the source wrote it ('1.0', '1', 1.0 -> '1'); text as it is."""
+    text = token.strip()
+    if not is_number(text):
+        return text
+    number = float(text)
+    if number.is_integer() and abs(number) < 1e15:
+        return str(int(number))
+    return repr(number)
 
 
 def _parse_selections(path: Path, row: int, text: str) -> dict[str, list]:
@@ -176,17 +257,22 @@ def _parse_selections(path: Path, row: int, text: str) -> dict[str, list]:
 def _check_country(path: Path, row: int, country: object) -> str:
     if not isinstance(country, str) or not country.strip():
         raise SurveyFormatError(path, row, "country", f"must be a non-empty string, got {country!r}")
-    bad = [c for c in _FORBIDDEN_IN_KEYS if c in country]
-    if bad:
-        raise SurveyFormatError(
-            path, row, "country", f"{country!r} contains {bad[0]!r}, which cannot be part of a partition key"
-        )
     return country.strip()
 
 
-def _check_distribution(path, row, field_name, country, values, options) -> tuple[float, ...]:
-    country = _check_country(path, row, country)
-    label = f"{field_name}[{country!r}]" if field_name == "selections" else field_name
+def country_key(name: str) -> str:
+    """The partition key of a country: its name in Unicode NFC with runs of whitespace as one space,
+    control characters dropped and the characters Dagster refuses in keys replaced
+    ('Côte d'Ivoire' stays as it is; 'Korea, South' becomes 'Korea; South')."""
+    text = " ".join(unicodedata.normalize("NFC", name).split())
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cc")
+    for refused, replacement in _KEY_REPLACEMENTS:
+        text = text.replace(refused, replacement)
+    return text
+
+
+def _check_distribution(path, row, label, values, options) -> tuple[float, ...]:
+    """Shares as given: all zeros and sums off 1 are well-formed (the claims stage decides what they can make)."""
     if not isinstance(values, list | tuple) or not values:
         raise SurveyFormatError(path, row, label, "empty selection: expected one probability per option")
     if len(values) != len(options):
@@ -198,8 +284,6 @@ def _check_distribution(path, row, field_name, country, values, options) -> tupl
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
             raise SurveyFormatError(path, row, label, f"probabilities must be finite numbers >= 0, got {v!r}")
         out.append(float(v))
-    if sum(out) <= 0:
-        raise SurveyFormatError(path, row, label, "probabilities sum to 0")
     return tuple(out)
 
 
@@ -221,14 +305,10 @@ def _read_flat_json(path: Path, text: str):
         question = item["question"]
         if not isinstance(question, str) or not question.strip():
             raise SurveyFormatError(path, row, "question", "must be a non-empty string")
-        options = item["options"]
-        if not isinstance(options, list) or not all(isinstance(o, str) for o in options) or len(options) < 2:
-            raise SurveyFormatError(path, row, "options", "must be a list of at least 2 strings")
-        options = tuple(o.strip() for o in options)
-        distribution = _check_distribution(path, row, "distribution", item["country"], item["distribution"], options)
-        records.append(
-            SurveyRecord(question.strip(), options, item["country"].strip(), distribution, None, row)
-        )
+        options, source_options = _check_options(path, row, item["options"])
+        name = _check_country(path, row, item["country"])
+        distribution = _check_distribution(path, row, "distribution", item["distribution"], options)
+        records.append(_record(question.strip(), options, source_options, name, distribution, None, row))
     return records, []
 
 
@@ -262,8 +342,8 @@ def _read_wide_csv(path: Path, rows: list[list[str]]) -> list[SurveyRecord]:
         row = offset + 2
         if len(cells) != len(header):
             raise SurveyFormatError(path, row, None, f"{len(cells)} cells, the header has {len(header)}")
-        country = _check_country(path, row, cells[0])
-        for (question, options), text in zip(questions, cells[1:], strict=True):
+        name = _check_country(path, row, cells[0])
+        for (question, tokens), text in zip(questions, cells[1:], strict=True):
             if not text.strip():
                 continue
             field_name = question[:60]
@@ -273,9 +353,27 @@ def _read_wide_csv(path: Path, rows: list[list[str]]) -> list[SurveyRecord]:
                 raise SurveyFormatError(path, row, field_name, f"not a number: {text!r}") from exc
             if not (0.0 <= value <= 1.0):
                 raise SurveyFormatError(path, row, field_name, f"mean position {value} outside [0, 1]")
-            distribution = (1.0 - value, value) if len(options) == 2 else None
-            records.append(SurveyRecord(question, options, country, distribution, value, row))
+            distribution = (1.0 - value, value) if len(tokens) == 2 else None
+            options = tuple(canonical_option(t) for t in tokens)
+            records.append(_record(question, options, tokens, name, distribution, value, row))
     return records
+
+
+def _check_country_keys(path: Path, records: list[SurveyRecord]) -> None:
+    """Two different names must not share a key (names differing only in spacing or Unicode form are one country)."""
+    first: dict[str, SurveyRecord] = {}
+    for r in records:
+        seen = first.setdefault(r.country, r)
+        if _same_name(seen.country_name, r.country_name):
+            continue
+        raise SurveyFormatError(
+            path, r.row, "country",
+            f"{r.country_name!r} and {seen.country_name!r} (row {seen.row}) would share the partition key {r.country!r}",
+        )
+
+
+def _same_name(a: str, b: str) -> bool:
+    return " ".join(unicodedata.normalize("NFC", a).split()) == " ".join(unicodedata.normalize("NFC", b).split())
 
 
 def _check_unique(path: Path, records: list[SurveyRecord]) -> None:

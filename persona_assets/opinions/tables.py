@@ -6,11 +6,12 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from persona_assets.opinions.claims import Claim, SurveyAnswer, build_claims
+from persona_assets.opinions.claims import UNUSABLE_REASONS, Claim, SurveyAnswer, build_claims, unusable_reason
 from persona_assets.opinions.readers import SurveySource, question_id
 from persona_assets.opinions.splits import VARIANTS, SplitRules, split_country
 from persona_assets.provenance import file_ref, row_ref
 
+COUNTRIES_TABLE = "opinions.goqa_countries"
 QUESTIONS_TABLE = "opinions.goqa_questions"
 SURVEY_TABLE = "opinions.goqa_survey"
 CLAIMS_TABLE = "opinions.goqa_claims"
@@ -20,16 +21,28 @@ QUESTIONS_SCHEMA = {
     "question_index": pl.Int64,
     "question": pl.String,
     "options": pl.List(pl.String),
+    "source_options": pl.List(pl.String),
     "n_options": pl.Int64,
     "source_format": pl.String,
+}
+COUNTRIES_SCHEMA = {
+    "country": pl.String,
+    "country_name": pl.String,
+    "survey_rows": pl.Int64,
+    "usable_rows": pl.Int64,
+    **{reason: pl.Int64 for reason in UNUSABLE_REASONS},
 }
 SURVEY_SCHEMA = {
     "question_id": pl.String,
     "country": pl.String,
+    "country_name": pl.String,
     "question": pl.String,
     "options": pl.List(pl.String),
+    "source_options": pl.List(pl.String),
     "distribution": pl.List(pl.Float64),
     "mean_position": pl.Float64,
+    "usable": pl.Boolean,
+    "unusable_reason": pl.String,
     "source_file": pl.String,
     "source_sha256": pl.String,
     "source_row": pl.Int64,
@@ -67,6 +80,7 @@ def question_rows(source: SurveySource) -> list[dict]:
                 "question_index": len(rows),
                 "question": record.question,
                 "options": list(record.options),
+                "source_options": list(record.source_options),
                 "n_options": len(record.options),
                 "source_format": source.format,
                 "partition_key": None,
@@ -78,20 +92,45 @@ def question_rows(source: SurveySource) -> list[dict]:
     return list(rows.values())
 
 
+def country_rows(source: SurveySource) -> list[dict]:
+    """One row per country: its partition key, its name in the file, and how many of its rows can make claims."""
+    rows = []
+    for country, name in source.country_names.items():
+        reasons = [unusable_reason(len(r.options), r.distribution) for r in source.records_for(country)]
+        rows.append(
+            {
+                "row_id": country,
+                "country": country,
+                "country_name": name,
+                "survey_rows": len(reasons),
+                "usable_rows": reasons.count(None),
+                **{reason: reasons.count(reason) for reason in UNUSABLE_REASONS},
+                "partition_key": None,
+                "input_ids": list(dict.fromkeys(file_ref(source.sha256, r.row) for r in source.records_for(country))),
+            }
+        )
+    return rows
+
+
 def survey_rows(source: SurveySource, countries: Sequence[str]) -> list[dict]:
     rows = []
     for country in countries:
         for record in source.records_for(country):
             qid = question_id(record.question, record.options)
+            reason = unusable_reason(len(record.options), record.distribution)
             rows.append(
                 {
                     "row_id": f"{qid}/{country}",
                     "question_id": qid,
                     "country": country,
+                    "country_name": record.country_name,
                     "question": record.question,
                     "options": list(record.options),
+                    "source_options": list(record.source_options),
                     "distribution": list(record.distribution) if record.distribution else None,
                     "mean_position": record.mean_position,
+                    "usable": reason is None,
+                    "unusable_reason": reason,
                     "source_file": str(source.path),
                     "source_sha256": source.sha256,
                     "source_row": record.row,
