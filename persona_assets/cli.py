@@ -85,19 +85,20 @@ def open_warehouse(settings: Settings):
     return Warehouse(settings.warehouse, data_path=settings.warehouse_data_path)
 
 
-BENCHMARKS = ("icm", "scoring", "training", "loads", "planning", "warehouse", "survey")
+BENCHMARKS = ("icm", "icm-recovery", "scoring", "training", "loads", "planning", "warehouse", "survey")
 
 
 def command_bench(args: argparse.Namespace) -> int:
     import json
     import platform
 
-    from benchmarks import icm_pool, model_loads, planning, scoring, survey, training, warehouse
+    from benchmarks import icm_pool, icm_recovery, model_loads, planning, scoring, survey, training, warehouse
     from resources.llm import LLMResource
 
     settings = load_settings()
     llm = LLMResource(model=settings.model, models_dir=str(settings.models_dir), corpus_dir=str(DATA_DIR))
     suites = {"icm": (lambda: icm_pool.run(llm.engine()), icm_pool.markdown),
+              "icm-recovery": (icm_recovery.run, icm_recovery.markdown),
               "scoring": (lambda: scoring.run(llm.engine()), scoring.markdown),
               "training": (training.run, training.markdown),
               "loads": (model_loads.run, model_loads.markdown),

@@ -11,8 +11,10 @@ PERSONA_CHAT_BASE_URL  an OpenAI-compatible API for the zero-shot chat baseline
                      (default: none, the local engine answers through its chat template)
 PERSONA_CHAT_MODEL   the model name to ask that API for
 PERSONA_CHAT_API_KEY the API key; read from the environment when a request is made, never stored
-PERSONA_ENGINE       the engine backend: transformers (default), vllm (a CUDA GPU, the gpu extra) or
-                     openai (an OpenAI-compatible server; PERSONA_MODEL names the model it serves)
+PERSONA_ENGINE       the engine backend: transformers (default), vllm (a CUDA GPU, the gpu extra),
+                     openai (an OpenAI-compatible server; PERSONA_MODEL names the model it serves) or
+                     simulated (a planted-signal learner that only scores; PERSONA_MODEL holds its world
+                     settings, e.g. "seed=3,salience=2"; its survey is written by `persona world FILE`)
 PERSONA_ENGINE_BASE_URL  that server, e.g. http://host:8000/v1 (openai backend)
 PERSONA_ENGINE_API_KEY   its key; read from the environment at each call, never stored or logged
 PERSONA_JUDGE_ENGINE, PERSONA_JUDGE_BASE_URL, PERSONA_JUDGE_API_KEY  the same for the judge
@@ -165,7 +167,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                     warehouse, warehouse_data_path)
 
 
-ENGINES = ("transformers", "vllm", "openai")
+ENGINES = ("transformers", "vllm", "openai", "simulated")
 
 
 def _engine(env: Mapping[str, str], name: str, url_name: str, default: str, default_url: str) -> tuple[str, str]:

@@ -10,7 +10,10 @@ Differences from the upstream fork, on purpose: every random choice comes from
 one seeded generator whose state is checkpointed; the consistency penalty works
 (the fork compared a dict to 1 and so never counted a pair); the acceptance test
 never overflows; a proposal already scored by the consistency repair is not
-scored again; margins are exact two-candidate log-odds, not top-5 guesses.
+scored again; margins are exact two-candidate log-odds, not top-5 guesses; the
+leave-one-out prompts follow a seeded leaf order (``leaf_rank``), so a query's own
+sibling is not systematically the demonstration right before it, and a proposal is
+predicted from the same prompt order as the energy.
 """
 
 from __future__ import annotations
@@ -128,13 +131,40 @@ def naive_order(items: Sequence[int]) -> list[tuple[int, list[int]]]:
     return [(item, [other for other in items if other != item]) for item in items]
 
 
+def leaf_rank(n: int, seed: int) -> list[int]:
+    """A seeded position of every claim uid in the tree's leaf order.
+
+    Claims arrive in split order, the two options of a question next to each other; built
+    over that order, the tree would put a query's own sibling right before it in about half
+    of the prompts. A seeded permutation makes that as rare as for any other claim (~1/n).
+    """
+    order = list(range(n))
+    random.Random(f"icm-leaf-order:{seed}").shuffle(order)
+    rank = [0] * n
+    for position, uid in enumerate(order):
+        rank[uid] = position
+    return rank
+
+
 class ClaimScorer:
     """Margins of claims given labelled demonstrations, through the engine's ``score``."""
 
-    def __init__(self, engine: Engine, country: str, claims: Sequence[IcmClaim], pool_order: str = "tree"):
+    def __init__(self, engine: Engine, country: str, claims: Sequence[IcmClaim], pool_order: str = "tree", order_seed: int = 0):
         self.engine, self.country, self.claims = engine, country, claims
-        self.order = tree_order if pool_order == "tree" else naive_order
+        self.pool_order = pool_order
         self.reuse_prefix = pool_order == "tree"
+        self.rank = leaf_rank(len(claims), order_seed) if pool_order == "tree" else list(range(len(claims)))
+
+    def order(self, pool: Sequence[int]) -> list[tuple[int, list[int]]]:
+        """Leave-one-out prompts of a pool: (query, demonstrations in prompt order)."""
+        ranked = sorted(pool, key=self.rank.__getitem__)
+        return tree_order(ranked) if self.pool_order == "tree" else naive_order(ranked)
+
+    def demos_for(self, query: int, labelled: Sequence[int]) -> list[int]:
+        """The demonstrations ``query`` would get in a pool of ``labelled`` plus itself, in that pool's order,
+        so that a proposal is predicted from the prompt the energy will score it with."""
+        pool = sorted({*labelled, query})
+        return next(demos for q, demos in self.order(pool) if q == query)
 
     def margins(self, queries: Sequence[tuple[int, Sequence[int]]], labels: Sequence[Labels]) -> list[float]:
         """One margin per (query uid, demo uids), demo labels from the matching labelling."""
@@ -249,7 +279,7 @@ class IcmSearch:
                     if labels[sibling] is None:
                         weights[sibling] = self.params.sibling_weight
         uid = rng.choices(range(len(labels)), weights=weights)[0]
-        demos = [u for u, label in enumerate(labels) if label is not None and u != uid]
+        demos = self.scorer.demos_for(uid, [u for u, label in enumerate(labels) if label is not None and u != uid])
         margin = self.scorer.margins([(uid, demos)], [labels])[0]
         proposed = 1 if margin > 0 else 0
         temperature = self.params.temperature(state.accepted)
@@ -259,6 +289,7 @@ class IcmSearch:
             "previous_label": labels[uid],
             "proposed_label": proposed,
             "temperature": temperature,
+            "pool_order": self.scorer.pool_order,
             "energy_before": state.metric.energy,
             "delta": 0.0,
             "accepted": False,

@@ -27,7 +27,7 @@ from resources.artifacts import ArtifactStore
 from resources.llm import LLMResource
 
 GROUP = "elicitation"
-ICM_VERSION = f"icm-1-{FEW_SHOT_HASH}"
+ICM_VERSION = f"icm-2-{FEW_SHOT_HASH}"
 
 LABEL_SCHEMA = {
     "variant": pl.String,
@@ -48,6 +48,7 @@ TRACE_SCHEMA = {
     "previous_label": pl.Int64,
     "proposed_label": pl.Int64,
     "temperature": pl.Float64,
+    "pool_order": pl.String,
     "energy_before": pl.Float64,
     "delta": pl.Float64,
     "accepted": pl.Boolean,
@@ -68,8 +69,8 @@ class IcmConfig(Config):
     final_temperature: float = Field(default=0.1)
     schedule_constant: float = Field(default=2.75, description="T = max(final, initial / (1 + c ln(1 + accepted))).")
     consistency: str = Field(default="exactly_one", description="exactly_one, at_most_one or none.")
-    pool_order: str = Field(default="tree", description="tree (prefix reuse) or naive leave-one-out prompts.")
-    seed: int = Field(default=0, description="Seeds every random choice of the search.")
+    pool_order: str = Field(default="tree", description="tree (prefix reuse, seeded leaf order) or naive leave-one-out prompts.")
+    seed: int = Field(default=0, description="Seeds every random choice of the search, and the tree's leaf order.")
     checkpoint_every: int = Field(default=25, description="Save the search state every N iterations.")
     variants: list[str] = Field(default=list(VARIANTS), description="Claim variants to search.")
 
@@ -125,7 +126,7 @@ def icm_search(
                 claims = icm_claims(train)
                 if not claims:
                     continue
-                search = IcmSearch(claims, params, ClaimScorer(engine, country, claims, params.pool_order))
+                search = IcmSearch(claims, params, ClaimScorer(engine, country, claims, params.pool_order, params.seed))
                 name = checkpoint_name(country, variant, params, train["claim_id"].to_list(), engine.model_id)
                 saved = artifacts.read_text(*name)
                 state = SearchState.from_json(saved) if saved else None

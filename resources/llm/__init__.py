@@ -47,7 +47,8 @@ class LLMResource(ConfigurableResource):
 
     model: str = Field(default=TINY, description="'tiny' (embedded), a Hugging Face id or local path, or the model "
                                                  "name an OpenAI-compatible server serves.")
-    backend: str = Field(default="transformers", description="transformers, vllm (a GPU, the gpu extra) or openai.")
+    backend: str = Field(default="transformers", description="transformers, vllm (a GPU, the gpu extra), openai, or "
+                                                             "simulated (a planted-signal learner; model = its world settings).")
     base_url: str = Field(default="", description="openai backend: the server, e.g. http://host:8000/v1.")
     api_key_variables: list[str] = Field(default=["PERSONA_ENGINE_API_KEY"],
                                          description="openai backend: environment variables that may hold the key, "
@@ -103,7 +104,12 @@ class LLMResource(ConfigurableResource):
                                     tensor_parallel_size=self.tensor_parallel_size, quantization=self.quantization,
                                     max_model_len=self.max_model_len, max_num_batched_tokens=self.max_batch_tokens,
                                     gpu_memory_utilization=self.gpu_memory_utilization, max_lora_rank=self.max_lora_rank)
-        raise ValueError(f"unknown engine backend {self.backend!r}; available: transformers, vllm, openai")
+        if self.backend == "simulated":
+            from resources.llm.simulated import PlantedSignalEngine, WorldSpec
+
+            spec = WorldSpec.parse("" if self.model == TINY else self.model)
+            return PlantedSignalEngine(model_id=f"simulated:{spec.label()}", spec=spec)
+        raise ValueError(f"unknown engine backend {self.backend!r}; available: transformers, vllm, openai, simulated")
 
     @contextmanager
     def metered(self) -> Iterator[tuple[Engine, UsageMeter]]:
