@@ -54,6 +54,11 @@ defs = Definitions(
         "judge_llm": LLMResource(model=settings.judge_model, backend=settings.judge_engine, base_url=settings.judge_base_url,
                                  api_key_variables=["PERSONA_JUDGE_API_KEY", "PERSONA_ENGINE_API_KEY"],
                                  models_dir=str(settings.models_dir), corpus_dir=str(DATA_DIR)),
+        # The zero-shot chat baseline's local instruction model (PERSONA_CHAT_MODEL without an API); without one
+        # it is the generator itself, and the baseline says it is the base model through a chat template.
+        "chat_llm": LLMResource(model=settings.chat_model if settings.chat_model and not settings.chat_base_url else settings.model,
+                                backend=settings.engine, base_url=settings.engine_base_url,
+                                models_dir=str(settings.models_dir), corpus_dir=str(DATA_DIR)),
         "goqa_source": GoqaSource(path=str(settings.goqa_source)),
         "board": BoardSource(path=str(settings.board_dir)),
         "artifacts": ArtifactStore(root=str(settings.artifacts_dir)),

@@ -91,6 +91,7 @@ def local_resources(home: Path, llm, **overrides) -> dict:
         "warehouse": WarehouseResource(database=str(home / "w.duckdb")),
         "llm": llm,
         "judge_llm": llm,
+        "chat_llm": llm,
         "goqa_source": GoqaSource(path=str(SAMPLE_GOQA_SOURCE)),
         "board": BoardSource(path=str(SAMPLE_BOARD_DIR)),
         "artifacts": ArtifactStore(root=str(home / "artifacts")),

@@ -127,8 +127,27 @@ def test_accuracy_summary_has_every_country_the_aggregate_and_plots(first_runs, 
     summary = Warehouse(warehouse_path).read("elicitation", "accuracy_summary")
     assert set(summary["scope"]) >= {*COUNTRIES[:3], "aggregate"}
     headline = summary.filter(pl.col("headline") & (pl.col("scope") == "aggregate"))
-    assert set(headline["method"]) == {"zero_shot_base", "zero_shot_chat", "icm", "gold", "random_matched"}
+    # No instruction model is configured: the chat-template baseline is the base model and says so.
+    assert set(headline["method"]) == {"zero_shot_base", "zero_shot_base_chat_template", "icm", "gold", "random_matched"}
     assert ((summary["ci_low"] <= summary["mean"]) & (summary["mean"] <= summary["ci_high"])).all()
+    assert (summary["n_questions"] * 2 == summary["n_test"]).all() and summary["interval"].str.contains("bootstrap").all()
     plots = materialization(result, AssetKey(["elicitation", "accuracy_summary"])).materialization.metadata["plots"].value
     for scope in (*COUNTRIES[:3], "aggregate"):
         assert f"### {scope} (binary): accuracy" in plots and f"### {scope} (binary): examples" in plots
+
+
+def test_method_differences_are_paired_on_the_same_questions(first_runs, resources, warehouse_path):
+    result = materialize(assets(), resources=resources, selection=[AssetKey(["elicitation", "method_differences"])],
+                         instance=DagsterInstance.ephemeral())
+    assert result.success
+    differences = Warehouse(warehouse_path).read("elicitation", "method_differences")
+    summary = Warehouse(warehouse_path).read("elicitation", "accuracy_summary")
+    assert set(differences["comparison"]) == {"icm − gold", "icm − zero_shot_base", "gold − random_matched"}
+    assert set(differences["scope"]) >= {*COUNTRIES[:3], "aggregate"}
+    for row in differences.filter(pl.col("scope") != "aggregate").iter_rows(named=True):
+        means = {r["method"]: r["mean"] for r in summary.filter((pl.col("scope") == row["scope"]) & pl.col("headline")
+                                                                 & (pl.col("variant") == row["variant"])).iter_rows(named=True)}
+        assert row["mean_difference"] == pytest.approx(means[row["method_a"]] - means[row["method_b"]])
+        assert row["n_questions"] > 0 and 0 <= row["p_value"] <= 1
+    metadata = materialization(result, AssetKey(["elicitation", "method_differences"])).materialization.metadata
+    assert len(metadata["differences"].value.records) == differences.height

@@ -66,11 +66,15 @@ def test_zero_shot_chat_through_the_api(server, tmp_path, monkeypatch, tiny_llm)
         ALL_ASSETS, resources=resources, instance=instance, partition_key="Caldera",
         selection=[AssetKey(["opinions", k]) for k in ("goqa_survey", "goqa_claims", "goqa_splits")]
         + [AssetKey(["elicitation", "zero_shot_chat_predictions"])],
+        run_config={"ops": {"elicitation__zero_shot_chat_predictions": {"config": {"repeats": 2}}}},
     )
     assert result.success
     rows = Warehouse(database).read("elicitation", "zero_shot_chat_predictions")
     distinct_claims = rows["claim_id"].n_unique()
-    assert len(FakeChatServer.calls) == distinct_claims + 1  # one retry after the 429
+    assert len(FakeChatServer.calls) == 2 * distinct_claims + 1  # two repeats, one retry after the 429
+    assert set(rows["method"]) == {"zero_shot_chat"} and set(rows["repeat"]) == {0, 1}
+    prompt = FakeChatServer.calls[1]["body"]["messages"][0]["content"]
+    assert prompt.endswith("Answer:") and "Caldera" in prompt
     assert all(c["path"] == "/v1/chat/completions" and c["auth"] == f"Bearer {SECRET}" for c in FakeChatServer.calls)
     assert FakeChatServer.calls[1]["body"]["temperature"] == 0
     assert set(rows["answered_by"]) == {"api:judge-7b"}

@@ -1,7 +1,8 @@
-"""Zero-shot baselines on each country's test split: the base model, and a chat model."""
+"""Zero-shot baselines on each country's test split: the base model, and an instruction (chat) model."""
 
 import polars as pl
-from dagster import AssetExecutionContext, AssetIn, asset
+from dagster import AssetExecutionContext, AssetIn, Config, asset
+from pydantic import Field
 
 from partitions import countries_partitions
 from persona_assets.common import (
@@ -30,7 +31,7 @@ from resources.llm.chat_api import ChatApiResource
 
 GROUP = "elicitation"
 ZERO_SHOT_VERSION = f"zero-shot-1-{ZERO_SHOT_HASH}"
-CHAT_VERSION = f"zero-shot-chat-1-{CHAT_HASH}"
+CHAT_VERSION = f"zero-shot-chat-2-{CHAT_HASH}"
 BASELINE = dict(
     key_prefix=GROUP,
     group_name=GROUP,
@@ -104,6 +105,8 @@ CHAT_SCHEMA = {
     "variant": pl.String,
     "country": pl.String,
     "claim_id": pl.String,
+    "method": pl.String,
+    "repeat": pl.Int64,
     "answered_by": pl.String,
     "reply": pl.String,
     "predicted_label": pl.Int64,
@@ -111,61 +114,75 @@ CHAT_SCHEMA = {
     "correct": pl.Boolean,
     "parse_failed": pl.Boolean,
 }
+CHAT = "zero_shot_chat"
+BASE_CHAT_TEMPLATE = "zero_shot_base_chat_template"
+
+
+class ChatBaselineConfig(Config):
+    repeats: int = Field(default=1, description="Times an API is asked each claim (a server may not be deterministic even "
+                                                "at temperature 0); the local engine scores exactly, once.")
 
 
 @asset(**BASELINE, code_version=CHAT_VERSION)
 def zero_shot_chat_predictions(
     context: AssetExecutionContext,
+    config: ChatBaselineConfig,
     llm: LLMResource,
+    chat_llm: LLMResource,
     chat_api: ChatApiResource,
     goqa_splits: pl.DataFrame,
     goqa_claims: pl.DataFrame,
 ) -> pl.DataFrame:
     """Zero-shot instruction-model baseline: asked in a chat whether each test claim is the most popular answer.
 
-    Through an OpenAI-compatible API when one is set (the reply must be exactly True or
-    False; anything else is stored as a parse failure and counted), otherwise through the
-    local engine's chat template, scoring "True" against "False".
+    Through an OpenAI-compatible API when one is set (the reply must be exactly True or False;
+    anything else is stored as a parse failure, counted apart from wrong answers), else through a
+    local instruction model (PERSONA_CHAT_MODEL) scoring "True" against "False" after its chat
+    template. With neither, the base model answers through a chat template, and the rows say so:
+    method `zero_shot_base_chat_template`, never `zero_shot_chat`.
     """
     test, claims = test_split_claims(goqa_splits, goqa_claims)
     messages = [chat_messages(r["question"], r["option"], r["country"]) for r in claims.iter_rows(named=True)]
-    with llm.metered() as (engine, meter):
-        if chat_api.enabled:
-            answered_by = chat_api.describe()
-            replies = [chat_api.complete(list(m)) for m in messages]
-            predictions = [parse_true_false(reply) for reply in replies]
-        else:
-            answered_by = f"local:{engine.model_id}"
+    if chat_api.enabled:
+        method, answered_by, model_id = CHAT, chat_api.describe(), chat_api.model
+        replies = [[chat_api.complete(list(m)) for m in messages] for _ in range(config.repeats)]
+        predictions = [[parse_true_false(reply) for reply in repeat] for repeat in replies]
+        meter, engine_id = None, None
+    else:
+        method = CHAT if chat_llm.model != llm.model else BASE_CHAT_TEMPLATE
+        with chat_llm.metered() as (engine, meter):
             scores = engine.score([ScoreRequest(ChatPrompt(m), CHAT_CANDIDATES) for m in messages])
-            predictions = [predicted_label(t, f) for t, f in scores]
-            replies = ["True" if p else "False" for p in predictions]
-    by_claim = dict(zip(claims["claim_id"], zip(replies, predictions, strict=True), strict=True))
-    rows = []
-    for r in test.sort("variant", "country", "position").iter_rows(named=True):
-        reply, predicted = by_claim[r["claim_id"]]
-        rows.append(
-            {
-                "row_id": f"{r['variant']}/{r['claim_id']}",
-                "variant": r["variant"],
-                "country": r["country"],
-                "claim_id": r["claim_id"],
-                "answered_by": answered_by,
-                "reply": reply,
-                "predicted_label": predicted,
-                "label": r["label"],
-                "correct": None if predicted is None else predicted == r["label"],
-                "parse_failed": predicted is None,
-                "partition_key": r["country"],
-                "input_ids": [row_ref("opinions.goqa_splits", r["row_id"]), row_ref("opinions.goqa_claims", r["claim_id"])],
-            }
-        )
-    model_id = chat_api.model if chat_api.enabled else engine.model_id
+        answered_by, model_id, engine_id = f"local:{engine.model_id}", engine.model_id, engine.model_id
+        predictions = [[predicted_label(t, f) for t, f in scores]]
+        replies = [["True" if p else "False" for p in predictions[0]]]
+    rows = chat_rows(test, list(claims["claim_id"]), replies, predictions, method, answered_by)
     frame = result_frame(rows, CHAT_SCHEMA, Provenance(context.run.run_id, CHAT_VERSION, model_id=model_id, prompt_hash=CHAT_HASH))
     context.add_output_metadata(
         {
-            **engine_metadata(meter, engine.model_id),
+            **(engine_metadata(meter, engine_id) if meter else {}),
+            "method": method,
             "answered_by": answered_by,
+            "repeats": len(replies),
             "parse_failures": int(frame["parse_failed"].sum()),
         }
     )
     return frame
+
+
+def chat_rows(test: pl.DataFrame, claim_ids: list[str], replies: list[list[str]], predictions: list[list[int | None]],
+              method: str, answered_by: str) -> list[dict]:
+    """One row per (repeat, variant, test claim); replies and predictions are per repeat, in claim_ids order."""
+    rows = []
+    for repeat, (repeat_replies, repeat_predictions) in enumerate(zip(replies, predictions, strict=True)):
+        by_claim = dict(zip(claim_ids, zip(repeat_replies, repeat_predictions, strict=True), strict=True))
+        for r in test.sort("variant", "country", "position").iter_rows(named=True):
+            reply, predicted = by_claim[r["claim_id"]]
+            rows.append({
+                "row_id": f"{r['variant']}/r{repeat}/{r['claim_id']}", "variant": r["variant"], "country": r["country"],
+                "claim_id": r["claim_id"], "method": method, "repeat": repeat, "answered_by": answered_by,
+                "reply": reply, "predicted_label": predicted, "label": r["label"],
+                "correct": None if predicted is None else predicted == r["label"], "parse_failed": predicted is None,
+                "partition_key": r["country"],
+                "input_ids": [row_ref("opinions.goqa_splits", r["row_id"]), row_ref("opinions.goqa_claims", r["claim_id"])],
+            })
+    return rows

@@ -2,9 +2,11 @@
 
 A condition is one demonstration set: a method (gold, ICM or accuracy-matched
 random labels), a number of examples k and a repeat. Each repeat draws its own
-subset and order from one seeded generator; for a given (k, repeat) the three
-methods share the same claims in the same order and differ only in the labels.
-k = M (every ICM-labelled claim) gives the headline ICM and golden accuracies.
+questions and their order from one seeded generator, whole questions at a time
+(both labelled options of a question together, as upstream), up to k claims; for
+a given (k, repeat) the three methods share the same claims in the same order and
+differ only in the labels. k = M (every ICM-labelled claim) gives the headline ICM
+and golden accuracies. Accuracy statistics are in ``accuracy``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from persona_assets.elicitation.accuracy import question_of
 from persona_assets.elicitation.prompts import CANDIDATES, few_shot_prompt
 from resources.llm.engine import Engine, ScoreRequest
 
@@ -50,14 +53,30 @@ def example_counts(requested: Sequence[int], available: int) -> list[int]:
     return sorted({k for k in requested if 0 < k < available} | ({available} if available else set()))
 
 
+def draw_by_question(pool: Sequence[DemoClaim], k: int, rng: random.Random) -> list[DemoClaim]:
+    """Whole questions in a seeded order until k claims (a question that would pass k is skipped)."""
+    questions: dict[str, list[DemoClaim]] = {}
+    for claim in pool:
+        questions.setdefault(question_of(claim.claim_id), []).append(claim)
+    groups = list(questions.values())
+    rng.shuffle(groups)
+    subset: list[DemoClaim] = []
+    for group in groups:
+        if len(subset) + len(group) <= k:
+            subset += group
+        if len(subset) == k:
+            break
+    return subset
+
+
 def build_conditions(pool: Sequence[DemoClaim], ks: Sequence[int], repeats: int, seed: int) -> list[Condition]:
     rng = random.Random(seed)
     out = []
     for k in example_counts(ks, len(pool)):
         for repeat in range(repeats):
-            subset = rng.sample(list(pool), k)
+            subset = draw_by_question(pool, k, rng)
             wrong = sum(d.icm != d.gold for d in subset)
-            flipped = set(rng.sample(range(k), wrong))
+            flipped = set(rng.sample(range(len(subset)), wrong))
             labels = {
                 "gold": [d.gold for d in subset],
                 "icm": [d.icm for d in subset],
@@ -79,40 +98,11 @@ def condition_margins(engine: Engine, country: str, condition: Condition, tests:
     return [t - f for t, f in engine.score(requests, reuse_prefix=True)]
 
 
-@dataclass(frozen=True)
-class AccuracySummary:
-    mean: float
-    std: float
-    ci_low: float
-    ci_high: float
-    repeats: int
-    n_test: int
-
-
 def wilson_interval(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% binomial interval of an accuracy p measured on n test claims."""
+    """95% binomial interval of a rate p measured on n independent trials."""
     if n == 0:
         return 0.0, 1.0
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
     return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def summarize(accuracies: Sequence[float], n_test: int) -> AccuracySummary:
-    """Mean and sample standard deviation over repeats; the interval covers test sampling."""
-    mean = sum(accuracies) / len(accuracies)
-    std = (
-        math.sqrt(sum((a - mean) ** 2 for a in accuracies) / (len(accuracies) - 1)) if len(accuracies) > 1 else 0.0
-    )
-    low, high = wilson_interval(mean, n_test)
-    return AccuracySummary(mean, std, low, high, len(accuracies), n_test)
-
-
-def aggregate(parts: Sequence[AccuracySummary]) -> AccuracySummary:
-    """Across countries, weighted by test size."""
-    n = sum(p.n_test for p in parts)
-    mean = sum(p.mean * p.n_test for p in parts) / n
-    std = math.sqrt(sum((p.std**2) * p.n_test for p in parts) / n)
-    low, high = wilson_interval(mean, n)
-    return AccuracySummary(mean, std, low, high, min(p.repeats for p in parts), n)

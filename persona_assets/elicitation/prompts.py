@@ -64,7 +64,8 @@ CHAT_TEMPLATE = (
     "Consider cultural values and social norms, the political landscape, religious and moral attitudes, "
     "economic conditions and priorities, and demographic and generational differences.\n\n"
     'Question: "{question}"\nOpinion: "{option}"\n\n'
-    'Is this opinion the most popular response in {country}? Answer only with "True" or "False".'
+    'Is this opinion the most popular response in {country}? Answer only with "True" or "False".\n\n'
+    "Answer:"
 )
 CHAT_HASH = text_hash(CHAT_TEMPLATE)
 CHAT_CANDIDATES = ("True", "False")

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 METHOD_COLORS = {
     "zero_shot_base": "#9658ca",
     "zero_shot_chat": "#b366cc",
+    "zero_shot_base_chat_template": "#c9a8dc",
     "icm": "#58b6c0",
     "gold": "#e0b400",
     "random_matched": "#7a7a7a",
@@ -22,6 +23,7 @@ METHOD_COLORS = {
 METHOD_NAMES = {
     "zero_shot_base": "Zero-shot (base)",
     "zero_shot_chat": "Zero-shot (chat)",
+    "zero_shot_base_chat_template": "Zero-shot (base, chat template)",
     "icm": "ICM (unsupervised)",
     "gold": "Golden supervision",
     "random_matched": "Random labels (accuracy-matched)",
@@ -60,13 +62,14 @@ def accuracy_bars(title: str, bars: Sequence[Bar]) -> bytes:
     return _png(figure)
 
 
-def accuracy_curves(title: str, curves: dict[str, list[tuple[int, float, float]]]) -> bytes:
-    """Accuracy vs number of in-context examples; curves[method] = [(k, mean, std)]."""
+def accuracy_curves(title: str, curves: dict[str, list[tuple[int, float, float, float]]]) -> bytes:
+    """Accuracy vs number of in-context examples with 95% intervals; curves[method] = [(k, mean, low, high)]."""
     figure, axis = plt.subplots(figsize=(7, 4))
     for method, points in curves.items():
         points = sorted(points)
         axis.errorbar(
-            [p[0] for p in points], [100 * p[1] for p in points], yerr=[100 * p[2] for p in points],
+            [k for k, *_ in points], [100 * mean for _, mean, _, _ in points],
+            yerr=[[100 * (mean - low) for _, mean, low, _ in points], [100 * (high - mean) for _, mean, _, high in points]],
             marker="o", capsize=3, label=METHOD_NAMES.get(method, method), color=METHOD_COLORS.get(method),
         )
     axis.set_xlabel("Number of in-context examples")
