@@ -153,6 +153,23 @@ def command_review(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_world(args: argparse.Namespace) -> int:
+    """Write the planted-signal engine's worlds as a survey file (Hugging Face CSV format)."""
+    from benchmarks.survey_generator import SurveyQuestion, write_hf_csv
+    from resources.llm.simulated import WorldSpec, world_survey
+
+    try:
+        spec = WorldSpec.parse(args.settings)
+    except (ValueError, TypeError) as exc:
+        raise SettingsError(f"persona world --settings: {exc}") from exc
+    survey = [SurveyQuestion(q, options, selections) for q, options, selections in world_survey(spec)]
+    write_hf_csv(survey, args.file)
+    print(f"{args.file}: {len(survey)} questions in {spec.countries} countries of the planted-signal worlds {spec.label()}")
+    print(f"Run on it:  PERSONA_ENGINE=simulated PERSONA_MODEL='{args.settings}' PERSONA_GOQA_SOURCE={args.file} "
+          "persona run --select 'group:opinions or group:elicitation'")
+    return 0
+
+
 def command_ui(args: argparse.Namespace) -> int:
     settings = load_settings()
     prepare_instance(settings)
@@ -190,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     review.add_argument("--kind", choices=sorted(SOURCES), default="votes",
                         help="votes: motions' questions; traits: probe questions; monologues: monologue prompts")
     review.set_defaults(handler=command_review)
+    world = commands.add_parser("world", help="write the planted-signal engine's worlds as a survey file")
+    world.add_argument("file", type=Path, help="the survey file to write (Hugging Face CSV format)")
+    world.add_argument("--settings", default="countries=2", help="the worlds, as PERSONA_MODEL gives them to "
+                       "PERSONA_ENGINE=simulated, e.g. 'seed=3,countries=4,salience=1.5' (default: countries=2)")
+    world.set_defaults(handler=command_world)
     ui = commands.add_parser("ui", help="open the Dagster UI on this platform's instance")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)

@@ -114,6 +114,17 @@ def build_worlds(spec: WorldSpec) -> list[World]:
     return [build_world(spec, i) for i in range(spec.countries)]
 
 
+def world_survey(spec: WorldSpec, top_share: float = 0.7) -> list[tuple[str, tuple[str, str], dict[str, list[float]]]]:
+    """The survey the worlds stand for, as (question, options, {country: shares}): the gold option most chosen.
+    Read as a GlobalOpinionQA file, it makes exactly the worlds' claims, so the whole elicitation graph can run on it."""
+    survey = []
+    for world in build_worlds(spec):
+        for first, second in zip(world.claims[::2], world.claims[1::2], strict=True):
+            shares = [top_share, 1 - top_share] if first.gold else [1 - top_share, top_share]
+            survey.append((first.question, (first.option, second.option), {world.country: shares}))
+    return survey
+
+
 @dataclass
 class PlantedSignalEngine(Engine):
     spec: WorldSpec = field(default_factory=WorldSpec)
