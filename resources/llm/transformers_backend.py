@@ -11,6 +11,8 @@ to a JSON schema when a request carries one.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -299,6 +301,13 @@ class TransformersEngine(Engine):
                 results[i] = rows.gather(1, tokens[:, None]).squeeze(1).tolist()
         return results
 
+    @functools.cached_property
+    def _cache_argument(self) -> str:
+        """transformers 5.x renamed the key/value cache ``past_key_values`` -> ``cache`` (the old name warns on every
+        call); the range in pyproject admits both, so ask the model which it takes."""
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # under a PEFT wrapper
+        return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
     @torch.inference_mode()
     def _shared_prefix_logprobs(self, items: list[_Item]) -> list[list[float]]:
         from transformers import DynamicCache
@@ -316,10 +325,10 @@ class TransformersEngine(Engine):
             new_ids = item.ids[keep:]
             wanted = sorted({ctx - 1 - keep for ctx, _ in item.targets})
             out = self.model(
-                input_ids=torch.tensor([new_ids], device=self.device), past_key_values=cache, use_cache=True,
+                input_ids=torch.tensor([new_ids], device=self.device), **{self._cache_argument: cache}, use_cache=True,
                 logits_to_keep=torch.tensor(wanted, device=self.device),
             )
-            cache, cached = out.past_key_values, list(item.ids)
+            cache, cached = getattr(out, self._cache_argument), list(item.ids)
             self.usage.forward_passes += 1
             self.usage.tokens_computed += len(new_ids)
             self.usage.tokens_reused += keep
