@@ -75,3 +75,16 @@ def test_countries_by_name_with_spaces_accents_and_parentheses(survey, tmp_path)
     with duckdb.connect(str(tmp_path / "home" / "warehouse.duckdb"), read_only=True) as con:
         written = {r[0] for r in con.execute("SELECT DISTINCT country FROM opinions.goqa_survey").fetchall()}
     assert written == {"Côte d'Ivoire", "Congo (Kinshasa)"}
+
+
+def test_the_usable_rows_check_warns_and_counts_by_reason():
+    import polars as pl
+    from dagster import AssetCheckSeverity
+
+    from persona_assets.checks import survey_rows_usable
+
+    survey = pl.DataFrame({"usable": [True, False, False, False], "unusable_reason": [None, "tied", "no_answers", "tied"]})
+    result = survey_rows_usable(goqa_survey=survey)
+    assert not result.passed and result.severity == AssetCheckSeverity.WARN
+    assert result.metadata["unusable_by_reason"].value == {"no_answers": 1, "tied": 2}
+    assert survey_rows_usable(goqa_survey=survey.head(1)).passed
