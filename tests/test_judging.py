@@ -6,6 +6,7 @@ import re
 import polars as pl
 import pytest
 
+from persona_assets.judging.assets import judging_summary
 from persona_assets.judging.judge import compare_pairs, score_responses
 from persona_assets.judging.outcomes import AGENT_FIRST, BASELINE_FIRST, FAILED, INCONSISTENT, TIE, combine, win_rates, winner_of
 from persona_assets.judging.rubrics import ASPECTS, Item, MissingReferenceError, absolute_messages, pairwise_messages
@@ -13,6 +14,7 @@ from persona_assets.judging.tables import SUMMARY_SCHEMA, summary_rows
 from persona_assets.provenance import Provenance, result_frame
 from persona_assets.statistics import interval_method
 from resources.llm.engine import Engine
+from tests.conftest import materialize_report
 
 ITEM = Item("monologue/a/m/1", "monologue", None, "Interviewer: Why the pilot?", "I always start from the data.", "the monologue")
 
@@ -211,3 +213,17 @@ def test_summary_intervals_are_reproducible_from_the_seed_they_name():
     first, again, other = (summary_rows(judgments, comparisons, seed) for seed in (0, 0, 1))
     assert first == again
     assert {r["interval_method"] for r in other} == {interval_method("evaluation items", 1)}
+
+
+def test_the_summary_asset_reports_each_interval_beside_its_number(tmp_path):
+    judgments, comparisons = summary_inputs()
+    judgments = judgments.with_columns(failure=pl.lit(None, pl.String))
+    comparisons = comparisons.with_columns(failure_agent_first=pl.lit(None, pl.String),
+                                           failure_baseline_first=pl.lit(None, pl.String))
+    table, metadata = materialize_report(judging_summary, {("judging", "judgments"): judgments,
+                                                           ("judging", "pairwise_comparisons"): comparisons}, tmp_path)
+    assert table.height == 7 and set(SUMMARY_SCHEMA) <= set(table.columns)
+    assert metadata["interval_method"] == interval_method("evaluation items")
+    lines = metadata["win_rates"].splitlines()
+    assert "| a | monologue | all | 6 | 24 |" in next(line for line in lines if "| a | monologue | all |" in line)
+    assert "| 0 [no interval] |" in next(line for line in lines if "| a | trait | all |" in line)  # one tied item

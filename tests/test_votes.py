@@ -7,8 +7,10 @@ from persona_assets.agents.transcripts import alias_table
 from persona_assets.settings import SAMPLE_BOARD_DIR
 from persona_assets.provenance import Provenance, result_frame, row_ref
 from persona_assets.statistics import interval_method
+from persona_assets.votes.assets import vote_metrics_summary
 from persona_assets.votes.prediction import METRIC_SCHEMA, UNKNOWN, metric_rows, parse_final_vote, vote_metrics
 from persona_assets.votes.records import VoteRecordError, formal_question, read_votes, resolve_votes, split_names
+from tests.conftest import materialize_report
 
 
 @pytest.mark.parametrize(
@@ -123,7 +125,8 @@ def test_degenerate_vote_metrics_have_null_intervals():
     assert all_right.accuracy == 1.0 and all_right.accuracy_low is None
 
 
-def test_the_summary_has_a_row_per_method_and_scope_with_intervals_and_n():
+def predictions():
+    """Two agents on 8 motions; scoring always says Aye, generation is right on odd motions and Unknown on even ones."""
     rows = []
     for motion in range(8):
         truth = "Aye" if motion % 3 else "Naye"
@@ -131,6 +134,11 @@ def test_the_summary_has_a_row_per_method_and_scope_with_intervals_and_n():
             for method, predicted in (("score", "Aye"), ("generate", truth if motion % 2 else UNKNOWN)):
                 rows.append({"row_id": f"{method}/m{motion}/{agent}", "agent": agent, "motion_id": f"m{motion}",
                              "method": method, "truth": truth, "predicted": predicted})
+    return rows
+
+
+def test_the_summary_has_a_row_per_method_and_scope_with_intervals_and_n():
+    rows = predictions()
     summary = metric_rows(pl.DataFrame(rows))
     frame = result_frame(summary, METRIC_SCHEMA, Provenance("run", "v"))  # every column in the schema, of its type
     assert set(METRIC_SCHEMA) <= set(summary[0])
@@ -145,6 +153,17 @@ def test_the_summary_has_a_row_per_method_and_scope_with_intervals_and_n():
     assert overall["interval_method"] == interval_method("motions")
     assert sorted(overall["input_ids"]) == sorted(row_ref("votes.vote_predictions", r["row_id"]) for r in rows
                                                   if r["method"] == "generate")
+
+
+def test_the_summary_asset_shows_each_metric_beside_the_majority_baseline(tmp_path):
+    table, metadata = materialize_report(vote_metrics_summary, {("votes", "vote_predictions"): pl.DataFrame(predictions())},
+                                         tmp_path)
+    assert table.height == 6 and set(METRIC_SCHEMA) <= set(table.columns)
+    assert metadata["interval_method"] == interval_method("motions")
+    header, _, *lines = metadata["metrics"].splitlines()
+    assert "| accuracy | balanced | macro-F1 | majority | majority class |" in header
+    score = next(line for line in lines if line.startswith("| score | overall |"))
+    assert score.startswith("| score | overall | 16 | 8 | 0.62 [") and "| Aye |" in score  # always Aye: the baseline
 
 
 @pytest.mark.slow
