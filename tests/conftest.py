@@ -164,3 +164,24 @@ def ui(tmp_path):
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
+
+
+def materialize_report(report, inputs: dict[tuple[str, ...], object], artifacts_dir: Path) -> tuple[object, dict]:
+    """A report asset materialized by Dagster on prepared upstream tables (no upstream run): its table and metadata."""
+    from dagster import AssetSpec, IOManager, materialize
+
+    from resources.artifacts import ArtifactStore
+
+    outputs = {}
+
+    class Prepared(IOManager):
+        def handle_output(self, context, obj):
+            outputs["table"] = obj
+
+        def load_input(self, context):
+            return inputs[tuple(context.asset_key.path)]
+
+    result = materialize([AssetSpec(list(key)) for key in inputs] + [report], selection=[report],
+                         resources={"io_manager": Prepared(), "artifacts": ArtifactStore(root=str(artifacts_dir))})
+    (event,) = result.get_asset_materialization_events()
+    return outputs["table"], {key: value.value for key, value in event.materialization.metadata.items()}

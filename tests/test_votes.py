@@ -1,11 +1,16 @@
 import duckdb
+import polars as pl
 import pytest
 
 from partitions import AGENTS
 from persona_assets.agents.transcripts import alias_table
 from persona_assets.settings import SAMPLE_BOARD_DIR
-from persona_assets.votes.prediction import UNKNOWN, parse_final_vote, vote_metrics
+from persona_assets.provenance import Provenance, result_frame, row_ref
+from persona_assets.statistics import interval_method
+from persona_assets.votes.assets import vote_metrics_summary
+from persona_assets.votes.prediction import METRIC_SCHEMA, UNKNOWN, metric_rows, parse_final_vote, vote_metrics
 from persona_assets.votes.records import VoteRecordError, formal_question, read_votes, resolve_votes, split_names
+from tests.conftest import materialize_report
 
 
 @pytest.mark.parametrize(
@@ -79,13 +84,86 @@ def test_formal_question():
 
 def test_metrics_against_the_majority_baseline():
     truth = ["Aye"] * 7 + ["Naye"] * 3
-    always_aye = vote_metrics(truth, ["Aye"] * 10)
+    motions = [f"m{i}" for i in range(10)]
+    always_aye = vote_metrics(truth, ["Aye"] * 10, motions)
     assert always_aye.accuracy == pytest.approx(0.7) and always_aye.majority_baseline == pytest.approx(0.7)
     assert always_aye.balanced_accuracy == pytest.approx(0.5)
     assert always_aye.macro_f1 == pytest.approx((2 * 0.7 / 1.7 + 0) / 2)
-    with_unknowns = vote_metrics(truth, ["Aye"] * 5 + [UNKNOWN] * 2 + ["Naye"] * 3)
+    # the majority predictor is the baseline: the same number with the same interval, side by side
+    assert (always_aye.accuracy_low, always_aye.accuracy_high) == (always_aye.majority_baseline_low,
+                                                                   always_aye.majority_baseline_high)
+    assert always_aye.accuracy_low < 0.7 < always_aye.accuracy_high
+    assert always_aye.balanced_accuracy_low is None  # 0.5 whichever motion is left out: BCa is undefined
+    with_unknowns = vote_metrics(truth, ["Aye"] * 5 + [UNKNOWN] * 2 + ["Naye"] * 3, motions)
     assert with_unknowns.unknown_rate == pytest.approx(0.2) and with_unknowns.accuracy == pytest.approx(0.8)
     assert with_unknowns.balanced_accuracy == pytest.approx((5 / 7 + 1) / 2)
+    assert with_unknowns.macro_f1 == pytest.approx((2 * 5 / 12 + 2 * 3 / 6) / 2)
+    for name in ("accuracy", "balanced_accuracy", "macro_f1", "majority_baseline"):
+        low, value, high = (getattr(with_unknowns, f"{name}{s}") for s in ("_low", "", "_high"))
+        assert low <= value <= high, name
+    assert (with_unknowns.n, with_unknowns.motions, with_unknowns.majority_class) == (10, 10, "Aye")
+
+
+def test_votes_on_one_motion_are_resampled_together():
+    """Three members who vote alike on every motion, predicted alike: one motion's evidence, not three votes'."""
+    truth = [v for v in ["Aye", "Naye", "Aye", "Aye", "Naye", "Aye", "Naye", "Aye", "Aye", "Naye"] for _ in range(3)]
+    predicted = [v for v in ["Aye", "Aye", "Aye", "Naye", "Naye", "Aye", "Aye", "Aye", "Naye", "Naye"] for _ in range(3)]
+    by_motion = vote_metrics(truth, predicted, [f"m{i // 3}" for i in range(30)])
+    by_vote = vote_metrics(truth, predicted, [f"m{i}" for i in range(30)])
+    assert by_motion.accuracy == by_vote.accuracy == pytest.approx(0.6) and (by_motion.motions, by_vote.motions) == (10, 30)
+    for name in ("accuracy", "balanced_accuracy", "macro_f1", "majority_baseline"):
+        widths = [getattr(m, f"{name}_high") - getattr(m, f"{name}_low") for m in (by_motion, by_vote)]
+        assert widths[0] > 1.3 * widths[1], name
+
+
+def test_degenerate_vote_metrics_have_null_intervals():
+    empty = vote_metrics([], [], [])
+    assert (empty.n, empty.accuracy, empty.accuracy_low, empty.unknown_rate, empty.majority_class) == (0, None, None, None, "")
+    one_motion = vote_metrics(["Aye", "Aye", "Naye"], ["Aye", "Naye", "Naye"], ["m", "m", "m"])
+    assert one_motion.accuracy == pytest.approx(2 / 3) and one_motion.motions == 1 and one_motion.accuracy_high is None
+    all_right = vote_metrics(["Aye", "Naye", "Aye"], ["Aye", "Naye", "Aye"], ["m1", "m2", "m3"])
+    assert all_right.accuracy == 1.0 and all_right.accuracy_low is None
+
+
+def predictions():
+    """Two agents on 8 motions; scoring always says Aye, generation is right on odd motions and Unknown on even ones."""
+    rows = []
+    for motion in range(8):
+        truth = "Aye" if motion % 3 else "Naye"
+        for agent in ("annikabrandt", "marisolvega"):
+            for method, predicted in (("score", "Aye"), ("generate", truth if motion % 2 else UNKNOWN)):
+                rows.append({"row_id": f"{method}/m{motion}/{agent}", "agent": agent, "motion_id": f"m{motion}",
+                             "method": method, "truth": truth, "predicted": predicted})
+    return rows
+
+
+def test_the_summary_has_a_row_per_method_and_scope_with_intervals_and_n():
+    rows = predictions()
+    summary = metric_rows(pl.DataFrame(rows))
+    frame = result_frame(summary, METRIC_SCHEMA, Provenance("run", "v"))  # every column in the schema, of its type
+    assert set(METRIC_SCHEMA) <= set(summary[0])
+    assert frame.select("method", "scope", "n", "motions").rows() == [
+        (method, scope, n, 8) for method in ("generate", "score")
+        for scope, n in (("annikabrandt", 8), ("marisolvega", 8), ("overall", 16))]
+    overall = frame.filter((pl.col("method") == "generate") & (pl.col("scope") == "overall")).row(0, named=True)
+    assert overall["accuracy"] == pytest.approx(0.5) and overall["unknown_rate"] == pytest.approx(0.5)
+    assert overall["accuracy_low"] < 0.5 < overall["accuracy_high"]
+    assert overall["majority_class"] == "Aye" and overall["majority_baseline"] == pytest.approx(5 / 8)
+    assert overall["majority_baseline_low"] < 5 / 8 < overall["majority_baseline_high"]
+    assert overall["interval_method"] == interval_method("motions")
+    assert sorted(overall["input_ids"]) == sorted(row_ref("votes.vote_predictions", r["row_id"]) for r in rows
+                                                  if r["method"] == "generate")
+
+
+def test_the_summary_asset_shows_each_metric_beside_the_majority_baseline(tmp_path):
+    table, metadata = materialize_report(vote_metrics_summary, {("votes", "vote_predictions"): pl.DataFrame(predictions())},
+                                         tmp_path)
+    assert table.height == 6 and set(METRIC_SCHEMA) <= set(table.columns)
+    assert metadata["interval_method"] == interval_method("motions")
+    header, _, *lines = metadata["metrics"].splitlines()
+    assert "| accuracy | balanced | macro-F1 | majority | majority class |" in header
+    score = next(line for line in lines if line.startswith("| score | overall |"))
+    assert score.startswith("| score | overall | 16 | 8 | 0.62 [") and "| Aye |" in score  # always Aye: the baseline
 
 
 @pytest.mark.slow

@@ -42,6 +42,7 @@ from persona_assets.judging.tables import (
 from persona_assets.provenance import Provenance, result_frame
 from persona_assets.reports.plots import inline, score_violins, win_rate_bars
 from persona_assets.settings import load_settings
+from persona_assets.statistics import interval_method, shown
 from resources.artifacts import ArtifactStore
 from resources.llm import LLMResource
 
@@ -123,15 +124,19 @@ def pairwise_failure_rate(pairwise_comparisons: pl.DataFrame) -> AssetCheckResul
     return _check_failure_rate(pairwise_comparisons, COMPARISON_FAILURES)
 
 
+SUMMARY_VERSION = "judging-summary-2"
+
+
 @asset(key_prefix=GROUP, group_name="reports", owners=OWNERS, kinds=TABLE_KINDS | {"matplotlib"}, pool=WAREHOUSE_POOL,
-       code_version="judging-summary-1",
+       code_version=SUMMARY_VERSION,
        ins={"judgments": AssetIn(key=[GROUP, "judgments"]), "pairwise_comparisons": AssetIn(key=[GROUP, "pairwise_comparisons"])})
 def judging_summary(context: AssetExecutionContext, artifacts: ArtifactStore, judgments: pl.DataFrame,
                     pairwise_comparisons: pl.DataFrame) -> pl.DataFrame:
-    """Win rates of agent over baseline with Wilson 95% intervals (order-consistent and raw) per agent, task and
-    sampling setting; mean judge scores of both systems over all samples; score violins and judge failure rates."""
+    """Win rates of agent over baseline (order-consistent and raw), mean judge scores of both systems and their
+    paired difference, per agent, task and sampling setting, each with its n and a 95% BCa cluster-bootstrap
+    interval over evaluation items (null where undefined); score violins and judge failure rates."""
     frame = result_frame(summary_rows(judgments, pairwise_comparisons), SUMMARY_SCHEMA,
-                         Provenance(context.run.run_id, "judging-summary-1"))
+                         Provenance(context.run.run_id, SUMMARY_VERSION))
     violins = score_violins("Judge scores, every sample (no best-of-n)", score_groups(judgments))
     per_agent = frame.filter(pl.col("scope") == "agent x task")
     bars = win_rate_bars("Agent vs persona baseline, order-consistent wins",
@@ -145,15 +150,18 @@ def judging_summary(context: AssetExecutionContext, artifacts: ArtifactStore, ju
                      ["judging.pairwise_comparisons", pairwise_comparisons.height,
                       failure_rate(pairwise_comparisons, COMPARISON_FAILURES)[1]]]
 
-    def pct(rate, low, high):
-        return "n/a" if rate != rate else f"{100 * rate:.0f}% [{100 * low:.0f}, {100 * high:.0f}]"
-
+    rows = frame.iter_rows(named=True)
     context.add_output_metadata({
         "win_rates": markdown_table(
-            ["agent", "task", "setting", "pairs", "agent", "baseline", "tie", "inconsistent", "failed", "consistent win", "raw win"],
-            [[r["agent"], r["task"], r["setting"], r["pairs"], r["agent_wins"], r["baseline_wins"], r["ties"], r["inconsistent"],
-              r["failed"], pct(r["consistent_rate"], r["consistent_low"], r["consistent_high"]),
-              pct(r["raw_rate"], r["raw_low"], r["raw_high"])] for r in frame.iter_rows(named=True)]),
+            ["agent", "task", "setting", "items", "pairs", "agent", "baseline", "tie", "inconsistent", "failed",
+             "consistent win %", "raw win %", "score pairs", "agent score", "baseline score", "agent - baseline"],
+            [[r["agent"], r["task"], r["setting"], r["items"], r["pairs"], r["agent_wins"], r["baseline_wins"], r["ties"],
+              r["inconsistent"], r["failed"], shown(r["consistent_rate"], r["consistent_low"], r["consistent_high"], 100, 0),
+              shown(r["raw_rate"], r["raw_low"], r["raw_high"], 100, 0), r["score_pairs"],
+              shown(r["agent_mean_score"], r["agent_score_low"], r["agent_score_high"]),
+              shown(r["baseline_mean_score"], r["baseline_score_low"], r["baseline_score_high"]),
+              shown(r["score_difference"], r["score_difference_low"], r["score_difference_high"])] for r in rows]),
+        "interval_method": interval_method("evaluation items"),
         "judge_failure_rates": markdown_table(["table", "rows", "failure rate"], [[t, n, f"{rate:.3f}"] for t, n, rate in failure_rates]),
         "plots": MetadataValue.md("\n\n".join(plots)),
     })

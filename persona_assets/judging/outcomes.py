@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from persona_assets.elicitation.evaluation import wilson_interval
 from persona_assets.responses.tasks import AGENT, BASELINE
+from persona_assets.statistics import SEED, ratio_interval
 
 TIE, INCONSISTENT, FAILED = "tie", "inconsistent", "failed"
 AGENT_FIRST, BASELINE_FIRST = "agent_first", "baseline_first"
@@ -47,6 +47,7 @@ def combine(agent_first: str | None, baseline_first: str | None) -> str:
 @dataclass(frozen=True)
 class WinRates:
     pairs: int
+    items: int  # evaluation items the pairs come from: the resampling unit of the intervals
     judged: int  # pairs whose two orders both parsed
     agent_wins: int  # order-consistent
     baseline_wins: int
@@ -55,25 +56,28 @@ class WinRates:
     failed: int
     raw_agent_wins: int  # over single-order verdicts
     raw_verdicts: int
-    consistent_rate: float
-    consistent_low: float
-    consistent_high: float
-    raw_rate: float
-    raw_low: float
-    raw_high: float
+    consistent_rate: float | None
+    consistent_low: float | None
+    consistent_high: float | None
+    raw_rate: float | None
+    raw_low: float | None
+    raw_high: float | None
 
 
-def win_rates(outcomes: Sequence[str], verdicts: Sequence[str | None]) -> WinRates:
-    """``outcomes``: one per pair; ``verdicts``: every single-order verdict (None where it failed).
+def win_rates(items: Sequence[str], outcomes: Sequence[str], agent_first: Sequence[str | None],
+              baseline_first: Sequence[str | None], seed: int = SEED) -> WinRates:
+    """One entry per pair in each sequence: its evaluation item, its outcome and its two single-order verdicts
+    (None where the reply failed).
 
-    The consistent rate is agent wins over pairs judged in both orders (ties and inconsistent pairs count as
-    not won); the raw rate is agent verdicts over parsed single-order verdicts. Both with Wilson 95% intervals."""
-    judged = sum(o != FAILED for o in outcomes)
-    agent_wins = outcomes.count(AGENT)
-    parsed = [v for v in verdicts if v is not None]
-    raw_wins = parsed.count(AGENT)
-    consistent = agent_wins / judged if judged else float("nan")
-    raw = raw_wins / len(parsed) if parsed else float("nan")
-    return WinRates(len(outcomes), judged, agent_wins, outcomes.count(BASELINE), outcomes.count(TIE),
-                    outcomes.count(INCONSISTENT), outcomes.count(FAILED), raw_wins, len(parsed),
-                    consistent, *wilson_interval(consistent, judged), raw, *wilson_interval(raw, len(parsed)))
+    The consistent rate is agent wins over pairs judged in both orders (ties and inconsistent pairs count as not
+    won); the raw rate is agent verdicts over parsed single-order verdicts. Both are pooled over pairs, with 95%
+    intervals from a cluster bootstrap over items: the samples and settings of one item answer the same prompt, so
+    they are not independent evidence (see persona_assets.statistics). None where undefined."""
+    consistent = ratio_interval(items, [o == AGENT for o in outcomes], [o != FAILED for o in outcomes], seed)
+    raw = ratio_interval(items, [(a == AGENT) + (b == AGENT) for a, b in zip(agent_first, baseline_first, strict=True)],
+                         [(a is not None) + (b is not None) for a, b in zip(agent_first, baseline_first, strict=True)], seed)
+    parsed = [v for v in (*agent_first, *baseline_first) if v is not None]
+    return WinRates(len(outcomes), len(set(items)), sum(o != FAILED for o in outcomes), outcomes.count(AGENT),
+                    outcomes.count(BASELINE), outcomes.count(TIE), outcomes.count(INCONSISTENT), outcomes.count(FAILED),
+                    parsed.count(AGENT), len(parsed), consistent.estimate, consistent.low, consistent.high,
+                    raw.estimate, raw.low, raw.high)

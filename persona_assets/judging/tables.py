@@ -10,6 +10,7 @@ from persona_assets.judging.outcomes import combine, flatten, win_rates
 from persona_assets.judging.rubrics import Aspect, Item
 from persona_assets.provenance import row_ref
 from persona_assets.responses.tasks import AGENT, BASELINE
+from persona_assets.statistics import SEED, interval_method, mean_interval
 from persona_assets.structured_output import Parsed
 
 ITEMS, RESPONSES = "responses.evaluation_items", "responses.task_responses"
@@ -58,11 +59,34 @@ def comparison_row(item: Item, agent_response: dict, baseline_response: dict, ve
                           row_ref(ITEMS, a["item_id"])]}
 
 
-SUMMARY_SCHEMA = {"scope": pl.String, "agent": pl.String, "task": pl.String, "setting": pl.String, "pairs": pl.Int64,
-                  "judged": pl.Int64, "agent_wins": pl.Int64, "baseline_wins": pl.Int64, "ties": pl.Int64,
+SUMMARY_SCHEMA = {"scope": pl.String, "agent": pl.String, "task": pl.String, "setting": pl.String, "items": pl.Int64,
+                  "pairs": pl.Int64, "judged": pl.Int64, "agent_wins": pl.Int64, "baseline_wins": pl.Int64, "ties": pl.Int64,
                   "inconsistent": pl.Int64, "failed": pl.Int64, "consistent_rate": pl.Float64, "consistent_low": pl.Float64,
-                  "consistent_high": pl.Float64, "raw_rate": pl.Float64, "raw_low": pl.Float64, "raw_high": pl.Float64,
-                  "agent_mean_score": pl.Float64, "baseline_mean_score": pl.Float64}
+                  "consistent_high": pl.Float64, "raw_verdicts": pl.Int64, "raw_rate": pl.Float64, "raw_low": pl.Float64,
+                  "raw_high": pl.Float64, "agent_scores": pl.Int64, "agent_mean_score": pl.Float64,
+                  "agent_score_low": pl.Float64, "agent_score_high": pl.Float64, "baseline_scores": pl.Int64,
+                  "baseline_mean_score": pl.Float64, "baseline_score_low": pl.Float64, "baseline_score_high": pl.Float64,
+                  "score_pairs": pl.Int64, "score_difference": pl.Float64, "score_difference_low": pl.Float64,
+                  "score_difference_high": pl.Float64, "interval_method": pl.String}
+PAIRED_SCORE = ["item_id", "setting", "sample", "aspect"]  # the agent's and the baseline's judgment of the same sample
+
+
+def score_means(scored: pl.DataFrame, seed: int = SEED) -> dict:
+    """Mean judge score of each system over its scored judgments, and the mean paired difference agent - baseline
+    over (item, setting, sample, aspect) that both systems have a score for; counts and cluster-bootstrap intervals
+    over items (the aspects, samples and settings of one item are judgments of answers to the same prompt)."""
+    columns = {}
+    for system in (AGENT, BASELINE):
+        rows = scored.filter(pl.col("system") == system)
+        mean = mean_interval(rows["item_id"].to_list(), rows["score"].to_list(), seed)
+        columns |= {f"{system}_scores": rows.height, f"{system}_mean_score": mean.estimate,
+                    f"{system}_score_low": mean.low, f"{system}_score_high": mean.high}
+    paired = (scored.filter(pl.col("system") == AGENT).select(*PAIRED_SCORE, pl.col("score").alias("agent_score"))
+              .join(scored.filter(pl.col("system") == BASELINE).select(*PAIRED_SCORE, pl.col("score").alias("baseline_score")),
+                    on=PAIRED_SCORE))
+    difference = mean_interval(paired["item_id"].to_list(), (paired["agent_score"] - paired["baseline_score"]).to_list(), seed)
+    return columns | {"score_pairs": paired.height, "score_difference": difference.estimate,
+                      "score_difference_low": difference.low, "score_difference_high": difference.high}
 
 
 def _scopes(frame: pl.DataFrame) -> list[tuple[str, str, str, str, pl.Expr]]:
@@ -78,19 +102,19 @@ def _scopes(frame: pl.DataFrame) -> list[tuple[str, str, str, str, pl.Expr]]:
     return scopes
 
 
-def summary_rows(judgments: pl.DataFrame, comparisons: pl.DataFrame) -> list[dict]:
-    """Per scope: pair outcomes, consistent and raw agent win rates with Wilson intervals, both systems' mean scores."""
+def summary_rows(judgments: pl.DataFrame, comparisons: pl.DataFrame, seed: int = SEED) -> list[dict]:
+    """Per scope: pair outcomes, consistent and raw agent win rates, both systems' mean scores and their paired
+    difference, each with its n and a 95% cluster-bootstrap interval over evaluation items."""
     rows = []
     scored = judgments.filter(pl.col("score").is_not_null())
     for scope, agent, task, setting, where in _scopes(comparisons):
         pairs = comparisons.filter(where)
-        rates = win_rates(pairs["outcome"].to_list(),
-                          pairs["verdict_agent_first"].to_list() + pairs["verdict_baseline_first"].to_list())
-        scores = scored.filter(where)
-        mean = {s: scores.filter(pl.col("system") == s)["score"].mean() for s in (AGENT, BASELINE)}
+        rates = win_rates(pairs["item_id"].to_list(), pairs["outcome"].to_list(), pairs["verdict_agent_first"].to_list(),
+                          pairs["verdict_baseline_first"].to_list(), seed)
         rows.append({"row_id": f"{agent}/{task}/{setting}", "scope": scope, "agent": agent, "task": task, "setting": setting,
-                     **{k: v for k, v in vars(rates).items() if k not in ("raw_agent_wins", "raw_verdicts")},
-                     "agent_mean_score": mean[AGENT], "baseline_mean_score": mean[BASELINE], "partition_key": None,
+                     **{k: v for k, v in vars(rates).items() if k != "raw_agent_wins"},
+                     **score_means(scored.filter(where), seed),
+                     "interval_method": interval_method("evaluation items", seed), "partition_key": None,
                      "input_ids": [row_ref("judging.pairwise_comparisons", i) for i in pairs["row_id"]]})
     return rows
 

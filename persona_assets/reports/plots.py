@@ -167,11 +167,12 @@ def score_violins(title: str, groups: Sequence[tuple[str, Sequence[float], Seque
     return _png(figure)
 
 
-def win_rate_bars(title: str, labels: Sequence[str], rates: Sequence[tuple[float, float, float]]) -> bytes:
-    """Order-consistent agent win rate per group with its Wilson 95% interval; 50% marked."""
+def win_rate_bars(title: str, labels: Sequence[str], rates: Sequence[tuple[float | None, float | None, float | None]]) -> bytes:
+    """Order-consistent agent win rate per group with its 95% interval (no bar or whisker where it is null); 50% marked."""
     figure, axis = plt.subplots(figsize=(max(6, 0.9 * len(labels)), 4))
-    means = [100 * (r[0] if r[0] == r[0] else 0.0) for r in rates]
-    errors = [[max(0.0, m - 100 * r[1]) for m, r in zip(means, rates)], [max(0.0, 100 * r[2] - m) for m, r in zip(means, rates)]]
+    means = [100 * (r[0] if r[0] is not None and r[0] == r[0] else 0.0) for r in rates]
+    errors = [[0.0 if r[1] is None else max(0.0, m - 100 * r[1]) for m, r in zip(means, rates)],
+              [0.0 if r[2] is None else max(0.0, 100 * r[2] - m) for m, r in zip(means, rates)]]
     axis.bar(range(len(labels)), means, yerr=errors, capsize=4, color="#58b6c0")
     axis.axhline(50, color="#888", linestyle="--", linewidth=1)
     axis.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)

@@ -32,17 +32,19 @@ from persona_assets.reports.plots import confusion_matrix, inline
 from persona_assets.votes.prediction import (
     ANSWER_PREFIX,
     LABELS,
+    METRIC_SCHEMA,
     SCORE_CANDIDATES,
     UNKNOWN,
     VOTE_HASH,
+    metric_rows,
     parse_final_vote,
     vote_messages,
-    vote_metrics,
 )
 from persona_assets.votes.records import Motion, formal_question, read_votes, resolve_votes
 from resources.artifacts import ArtifactStore
 from resources.llm import ChatPrompt, GenerateRequest, LLMResource, ScoreRequest
 from persona_assets.review import REVIEW_TABLE, reviewed
+from persona_assets.statistics import interval_method, shown
 from resources.sources import BoardSource
 from resources.warehouse import WarehouseResource
 
@@ -158,33 +160,35 @@ def vote_predictions(
     return frame
 
 
-METRIC_SCHEMA = {"method": pl.String, "scope": pl.String, "n": pl.Int64, "accuracy": pl.Float64,
-                 "balanced_accuracy": pl.Float64, "macro_f1": pl.Float64, "unknown_rate": pl.Float64,
-                 "majority_baseline": pl.Float64, "majority_class": pl.String}
+METRICS_VERSION = "vote-metrics-2"
 
 
-@asset(key_prefix=GROUP, group_name="reports", owners=OWNERS, kinds=TABLE_KINDS | {"matplotlib"}, pool=WAREHOUSE_POOL, code_version=VERSION,
-       ins={"vote_predictions": AssetIn(key=[GROUP, "vote_predictions"])})
+@asset(key_prefix=GROUP, group_name="reports", owners=OWNERS, kinds=TABLE_KINDS | {"matplotlib"}, pool=WAREHOUSE_POOL,
+       code_version=METRICS_VERSION, ins={"vote_predictions": AssetIn(key=[GROUP, "vote_predictions"])})
 def vote_metrics_summary(context: AssetExecutionContext, artifacts: ArtifactStore, vote_predictions: pl.DataFrame) -> pl.DataFrame:
-    """Accuracy, balanced accuracy, macro-F1, Unknown rate and the majority-class baseline per method,
-    per agent and overall, with confusion matrices."""
-    rows, sections = [], []
+    """Accuracy, balanced accuracy, macro-F1 and, beside them, the majority-class baseline, each with a 95% BCa
+    cluster-bootstrap interval over motions (null where undefined), the Unknown rate, n votes and motions, per
+    method, per agent and overall, with confusion matrices."""
+    rows, sections = metric_rows(vote_predictions), []
     for method in sorted(vote_predictions["method"].unique()):
         part = vote_predictions.filter(pl.col("method") == method)
-        scopes = [(a, part.filter(pl.col("agent") == a)) for a in sorted(part["agent"].unique())] + [("overall", part)]
-        for scope, data in scopes:
-            m = vote_metrics(data["truth"].to_list(), data["predicted"].to_list())
-            rows.append({"row_id": f"{method}/{scope}", "method": method, "scope": scope, **m.__dict__, "partition_key": None,
-                         "input_ids": [row_ref("votes.vote_predictions", i) for i in data["row_id"]]})
         png = confusion_matrix(f"Vote prediction ({method})", part["truth"].to_list(), part["predicted"].to_list(),
                                list(LABELS), [*LABELS, UNKNOWN])
         path, sha = artifacts.write(png, "plots", "votes", f"confusion-{method}.png")
         sections.append(f"### {method}\n`{path}` sha256 {sha[:12]}\n\n{inline(png, method)}")
-    frame = result_frame(rows, METRIC_SCHEMA, Provenance(context.run.run_id, VERSION))
+    frame = result_frame(rows, METRIC_SCHEMA, Provenance(context.run.run_id, METRICS_VERSION))
+
+    def metric(r, name):
+        return shown(r[name], r[f"{name}_low"], r[f"{name}_high"])
+
     context.add_output_metadata({
-        "metrics": markdown_table(["method", "scope", "n", "accuracy", "balanced", "macro-F1", "unknown", "majority"],
-                                  [[r["method"], r["scope"], r["n"], f"{r['accuracy']:.2f}", f"{r['balanced_accuracy']:.2f}",
-                                    f"{r['macro_f1']:.2f}", f"{r['unknown_rate']:.2f}", f"{r['majority_baseline']:.2f}"] for r in rows]),
+        "metrics": markdown_table(["method", "scope", "n", "motions", "accuracy", "balanced", "macro-F1", "majority",
+                                   "majority class", "unknown"],
+                                  [[r["method"], r["scope"], r["n"], r["motions"], metric(r, "accuracy"),
+                                    metric(r, "balanced_accuracy"), metric(r, "macro_f1"), metric(r, "majority_baseline"),
+                                    r["majority_class"], "n/a" if r["unknown_rate"] is None else f"{r['unknown_rate']:.2f}"]
+                                   for r in rows]),
+        "interval_method": interval_method("motions"),
         "confusion_matrices": MetadataValue.md("\n\n".join(sections)),
     })
     return frame

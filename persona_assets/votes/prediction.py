@@ -6,7 +6,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from persona_assets.provenance import text_hash
+import numpy as np
+import polars as pl
+
+from persona_assets.provenance import row_ref, text_hash
+from persona_assets.statistics import SEED, cluster_bootstrap, cluster_totals, interval_method
 from persona_assets.votes.records import AYE, NAYE
 
 UNKNOWN = "Unknown"
@@ -34,40 +38,120 @@ def parse_final_vote(text: str) -> str:
     return {"aye": AYE, "naye": NAYE}[matches[-1].lower()] if matches else UNKNOWN
 
 
+PREDICTED = (*LABELS, UNKNOWN)
+
+
+def confusion_rows(truth: Sequence[str], predicted: Sequence[str]) -> np.ndarray:
+    """One row per vote: a one-hot cell of the (recorded label x predicted label or Unknown) confusion matrix,
+    flattened, so that summing rows over any set of votes gives that set's confusion matrix."""
+    cells = np.zeros((len(truth), len(LABELS) * len(PREDICTED)))
+    for row, (t, p) in enumerate(zip(truth, predicted, strict=True)):
+        cells[row, LABELS.index(t) * len(PREDICTED) + PREDICTED.index(p)] = 1.0
+    return cells
+
+
+# The metrics below map confusion counts (..., cells) to values (...): the bootstrap evaluates many resamples at once.
+
+
+def _matrix(counts: np.ndarray) -> np.ndarray:
+    counts = np.asarray(counts, dtype=float)
+    return counts.reshape(*counts.shape[:-1], len(LABELS), len(PREDICTED))
+
+
+def accuracy(counts: np.ndarray) -> np.ndarray:
+    matrix = _matrix(counts)
+    return np.einsum("...ii->...", matrix[..., : len(LABELS)]) / matrix.sum(axis=(-2, -1))
+
+
+def _per_label(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(recorded votes, predictions, hits) per label; Unknown is never a hit."""
+    matrix = _matrix(counts)
+    return matrix.sum(axis=-1), matrix[..., : len(LABELS)].sum(axis=-2), np.einsum("...ii->...i", matrix[..., : len(LABELS)])
+
+
+def _mean_over_recorded(values: np.ndarray, recorded: np.ndarray) -> np.ndarray:
+    """A label nobody voted has no recall: balanced accuracy and macro-F1 average over the labels that occur."""
+    present = recorded > 0
+    return np.where(present, values, 0.0).sum(axis=-1) / present.sum(axis=-1)
+
+
+def balanced_accuracy(counts: np.ndarray) -> np.ndarray:
+    recorded, _, hits = _per_label(counts)
+    return _mean_over_recorded(np.divide(hits, recorded, out=np.zeros_like(hits), where=recorded > 0), recorded)
+
+
+def macro_f1(counts: np.ndarray) -> np.ndarray:
+    recorded, predictions, hits = _per_label(counts)
+    # F1 = 2 hits / (recorded + predictions); recorded > 0 wherever it is averaged, so the division is defined there
+    total = recorded + predictions
+    return _mean_over_recorded(np.divide(2 * hits, total, out=np.zeros_like(hits), where=total > 0), recorded)
+
+
+def label_share(label: str):
+    """The accuracy of always predicting ``label``: its share of the recorded votes."""
+    def share(counts: np.ndarray) -> np.ndarray:
+        recorded, _, _ = _per_label(counts)
+        return recorded[..., LABELS.index(label)] / recorded.sum(axis=-1)
+    return share
+
+
 @dataclass(frozen=True)
 class VoteMetrics:
-    n: int
-    accuracy: float
-    balanced_accuracy: float
-    macro_f1: float
-    unknown_rate: float
-    majority_baseline: float
+    n: int  # votes (motion x voter rows)
+    motions: int  # the resampling unit of the intervals
+    accuracy: float | None
+    accuracy_low: float | None
+    accuracy_high: float | None
+    balanced_accuracy: float | None
+    balanced_accuracy_low: float | None
+    balanced_accuracy_high: float | None
+    macro_f1: float | None
+    macro_f1_low: float | None
+    macro_f1_high: float | None
+    unknown_rate: float | None
+    majority_baseline: float | None
+    majority_baseline_low: float | None
+    majority_baseline_high: float | None
     majority_class: str
 
 
-def vote_metrics(truth: Sequence[str], predicted: Sequence[str]) -> VoteMetrics:
-    """Unknown predictions count as wrong; balanced accuracy and macro-F1 average over Aye and Naye."""
+def vote_metrics(truth: Sequence[str], predicted: Sequence[str], motions: Sequence[str], seed: int = SEED) -> VoteMetrics:
+    """Unknown predictions count as wrong; balanced accuracy and macro-F1 average over Aye and Naye. The majority
+    baseline always predicts the class most often recorded here (ties: Aye); its accuracy is that class's share.
+
+    95% intervals from a cluster bootstrap over motions (persona_assets.statistics): the members voting on one
+    motion read the same motion and often vote together, so in a scope with several voters per motion its votes
+    are not independent; where each motion has one voter (a single agent) this is a bootstrap over votes. The
+    baseline is resampled the same way with its class fixed, so the two intervals are comparable side by side."""
+    counts = cluster_totals(motions, confusion_rows(truth, predicted))
+    recorded = counts.sum(axis=0).reshape(len(LABELS), len(PREDICTED)).sum(axis=1)
+    majority = LABELS[int(np.argmax(recorded))]  # argmax takes the first of equal counts, as max() over LABELS did
+    metrics = {name: cluster_bootstrap(counts, statistic, seed)
+               for name, statistic in (("accuracy", accuracy), ("balanced_accuracy", balanced_accuracy),
+                                       ("macro_f1", macro_f1), ("majority_baseline", label_share(majority)))}
+    intervals = {f"{name}{suffix}": getattr(interval, field) for name, interval in metrics.items()
+                 for suffix, field in (("", "estimate"), ("_low", "low"), ("_high", "high"))}
     n = len(truth)
-    if n == 0:
-        return VoteMetrics(0, float("nan"), float("nan"), float("nan"), float("nan"), float("nan"), "")
-    pairs = list(zip(truth, predicted, strict=True))
-    recalls, f1s = [], []
-    for label in LABELS:
-        positives = sum(t == label for t in truth)
-        predicted_as = sum(p == label for p in predicted)
-        hits = sum(t == p == label for t, p in pairs)
-        recall = hits / positives if positives else None
-        precision = hits / predicted_as if predicted_as else 0.0
-        if recall is not None:
-            recalls.append(recall)
-            f1s.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
-    majority = max(LABELS, key=lambda label: sum(t == label for t in truth))
-    return VoteMetrics(
-        n=n,
-        accuracy=sum(t == p for t, p in pairs) / n,
-        balanced_accuracy=sum(recalls) / len(recalls),
-        macro_f1=sum(f1s) / len(f1s),
-        unknown_rate=sum(p == UNKNOWN for p in predicted) / n,
-        majority_baseline=sum(t == majority for t in truth) / n,
-        majority_class=majority,
-    )
+    return VoteMetrics(n=n, motions=len(counts), unknown_rate=sum(p == UNKNOWN for p in predicted) / n if n else None,
+                       majority_class=majority if n else "", **intervals)
+
+
+METRIC_SCHEMA = {"method": pl.String, "scope": pl.String, "n": pl.Int64, "motions": pl.Int64,
+                 **{f"{name}{suffix}": pl.Float64 for name in ("accuracy", "balanced_accuracy", "macro_f1")
+                    for suffix in ("", "_low", "_high")},
+                 "unknown_rate": pl.Float64, "majority_baseline": pl.Float64, "majority_baseline_low": pl.Float64,
+                 "majority_baseline_high": pl.Float64, "majority_class": pl.String, "interval_method": pl.String}
+
+
+def metric_rows(predictions: pl.DataFrame, seed: int = SEED) -> list[dict]:
+    """Rows of the vote metrics summary: per method, each agent and ``overall`` (every agent's votes together)."""
+    rows = []
+    for method in sorted(predictions["method"].unique()):
+        part = predictions.filter(pl.col("method") == method)
+        scopes = [(a, part.filter(pl.col("agent") == a)) for a in sorted(part["agent"].unique())] + [("overall", part)]
+        for scope, data in scopes:
+            metrics = vote_metrics(data["truth"].to_list(), data["predicted"].to_list(), data["motion_id"].to_list(), seed)
+            rows.append({"row_id": f"{method}/{scope}", "method": method, "scope": scope, **vars(metrics),
+                         "interval_method": interval_method("motions", seed), "partition_key": None,
+                         "input_ids": [row_ref("votes.vote_predictions", i) for i in data["row_id"]]})
+    return rows
