@@ -19,8 +19,8 @@ import time
 from persona_assets.elicitation.icm import ClaimScorer, IcmClaim, IcmParams
 from persona_assets.elicitation.prompts import DEMO_LINE, FALSE
 from persona_assets.opinions.claims import SurveyAnswer, build_claims
-from persona_assets.opinions.readers import question_id, read_survey
-from persona_assets.settings import SAMPLE_GOQA_SOURCE
+from resources.inputs.survey import question_id, read_survey
+from resources.settings import SAMPLE_GOQA_SOURCE
 from resources.llm.engine import Engine
 
 SIZES = (32, 64, 125, 256)

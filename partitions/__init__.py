@@ -7,7 +7,7 @@ the source or a new agent in the registry appears after a reload.
 from dagster import MultiPartitionsDefinition, StaticPartitionsDefinition
 
 from partitions.registries import Agent, agent_registry, country_registry
-from persona_assets.settings import load_settings
+from resources.settings import load_settings
 
 _settings = load_settings()
 AGENT_REGISTRY_FILE = _settings.board_dir / "agents.json"

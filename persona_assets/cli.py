@@ -11,10 +11,10 @@ from pathlib import Path
 
 from dagster import BetaWarning
 
-from persona_assets.errors import PersonaInputError
+from resources.inputs.errors import PersonaInputError
 from persona_assets.instance import EMBEDDED_PROFILE, load_op_config, prepare_instance
 from persona_assets.review import SOURCES
-from persona_assets.settings import DATA_DIR, PROJECT_ROOT, TINY_MODEL, Settings, SettingsError, load_settings
+from resources.settings import DATA_DIR, PROJECT_ROOT, TINY_MODEL, Settings, SettingsError, load_settings
 
 def _split(value: str | None) -> set[str] | None:
     return {v.strip() for v in value.split(",") if v.strip()} if value else None
@@ -22,7 +22,7 @@ def _split(value: str | None) -> set[str] | None:
 
 def country_partition_keys(wanted: set[str] | None) -> set[str] | None:
     """Countries as partition keys, whether given by key or by their name in the source ('A|B' -> 'A/B')."""
-    from persona_assets.opinions.readers import country_key
+    from resources.inputs.survey import country_key
 
     return {country_key(w) for w in wanted} if wanted else wanted
 

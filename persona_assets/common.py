@@ -7,7 +7,7 @@ import warnings
 from dagster import BackfillPolicy, BetaWarning, MetadataValue, TableColumn, TableRecord, TableSchema
 
 from persona_assets.deployment import DEFAULT_PROFILE, GpuProfile, gpu_op_tags
-from persona_assets.settings import load_deployment
+from resources.settings import load_deployment
 from resources.llm import UsageMeter
 
 # Backfill policies are marked beta in dagster 1.13; they are what makes one run load a model once.

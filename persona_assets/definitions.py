@@ -13,7 +13,7 @@ from persona_assets.judging import assets as judging_assets
 from persona_assets.opinions import assets as opinion_assets
 from persona_assets.reports import elicitation as elicitation_reports
 from persona_assets.responses import assets as response_assets
-from persona_assets.settings import DATA_DIR, load_settings
+from resources.settings import DATA_DIR, load_settings
 from persona_assets.traits import assets as trait_assets
 from persona_assets.votes import assets as vote_assets
 from resources.artifacts import ArtifactStore

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from persona_assets.common import GPU_POOL, WAREHOUSE_POOL
-from persona_assets.settings import DATA_DIR, Settings, SettingsError
+from resources.settings import DATA_DIR, Settings, SettingsError
 
 EMBEDDED_PROFILE = DATA_DIR / "embedded_profile.yaml"
 INSTANCE_YAML = """\

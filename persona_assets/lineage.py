@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import duckdb
 
-from persona_assets.errors import PersonaInputError
+from resources.inputs.errors import PersonaInputError
 
 
 @dataclass

@@ -40,7 +40,7 @@ def models_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_llm(models_dir):
-    from persona_assets.settings import DATA_DIR
+    from resources.settings import DATA_DIR
     from resources.llm import LLMResource
 
     return LLMResource(models_dir=str(models_dir), corpus_dir=str(DATA_DIR), device="cpu", dtype="float32")
@@ -80,7 +80,7 @@ def sample_run(tmp_path_factory) -> SampleRun:
 
 def local_resources(home: Path, llm, **overrides) -> dict:
     """Every resource the code location needs, on the sample data, under ``home``."""
-    from persona_assets.settings import SAMPLE_BOARD_DIR, SAMPLE_GOQA_SOURCE
+    from resources.settings import SAMPLE_BOARD_DIR, SAMPLE_GOQA_SOURCE
     from resources.artifacts import ArtifactStore
     from resources.llm.chat_api import ChatApiResource
     from resources.sources import BoardSource, GoqaSource

@@ -4,7 +4,7 @@ import csv
 import json
 from pathlib import Path
 
-from persona_assets.opinions.readers import SurveyRecord
+from resources.inputs.survey import SurveyRecord
 
 
 def write_flat_json(records: list[SurveyRecord], path: Path) -> Path:

@@ -7,7 +7,7 @@ from dagster import AssetKey, DagsterInstance, materialize
 from partitions import COUNTRIES
 from persona_assets.definitions import ALL_ASSETS
 from persona_assets.runner import RANGE_END, RANGE_START
-from persona_assets.settings import DATA_DIR
+from resources.settings import DATA_DIR
 from resources.llm import LLMResource
 from resources.warehouse import Warehouse
 from tests.conftest import local_resources

@@ -9,7 +9,7 @@ from persona_assets.automation import AGENT_COUNTRY_JOB, COUNTRY_JOB, country_ru
 from persona_assets.checks import groups_without_one_positive, questions_in_train_and_test
 from persona_assets.definitions import PARTITION_JOBS, defs
 from persona_assets.runner import RANGE_END, RANGE_START
-from persona_assets.settings import SAMPLE_BOARD_DIR, SAMPLE_GOQA_SOURCE
+from resources.settings import SAMPLE_BOARD_DIR, SAMPLE_GOQA_SOURCE
 
 
 def covered(run_request) -> set[tuple[str, str]]:
@@ -98,7 +98,7 @@ def test_key_tables_have_checks():
 
 @pytest.mark.parametrize("cron", ["every monday", "0 3 * *"])
 def test_a_bad_schedule_setting_is_refused(cron):
-    from persona_assets.settings import SettingsError, load_settings
+    from resources.settings import SettingsError, load_settings
 
     with pytest.raises(SettingsError, match="PERSONA_SCHEDULE_CRON"):
         load_settings({"PERSONA_SCHEDULE_CRON": cron})

@@ -3,7 +3,7 @@
 from benchmarks import scoring
 from benchmarks.model_loads import SUMMARY, upstream_loads
 from benchmarks.planning import synthetic_survey
-from persona_assets.opinions.readers import read_survey
+from resources.inputs.survey import read_survey
 
 
 def test_upstream_loads_count_each_model_step_per_partition_and_setting():

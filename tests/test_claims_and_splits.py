@@ -3,9 +3,9 @@ from collections import Counter, defaultdict
 import pytest
 
 from persona_assets.opinions.claims import NO_ANSWERS, NO_DISTRIBUTION, TIED, TOO_FEW_OPTIONS, SurveyAnswer, build_claims, unusable_reason
-from persona_assets.opinions.readers import question_id, read_survey
+from resources.inputs.survey import question_id, read_survey
 from persona_assets.opinions.splits import SplitRules, split_country
-from persona_assets.settings import SAMPLE_GOQA_SOURCE
+from resources.settings import SAMPLE_GOQA_SOURCE
 
 
 def answers_of(source):

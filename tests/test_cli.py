@@ -5,8 +5,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from persona_assets.opinions.readers import read_survey
-from persona_assets.settings import SAMPLE_GOQA_SOURCE
+from resources.inputs.survey import read_survey
+from resources.settings import SAMPLE_GOQA_SOURCE
 from tests.conftest import persona
 from tests.survey_files import write_flat_json
 

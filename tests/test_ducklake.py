@@ -20,7 +20,7 @@ from dagster import AssetExecutionContext, DagsterInstance, EnvVar, StaticPartit
 from dagster._serdes import serialize_value
 
 from benchmarks.postgres import PostgresServer, PostgresUnavailable
-from persona_assets.settings import SettingsError, load_settings
+from resources.settings import SettingsError, load_settings
 from resources import lake as lake_module
 from resources.lineage import refresh_lineage_view
 from resources.warehouse import Warehouse, WarehouseError, WarehouseIOManager

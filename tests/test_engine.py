@@ -85,7 +85,7 @@ def test_unknown_model_path_is_a_clear_error(tmp_path):
 def test_tiny_model_is_built_deterministically(tmp_path):
     import hashlib
 
-    from persona_assets.settings import DATA_DIR
+    from resources.settings import DATA_DIR
     from resources.llm.tiny import corpus_files, _build
 
     digests = []

@@ -39,7 +39,7 @@ from persona_assets.deployment import (
     quantity,
     step_pod_config,
 )
-from persona_assets.settings import DEFAULT_GPU_IMAGE, SettingsError, load_deployment
+from resources.settings import DEFAULT_GPU_IMAGE, SettingsError, load_deployment
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"

@@ -6,7 +6,7 @@ import duckdb
 import pytest
 
 from benchmarks.survey_generator import expected_cells, generate_survey, write_flat_json, write_hf_csv
-from persona_assets.opinions.readers import read_survey
+from resources.inputs.survey import read_survey
 from tests.conftest import persona
 
 SLICE = dict(seed=11, questions=36, countries=14)

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from persona_assets.opinions.readers import (
+from resources.inputs.survey import (
     FORMAT_FLAT_JSON,
     FORMAT_HF_CSV,
     FORMAT_WIDE_CSV,
@@ -12,7 +12,7 @@ from persona_assets.opinions.readers import (
     question_id,
     read_survey,
 )
-from persona_assets.settings import SAMPLE_GOQA_SOURCE
+from resources.settings import SAMPLE_GOQA_SOURCE
 from tests.survey_files import mean_position, write_flat_json, write_wide_csv
 
 HF_HEADER = "question,selections,options,source\n"

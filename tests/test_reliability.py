@@ -12,7 +12,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from persona_assets.settings import SettingsError, load_settings
+from resources.settings import SettingsError, load_settings
 from resources.warehouse import Warehouse
 from tests.conftest import PERSONA, PROJECT_ROOT, persona
 from tests.test_chat_api import FakeChatServer

@@ -4,7 +4,7 @@ import pytest
 
 from partitions import AGENTS
 from persona_assets.agents.transcripts import alias_table
-from persona_assets.settings import SAMPLE_BOARD_DIR
+from resources.settings import SAMPLE_BOARD_DIR
 from persona_assets.provenance import Provenance, result_frame, row_ref
 from persona_assets.statistics import interval_method
 from persona_assets.votes.assets import vote_metrics_summary

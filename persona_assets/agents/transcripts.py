@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from partitions.registries import Agent
-from persona_assets.errors import InputFileError, PersonaInputError
+from resources.inputs.errors import InputFileError, PersonaInputError
 
 HONORIFICS = re.compile(r"^(mr|mrs|ms|miss|dr|prof|chair|vice chair|chairman|chairwoman|supervisor)\.?\s+", re.I)
 

@@ -41,7 +41,7 @@ from persona_assets.judging.tables import (
 )
 from persona_assets.provenance import Provenance, result_frame
 from persona_assets.reports.plots import inline, score_violins, win_rate_bars
-from persona_assets.settings import load_settings
+from resources.settings import load_settings
 from persona_assets.statistics import interval_method, shown
 from resources.artifacts import ArtifactStore
 from resources.llm import LLMResource

@@ -17,7 +17,7 @@ from persona_assets.common import (
     table_metadata,
 )
 from persona_assets.opinions.claims import UNUSABLE_REASONS
-from persona_assets.opinions.readers import is_number
+from resources.inputs.survey import is_number
 from persona_assets.opinions.splits import SplitRules
 from persona_assets.opinions.tables import (
     CLAIMS_SCHEMA,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import polars as pl
 
 from persona_assets.opinions.claims import UNUSABLE_REASONS, Claim, SurveyAnswer, build_claims, unusable_reason
-from persona_assets.opinions.readers import SurveySource, question_id
+from resources.inputs.survey import SurveySource, question_id
 from persona_assets.opinions.splits import VARIANTS, SplitRules, split_country
 from persona_assets.provenance import file_ref, row_ref
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from persona_assets.agents.transcripts import speaker_agent
-from persona_assets.errors import InputFileError
+from resources.inputs.errors import InputFileError
 
 COLUMNS = ("Context", "Ayes", "Nayes")
 AYE, NAYE = "Aye", "Naye"

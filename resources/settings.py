@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from persona_assets.errors import PersonaInputError
+from resources.inputs.errors import PersonaInputError
 from resources import lake
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
