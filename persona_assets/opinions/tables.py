@@ -142,16 +142,12 @@ def survey_rows(source: SurveySource, countries: Sequence[str]) -> list[dict]:
 
 
 def claim_rows(survey: pl.DataFrame, seed: int) -> tuple[list[dict], list[tuple[str, str, str]]]:
+    columns = survey.select("question_id", "country", "options", "distribution").to_dict(as_series=False)
     answers = [
-        SurveyAnswer(
-            question_id=r["question_id"],
-            country=r["country"],
-            options=tuple(r["options"]),
-            distribution=tuple(r["distribution"]) if r["distribution"] is not None else None,
-        )
-        for r in survey.iter_rows(named=True)
+        SurveyAnswer(question_id=q, country=c, options=tuple(o), distribution=None if d is None else tuple(d))
+        for q, c, o, d in zip(*columns.values(), strict=True)
     ]
-    questions = {r["question_id"]: r["question"] for r in survey.iter_rows(named=True)}
+    questions = dict(zip(survey["question_id"], survey["question"], strict=True))
     claims, excluded = build_claims(answers, seed)
     rows = [
         {
