@@ -6,8 +6,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from persona_assets.agents.corpora import adapter_prompt
 from persona_assets.provenance import text_hash
 from persona_assets.votes.records import AYE, NAYE
+from resources.llm.engine import ChatPrompt
 
 UNKNOWN = "Unknown"
 LABELS = (AYE, NAYE)
@@ -26,6 +28,11 @@ SCORE_CANDIDATES = (f"{ANSWER_PREFIX} {AYE}", f"{ANSWER_PREFIX} {NAYE}")
 
 def vote_messages(display_name: str, question: str) -> tuple[tuple[str, str], ...]:
     return (("user", VOTE_TEMPLATE.format(name=display_name, question=question)),)
+
+
+def vote_prompt(display_name: str, question: str) -> ChatPrompt:
+    """The chat an agent's adapter votes on: one user turn, laid out as its training chats (no system turn)."""
+    return adapter_prompt(vote_messages(display_name, question))
 
 
 def parse_final_vote(text: str) -> str:
