@@ -87,16 +87,25 @@ def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
+# The label the loss ignores (PyTorch's cross-entropy ignore_index, which transformers models use).
+IGNORED = -100
+
+
+def loss_labels(ids: Sequence[int], mask: Sequence[bool]) -> list[int]:
+    """Training labels: a counted token's own id, ``IGNORED`` for every other token (other speakers, headers)."""
+    return [token if counted else IGNORED for token, counted in zip(ids, mask, strict=True)]
+
+
 def _collate(examples: Sequence[Example], pad_id: int, max_length: int):
     rows = [(ids[:max_length], mask[:max_length]) for ids, mask in examples]
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORED, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     for r, (ids, mask) in enumerate(rows):
         input_ids[r, : len(ids)] = torch.tensor(ids)
         attention[r, : len(ids)] = 1
-        labels[r, : len(ids)] = torch.tensor([t if m else -100 for t, m in zip(ids, mask, strict=True)])
+        labels[r, : len(ids)] = torch.tensor(loss_labels(ids, mask))
     return input_ids, attention, labels
 
 
@@ -171,7 +180,7 @@ def train_adapter(
             accelerator.backward(output.loss)
             optimizer.step()
             optimizer.zero_grad()
-            batch_tokens = int((labels != -100).sum())
+            batch_tokens = int((labels != IGNORED).sum())
             tokens_trained += batch_tokens
             step += 1
             losses.append({"step": step, "epoch": epoch, "loss": float(output.loss.detach()), "tokens": batch_tokens})
@@ -219,23 +228,27 @@ def _quantized_for_training(engine, name: str, settings: LoraTraining):
     return get_peft_model(prepare_model_for_kbit_training(quantized), settings.lora_config(), adapter_name=f"{name}-qlora")
 
 
-def merge_adapter(engine, name: str, out_dir: Path, check_inputs: Sequence[list[int]]) -> tuple[str, float]:
-    """Save base + adapter merged into plain weights with the tokenizer; return (fingerprint, max |logit diff|).
+def merge_adapter(engine, name: str, out_dir: Path, check_inputs: Sequence[list[int]]) -> tuple[str, list[float]]:
+    """Save base + adapter merged into plain weights with the tokenizer; return (fingerprint, max |logit diff| per
+    check input).
 
     The merge works on a copy of the engine's model, which keeps serving the base
-    and every adapter unmerged.
+    and every adapter unmerged. With no check input nothing would be compared, so
+    that is refused before merging.
     """
+    if not check_inputs:
+        raise TrainingError(f"{name}: no sample to check the merged model against base + adapter on")
     internal = engine.adapters[name][0]
     merged = copy.deepcopy(engine.model).merge_and_unload(adapter_names=[internal])
     merged.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out_dir), safe_serialization=True)
     engine.tokenizer.save_pretrained(str(out_dir))
-    worst = 0.0
+    differences = []
     with torch.inference_mode(), engine.using_adapter(name):
         for ids in check_inputs:
             tensor = torch.tensor([ids], device=engine.device)
             unmerged = engine.model(input_ids=tensor).logits.float()
             direct = merged(input_ids=tensor).logits.float()
-            worst = max(worst, float((unmerged - direct).abs().max()))
-    return files_fingerprint(out_dir), worst
+            differences.append(float((unmerged - direct).abs().max()))
+    return files_fingerprint(out_dir), differences

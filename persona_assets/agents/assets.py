@@ -1,6 +1,5 @@
 """Agent twins: board turns, per-agent corpora, LoRA adapters, merged models, perplexity."""
 
-import json
 from dataclasses import asdict
 
 import polars as pl
@@ -18,8 +17,11 @@ from persona_assets.agents.tables import (
     TURN_SCHEMA,
     completion_rows,
     conversation_rows,
+    heldout_requests,
+    merge_difference,
     monologue_rows,
     perplexity,
+    training_example,
     turn_rows,
 )
 from persona_assets.agents.transcripts import read_meetings
@@ -38,14 +40,12 @@ from persona_assets.deployment import TRAINING_PROFILE
 from persona_assets.provenance import Provenance, result_frame, row_ref
 from persona_assets.reports.plots import heatmap, inline, loss_curve
 from resources.artifacts import ArtifactStore
-from resources.llm import ChatPrompt, LLMResource, LoglikelihoodRequest
-from resources.llm.chat import chat_tokens
+from resources.llm import LLMResource
 from resources.sources import BoardSource
 from resources.training import LoraTraining, merge_adapter, run_fingerprint, train_adapter
 
 GROUP = "agents"
 VERSION = "agents-1"
-MERGE_TOLERANCE = 1e-4
 SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, code_version=VERSION)
 BY_AGENT = dict(partitions_def=agents_partitions, metadata=AGENT_PARTITION, backfill_policy=ONE_RUN_PER_BACKFILL)
 AGENTS_BY_KEY = {a.key: a for a in AGENTS}
@@ -155,7 +155,7 @@ def lora_training(
                                     checkpoint_every=config.checkpoint_every, seed=config.seed,
                                     quantization=config.quantization)
             conversations = training_conversations.filter(pl.col("agent") == agent).sort("row_id")
-            examples = [chat_tokens(engine.tokenizer, [tuple(m) for m in json.loads(r)]) for r in conversations["messages"]]
+            examples = [training_example(engine.tokenizer, r) for r in conversations["messages"]]
             run = run_fingerprint(settings, examples, engine.model_id)
             outcome = train_adapter(
                 engine, agent, examples, settings,
@@ -205,7 +205,8 @@ def merged_models(
     lora_adapters: pl.DataFrame, completion_examples: pl.DataFrame,
 ) -> pl.DataFrame:
     """Base weights with the agent's adapter merged in, saved as safetensors with the tokenizer; the
-    merged model must give the logits of base + adapter (max |difference| <= 1e-4 in float32)."""
+    merged model must give the logits of base + adapter (max |difference| <= 1e-4 in float32) on up to three of
+    the agent's utterances; an agent with none to compare on fails rather than passing unchecked."""
     rows = []
     with llm.metered() as (engine, meter):
         ensure_adapters(engine, lora_adapters)
@@ -213,9 +214,8 @@ def merged_models(
             agent = r["agent"]
             samples = [engine.tokenizer(t)["input_ids"][:128] for t in completion_examples.filter(pl.col("agent") == agent)["target"][:3]]
             out_dir = artifacts.path("merged", agent, r["sha256"][:16])
-            fingerprint, difference = merge_adapter(engine, agent, out_dir, samples)
-            if difference > MERGE_TOLERANCE:
-                raise RuntimeError(f"{agent}: merged model differs from base + adapter by {difference:.2e} (> {MERGE_TOLERANCE})")
+            fingerprint, differences = merge_adapter(engine, agent, out_dir, samples)
+            difference = merge_difference(agent, differences)
             rows.append({"row_id": agent, "agent": agent, "adapter": agent, "model_path": str(out_dir), "sha256": fingerprint,
                          "max_logit_difference": difference, "partition_key": agent,
                          "input_ids": [row_ref("agents.lora_adapters", agent)]})
@@ -242,11 +242,7 @@ def perplexity_matrix(
             adapter = None if model == BASE_MODEL_ROW else model
             for agent in agents:
                 examples = heldout.filter(pl.col("agent") == agent)
-                requests = [
-                    LoglikelihoodRequest(((ChatPrompt(tuple(tuple(m) for m in json.loads(c))), False), (t, True)), adapter=adapter)
-                    for c, t in zip(examples["context"], examples["target"], strict=True)
-                ]
-                results = engine.loglikelihood(requests)
+                results = engine.loglikelihood(heldout_requests(examples, adapter))
                 nll = -sum(r.total for r in results)
                 tokens = sum(r.n_counted for r in results)
                 rows.append({"row_id": f"{model}/{agent}", "model": model, "adapter": adapter, "heldout_agent": agent, "examples": examples.height,

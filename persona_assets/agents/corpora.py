@@ -1,7 +1,9 @@
 """Per-agent corpora from meetings: splits, training conversations, completion examples, monologues.
 
 Chats use roles: the agent's turns are ``assistant`` turns, everyone else's are
-``user`` turns prefixed with the speaker's name (consecutive ones merged).
+``user`` turns prefixed with the speaker's name (consecutive ones merged). There is
+no system turn: an adapter is trained on exactly these chats, so every prompt given
+to an adapter is built by ``adapter_prompt``, which keeps to the same roles.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from resources.llm.engine import ChatPrompt
 
 Message = tuple[str, str]  # (role, content)
 
@@ -42,6 +46,21 @@ def as_messages(turns: Sequence[SpeakerTurn], agent: str) -> list[Message]:
             else:
                 messages.append(("user", line))
     return messages
+
+
+# The roles of the training chats (``as_messages``), hence the only roles an adapter has seen.
+ADAPTER_ROLES = ("user", "assistant")
+
+
+def adapter_prompt(messages: Sequence[Message]) -> ChatPrompt:
+    """A chat for an adapter, laid out as its training chats: user and assistant turns, no system turn.
+
+    An adapter shown a turn it never saw in training answers out of its training
+    distribution, so any other role is refused rather than passed on."""
+    for role, _ in messages:
+        if role not in ADAPTER_ROLES:
+            raise ValueError(f"an adapter is trained on {' and '.join(ADAPTER_ROLES)} turns only; got a {role!r} turn")
+    return ChatPrompt(tuple((role, content) for role, content in messages))
 
 
 def conversation_windows(turns: Sequence[SpeakerTurn], agent: str, max_words: int) -> list[list[SpeakerTurn]]:

@@ -11,6 +11,7 @@ import polars as pl
 from partitions.registries import Agent
 from persona_assets.agents.corpora import (
     SpeakerTurn,
+    adapter_prompt,
     as_messages,
     completions,
     conversation_windows,
@@ -18,6 +19,8 @@ from persona_assets.agents.corpora import (
 )
 from persona_assets.agents.transcripts import Meeting, alias_table, speaker_agent
 from persona_assets.provenance import file_ref, row_ref
+from resources.llm.chat import chat_tokens
+from resources.llm.engine import LoglikelihoodRequest
 
 TURNS_TABLE = "agents.board_turns"
 
@@ -40,6 +43,8 @@ MONOLOGUE_SCHEMA = {"agent": pl.String, "meeting_id": pl.String, "turn": pl.Int6
 PERPLEXITY_SCHEMA = {"model": pl.String, "heldout_agent": pl.String, "examples": pl.Int64, "tokens": pl.Int64,
                      "nll": pl.Float64, "perplexity": pl.Float64}
 BASE_MODEL_ROW = "base"
+# Largest |logit difference| allowed between the merged model and base + adapter (float32).
+MERGE_TOLERANCE = 1e-4
 
 
 def turn_rows(meetings: Sequence[Meeting], agents: Sequence[Agent], splits: dict[str, str]) -> list[dict]:
@@ -113,3 +118,30 @@ def monologue_rows(turns: pl.DataFrame, agents: Sequence[str], min_words: int) -
 def perplexity(nll: float, tokens: int) -> float:
     """Token-weighted: exp(total negative log-likelihood / total counted tokens)."""
     return math.exp(nll / tokens) if tokens else float("nan")
+
+
+def training_example(tokenizer, messages_json: str) -> tuple[list[int], list[bool]]:
+    """A training conversation row as token ids and the loss mask (the agent's turns), by the model's template."""
+    return chat_tokens(tokenizer, [tuple(m) for m in json.loads(messages_json)])
+
+
+def heldout_requests(examples: pl.DataFrame, adapter: str | None) -> list[LoglikelihoodRequest]:
+    """Each held-out utterance after its context, the context laid out as the adapter's training chats; only
+    the utterance counts. The base model gets the same layout, so the perplexities compare."""
+    return [LoglikelihoodRequest(((adapter_prompt(json.loads(context)), False), (target, True)), adapter=adapter)
+            for context, target in zip(examples["context"], examples["target"], strict=True)]
+
+
+def merge_difference(agent: str, differences: Sequence[float], tolerance: float = MERGE_TOLERANCE) -> float:
+    """The largest logit difference of the merge check, or an error when the check does not hold.
+
+    A check that compared no sample proves nothing, so it fails; so does a difference
+    that is not a number (NaN compares false with the tolerance and would pass)."""
+    if not differences:
+        raise RuntimeError(f"{agent}: the merge check compared no sample (the agent has no completion example to "
+                           "compare the merged model with base + adapter on)")
+    worst = max(differences)
+    if not all(math.isfinite(d) for d in differences) or worst > tolerance:
+        bad = next((d for d in differences if not math.isfinite(d)), worst)
+        raise RuntimeError(f"{agent}: merged model differs from base + adapter by {bad:.2e} (> {tolerance})")
+    return worst

@@ -5,7 +5,15 @@ from dagster import AssetExecutionContext, AssetIn, MetadataValue, asset
 
 from partitions import agent_country_partitions, countries_partitions
 from persona_assets.agents.assets import ensure_adapters
-from persona_assets.alignment.similarity import LETTERS, OPINION_HASH, normalize, normalize_logprobs, opinion_messages, option_letters, similarity
+from persona_assets.alignment.similarity import (
+    LETTERS,
+    OPINION_HASH,
+    normalize,
+    normalize_logprobs,
+    opinion_prompt,
+    option_letters,
+    similarity,
+)
 from persona_assets.common import (
     AGENT_COUNTRY_PARTITION,
     COUNTRY_PARTITION,
@@ -21,7 +29,7 @@ from persona_assets.common import (
 from persona_assets.provenance import Provenance, result_frame, row_ref
 from persona_assets.reports.plots import heatmap, inline
 from resources.artifacts import ArtifactStore
-from resources.llm import ChatPrompt, LLMResource, ScoreRequest
+from resources.llm import LLMResource, ScoreRequest
 
 GROUP = "alignment"
 VERSION = f"alignment-1-{OPINION_HASH}"
@@ -41,7 +49,7 @@ def answer_rows(engine, survey: pl.DataFrame, pairs: list[tuple[str, str]], adap
         of_country = survey.filter(pl.col("country") == country)
         questions = of_country.filter(answerable).sort("question_id")
         skipped += of_country.height - questions.height
-        requests = [ScoreRequest(ChatPrompt(opinion_messages(r["question"], r["options"])), option_letters(len(r["options"])),
+        requests = [ScoreRequest(opinion_prompt(r["question"], r["options"]), option_letters(len(r["options"])),
                                  adapter=adapter_of(persona)) for r in questions.iter_rows(named=True)]
         for r, logprobs in zip(questions.iter_rows(named=True), engine.score(requests), strict=True):
             model = normalize_logprobs(logprobs)

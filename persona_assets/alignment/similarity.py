@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from persona_assets.agents.corpora import adapter_prompt
 from persona_assets.provenance import text_hash
+from resources.llm.engine import ChatPrompt
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 OPINION_TEMPLATE = "{question}\n\n{options}\n\nAnswer with the letter of one option."
@@ -21,6 +23,12 @@ def opinion_messages(question: str, options: Sequence[str]) -> tuple[tuple[str, 
         raise ValueError(f"{len(options)} options; at most {len(LETTERS)} can be lettered")
     listed = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
     return (("user", OPINION_TEMPLATE.format(question=question, options=listed)),)
+
+
+def opinion_prompt(question: str, options: Sequence[str]) -> ChatPrompt:
+    """The chat every persona answers a survey question in: one user turn, no system turn, which is how an agent's
+    adapter was trained; the base model gets the very same prompt, so the personas compare."""
+    return adapter_prompt(opinion_messages(question, options))
 
 
 def option_letters(n: int) -> tuple[str, ...]:

@@ -71,7 +71,8 @@ def task_responses(context: AssetExecutionContext, config: ResponseConfig, llm: 
                    lora_adapters: pl.DataFrame, agent_profiles: pl.DataFrame) -> pl.DataFrame:
     """Every item answered by both systems under every sampling setting, `samples` times each with seeds shared
     by the systems: the agent's adapter, and the base model told the agent's persona profile (the baseline).
-    Both see the same chat layout through the model's own template; no best-of-n is taken here."""
+    Both answer the same turns through the model's own template: the adapter exactly as laid out in its training
+    (no system turn), the baseline after a system turn with the profile; no best-of-n is taken here."""
     grid = [SamplingSetting.parse(label) for label in config.grid]
     profiles = dict(zip(agent_profiles["agent"], agent_profiles["profile"], strict=True))
     names = {key: agent.display_name for key, agent in AGENTS_BY_KEY.items()}

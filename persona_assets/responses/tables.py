@@ -20,9 +20,9 @@ from persona_assets.responses.tasks import (
     context_messages,
     question_messages,
     sample_seed,
-    system_messages,
+    system_chat,
 )
-from resources.llm.engine import ChatPrompt, GenerateRequest
+from resources.llm.engine import GenerateRequest
 
 ITEM_SCHEMA = {"agent": pl.String, "task": pl.String, "trait": pl.String, "messages": pl.String, "reference": pl.String,
                "reference_kind": pl.String}
@@ -79,7 +79,7 @@ def response_plan(items: Sequence[dict], names: dict[str, str], profiles: dict[s
         for system in SYSTEMS:
             if system == BASELINE and agent not in profiles:
                 raise ValueError(f"traits.agent_profiles has no profile for agent {agent!r}: materialize it first")
-            chat = ChatPrompt(system_messages(system, names[agent], profiles.get(agent, "")) + messages)
+            chat = system_chat(system, names[agent], profiles.get(agent, ""), messages)
             source = row_ref("agents.lora_adapters" if system == AGENT else "traits.agent_profiles", agent)
             for index, setting in enumerate(grid):
                 for sample in range(samples):

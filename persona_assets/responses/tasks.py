@@ -3,9 +3,9 @@
 Three tasks: ``trait`` (a probe question; the reference is the trait summary it came
 from), ``completion`` (a held-out meeting context; the reference is what the agent
 said next) and ``monologue`` (a monologue prompt; the reference is the monologue).
-Two systems answer every item with the same chat layout, sampling settings and
-number of samples: ``agent`` (the base model with the agent's adapter) and
-``baseline`` (the base model alone, told the agent's persona profile).
+Two systems answer every item with the same turns, sampling settings and number of
+samples: ``agent`` (the base model with the agent's adapter) and ``baseline`` (the
+base model alone, told the agent's persona profile in a system turn before them).
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import json
 import re
 from dataclasses import dataclass
 
+from persona_assets.agents.corpora import adapter_prompt
 from persona_assets.provenance import text_hash
+from resources.llm.engine import ChatPrompt
 
 TRAIT, COMPLETION, MONOLOGUE = "trait", "completion", "monologue"
 TASKS = (TRAIT, COMPLETION, MONOLOGUE)
@@ -27,7 +29,6 @@ SYSTEM_TEMPLATE = "You are {name}, a member of the school board. Speak as {name}
 PERSONA_TEMPLATE = "\n\nWhat is known about {name}:\n{profile}"
 # Meeting turns are "Speaker: text" in training; a question is laid out the same way.
 QUESTION_TEMPLATE = "Interviewer: {question}"
-PROMPT_HASH = text_hash("\n".join([SYSTEM_TEMPLATE, PERSONA_TEMPLATE, QUESTION_TEMPLATE]))
 
 
 @dataclass(frozen=True)
@@ -70,12 +71,23 @@ def context_messages(context_json: str) -> Messages:
     return tuple((role, content) for role, content in json.loads(context_json))
 
 
-def system_messages(system: str, name: str, profile: str) -> Messages:
-    """The system turn of a system: the same for both, the baseline's with the persona profile added."""
-    text = SYSTEM_TEMPLATE.format(name=name)
-    if system == BASELINE:
-        text += PERSONA_TEMPLATE.format(name=name, profile=profile)
-    return (("system", text),)
+def system_chat(system: str, name: str, profile: str, messages: Messages) -> ChatPrompt:
+    """The chat a system answers. Both get the item's turns unchanged; they differ only before them.
+
+    The agent's adapter sees the turns exactly as it was trained: user and assistant
+    turns, no system turn (a system turn it never saw in training would take it out of
+    its training distribution). The baseline is the base model with nothing but the
+    prompt to know who it is, so a system turn tells it the persona and its profile."""
+    if system == AGENT:
+        return adapter_prompt(messages)
+    persona = SYSTEM_TEMPLATE.format(name=name) + PERSONA_TEMPLATE.format(name=name, profile=profile)
+    return ChatPrompt((("system", persona), *messages))
+
+
+# What each system is shown, built by the code above with placeholders: a change of a template or of the
+# layout (a system turn added or removed) changes the hash, hence the prompt_hash and code version.
+PROMPT_HASH = text_hash(repr([system_chat(s, "{name}", "{profile}", question_messages("{question}")).messages
+                              for s in SYSTEMS]))
 
 
 def sample_seed(base_seed: int, setting_index: int, sample: int) -> int:

@@ -38,11 +38,11 @@ from persona_assets.votes.prediction import (
     VOTE_HASH,
     metric_rows,
     parse_final_vote,
-    vote_messages,
+    vote_prompt,
 )
 from persona_assets.votes.records import Motion, formal_question, read_votes, resolve_votes
 from resources.artifacts import ArtifactStore
-from resources.llm import ChatPrompt, GenerateRequest, LLMResource, ScoreRequest
+from resources.llm import GenerateRequest, LLMResource, ScoreRequest
 from persona_assets.review import REVIEW_TABLE, reviewed
 from persona_assets.statistics import interval_method, shown
 from resources.sources import BoardSource
@@ -141,7 +141,7 @@ def vote_predictions(
         ensure_adapters(engine, lora_adapters)
         for agent in context.partition_keys:
             records = vote_records.filter(pl.col("agent") == agent).sort("motion_id")
-            prompts = [ChatPrompt(vote_messages(AGENTS_BY_KEY[agent].display_name, question[m])) for m in records["motion_id"]]
+            prompts = [vote_prompt(AGENTS_BY_KEY[agent].display_name, question[m]) for m in records["motion_id"]]
             scores = engine.score([ScoreRequest(p, SCORE_CANDIDATES, adapter=agent) for p in prompts])
             replies = engine.generate([GenerateRequest(p, max_new_tokens=48, adapter=agent) for p in prompts])
             for r, (aye, naye), reply in zip(records.iter_rows(named=True), scores, replies, strict=True):

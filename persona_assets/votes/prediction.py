@@ -9,9 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from persona_assets.agents.corpora import adapter_prompt
 from persona_assets.provenance import row_ref, text_hash
 from persona_assets.statistics import SEED, cluster_bootstrap, cluster_totals, interval_method
 from persona_assets.votes.records import AYE, NAYE
+from resources.llm.engine import ChatPrompt
 
 UNKNOWN = "Unknown"
 LABELS = (AYE, NAYE)
@@ -30,6 +32,11 @@ SCORE_CANDIDATES = (f"{ANSWER_PREFIX} {AYE}", f"{ANSWER_PREFIX} {NAYE}")
 
 def vote_messages(display_name: str, question: str) -> tuple[tuple[str, str], ...]:
     return (("user", VOTE_TEMPLATE.format(name=display_name, question=question)),)
+
+
+def vote_prompt(display_name: str, question: str) -> ChatPrompt:
+    """The chat an agent's adapter votes on: one user turn, laid out as its training chats (no system turn)."""
+    return adapter_prompt(vote_messages(display_name, question))
 
 
 def parse_final_vote(text: str) -> str:
