@@ -64,6 +64,12 @@ DIFFERENCES_SCHEMA = {
 COMPARISONS = (("icm", "gold"), ("icm", "zero_shot_base"), ("gold", "random_matched"), ("icm", "zero_shot_chat"))
 
 Key = tuple  # (country, variant, method, k or None)
+# Both reports read every prediction table of the elicitation methods.
+REPORT = dict(
+    key_prefix="elicitation", group_name="reports", owners=OWNERS, pool=WAREHOUSE_POOL,
+    ins={name: AssetIn(key=["elicitation", name])
+         for name in ("zero_shot_base_predictions", "zero_shot_chat_predictions", "few_shot_predictions")},
+)
 
 
 @dataclass(frozen=True)
@@ -171,18 +177,7 @@ def _difference_row(scope, variant, a, b, d: Difference, summary_ids: list[str])
             "input_ids": [row_ref("elicitation.accuracy_summary", i) for i in summary_ids]}
 
 
-@asset(
-    key_prefix="elicitation",
-    group_name="reports",
-    owners=OWNERS,
-    kinds=TABLE_KINDS | {"matplotlib"}, pool=WAREHOUSE_POOL,
-    code_version=SUMMARY_VERSION,
-    ins={
-        "zero_shot_base_predictions": AssetIn(key=["elicitation", "zero_shot_base_predictions"]),
-        "zero_shot_chat_predictions": AssetIn(key=["elicitation", "zero_shot_chat_predictions"]),
-        "few_shot_predictions": AssetIn(key=["elicitation", "few_shot_predictions"]),
-    },
-)
+@asset(**REPORT, kinds=TABLE_KINDS | {"matplotlib"}, code_version=SUMMARY_VERSION)
 def accuracy_summary(
     context: AssetExecutionContext,
     artifacts: ArtifactStore,
@@ -212,18 +207,7 @@ def accuracy_summary(
     return frame
 
 
-@asset(
-    key_prefix="elicitation",
-    group_name="reports",
-    owners=OWNERS,
-    kinds=TABLE_KINDS, pool=WAREHOUSE_POOL,
-    code_version=DIFFERENCES_VERSION,
-    ins={
-        "zero_shot_base_predictions": AssetIn(key=["elicitation", "zero_shot_base_predictions"]),
-        "zero_shot_chat_predictions": AssetIn(key=["elicitation", "zero_shot_chat_predictions"]),
-        "few_shot_predictions": AssetIn(key=["elicitation", "few_shot_predictions"]),
-    },
-)
+@asset(**REPORT, kinds=TABLE_KINDS, code_version=DIFFERENCES_VERSION)
 def method_differences(
     context: AssetExecutionContext,
     zero_shot_base_predictions: pl.DataFrame,
