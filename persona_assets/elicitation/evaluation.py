@@ -11,7 +11,6 @@ and golden accuracies. Accuracy statistics are in ``accuracy``.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -96,13 +95,3 @@ def condition_margins(engine: Engine, country: str, condition: Condition, tests:
         for t in tests
     ]
     return [t - f for t, f in engine.score(requests, reuse_prefix=True)]
-
-
-def wilson_interval(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% binomial interval of a rate p measured on n independent trials."""
-    if n == 0:
-        return 0.0, 1.0
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
