@@ -6,7 +6,7 @@ the source or a new agent in the registry appears after a reload.
 
 from dagster import MultiPartitionsDefinition, StaticPartitionsDefinition
 
-from partitions.registries import Agent, agent_registry, country_registry
+from resources.inputs.registry import Agent, agent_registry, country_registry
 from resources.settings import load_settings
 
 _settings = load_settings()

@@ -27,9 +27,9 @@ from dagster import (
 )
 
 from partitions import AGENTS, COUNTRIES, agent_country_partitions, agents_partitions, countries_partitions, partitioning
-from persona_assets.agents.transcripts import alias_table, read_meetings, speaker_agent
+from resources.inputs.transcripts import alias_table, read_meetings, speaker_agent
 from resources.inputs.survey import read_survey
-from persona_assets.votes.records import read_votes
+from resources.inputs.votes import read_votes
 from persona_assets.runner import RANGE_END, RANGE_START, contiguous_ranges
 
 DOMAINS = ("opinions", "elicitation", "agents", "traits", "responses", "judging", "votes", "alignment", "reports")

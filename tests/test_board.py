@@ -4,7 +4,7 @@ import pytest
 
 from partitions import AGENTS
 from persona_assets.agents.corpora import SpeakerTurn, as_messages, completions, conversation_windows, monologues, split_meetings
-from persona_assets.agents.transcripts import TranscriptError, alias_table, read_meeting, read_meetings, speaker_agent
+from resources.inputs.transcripts import TranscriptError, alias_table, read_meeting, read_meetings, speaker_agent
 from resources.settings import SAMPLE_BOARD_DIR
 from resources.llm.chat import chat_tokens
 

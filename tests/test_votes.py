@@ -3,13 +3,14 @@ import polars as pl
 import pytest
 
 from partitions import AGENTS
-from persona_assets.agents.transcripts import alias_table
+from resources.inputs.transcripts import alias_table
 from resources.settings import SAMPLE_BOARD_DIR
 from persona_assets.provenance import Provenance, result_frame, row_ref
 from persona_assets.statistics import interval_method
 from persona_assets.votes.assets import vote_metrics_summary
 from persona_assets.votes.prediction import METRIC_SCHEMA, UNKNOWN, metric_rows, parse_final_vote, vote_metrics
-from persona_assets.votes.records import VoteRecordError, formal_question, read_votes, resolve_votes, split_names
+from persona_assets.votes.prediction import formal_question
+from resources.inputs.votes import VoteRecordError, read_votes, resolve_votes, split_names
 from tests.conftest import materialize_report
 
 

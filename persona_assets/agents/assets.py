@@ -24,7 +24,7 @@ from persona_assets.agents.tables import (
     training_example,
     turn_rows,
 )
-from persona_assets.agents.transcripts import read_meetings
+from resources.inputs.transcripts import read_meetings
 from persona_assets.common import (
     AGENT_PARTITION,
     MODEL_KINDS,

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from partitions.registries import Agent
+from resources.inputs.registry import Agent
 from persona_assets.agents.corpora import (
     SpeakerTurn,
     adapter_prompt,
@@ -17,7 +17,7 @@ from persona_assets.agents.corpora import (
     conversation_windows,
     monologues,
 )
-from persona_assets.agents.transcripts import Meeting, alias_table, speaker_agent
+from resources.inputs.transcripts import Meeting, alias_table, speaker_agent
 from persona_assets.provenance import file_ref, row_ref
 from resources.llm.chat import chat_tokens
 from resources.llm.engine import LoglikelihoodRequest

@@ -15,7 +15,7 @@ from dagster import (
 
 from partitions import AGENTS, agents_partitions
 from persona_assets.agents.assets import AGENTS_BY_KEY, ensure_adapters
-from persona_assets.agents.transcripts import alias_table
+from resources.inputs.transcripts import alias_table
 from persona_assets.common import (
     AGENT_PARTITION,
     MODEL_KINDS,
@@ -36,11 +36,12 @@ from persona_assets.votes.prediction import (
     SCORE_CANDIDATES,
     UNKNOWN,
     VOTE_HASH,
+    formal_question,
     metric_rows,
     parse_final_vote,
     vote_prompt,
 )
-from persona_assets.votes.records import Motion, formal_question, read_votes, resolve_votes
+from resources.inputs.votes import Motion, read_votes, resolve_votes
 from resources.artifacts import ArtifactStore
 from resources.llm import GenerateRequest, LLMResource, ScoreRequest
 from persona_assets.review import REVIEW_TABLE, reviewed

@@ -12,7 +12,7 @@ import polars as pl
 from persona_assets.agents.corpora import adapter_prompt
 from persona_assets.provenance import row_ref, text_hash
 from persona_assets.statistics import SEED, cluster_bootstrap, cluster_totals, interval_method
-from persona_assets.votes.records import AYE, NAYE
+from resources.inputs.votes import AYE, NAYE
 from resources.llm.engine import ChatPrompt
 
 UNKNOWN = "Unknown"
@@ -162,3 +162,9 @@ def metric_rows(predictions: pl.DataFrame, seed: int = SEED) -> list[dict]:
                          "interval_method": interval_method("motions", seed), "partition_key": None,
                          "input_ids": [row_ref("votes.vote_predictions", i) for i in data["row_id"]]})
     return rows
+
+
+def formal_question(context: str) -> str:
+    """The yes/no question a member answers: 'Should the board approve ...?'."""
+    body = context.rstrip(" .?")
+    return f"Should the board {body[0].lower()}{body[1:]}?"

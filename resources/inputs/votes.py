@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from persona_assets.agents.transcripts import speaker_agent
+from resources.inputs.transcripts import speaker_agent
 from resources.inputs.errors import InputFileError
 
 COLUMNS = ("Context", "Ayes", "Nayes")
@@ -100,9 +100,3 @@ def resolve_votes(motions, aliases: dict[str, str]) -> tuple[list[AgentVote], li
                 else:
                     votes.append(AgentVote(motion.motion_id, agent, vote, name))
     return votes, unknown
-
-
-def formal_question(context: str) -> str:
-    """The yes/no question a member answers: 'Should the board approve ...?'."""
-    body = context.rstrip(" .?")
-    return f"Should the board {body[0].lower()}{body[1:]}?"
