@@ -40,7 +40,6 @@ TEST_QUESTIONS = 12
 ITERATIONS = 150
 RECENCIES = (0.5, 1.0)
 RECOVERED = 0.9  # mean agreement with gold at which a cell counts as recovering the truth  # the last demonstration weighs 1.5 or 2 times the first
-METHODS = ("icm_exactly_one", "icm_at_most_one", "icm_none", "zero_shot", "zero_shot_argmax", "random")
 
 
 def world_engine(spec: WorldSpec) -> PlantedSignalEngine:

@@ -264,8 +264,7 @@ def country_key(name: str) -> str:
     """The partition key of a country: its name in Unicode NFC with runs of whitespace as one space,
     control characters dropped and the characters Dagster refuses in keys replaced
     ('Côte d'Ivoire' stays as it is; 'Korea, South' becomes 'Korea; South')."""
-    text = " ".join(unicodedata.normalize("NFC", name).split())
-    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cc")
+    text = _normalized_name(name)
     for refused, replacement in _KEY_REPLACEMENTS:
         text = text.replace(refused, replacement)
     return text
@@ -364,7 +363,7 @@ def _check_country_keys(path: Path, records: list[SurveyRecord]) -> None:
     first: dict[str, SurveyRecord] = {}
     for r in records:
         seen = first.setdefault(r.country, r)
-        if _same_name(seen.country_name, r.country_name):
+        if _normalized_name(seen.country_name) == _normalized_name(r.country_name):
             continue
         raise SurveyFormatError(
             path, r.row, "country",
@@ -372,8 +371,10 @@ def _check_country_keys(path: Path, records: list[SurveyRecord]) -> None:
         )
 
 
-def _same_name(a: str, b: str) -> bool:
-    return " ".join(unicodedata.normalize("NFC", a).split()) == " ".join(unicodedata.normalize("NFC", b).split())
+def _normalized_name(name: str) -> str:
+    """One spelling per name: Unicode NFC, runs of whitespace as one space, no control characters."""
+    text = " ".join(unicodedata.normalize("NFC", name).split())
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cc")
 
 
 def _check_unique(path: Path, records: list[SurveyRecord]) -> None:
