@@ -15,6 +15,7 @@ AGENT_REGISTRY_FILE = _settings.board_dir / "agents.json"
 COUNTRY_NAMES: dict[str, str] = country_registry(_settings.goqa_source)
 COUNTRIES: list[str] = list(COUNTRY_NAMES)
 AGENTS: list[Agent] = agent_registry(AGENT_REGISTRY_FILE)
+AGENTS_BY_KEY: dict[str, Agent] = {a.key: a for a in AGENTS}
 
 countries_partitions = StaticPartitionsDefinition(COUNTRIES)
 agents_partitions = StaticPartitionsDefinition([a.key for a in AGENTS])
@@ -40,6 +41,7 @@ def partitioning(partitions_def) -> str:
 
 __all__ = [
     "AGENTS",
+    "AGENTS_BY_KEY",
     "AGENT_REGISTRY_FILE",
     "COUNTRIES",
     "COUNTRY_NAMES",

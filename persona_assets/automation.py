@@ -30,17 +30,16 @@ from partitions import AGENTS, COUNTRIES, agent_country_partitions, agents_parti
 from resources.inputs.transcripts import alias_table, read_meetings, speaker_agent
 from resources.inputs.survey import read_survey
 from resources.inputs.votes import read_votes
+from persona_assets.common import BOARD_INPUT
 from persona_assets.runner import RANGE_END, RANGE_START, contiguous_ranges
 
-DOMAINS = ("opinions", "elicitation", "agents", "traits", "responses", "judging", "votes", "alignment", "reports")
 COUNTRY_TAG = "persona/country"
-BOARD_TABLES = [AssetKey(["agents", "board_turns"]), AssetKey(["votes", "motions"]), AssetKey(["votes", "vote_records"])]
 
 
 def domain_jobs(assets_defs) -> list:
-    """One job per domain and partitions definition (a Dagster job has one)."""
+    """One job per asset group and partitions definition (a Dagster job has one)."""
     jobs = []
-    for group in DOMAINS:
+    for group in sorted({g for a in assets_defs for g in a.group_names_by_key.values()}):
         by_partitioning: dict[str, list[AssetKey]] = {}
         for assets_def in assets_defs:
             for key in assets_def.keys:
@@ -73,7 +72,8 @@ def partition_jobs(assets_defs) -> list:
                          description="Every country-partitioned asset."),
         define_asset_job(AGENT_COUNTRY_JOB, selection=AssetSelection.assets(*keys_partitioned_by(assets_defs, agent_country_partitions)),
                          description="Every agent x country asset."),
-        define_asset_job(BOARD_JOB, selection=AssetSelection.assets(*BOARD_TABLES, *keys_partitioned_by(assets_defs, agents_partitions)),
+        define_asset_job(BOARD_JOB, selection=AssetSelection.tag(*BOARD_INPUT)
+                         | AssetSelection.assets(*keys_partitioned_by(assets_defs, agents_partitions)),
                          description="The board tables and every agent-partitioned asset."),
     ]
 

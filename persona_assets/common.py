@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import warnings
 
-from dagster import BackfillPolicy, BetaWarning, MetadataValue, TableColumn, TableRecord, TableSchema
+from dagster import (
+    AssetCheckSeverity,
+    AssetKey,
+    BackfillPolicy,
+    BetaWarning,
+    MetadataValue,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+    build_column_schema_change_checks,
+)
 
 from persona_assets.deployment import DEFAULT_PROFILE, GpuProfile, gpu_op_tags
 from resources.settings import load_deployment
-from resources.llm import UsageMeter
 
 # Backfill policies are marked beta in dagster 1.13; they are what makes one run load a model once.
 warnings.filterwarnings("ignore", category=BetaWarning)
@@ -19,6 +28,9 @@ MODEL_KINDS = {"pytorch", "duckdb"}
 # Concurrency pools (limits in the instance's dagster.yaml): steps that load a model, and the rest,
 # which write the single-writer DuckDB file.
 GPU_POOL, WAREHOUSE_POOL = "gpu", "warehouse"
+# The unpartitioned tables made from the board's files, which every agent's partitions read: the board sensor
+# and job run them with the agents.
+BOARD_INPUT = ("persona/input", "board")
 COUNTRY_PARTITION = {"partition_expr": "country"}
 AGENT_PARTITION = {"partition_expr": "agent"}
 AGENT_COUNTRY_PARTITION = {"partition_expr": {"agent": "agent", "country": "country"}}
@@ -33,8 +45,9 @@ def gpu_step(profile: GpuProfile = DEFAULT_PROFILE) -> dict:
     return {"pool": GPU_POOL, "op_tags": gpu_op_tags(profile, DEPLOYMENT.on_k8s, DEPLOYMENT.gpu_image)}
 
 
-def engine_metadata(meter: UsageMeter, model_id: str) -> dict:
-    return {"engine/model_id": model_id, **meter.usage.as_metadata()}
+def schema_change_checks(*keys: list[str]) -> list:
+    """Checks that warn when a key table's columns change between materializations."""
+    return build_column_schema_change_checks(assets=[AssetKey(key) for key in keys], severity=AssetCheckSeverity.WARN)
 
 
 def markdown_table(header: list[str], rows: list[list]) -> MetadataValue:

@@ -1,34 +1,33 @@
 """The code location: every asset, with resources chosen from the settings."""
 
-from dagster import Definitions, EnvVar, load_asset_checks_from_modules, load_assets_from_modules
+import importlib
+import importlib.util
+import pkgutil
+
+from dagster import AssetsDefinition, Definitions, EnvVar
 from dagster_k8s import k8s_job_executor
 
-from persona_assets.agents import assets as agent_assets
-from persona_assets import checks
-from persona_assets.alignment import assets as alignment_assets
+import persona_assets
 from persona_assets.automation import country_schedules, domain_jobs, input_sensors, partition_jobs
 from persona_assets.deployment import K8S_EXECUTOR_CONFIG
-from persona_assets.elicitation import baselines, evaluations, search
-from persona_assets.judging import assets as judging_assets
-from persona_assets.opinions import assets as opinion_assets
-from persona_assets.reports import elicitation as elicitation_reports
-from persona_assets.responses import assets as response_assets
-from resources.settings import DATA_DIR, load_settings
-from persona_assets.traits import assets as trait_assets
-from persona_assets.votes import assets as vote_assets
 from resources.artifacts import ArtifactStore
 from resources.llm import LLMResource
 from resources.llm.chat_api import ChatApiResource
+from resources.settings import DATA_DIR, load_settings
 from resources.sources import BoardSource, GoqaSource
 from resources.warehouse import WarehouseIOManager, WarehouseResource
 
-settings = load_settings()
-ALL_ASSETS = load_assets_from_modules(
-    [opinion_assets, baselines, search, evaluations, elicitation_reports, agent_assets, trait_assets, response_assets,
-     judging_assets, vote_assets, alignment_assets]
-)
-ALL_CHECKS = load_asset_checks_from_modules([vote_assets, judging_assets, checks])
 
+def domain_definitions() -> list[Definitions]:
+    """Every domain's own definitions: each subpackage of persona_assets with a definitions module is a domain."""
+    return [importlib.import_module(f"persona_assets.{m.name}.definitions").defs
+            for m in sorted(pkgutil.iter_modules(persona_assets.__path__), key=lambda m: m.name)
+            if m.ispkg and importlib.util.find_spec(f"persona_assets.{m.name}.definitions")]
+
+
+DOMAINS = domain_definitions()
+settings = load_settings()
+ALL_ASSETS = [a for domain in DOMAINS for a in domain.assets if isinstance(a, AssetsDefinition)]  # the specs of review tables are not
 PARTITION_JOBS = partition_jobs(ALL_ASSETS)
 # On Kubernetes every step is its own pod (GPU steps in GPU pods, from their op tags); locally Dagster's default.
 EXECUTOR = k8s_job_executor.configured(K8S_EXECUTOR_CONFIG) if settings.deployment.on_k8s else None
@@ -38,9 +37,7 @@ EXECUTOR = k8s_job_executor.configured(K8S_EXECUTOR_CONFIG) if settings.deployme
 # name is stored, and each run's process reads the value from its own environment.
 WAREHOUSE = EnvVar("PERSONA_WAREHOUSE") if settings.warehouse_is_lake else str(settings.warehouse_path)
 
-defs = Definitions(
-    assets=[*ALL_ASSETS, vote_assets.question_reviews, trait_assets.question_reviews],
-    asset_checks=ALL_CHECKS,
+defs = Definitions.merge(*DOMAINS, Definitions(
     jobs=domain_jobs(ALL_ASSETS) + PARTITION_JOBS,
     executor=EXECUTOR,
     schedules=country_schedules(settings.schedule_cron),
@@ -64,4 +61,4 @@ defs = Definitions(
         "artifacts": ArtifactStore(root=str(settings.artifacts_dir)),
         "chat_api": ChatApiResource(base_url=settings.chat_base_url, model=settings.chat_model),
     },
-)
+))

@@ -45,9 +45,26 @@ class Provenance:
     prompt_hash: str | None = None
 
 
-def result_frame(rows: list[dict], schema: dict[str, pl.DataType], provenance: Provenance) -> pl.DataFrame:
-    """Rows (each with its own ``partition_key`` and ``input_ids``) plus the run's provenance;
-    a row may set its own ``adapter`` (a run over several agents serves several adapters)."""
+PartitionExpr = str | dict[str, str] | None
+
+
+def partition_key_of(row: dict, partition_expr: PartitionExpr) -> str | None:
+    """The partition a row belongs to, read from its partition column(s); a multi-partition key joins the
+    dimensions in Dagster's order (alphabetical: ``agent|country``)."""
+    if partition_expr is None:
+        return None
+    if isinstance(partition_expr, str):
+        return row[partition_expr]
+    return "|".join(row[column] for _, column in sorted(partition_expr.items()))
+
+
+def result_frame(rows: list[dict], schema: dict[str, pl.DataType], provenance: Provenance,
+                 partition_expr: PartitionExpr = None) -> pl.DataFrame:
+    """Rows (each with its ``input_ids``) plus the run's provenance; a row without its own ``partition_key`` gets
+    the one its partition columns name. A row may set its own ``adapter`` (a run over several agents serves
+    several adapters)."""
+    rows = [row if "partition_key" in row else {**row, "partition_key": partition_key_of(row, partition_expr)}
+            for row in rows]
     constant = {
         "run_id": provenance.run_id,
         "code_version": provenance.code_version,

@@ -31,6 +31,7 @@ def graph_snapshot() -> dict:
             "pools": sorted(node.pools or ()),
             "kinds": sorted(node.kinds),
             "backfill": None if node.backfill_policy is None else str(node.backfill_policy.policy_type.value),
+            "tags": {k: v for k, v in sorted(node.tags.items()) if not k.startswith("dagster/")},
         }
     jobs = {job.name: sorted(k.to_user_string() for k in job.asset_layer.selected_asset_keys)
             for job in defs.resolve_all_job_defs() if not job.name.startswith("__")}

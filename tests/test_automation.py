@@ -6,7 +6,7 @@ from dagster import DagsterInstance, PartitionKeyRange, SkipReason, build_schedu
 
 from partitions import AGENTS, COUNTRIES, agent_country_partitions
 from persona_assets.automation import AGENT_COUNTRY_JOB, COUNTRY_JOB, country_run_requests, input_sensors
-from persona_assets.checks import groups_without_one_positive, questions_in_train_and_test
+from persona_assets.opinions.checks import groups_without_one_positive, questions_in_train_and_test
 from persona_assets.definitions import PARTITION_JOBS, defs
 from persona_assets.runner import RANGE_END, RANGE_START
 from resources.settings import SAMPLE_BOARD_DIR, SAMPLE_GOQA_SOURCE

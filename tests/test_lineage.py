@@ -55,14 +55,14 @@ def test_changing_a_prompt_template_marks_downstream_assets_stale(tmp_path, tiny
     from dagster._core.definitions.data_version import StaleStatus
     from dagster._utils.test.data_versions import get_stale_status_resolver
 
-    from persona_assets.elicitation import baselines, prompts
+    from persona_assets.elicitation import assets as elicitation, prompts
     from persona_assets.opinions import assets as opinions
 
     upstream = [opinions.goqa_questions, opinions.goqa_survey, opinions.goqa_claims, opinions.goqa_splits]
     target = AssetKey(["elicitation", "zero_shot_base_predictions"])
     instance = DagsterInstance.ephemeral()
     resources = local_resources(tmp_path, tiny_llm)
-    graph = [*upstream, baselines.zero_shot_base_predictions]
+    graph = [*upstream, elicitation.zero_shot_base_predictions]
     assert materialize(graph, resources=resources, instance=instance, selection=[AssetKey(["opinions", "goqa_questions"])]).success
     selection = [AssetKey(["opinions", k]) for k in ("goqa_survey", "goqa_claims", "goqa_splits")] + [target]
     assert materialize(graph, resources=resources, instance=instance, selection=selection, partition_key="Aldoria").success
@@ -71,7 +71,7 @@ def test_changing_a_prompt_template_marks_downstream_assets_stale(tmp_path, tiny
         return get_stale_status_resolver(instance, assets).get_status(target, "Aldoria")
 
     assert status(graph) == StaleStatus.FRESH
-    version = baselines.ZERO_SHOT_VERSION
+    version = elicitation.ZERO_SHOT_VERSION
     monkeypatch.setattr(prompts, "ZERO_SHOT_TEMPLATE", prompts.ZERO_SHOT_TEMPLATE + " Answer truthfully:")
     monkeypatch.setattr(prompts, "ZERO_SHOT_HASH", prompts.text_hash(prompts.ZERO_SHOT_TEMPLATE))
     changed = importlib.reload(baselines)

@@ -8,7 +8,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from persona_assets.judging.assets import judgments_failure_rate, pairwise_failure_rate
+from persona_assets.judging.checks import judgments_failure_rate, pairwise_failure_rate
 from persona_assets.lineage import lineage_graph
 from tests.conftest import PERSONA, persona
 

@@ -81,7 +81,7 @@ def test_the_usable_rows_check_warns_and_counts_by_reason():
     import polars as pl
     from dagster import AssetCheckSeverity
 
-    from persona_assets.checks import survey_rows_usable
+    from persona_assets.opinions.checks import survey_rows_usable
 
     survey = pl.DataFrame({"usable": [True, False, False, False], "unusable_reason": [None, "tied", "no_answers", "tied"]})
     result = survey_rows_usable(goqa_survey=survey)

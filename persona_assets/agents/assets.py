@@ -6,7 +6,7 @@ import polars as pl
 from dagster import AssetExecutionContext, AssetIn, AssetOut, Config, MetadataValue, Output, asset, multi_asset
 from pydantic import Field
 
-from partitions import AGENTS, agents_partitions
+from partitions import AGENTS, AGENTS_BY_KEY, agents_partitions
 from persona_assets.agents.corpora import split_meetings
 from persona_assets.agents.tables import (
     BASE_MODEL_ROW,
@@ -17,28 +17,29 @@ from persona_assets.agents.tables import (
     TURN_SCHEMA,
     completion_rows,
     conversation_rows,
-    heldout_requests,
     merge_difference,
     monologue_rows,
-    perplexity,
+    perplexity_rows,
     training_example,
     turn_rows,
 )
 from resources.inputs.transcripts import read_meetings
 from persona_assets.common import (
+    BOARD_INPUT,
     AGENT_PARTITION,
     MODEL_KINDS,
     ONE_RUN_PER_BACKFILL,
     OWNERS,
     TABLE_KINDS,
     WAREHOUSE_POOL,
-    engine_metadata,
     gpu_step,
     markdown_table,
 )
 from persona_assets.deployment import TRAINING_PROFILE
+from persona_assets.agents.adapters import serve_adapters
 from persona_assets.provenance import Provenance, result_frame, row_ref
-from persona_assets.reports.plots import heatmap, inline, loss_curve
+from persona_assets.plots import heatmap, inline, loss_curve, saved_plot
+from persona_assets.steps import asset_frame, engine_metadata, model_step
 from resources.artifacts import ArtifactStore
 from resources.llm import LLMResource
 from resources.sources import BoardSource
@@ -48,7 +49,6 @@ GROUP = "agents"
 VERSION = "agents-1"
 SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, code_version=VERSION)
 BY_AGENT = dict(partitions_def=agents_partitions, metadata=AGENT_PARTITION, backfill_policy=ONE_RUN_PER_BACKFILL)
-AGENTS_BY_KEY = {a.key: a for a in AGENTS}
 
 
 class BoardConfig(Config):
@@ -77,13 +77,13 @@ def _provenance(context, engine=None, adapter=None) -> Provenance:
     return Provenance(context.run.run_id, VERSION, model_id=engine.model_id if engine else None, adapter=adapter)
 
 
-@asset(**SHARED, kinds=TABLE_KINDS, pool=WAREHOUSE_POOL)
+@asset(**SHARED, kinds=TABLE_KINDS, pool=WAREHOUSE_POOL, tags=dict([BOARD_INPUT]))
 def board_turns(context: AssetExecutionContext, config: BoardConfig, board: BoardSource) -> pl.DataFrame:
     """Every turn of every meeting transcript, its speaker resolved to an agent (or none), and the
     meeting's train/test split: whole meetings, so no meeting feeds both."""
     meetings = read_meetings(board.transcripts_dir())
     splits = split_meetings([m.meeting_id for m in meetings], config.test_fraction, config.seed)
-    frame = result_frame(turn_rows(meetings, AGENTS, splits), TURN_SCHEMA, _provenance(context))
+    frame = asset_frame(context, turn_rows(meetings, AGENTS, splits), TURN_SCHEMA)
     per_split = frame.group_by("split").agg(pl.col("meeting_id").unique())
     meetings_by_split = {s: set(ids) for s, ids in per_split.iter_rows()}
     assert not meetings_by_split.get("train", set()) & meetings_by_split.get("test", set())
@@ -103,21 +103,20 @@ TURNS_IN = {"board_turns": AssetIn(key=[GROUP, "board_turns"])}
 def training_conversations(context: AssetExecutionContext, config: CorpusConfig, board_turns: pl.DataFrame) -> pl.DataFrame:
     """Training chats from train meetings: the agent's turns as assistant turns, everyone else's as user turns."""
     rows = conversation_rows(board_turns, context.partition_keys, config.conversation_words)
-    return result_frame(rows, CONVERSATION_SCHEMA, _provenance(context))
+    return asset_frame(context, rows, CONVERSATION_SCHEMA)
 
 
 @asset(**SHARED, **BY_AGENT, kinds=TABLE_KINDS, pool=WAREHOUSE_POOL, ins=TURNS_IN)
 def completion_examples(context: AssetExecutionContext, config: CorpusConfig, board_turns: pl.DataFrame) -> pl.DataFrame:
     """Each utterance of the agent with the turns before it, from train and test meetings (the held-out sets)."""
     rows = completion_rows(board_turns, context.partition_keys, config.context_turns, config.min_completion_words)
-    return result_frame(rows, COMPLETION_SCHEMA, _provenance(context))
+    return asset_frame(context, rows, COMPLETION_SCHEMA)
 
 
 @asset(**SHARED, **BY_AGENT, kinds=TABLE_KINDS, pool=WAREHOUSE_POOL, ins=TURNS_IN)
 def monologues(context: AssetExecutionContext, config: CorpusConfig, board_turns: pl.DataFrame) -> pl.DataFrame:
     """The agent's utterances longer than the monologue threshold (150 words by default)."""
-    return result_frame(monologue_rows(board_turns, context.partition_keys, config.monologue_words), MONOLOGUE_SCHEMA,
-                        _provenance(context))
+    return asset_frame(context, monologue_rows(board_turns, context.partition_keys, config.monologue_words), MONOLOGUE_SCHEMA)
 
 
 ADAPTER_SCHEMA = {"agent": pl.String, "adapter_path": pl.String, "sha256": pl.String, "rank": pl.Int64, "alpha": pl.Int64,
@@ -190,11 +189,6 @@ def lora_training(
                  metadata={**usage, "loss_curves": MetadataValue.md("\n\n".join(plots))})
 
 
-def ensure_adapters(engine, adapters: pl.DataFrame) -> None:
-    for r in adapters.iter_rows(named=True):
-        engine.add_adapter(r["agent"], r["adapter_path"], r["sha256"])
-
-
 MERGED_SCHEMA = {"agent": pl.String, "model_path": pl.String, "sha256": pl.String, "max_logit_difference": pl.Float64}
 
 
@@ -209,7 +203,7 @@ def merged_models(
     the agent's utterances; an agent with none to compare on fails rather than passing unchecked."""
     rows = []
     with llm.metered() as (engine, meter):
-        ensure_adapters(engine, lora_adapters)
+        serve_adapters(engine, lora_adapters)
         for r in lora_adapters.sort("agent").iter_rows(named=True):
             agent = r["agent"]
             samples = [engine.tokenizer(t)["input_ids"][:128] for t in completion_examples.filter(pl.col("agent") == agent)["target"][:3]]
@@ -235,27 +229,14 @@ def perplexity_matrix(
     heldout = completion_examples.filter(pl.col("split") == "test").sort("row_id")
     agents = sorted(heldout["agent"].unique())
     models = [BASE_MODEL_ROW, *sorted(lora_adapters["agent"])]
-    rows = []
-    with llm.metered() as (engine, meter):
-        ensure_adapters(engine, lora_adapters)
-        for model in models:
-            adapter = None if model == BASE_MODEL_ROW else model
-            for agent in agents:
-                examples = heldout.filter(pl.col("agent") == agent)
-                results = engine.loglikelihood(heldout_requests(examples, adapter))
-                nll = -sum(r.total for r in results)
-                tokens = sum(r.n_counted for r in results)
-                rows.append({"row_id": f"{model}/{agent}", "model": model, "adapter": adapter, "heldout_agent": agent, "examples": examples.height,
-                             "tokens": tokens, "nll": nll, "perplexity": perplexity(nll, tokens), "partition_key": None,
-                             "input_ids": [row_ref("agents.completion_examples", i) for i in examples["row_id"]]
-                             + ([row_ref("agents.lora_adapters", model)] if adapter else [])})
-    frame = result_frame(rows, PERPLEXITY_SCHEMA, _provenance(context, engine))
-    values = [[next(r["perplexity"] for r in rows if r["model"] == m and r["heldout_agent"] == a) for a in agents] for m in models]
+    with model_step(context, llm) as step:
+        serve_adapters(step.engine, lora_adapters)
+        frame = step.frame(perplexity_rows(step.engine, heldout, models, agents), PERPLEXITY_SCHEMA)
+    cell = {(r["model"], r["heldout_agent"]): r["perplexity"] for r in frame.iter_rows(named=True)}
+    values = [[cell[(m, a)] for a in agents] for m in models]
     png = heatmap("Perplexity on held-out utterances", models, agents, values, "perplexity")
-    path, sha = artifacts.write(png, "plots", "agents", "perplexity.png")
     context.add_output_metadata({
-        **engine_metadata(meter, engine.model_id),
         "matrix": markdown_table(["model", *agents], [[m, *[f"{v:.2f}" for v in row]] for m, row in zip(models, values, strict=True)]),
-        "heatmap": MetadataValue.md(f"`{path}` sha256 {sha[:12]}\n\n{inline(png, 'perplexity')}"),
+        "heatmap": MetadataValue.md(saved_plot(artifacts, png, "agents", "perplexity")),
     })
     return frame

@@ -145,3 +145,21 @@ def merge_difference(agent: str, differences: Sequence[float], tolerance: float 
         bad = next((d for d in differences if not math.isfinite(d)), worst)
         raise RuntimeError(f"{agent}: merged model differs from base + adapter by {bad:.2e} (> {tolerance})")
     return worst
+
+
+def perplexity_rows(engine, heldout: pl.DataFrame, models: Sequence[str], agents: Sequence[str]) -> list[dict]:
+    """Every model (the base, or an agent's adapter) on every agent's held-out utterances: the negative
+    log-likelihood of the agent's tokens, their count and the token-weighted perplexity."""
+    rows = []
+    for model in models:
+        adapter = None if model == BASE_MODEL_ROW else model
+        for agent in agents:
+            examples = heldout.filter(pl.col("agent") == agent)
+            results = engine.loglikelihood(heldout_requests(examples, adapter))
+            nll = -sum(r.total for r in results)
+            tokens = sum(r.n_counted for r in results)
+            rows.append({"row_id": f"{model}/{agent}", "model": model, "adapter": adapter, "heldout_agent": agent,
+                         "examples": examples.height, "tokens": tokens, "nll": nll, "perplexity": perplexity(nll, tokens),
+                         "input_ids": [row_ref("agents.completion_examples", i) for i in examples["row_id"]]
+                         + ([row_ref("agents.lora_adapters", model)] if adapter else [])})
+    return rows

@@ -10,27 +10,17 @@ from persona_assets.common import (
     MODEL_KINDS,
     ONE_RUN_PER_BACKFILL,
     OWNERS,
-    engine_metadata,
     gpu_step,
     markdown_table,
 )
-from persona_assets.elicitation.prompts import (
-    CANDIDATES,
-    CHAT_CANDIDATES,
-    CHAT_HASH,
-    ZERO_SHOT_HASH,
-    chat_messages,
-    parse_true_false,
-    predicted_label,
-    zero_shot_prompt,
-)
-from persona_assets.elicitation.tables import test_split_claims
-from persona_assets.provenance import Provenance, result_frame, row_ref
+from persona_assets.elicitation.prompts import CHAT_CANDIDATES, CHAT_HASH, chat_messages, parse_true_false, predicted_label
+from persona_assets.elicitation.tables import CHAT_SCHEMA, chat_rows, test_split_claims
+from persona_assets.provenance import Provenance, result_frame
+from persona_assets.steps import engine_metadata
 from resources.llm import ChatPrompt, LLMResource, ScoreRequest
 from resources.llm.chat_api import ChatApiResource
 
 GROUP = "elicitation"
-ZERO_SHOT_VERSION = f"zero-shot-1-{ZERO_SHOT_HASH}"
 CHAT_VERSION = f"zero-shot-chat-2-{CHAT_HASH}"
 BASELINE = dict(
     key_prefix=GROUP,
@@ -43,77 +33,6 @@ BASELINE = dict(
     ins={"goqa_splits": AssetIn(key=["opinions", "goqa_splits"]), "goqa_claims": AssetIn(key=["opinions", "goqa_claims"])},
 )
 
-PREDICTION_SCHEMA = {
-    "variant": pl.String,
-    "country": pl.String,
-    "claim_id": pl.String,
-    "logprob_true": pl.Float64,
-    "logprob_false": pl.Float64,
-    "predicted_label": pl.Int64,
-    "label": pl.Int64,
-    "correct": pl.Boolean,
-}
-
-
-@asset(**BASELINE, code_version=ZERO_SHOT_VERSION)
-def zero_shot_base_predictions(
-    context: AssetExecutionContext, llm: LLMResource, goqa_splits: pl.DataFrame, goqa_claims: pl.DataFrame
-) -> pl.DataFrame:
-    """Zero-shot base-model baseline: log P(" True") vs log P(" False") for each test claim, no demonstrations."""
-    test, claims = test_split_claims(goqa_splits, goqa_claims)
-    with llm.metered() as (engine, meter):
-        scores = engine.score(
-            [ScoreRequest(zero_shot_prompt(r["question"], r["option"], r["country"]), CANDIDATES)
-             for r in claims.iter_rows(named=True)]
-        )
-    by_claim = dict(zip(claims["claim_id"], scores, strict=True))
-    rows = []
-    for r in test.sort("variant", "country", "position").iter_rows(named=True):
-        lp_true, lp_false = by_claim[r["claim_id"]]
-        predicted = predicted_label(lp_true, lp_false)
-        rows.append(
-            {
-                "row_id": f"{r['variant']}/{r['claim_id']}",
-                "variant": r["variant"],
-                "country": r["country"],
-                "claim_id": r["claim_id"],
-                "logprob_true": lp_true,
-                "logprob_false": lp_false,
-                "predicted_label": predicted,
-                "label": r["label"],
-                "correct": predicted == r["label"],
-                "partition_key": r["country"],
-                "input_ids": [row_ref("opinions.goqa_splits", r["row_id"]), row_ref("opinions.goqa_claims", r["claim_id"])],
-            }
-        )
-    provenance = Provenance(context.run.run_id, ZERO_SHOT_VERSION, model_id=engine.model_id, prompt_hash=ZERO_SHOT_HASH)
-    frame = result_frame(rows, PREDICTION_SCHEMA, provenance)
-    accuracy = frame.group_by("country", "variant").agg(pl.len(), pl.col("correct").mean()).sort("country", "variant")
-    context.add_output_metadata(
-        {
-            **engine_metadata(meter, engine.model_id),
-            "accuracy": markdown_table(
-                ["country", "variant", "test claims", "accuracy"],
-                [[c, v, n, f"{a:.3f}"] for c, v, n, a in accuracy.iter_rows()],
-            ),
-        }
-    )
-    return frame
-
-
-CHAT_SCHEMA = {
-    "variant": pl.String,
-    "country": pl.String,
-    "claim_id": pl.String,
-    "method": pl.String,
-    "repeat": pl.Int64,
-    "answered_by": pl.String,
-    "reply": pl.String,
-    "predicted_label": pl.Int64,
-    "label": pl.Int64,
-    "correct": pl.Boolean,
-    "parse_failed": pl.Boolean,
-}
 CHAT = "zero_shot_chat"
 BASE_CHAT_TEMPLATE = "zero_shot_base_chat_template"
 
@@ -168,21 +87,3 @@ def zero_shot_chat_predictions(
     )
     return frame
 
-
-def chat_rows(test: pl.DataFrame, claim_ids: list[str], replies: list[list[str]], predictions: list[list[int | None]],
-              method: str, answered_by: str) -> list[dict]:
-    """One row per (repeat, variant, test claim); replies and predictions are per repeat, in claim_ids order."""
-    rows = []
-    for repeat, (repeat_replies, repeat_predictions) in enumerate(zip(replies, predictions, strict=True)):
-        by_claim = dict(zip(claim_ids, zip(repeat_replies, repeat_predictions, strict=True), strict=True))
-        for r in test.sort("variant", "country", "position").iter_rows(named=True):
-            reply, predicted = by_claim[r["claim_id"]]
-            rows.append({
-                "row_id": f"{r['variant']}/r{repeat}/{r['claim_id']}", "variant": r["variant"], "country": r["country"],
-                "claim_id": r["claim_id"], "method": method, "repeat": repeat, "answered_by": answered_by,
-                "reply": reply, "predicted_label": predicted, "label": r["label"],
-                "correct": None if predicted is None else predicted == r["label"], "parse_failed": predicted is None,
-                "partition_key": r["country"],
-                "input_ids": [row_ref("opinions.goqa_splits", r["row_id"]), row_ref("opinions.goqa_claims", r["claim_id"])],
-            })
-    return rows

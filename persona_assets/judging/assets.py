@@ -1,20 +1,11 @@
 """Judging: absolute 1-5 scores per aspect, pairwise comparisons in both orders, and their summary."""
 
 import polars as pl
-from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
-    AssetExecutionContext,
-    AssetIn,
-    Config,
-    MetadataValue,
-    asset,
-    asset_check,
-)
+from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, asset
 from pydantic import Field
 
 from partitions import agents_partitions
-from persona_assets.agents.assets import AGENTS_BY_KEY
+from partitions import AGENTS_BY_KEY
 from persona_assets.common import (
     AGENT_PARTITION,
     MODEL_KINDS,
@@ -22,7 +13,6 @@ from persona_assets.common import (
     OWNERS,
     TABLE_KINDS,
     WAREHOUSE_POOL,
-    engine_metadata,
     gpu_step,
     markdown_table,
 )
@@ -34,15 +24,15 @@ from persona_assets.judging.tables import (
     JUDGMENT_FAILURES,
     JUDGMENT_SCHEMA,
     SUMMARY_SCHEMA,
+    failure_metadata,
     failure_rate,
     judge_items,
     score_groups,
     summary_rows,
 )
-from persona_assets.provenance import Provenance, result_frame
-from persona_assets.reports.plots import inline, score_violins, win_rate_bars
-from resources.settings import load_settings
+from persona_assets.plots import saved_plot, score_violins, win_rate_bars
 from persona_assets.statistics import interval_method, shown
+from persona_assets.steps import asset_frame, model_step
 from resources.artifacts import ArtifactStore
 from resources.llm import LLMResource
 
@@ -65,11 +55,6 @@ def _speakers() -> dict[str, str]:
     return {key: agent.display_name for key, agent in AGENTS_BY_KEY.items()}
 
 
-def _failure_metadata(frame: pl.DataFrame, failure_columns: list[str]) -> dict:
-    failed, rate = failure_rate(frame, failure_columns)
-    return {"judge_failures": failed, "judge_failure_rate": rate}
-
-
 @asset(**SHARED, ins=RESPONSES_IN, code_version=JUDGMENTS_VERSION)
 def judgments(context: AssetExecutionContext, config: JudgeConfig, judge_llm: LLMResource, evaluation_items: pl.DataFrame,
               task_responses: pl.DataFrame) -> pl.DataFrame:
@@ -77,12 +62,11 @@ def judgments(context: AssetExecutionContext, config: JudgeConfig, judge_llm: LL
     alignment, plausibility, tone; monologue: fit, style) by the judge model, as JSON-schema constrained output read
     by a strict parser of the reply alone. A reply that still fails is a row with a `failure` and no score."""
     items = judge_items(evaluation_items, _speakers())
-    with judge_llm.metered() as (engine, meter):
-        rows = score_responses(engine, items, task_responses.sort("row_id").to_dicts(), config.explanation_chars,
+    with model_step(context, judge_llm, JUDGE_HASH) as step:
+        rows = score_responses(step.engine, items, task_responses.sort("row_id").to_dicts(), config.explanation_chars,
                                config.temperature, config.seed)
-    frame = result_frame(rows, JUDGMENT_SCHEMA, Provenance(context.run.run_id, JUDGMENTS_VERSION, model_id=engine.model_id,
-                                                           prompt_hash=JUDGE_HASH))
-    context.add_output_metadata({**engine_metadata(meter, engine.model_id), **_failure_metadata(frame, JUDGMENT_FAILURES)})
+        frame = step.frame(rows, JUDGMENT_SCHEMA)
+    context.add_output_metadata(failure_metadata(frame, JUDGMENT_FAILURES))
     return frame
 
 
@@ -93,35 +77,14 @@ def pairwise_comparisons(context: AssetExecutionContext, config: JudgeConfig, ju
     against the reference in both orders (agent as A, then baseline as A). `outcome` is the winner when both orders
     agree, `tie`, `inconsistent` when they disagree, or `failed` when either reply did not parse."""
     items = judge_items(evaluation_items, _speakers())
-    with judge_llm.metered() as (engine, meter):
-        rows = compare_pairs(engine, items, task_responses.to_dicts(), config.explanation_chars, config.temperature,
-                             config.seed)
-    frame = result_frame(rows, COMPARISON_SCHEMA, Provenance(context.run.run_id, COMPARISONS_VERSION,
-                                                             model_id=engine.model_id, prompt_hash=PAIRWISE_HASH))
+    with model_step(context, judge_llm, PAIRWISE_HASH) as step:
+        rows = compare_pairs(step.engine, items, task_responses.to_dicts(), config.explanation_chars,
+                             config.temperature, config.seed)
+        frame = step.frame(rows, COMPARISON_SCHEMA)
     outcomes = frame.group_by("outcome").len().sort("outcome")
-    context.add_output_metadata({**engine_metadata(meter, engine.model_id),
-                                 **_failure_metadata(frame, COMPARISON_FAILURES),
+    context.add_output_metadata({**failure_metadata(frame, COMPARISON_FAILURES),
                                  "outcomes": markdown_table(["outcome", "pairs"], outcomes.rows())})
     return frame
-
-
-def _check_failure_rate(frame: pl.DataFrame, failure_columns: list[str]) -> AssetCheckResult:
-    limit = load_settings().judge_max_failure_rate
-    metadata = _failure_metadata(frame, failure_columns)
-    return AssetCheckResult(passed=metadata["judge_failure_rate"] <= limit, severity=AssetCheckSeverity.ERROR,
-                            metadata={**metadata, "threshold (PERSONA_JUDGE_MAX_FAILURE_RATE)": limit, "rows": frame.height})
-
-
-@asset_check(asset=[GROUP, "judgments"], blocking=True,
-             description="The share of judgments whose reply failed to parse is at most PERSONA_JUDGE_MAX_FAILURE_RATE.")
-def judgments_failure_rate(judgments: pl.DataFrame) -> AssetCheckResult:
-    return _check_failure_rate(judgments, JUDGMENT_FAILURES)
-
-
-@asset_check(asset=[GROUP, "pairwise_comparisons"], blocking=True,
-             description="The share of pairs with a failed verdict is at most PERSONA_JUDGE_MAX_FAILURE_RATE.")
-def pairwise_failure_rate(pairwise_comparisons: pl.DataFrame) -> AssetCheckResult:
-    return _check_failure_rate(pairwise_comparisons, COMPARISON_FAILURES)
 
 
 SUMMARY_VERSION = "judging-summary-2"
@@ -135,17 +98,13 @@ def judging_summary(context: AssetExecutionContext, artifacts: ArtifactStore, ju
     """Win rates of agent over baseline (order-consistent and raw), mean judge scores of both systems and their
     paired difference, per agent, task and sampling setting, each with its n and a 95% BCa cluster-bootstrap
     interval over evaluation items (null where undefined); score violins and judge failure rates."""
-    frame = result_frame(summary_rows(judgments, pairwise_comparisons), SUMMARY_SCHEMA,
-                         Provenance(context.run.run_id, SUMMARY_VERSION))
+    frame = asset_frame(context, summary_rows(judgments, pairwise_comparisons), SUMMARY_SCHEMA)
     violins = score_violins("Judge scores, every sample (no best-of-n)", score_groups(judgments))
     per_agent = frame.filter(pl.col("scope") == "agent x task")
     bars = win_rate_bars("Agent vs persona baseline, order-consistent wins",
                          [f"{r['agent']}/{r['task']}" for r in per_agent.iter_rows(named=True)],
                          [(r["consistent_rate"], r["consistent_low"], r["consistent_high"]) for r in per_agent.iter_rows(named=True)])
-    plots = []
-    for name, png in (("score-violins", violins), ("win-rates", bars)):
-        path, sha = artifacts.write(png, "plots", "judging", f"{name}.png")
-        plots.append(f"`{path}` sha256 {sha[:12]}\n\n{inline(png, name)}")
+    plots = [saved_plot(artifacts, png, "judging", name) for name, png in (("score-violins", violins), ("win-rates", bars))]
     failure_rates = [["judging.judgments", judgments.height, failure_rate(judgments, JUDGMENT_FAILURES)[1]],
                      ["judging.pairwise_comparisons", pairwise_comparisons.height,
                       failure_rate(pairwise_comparisons, COMPARISON_FAILURES)[1]]]

@@ -39,7 +39,6 @@ def judgment_row(response: dict, item: Item, aspect: Aspect, reply: str, parsed:
             "setting": response["setting"], "sample": response["sample"], "aspect": aspect.name,
             "score": int(parsed.value["score"]) if parsed.ok else None,
             "explanation": parsed.value["explanation"] if parsed.ok else None, "reply": reply, "failure": parsed.failure,
-            "partition_key": response["agent"],
             "input_ids": [row_ref(RESPONSES, response["row_id"]), row_ref(ITEMS, response["item_id"])]}
 
 
@@ -54,7 +53,6 @@ def comparison_row(item: Item, agent_response: dict, baseline_response: dict, ve
             "outcome": combine(verdicts["agent_first"], verdicts["baseline_first"]),
             "reply_agent_first": reply_af, "reply_baseline_first": reply_bf,
             "failure_agent_first": parsed_af.failure, "failure_baseline_first": parsed_bf.failure,
-            "partition_key": a["agent"],
             "input_ids": [row_ref(RESPONSES, a["row_id"]), row_ref(RESPONSES, baseline_response["row_id"]),
                           row_ref(ITEMS, a["item_id"])]}
 
@@ -135,3 +133,8 @@ def failure_rate(frame: pl.DataFrame, failure_columns: list[str]) -> tuple[int, 
     """Rows with a failure in any of the columns, and their share (0 for an empty table)."""
     failed = frame.select(pl.any_horizontal([pl.col(c).is_not_null() for c in failure_columns]).alias("f"))["f"]
     return int(failed.sum()), float(failed.mean()) if frame.height else 0.0
+
+
+def failure_metadata(frame: pl.DataFrame, failure_columns: list[str]) -> dict:
+    failed, rate = failure_rate(frame, failure_columns)
+    return {"judge_failures": failed, "judge_failure_rate": rate}

@@ -31,7 +31,7 @@ from persona_assets.opinions.tables import (
     split_rows,
     survey_rows,
 )
-from persona_assets.provenance import Provenance, result_frame
+from persona_assets.steps import asset_frame
 from resources.sources import GoqaSource
 
 GROUP = "opinions"
@@ -53,10 +53,6 @@ class SplitConfig(Config):
     test_cap: int = Field(default=50, description="Most test claims per country (whole question groups).")
 
 
-def _provenance(context: AssetExecutionContext) -> Provenance:
-    return Provenance(run_id=context.run.run_id, code_version=CODE_VERSION)
-
-
 def _source_metadata(source) -> dict:
     return {"source_file": str(source.path), "source_sha256": source.sha256, "source_format": source.format}
 
@@ -71,7 +67,7 @@ def goqa_countries(context: AssetExecutionContext, goqa_source: GoqaSource) -> p
     """Every country of the source: its partition key (what the UI and `persona run --countries` take), its
     name as written in the file, and how many of its survey rows can make claims (the rest by reason)."""
     source = goqa_source.load()
-    frame = result_frame(country_rows(source), COUNTRIES_SCHEMA, _provenance(context))
+    frame = asset_frame(context, country_rows(source), COUNTRIES_SCHEMA)
     columns = {"country": "string", "country_name": "string", "survey_rows": "int", "usable_rows": "int"}
     context.add_output_metadata(
         {
@@ -88,7 +84,7 @@ def goqa_countries(context: AssetExecutionContext, goqa_source: GoqaSource) -> p
 def goqa_questions(context: AssetExecutionContext, goqa_source: GoqaSource) -> pl.DataFrame:
     """Every distinct survey question of the GlobalOpinionQA source with its options, in file order."""
     source = goqa_source.load()
-    frame = result_frame(question_rows(source), QUESTIONS_SCHEMA, _provenance(context))
+    frame = asset_frame(context, question_rows(source), QUESTIONS_SCHEMA)
     numeric = sum(any(is_number(token) for token in tokens) for tokens in frame["source_options"].to_list())
     context.add_output_metadata(
         {
@@ -105,7 +101,7 @@ def goqa_questions(context: AssetExecutionContext, goqa_source: GoqaSource) -> p
 def goqa_survey(context: AssetExecutionContext, goqa_source: GoqaSource) -> pl.DataFrame:
     """The country's answer distribution per question, one row per (question, country), with its source row."""
     source = goqa_source.load()
-    frame = result_frame(survey_rows(source, context.partition_keys), SURVEY_SCHEMA, _provenance(context))
+    frame = asset_frame(context, survey_rows(source, context.partition_keys), SURVEY_SCHEMA)
     context.add_output_metadata(
         {**_source_metadata(source), "usable_rows": int(frame["usable"].sum()), **_unusable_counts(frame)}
     )
@@ -117,7 +113,7 @@ def goqa_claims(context: AssetExecutionContext, config: ClaimsConfig, goqa_surve
     """Binary claims: the most chosen option labelled 1 and one seeded random other option labelled 0.
     Survey rows that cannot make a claim (see `goqa_survey.unusable_reason`) are left out and counted."""
     rows, excluded = claim_rows(goqa_survey, config.seed)
-    frame = result_frame(rows, CLAIMS_SCHEMA, _provenance(context))
+    frame = asset_frame(context, rows, CLAIMS_SCHEMA)
     per_country = frame.group_by("country").agg(pl.len().alias("claims"), pl.col("label").mean().alias("positive"))
     reasons = Counter(reason for _, _, reason in excluded)
     context.add_output_metadata(
@@ -144,9 +140,7 @@ def goqa_splits(
 ) -> pl.DataFrame:
     """Train/test split per country and variant (all, binary), decided on question identity."""
     rules = SplitRules(config.seed, config.train_fraction, config.train_cap, config.test_cap)
-    frame = result_frame(
-        split_rows(goqa_claims, goqa_questions, context.partition_keys, rules), SPLITS_SCHEMA, _provenance(context)
-    )
+    frame = asset_frame(context, split_rows(goqa_claims, goqa_questions, context.partition_keys, rules), SPLITS_SCHEMA)
     sizes = frame.group_by("country", "variant", "split").agg(pl.len()).sort("country", "variant", "split")
     context.add_output_metadata(
         {"seed": config.seed, "sizes": markdown_table(["country", "variant", "split", "claims"], sizes.rows())}

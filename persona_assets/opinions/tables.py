@@ -83,7 +83,6 @@ def question_rows(source: SurveySource) -> list[dict]:
                 "source_options": list(record.source_options),
                 "n_options": len(record.options),
                 "source_format": source.format,
-                "partition_key": None,
                 "input_ids": [],
             }
         ref = file_ref(source.sha256, record.row)
@@ -105,7 +104,6 @@ def country_rows(source: SurveySource) -> list[dict]:
                 "survey_rows": len(reasons),
                 "usable_rows": reasons.count(None),
                 **{reason: reasons.count(reason) for reason in UNUSABLE_REASONS},
-                "partition_key": None,
                 "input_ids": list(dict.fromkeys(file_ref(source.sha256, r.row) for r in source.records_for(country))),
             }
         )
@@ -134,7 +132,6 @@ def survey_rows(source: SurveySource, countries: Sequence[str]) -> list[dict]:
                     "source_file": str(source.path),
                     "source_sha256": source.sha256,
                     "source_row": record.row,
-                    "partition_key": country,
                     "input_ids": [file_ref(source.sha256, record.row)],
                 }
             )
@@ -160,7 +157,6 @@ def claim_rows(survey: pl.DataFrame, seed: int) -> tuple[list[dict], list[tuple[
             "probability": c.probability,
             "label": c.label,
             "n_options": c.n_options,
-            "partition_key": c.country,
             "input_ids": [row_ref(SURVEY_TABLE, f"{c.question_id}/{c.country}")],
         }
         for c in claims
@@ -189,7 +185,6 @@ def split_rows(claims: pl.DataFrame, questions: pl.DataFrame, countries: Sequenc
                         "claim_id": s.claim.claim_id,
                         "question_id": s.claim.question_id,
                         "label": s.claim.label,
-                        "partition_key": country,
                         "input_ids": [
                             row_ref(CLAIMS_TABLE, s.claim.claim_id),
                             row_ref(QUESTIONS_TABLE, s.claim.question_id),

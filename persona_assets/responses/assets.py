@@ -4,8 +4,8 @@ import polars as pl
 from dagster import AssetExecutionContext, AssetIn, Config, asset
 from pydantic import Field
 
-from partitions import agents_partitions
-from persona_assets.agents.assets import AGENTS_BY_KEY, ensure_adapters
+from partitions import AGENTS_BY_KEY, agents_partitions
+from persona_assets.agents.adapters import serve_adapters
 from persona_assets.common import (
     AGENT_PARTITION,
     MODEL_KINDS,
@@ -13,13 +13,12 @@ from persona_assets.common import (
     OWNERS,
     TABLE_KINDS,
     WAREHOUSE_POOL,
-    engine_metadata,
     gpu_step,
     markdown_table,
 )
-from persona_assets.provenance import Provenance, result_frame
 from persona_assets.responses.tables import ITEM_SCHEMA, RESPONSE_SCHEMA, item_rows, response_plan, response_row
 from persona_assets.responses.tasks import PROMPT_HASH, UPSTREAM_GRID, SamplingSetting
+from persona_assets.steps import asset_frame, model_step
 from resources.llm import LLMResource
 
 GROUP = "responses"
@@ -57,7 +56,7 @@ def evaluation_items(context: AssetExecutionContext, config: ItemConfig, probe_q
     rows = [row for agent in context.partition_keys
             for row in item_rows(agent, probe_questions, completion_examples, monologue_prompts,
                                  config.max_per_trait, config.max_completions, config.max_monologues)]
-    frame = result_frame(rows, ITEM_SCHEMA, Provenance(context.run.run_id, ITEMS_VERSION))
+    frame = asset_frame(context, rows, ITEM_SCHEMA)
     counts = frame.group_by("agent", "task").len().sort("agent", "task")
     context.add_output_metadata({"items": markdown_table(["agent", "task", "items"], counts.rows())})
     return frame
@@ -78,13 +77,12 @@ def task_responses(context: AssetExecutionContext, config: ResponseConfig, llm: 
     names = {key: agent.display_name for key, agent in AGENTS_BY_KEY.items()}
     plan = response_plan(evaluation_items.sort("agent", "row_id").to_dicts(), names, profiles, grid, config.samples,
                          config.max_new_tokens, config.seed)
-    with llm.metered() as (engine, meter):
-        ensure_adapters(engine, lora_adapters)
-        replies = engine.generate([planned.request for planned in plan])
-    rows = [response_row(planned, reply) for planned, reply in zip(plan, replies, strict=True)]
-    frame = result_frame(rows, RESPONSE_SCHEMA, Provenance(context.run.run_id, RESPONSES_VERSION, model_id=engine.model_id,
-                                                           prompt_hash=PROMPT_HASH))
+    with model_step(context, llm, PROMPT_HASH) as step:
+        serve_adapters(step.engine, lora_adapters)
+        replies = step.engine.generate([planned.request for planned in plan])
+        frame = step.frame([response_row(planned, reply) for planned, reply in zip(plan, replies, strict=True)],
+                           RESPONSE_SCHEMA)
     counts = frame.group_by("agent", "task", "system").len().sort("agent", "task", "system")
-    context.add_output_metadata({**engine_metadata(meter, engine.model_id), "settings": [s.label for s in grid],
+    context.add_output_metadata({"settings": [s.label for s in grid],
                                  "samples": config.samples, "responses": markdown_table(counts.columns, counts.rows())})
     return frame

@@ -35,7 +35,7 @@ def _item(agent: str, task: str, source_table: str, source_id: str, messages, re
           trait: str | None = None) -> dict:
     return {"row_id": f"{task}/{source_id}", "agent": agent, "task": task, "trait": trait,
             "messages": json.dumps(messages), "reference": reference, "reference_kind": reference_kind,
-            "partition_key": agent, "input_ids": [row_ref(source_table, source_id)]}
+            "input_ids": [row_ref(source_table, source_id)]}
 
 
 def item_rows(agent: str, probes: pl.DataFrame, completions: pl.DataFrame, monologue_prompts: pl.DataFrame,
@@ -97,5 +97,5 @@ def response_row(planned: PlannedResponse, response: str) -> dict:
             "item_id": item["row_id"], "task": item["task"], "system": planned.system, "setting": setting.label,
             "temperature": setting.temperature, "top_p": setting.top_p, "top_k": setting.top_k,
             "repetition_penalty": setting.repetition_penalty, "sample": planned.sample, "seed": planned.request.seed,
-            "response": response.strip(), "adapter": planned.request.adapter, "partition_key": item["agent"],
+            "response": response.strip(), "adapter": planned.request.adapter,
             "input_ids": [row_ref("responses.evaluation_items", item["row_id"]), planned.source]}

@@ -4,19 +4,17 @@ import polars as pl
 from dagster import AssetExecutionContext, AssetIn, AssetKey, AssetSpec, Config, asset
 from pydantic import Field
 
-from partitions import agents_partitions
-from persona_assets.agents.assets import AGENTS_BY_KEY
+from partitions import AGENTS_BY_KEY, agents_partitions
 from persona_assets.common import (
     AGENT_PARTITION,
     MODEL_KINDS,
     ONE_RUN_PER_BACKFILL,
     OWNERS,
-    engine_metadata,
     gpu_step,
     markdown_table,
 )
-from persona_assets.provenance import Provenance, result_frame, row_ref
 from persona_assets.review import REVIEW_TABLE
+from persona_assets.steps import model_step
 from persona_assets.structured_output import ask_structured
 from persona_assets.traits import prompts
 from persona_assets.traits.extraction import (
@@ -33,8 +31,11 @@ from persona_assets.traits.tables import (
     PROBE_SCHEMA,
     PROFILE_SCHEMA,
     SCREENING_SCHEMA,
+    monologue_prompt_rows,
+    monologues_of,
+    probe_rows,
     profile_row,
-    question_row,
+    question_metadata,
     screening_id,
     screening_rows,
 )
@@ -83,11 +84,6 @@ class ProfileConfig(Config):
     question_chars: int = Field(default=200)
 
 
-def _monologues_of(monologues: pl.DataFrame, agent: str) -> list[tuple[str, str]]:
-    part = monologues.filter(pl.col("agent") == agent).sort("meeting_id", "turn")
-    return list(zip(part["row_id"], part["text"], strict=True))
-
-
 def _sampling(config: SamplingConfig) -> dict:
     return {"temperature": config.temperature, "top_p": config.top_p, "seed": config.seed}
 
@@ -99,27 +95,25 @@ def trait_screenings(context: AssetExecutionContext, config: ScreeningConfig, ll
     as constrained JSON. Chunks are screened in order until an agent has its cap of relevant items per trait;
     `kept` marks the first ones up to the cap. Replies that fail to parse are rows with a `failure`."""
     rows = []
-    with llm.metered() as (engine, meter):
+    with model_step(context, llm, prompts.TRAIT_HASH) as step:
         for agent in context.partition_keys:
             name = AGENTS_BY_KEY[agent].display_name
-            chunks = monologue_chunks(_monologues_of(monologues, agent), config.chunk_words)
+            chunks = monologue_chunks(monologues_of(monologues, agent), config.chunk_words)
             schema = prompts.screening_schema(config.summary_chars)
 
             def screen(batch, name=name, schema=schema):
                 chats = [ChatPrompt(prompts.screening_messages(trait, name, chunk.text)) for trait, chunk in batch]
-                return ask_structured(engine, chats, schema, config.summary_chars, **_sampling(config))
+                return ask_structured(step.engine, chats, schema, config.summary_chars, **_sampling(config))
 
             made = screen_until_cap(chunks, prompts.TRAITS, config.max_items_per_trait, screen)
             for trait, screenings in made.items():
                 kept_ids = {screening_id(s) for s in kept(screenings, config.max_items_per_trait)}
                 rows += screening_rows(agent, screenings, kept_ids)
-    frame = result_frame(rows, SCREENING_SCHEMA, Provenance(context.run.run_id, f"screenings-1-{prompts.TRAIT_HASH}",
-                                                            model_id=engine.model_id, prompt_hash=prompts.TRAIT_HASH))
+        frame = step.frame(rows, SCREENING_SCHEMA)
     counts = frame.group_by("agent", "trait").agg(
         pl.len().alias("screened"), pl.col("relevant").sum().alias("relevant"), pl.col("kept").sum().alias("kept"),
         pl.col("failure").is_not_null().sum().alias("failed")).sort("agent", "trait")
-    context.add_output_metadata({**engine_metadata(meter, engine.model_id),
-                                 "failures": int(frame["failure"].is_not_null().sum()),
+    context.add_output_metadata({"failures": int(frame["failure"].is_not_null().sum()),
                                  "per_agent_and_trait": markdown_table(counts.columns, counts.rows())})
     return frame
 
@@ -133,23 +127,13 @@ def probe_questions(context: AssetExecutionContext, config: QuestionConfig, llm:
     reviews = warehouse.read_optional(GROUP, REVIEW_TABLE)
     items = trait_screenings.filter(pl.col("kept") & pl.col("agent").is_in(context.partition_keys)).sort("agent", "trait", "chunk_id")
     schema = prompts.question_schema(config.question_chars)
-    with llm.metered() as (engine, meter):
-        chats = [ChatPrompt(prompts.question_messages(r["trait"], AGENTS_BY_KEY[r["agent"]].display_name, r["summary"]))
-                 for r in items.iter_rows(named=True)]
-        answers = ask_structured(engine, chats, schema, config.question_chars, **_sampling(config))
-    rows, dropped = [], 0
-    for item, (reply, parsed) in zip(items.iter_rows(named=True), answers, strict=True):
-        row = question_row(item["row_id"], f"{GROUP}.probe_questions", reply, parsed, reviews,
-                           [row_ref(f"{GROUP}.trait_screenings", item["row_id"])])
-        if row is None:
-            dropped += 1
-            continue
-        rows.append({**row, "agent": item["agent"], "trait": item["trait"], "chunk_id": item["chunk_id"],
-                     "summary": item["summary"], "partition_key": item["agent"]})
-    frame = result_frame(rows, PROBE_SCHEMA, Provenance(context.run.run_id, f"probe-questions-1-{prompts.TRAIT_HASH}",
-                                                        model_id=engine.model_id, prompt_hash=prompts.TRAIT_HASH))
-    context.add_output_metadata({**engine_metadata(meter, engine.model_id), "failures": int(frame["failure"].is_not_null().sum()),
-                                 "reviewed": int(frame["review"].is_not_null().sum()), "dropped_by_review": dropped})
+    chats = [ChatPrompt(prompts.question_messages(r["trait"], AGENTS_BY_KEY[r["agent"]].display_name, r["summary"]))
+             for r in items.iter_rows(named=True)]
+    with model_step(context, llm, prompts.TRAIT_HASH) as step:
+        answers = ask_structured(step.engine, chats, schema, config.question_chars, **_sampling(config))
+        rows, dropped = probe_rows(items, answers, reviews, f"{GROUP}.probe_questions")
+        frame = step.frame(rows, PROBE_SCHEMA)
+    context.add_output_metadata(question_metadata(frame, dropped))
     return frame
 
 
@@ -160,23 +144,14 @@ def monologue_prompts(context: AssetExecutionContext, config: MonologuePromptCon
     task's prompt, with the monologue as its reference. Reviewed like probe questions (`--kind monologues`)."""
     reviews = warehouse.read_optional(GROUP, REVIEW_TABLE)
     items = [(agent, mid, text) for agent in context.partition_keys
-             for mid, text in _monologues_of(monologues, agent)[: config.max_monologues]]
+             for mid, text in monologues_of(monologues, agent)[: config.max_monologues]]
     schema = prompts.question_schema(config.question_chars)
-    with llm.metered() as (engine, meter):
-        chats = [ChatPrompt(prompts.monologue_messages(AGENTS_BY_KEY[agent].display_name, text)) for agent, _, text in items]
-        answers = ask_structured(engine, chats, schema, config.question_chars, **_sampling(config))
-    rows, dropped = [], 0
-    for (agent, mid, text), (reply, parsed) in zip(items, answers, strict=True):
-        row = question_row(mid, f"{GROUP}.monologue_prompts", reply, parsed, reviews, [row_ref(MONOLOGUES, mid)])
-        if row is None:
-            dropped += 1
-            continue
-        rows.append({**row, "agent": agent, "monologue_id": mid, "monologue": text, "partition_key": agent})
-    frame = result_frame(rows, MONOLOGUE_PROMPT_SCHEMA, Provenance(
-        context.run.run_id, f"monologue-prompts-1-{prompts.MONOLOGUE_HASH}", model_id=engine.model_id,
-        prompt_hash=prompts.MONOLOGUE_HASH))
-    context.add_output_metadata({**engine_metadata(meter, engine.model_id), "failures": int(frame["failure"].is_not_null().sum()),
-                                 "reviewed": int(frame["review"].is_not_null().sum()), "dropped_by_review": dropped})
+    chats = [ChatPrompt(prompts.monologue_messages(AGENTS_BY_KEY[agent].display_name, text)) for agent, _, text in items]
+    with model_step(context, llm, prompts.MONOLOGUE_HASH) as step:
+        answers = ask_structured(step.engine, chats, schema, config.question_chars, **_sampling(config))
+        rows, dropped = monologue_prompt_rows(items, answers, reviews, f"{GROUP}.monologue_prompts")
+        frame = step.frame(rows, MONOLOGUE_PROMPT_SCHEMA)
+    context.add_output_metadata(question_metadata(frame, dropped))
     return frame
 
 
@@ -185,16 +160,16 @@ def agent_profiles(context: AssetExecutionContext, config: ProfileConfig, llm: L
                    monologues: pl.DataFrame) -> pl.DataFrame:
     """A consolidated persona profile per agent from its longest monologues (partial profiles of packed blocks,
     merged; greedy), with interview questions that test adherence to it. The persona baseline is prompted with it."""
-    used = {agent: longest_first(_monologues_of(monologues, agent), config.longest_monologues)
+    used = {agent: longest_first(monologues_of(monologues, agent), config.longest_monologues)
             for agent in context.partition_keys}
     people = [(AGENTS_BY_KEY[agent].display_name, pack_remarks([text for _, text in used[agent]], config.block_chars))
               for agent in context.partition_keys]
-    with llm.metered() as (engine, meter):
-        profiles = build_profiles(engine, people, partial_tokens=config.partial_tokens, profile_tokens=config.profile_tokens,
-                                  interview_questions=config.interview_questions, question_chars=config.question_chars)
-    rows = [profile_row(agent, profile, [mid for mid, _ in used[agent]])
-            for agent, profile in zip(context.partition_keys, profiles, strict=True)]
-    frame = result_frame(rows, PROFILE_SCHEMA, Provenance(context.run.run_id, f"profiles-1-{prompts.PROFILE_HASH}",
-                                                          model_id=engine.model_id, prompt_hash=prompts.PROFILE_HASH))
-    context.add_output_metadata({**engine_metadata(meter, engine.model_id), "failures": int(frame["failure"].is_not_null().sum())})
+    with model_step(context, llm, prompts.PROFILE_HASH) as step:
+        profiles = build_profiles(step.engine, people, partial_tokens=config.partial_tokens,
+                                  profile_tokens=config.profile_tokens, interview_questions=config.interview_questions,
+                                  question_chars=config.question_chars)
+        rows = [profile_row(agent, profile, [mid for mid, _ in used[agent]])
+                for agent, profile in zip(context.partition_keys, profiles, strict=True)]
+        frame = step.frame(rows, PROFILE_SCHEMA)
+    context.add_output_metadata({"failures": int(frame["failure"].is_not_null().sum())})
     return frame

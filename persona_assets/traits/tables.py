@@ -37,7 +37,7 @@ def screening_rows(agent: str, screenings: Sequence[Screening], kept_ids: set[st
             "monologue_id": s.chunk.monologue_id, "chunk": s.chunk.text,
             "relevant": bool(s.parsed.value["relevant"]) if s.parsed.ok else None, "kept": row_id in kept_ids,
             "summary": s.parsed.value["summary"] if s.parsed.ok else None, "reply": s.reply, "failure": s.parsed.failure,
-            "partition_key": agent, "input_ids": [row_ref(MONOLOGUES, s.chunk.monologue_id)],
+            "input_ids": [row_ref(MONOLOGUES, s.chunk.monologue_id)],
         })
     return rows
 
@@ -59,5 +59,44 @@ def question_row(row_id: str, table: str, reply: str, parsed: Parsed, reviews: p
 def profile_row(agent: str, profile: Profile, monologue_ids: list[str]) -> dict:
     return {"row_id": agent, "agent": agent, "profile": profile.text, "partial_profiles": list(profile.partials),
             "interview_questions": list(profile.interview_questions), "monologues_used": len(monologue_ids),
-            "failure": profile.failure, "partition_key": agent,
+            "failure": profile.failure,
             "input_ids": [row_ref(MONOLOGUES, mid) for mid in monologue_ids]}
+
+
+def monologues_of(monologues: pl.DataFrame, agent: str) -> list[tuple[str, str]]:
+    """The agent's monologues as (row id, text), in meeting order."""
+    part = monologues.filter(pl.col("agent") == agent).sort("meeting_id", "turn")
+    return list(zip(part["row_id"], part["text"], strict=True))
+
+
+def probe_rows(items: pl.DataFrame, answers: Sequence[tuple[str, Parsed]], reviews: pl.DataFrame | None,
+               table: str) -> tuple[list[dict], int]:
+    """A probe question row per kept trait item (its reply parsed); and how many a review dropped."""
+    rows, dropped = [], 0
+    screenings = table.split(".")[0] + ".trait_screenings"
+    for item, (reply, parsed) in zip(items.iter_rows(named=True), answers, strict=True):
+        row = question_row(item["row_id"], table, reply, parsed, reviews, [row_ref(screenings, item["row_id"])])
+        if row is None:
+            dropped += 1
+            continue
+        rows.append({**row, "agent": item["agent"], "trait": item["trait"], "chunk_id": item["chunk_id"],
+                     "summary": item["summary"]})
+    return rows, dropped
+
+
+def monologue_prompt_rows(items: Sequence[tuple[str, str, str]], answers: Sequence[tuple[str, Parsed]],
+                          reviews: pl.DataFrame | None, table: str) -> tuple[list[dict], int]:
+    """A prompt row per (agent, monologue id, monologue); and how many a review dropped."""
+    rows, dropped = [], 0
+    for (agent, mid, text), (reply, parsed) in zip(items, answers, strict=True):
+        row = question_row(mid, table, reply, parsed, reviews, [row_ref(MONOLOGUES, mid)])
+        if row is None:
+            dropped += 1
+            continue
+        rows.append({**row, "agent": agent, "monologue_id": mid, "monologue": text})
+    return rows, dropped
+
+
+def question_metadata(frame: pl.DataFrame, dropped: int) -> dict:
+    return {"failures": int(frame["failure"].is_not_null().sum()), "reviewed": int(frame["review"].is_not_null().sum()),
+            "dropped_by_review": dropped}

@@ -1,7 +1,9 @@
-"""Checks on the key tables. Blocking where a failure makes every downstream result meaningless."""
+"""Checks on the survey, claims and splits. Blocking where a failure makes every downstream result meaningless."""
 
 import polars as pl
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetKey, MetadataValue, asset_check, build_column_schema_change_checks
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetKey, MetadataValue, asset_check
+
+from persona_assets.common import schema_change_checks
 
 SURVEY = AssetKey(["opinions", "goqa_survey"])
 CLAIMS = AssetKey(["opinions", "goqa_claims"])
@@ -50,10 +52,4 @@ def no_question_in_train_and_test(goqa_splits: pl.DataFrame) -> AssetCheckResult
     return AssetCheckResult(passed=leaked.height == 0, metadata={"leaked_questions": leaked.height})
 
 
-KEY_TABLES = [
-    CLAIMS, SPLITS,
-    AssetKey(["elicitation", "icm_labels"]), AssetKey(["elicitation", "accuracy_summary"]),
-    AssetKey(["agents", "lora_adapters"]), AssetKey(["agents", "perplexity_matrix"]),
-    AssetKey(["votes", "vote_predictions"]), AssetKey(["alignment", "opinion_alignment"]),
-]
-schema_checks = build_column_schema_change_checks(assets=KEY_TABLES, severity=AssetCheckSeverity.WARN)
+schema_checks = schema_change_checks(CLAIMS.path, SPLITS.path)

@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from resources.artifacts import ArtifactStore  # noqa: E402
+
 METHOD_COLORS = {
     "zero_shot_base": "#9658ca",
     "zero_shot_chat": "#b366cc",
@@ -181,3 +183,10 @@ def win_rate_bars(title: str, labels: Sequence[str], rates: Sequence[tuple[float
     axis.set_title(title)
     axis.grid(axis="y", alpha=0.3)
     return _png(figure)
+
+
+def saved_plot(artifacts: ArtifactStore, png: bytes, folder: str, name: str, title: str = "") -> str:
+    """Store a plot as ``plots/<folder>/<name>.png`` and return its markdown: title, path, hash, the image inline."""
+    path, sha = artifacts.write(png, "plots", folder, f"{name}.png")
+    heading = f"**{title}** " if title else ""
+    return f"{heading}`{path}` sha256 {sha[:12]}\n\n{inline(png, title or name)}"

@@ -1,4 +1,5 @@
-"""Accuracy of every elicitation method per country and aggregated, with plots for the UI."""
+"""The elicitation report tables: accuracy per method, country and variant, and paired differences between
+methods on the same questions (no Dagster here)."""
 
 from collections import defaultdict
 from collections.abc import Mapping
@@ -6,9 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from dagster import AssetExecutionContext, AssetIn, MetadataValue, asset
 
-from persona_assets.common import OWNERS, TABLE_KINDS, WAREHOUSE_POOL, table_metadata
 from persona_assets.elicitation.accuracy import (
     Difference,
     Estimate,
@@ -20,13 +19,9 @@ from persona_assets.elicitation.accuracy import (
     weighted_accuracy,
     weighted_difference,
 )
-from persona_assets.provenance import Provenance, result_frame, row_ref
-from persona_assets.reports.plots import Bar, accuracy_bars, accuracy_curves, inline
-from resources.artifacts import ArtifactStore
+from persona_assets.provenance import row_ref
 
 AGGREGATE = "aggregate"
-SUMMARY_VERSION = "accuracy-summary-2"
-DIFFERENCES_VERSION = "method-differences-1"
 BAR_METHODS = ("zero_shot_base", "zero_shot_base_chat_template", "zero_shot_chat", "icm", "gold")
 CURVE_METHODS = ("gold", "icm", "random_matched")
 
@@ -64,14 +59,6 @@ DIFFERENCES_SCHEMA = {
 COMPARISONS = (("icm", "gold"), ("icm", "zero_shot_base"), ("gold", "random_matched"), ("icm", "zero_shot_chat"))
 
 Key = tuple  # (country, variant, method, k or None)
-# Both reports read every prediction table of the elicitation methods.
-REPORT = dict(
-    key_prefix="elicitation", group_name="reports", owners=OWNERS, pool=WAREHOUSE_POOL,
-    ins={name: AssetIn(key=["elicitation", name])
-         for name in ("zero_shot_base_predictions", "zero_shot_chat_predictions", "few_shot_predictions")},
-)
-
-
 @dataclass(frozen=True)
 class MethodScores:
     scores: QuestionScores
@@ -175,51 +162,3 @@ def _difference_row(scope, variant, a, b, d: Difference, summary_ids: list[str])
             "p_value": d.p_value, "n_questions": d.n_questions, "interval": d.interval,
             "partition_key": None if scope == AGGREGATE else scope,
             "input_ids": [row_ref("elicitation.accuracy_summary", i) for i in summary_ids]}
-
-
-@asset(**REPORT, kinds=TABLE_KINDS | {"matplotlib"}, code_version=SUMMARY_VERSION)
-def accuracy_summary(
-    context: AssetExecutionContext,
-    artifacts: ArtifactStore,
-    zero_shot_base_predictions: pl.DataFrame,
-    zero_shot_chat_predictions: pl.DataFrame,
-    few_shot_predictions: pl.DataFrame,
-) -> pl.DataFrame:
-    """Test accuracy per country, variant and method over test questions (mean, std over repeats, 95%
-    cluster-bootstrap interval over questions, n questions and claims), and aggregated over countries
-    weighted by test size (k = -1 there: each country's own M); bar and accuracy-vs-examples plots per
-    country and for the aggregate, with those intervals."""
-    rows = summary_rows(method_scores(zero_shot_base_predictions, zero_shot_chat_predictions, few_shot_predictions))
-    frame = result_frame(rows, SUMMARY_SCHEMA, Provenance(context.run.run_id, SUMMARY_VERSION))
-    sections = []
-    for (scope, variant), part in sorted(frame.group_by("scope", "variant"), key=lambda g: (g[0][0] == AGGREGATE, g[0])):
-        headline = {r["method"]: r for r in part.filter(pl.col("headline")).iter_rows(named=True)}
-        bars = [Bar(m, *plotted(headline[m])) for m in BAR_METHODS if m in headline]
-        curves = {m: [(r["k"], *plotted(r)) for r in part.filter((pl.col("method") == m) & (pl.col("k") > 0)).iter_rows(named=True)]
-                  for m in CURVE_METHODS}
-        for kind, png in (
-            ("accuracy", accuracy_bars(f"Test accuracy - {scope} ({variant})", bars)),
-            ("examples", accuracy_curves(f"Test accuracy vs examples - {scope} ({variant})", {m: c for m, c in curves.items() if c})),
-        ):
-            path, sha = artifacts.write(png, "plots", "elicitation", f"{scope}-{variant}-{kind}.png")
-            sections.append(f"### {scope} ({variant}): {kind}\n`{path}` (sha256 {sha[:12]})\n\n{inline(png, f'{scope} {variant} {kind}')}")
-    context.add_output_metadata({"plots": MetadataValue.md("\n\n".join(sections))})
-    return frame
-
-
-@asset(**REPORT, kinds=TABLE_KINDS, code_version=DIFFERENCES_VERSION)
-def method_differences(
-    context: AssetExecutionContext,
-    zero_shot_base_predictions: pl.DataFrame,
-    zero_shot_chat_predictions: pl.DataFrame,
-    few_shot_predictions: pl.DataFrame,
-) -> pl.DataFrame:
-    """Paired differences between methods on the same test questions (ICM − gold, ICM − zero-shot base,
-    gold − random, ICM − zero-shot chat), per country and aggregated: mean difference of per-question
-    accuracy, 95% cluster-bootstrap interval, sign-flip permutation p-value, n questions."""
-    scores = method_scores(zero_shot_base_predictions, zero_shot_chat_predictions, few_shot_predictions)
-    frame = result_frame(difference_rows(scores), DIFFERENCES_SCHEMA, Provenance(context.run.run_id, DIFFERENCES_VERSION))
-    columns = {"scope": "string", "variant": "string", "comparison": "string", "mean_difference": "float",
-               "ci_low": "float", "ci_high": "float", "p_value": "float", "n_questions": "int"}
-    context.add_output_metadata({"differences": table_metadata(columns, frame.to_dicts())})
-    return frame

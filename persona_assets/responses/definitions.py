@@ -1,0 +1,9 @@
+"""The responses domain's assets and checks; the root definitions merge every domain's."""
+
+from dagster import Definitions, load_assets_from_modules
+
+from persona_assets.responses import assets
+
+defs = Definitions(
+    assets=load_assets_from_modules([assets]),
+)

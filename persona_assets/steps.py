@@ -1,0 +1,74 @@
+"""How a step turns rows into a warehouse table, and how a step that asks a model is written.
+
+Provenance comes from the asset definition itself (its code version, its partition columns) and the run, so
+an asset function states only what it computes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import polars as pl
+from dagster import AssetExecutionContext, AssetKey
+
+from persona_assets.provenance import Provenance, result_frame
+from resources.llm import Engine, LLMResource, UsageMeter
+
+
+def engine_metadata(meter: UsageMeter, model_id: str) -> dict:
+    return {"engine/model_id": model_id, **meter.usage.as_metadata()}
+
+
+def _asset_key(context: AssetExecutionContext, output: str | None) -> AssetKey:
+    assets_def = context.assets_def
+    return assets_def.keys_by_output_name[output] if output else assets_def.key
+
+
+def asset_frame(
+    context: AssetExecutionContext,
+    rows: list[dict],
+    schema: dict[str, pl.DataType],
+    *,
+    output: str | None = None,
+    model_id: str | None = None,
+    prompt_hash: str | None = None,
+) -> pl.DataFrame:
+    """``rows`` as the table of the asset (or of the multi-asset's ``output``): run id and code version from the
+    run and the definition, and each row's ``partition_key`` from the asset's partition columns unless it sets one."""
+    key = _asset_key(context, output)
+    assets_def = context.assets_def
+    provenance = Provenance(context.run.run_id, assets_def.code_versions_by_key[key] or "", model_id=model_id,
+                            prompt_hash=prompt_hash)
+    return result_frame(rows, schema, provenance, assets_def.metadata_by_key[key].get("partition_expr"))
+
+
+@dataclass
+class ModelStep:
+    """A step's engine, for as long as its ``model_step`` block lasts."""
+
+    context: AssetExecutionContext
+    engine: Engine
+    meter: UsageMeter
+    prompt_hash: str | None = None
+
+    def frame(self, rows: list[dict], schema: dict[str, pl.DataType], output: str | None = None) -> pl.DataFrame:
+        return asset_frame(self.context, rows, schema, output=output, model_id=self.engine.model_id,
+                           prompt_hash=self.prompt_hash)
+
+    @property
+    def model_id(self) -> str:
+        return self.engine.model_id
+
+
+@contextmanager
+def model_step(context: AssetExecutionContext, llm: LLMResource, prompt_hash: str | None = None) -> Iterator[ModelStep]:
+    """The engine of ``llm`` for one step; when the block ends, what the step asked of it (model loads, forward
+    passes, tokens) becomes metadata of every asset the step materializes."""
+    with llm.metered() as (engine, meter):
+        step = ModelStep(context, engine, meter, prompt_hash)
+        yield step
+    usage = engine_metadata(meter, engine.model_id)
+    for key in context.selected_asset_keys:
+        context.add_asset_metadata(usage, asset_key=key)
