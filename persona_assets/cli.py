@@ -1,4 +1,4 @@
-"""The ``persona`` command: run the graph, open the UI, trace a row, review questions, run benchmarks."""
+"""The ``persona`` command: run the graph, open the UI, trace a row, review questions, run benchmarks, write the catalogue."""
 
 from __future__ import annotations
 
@@ -170,6 +170,24 @@ def command_world(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_catalogue(args: argparse.Namespace) -> int:
+    """Write docs/catalogue.md from the Definitions, or with --check say whether the committed file is stale."""
+    from persona_assets.catalogue import CATALOGUE, COMMAND, catalogue_markdown, catalogue_path
+    from persona_assets.definitions import defs
+
+    text = catalogue_markdown(defs)
+    if args.check:
+        if not CATALOGUE.is_file() or CATALOGUE.read_text(encoding="utf-8") != text:
+            print(f"persona catalogue: {catalogue_path()} is stale: run `{COMMAND}` to regenerate it", file=sys.stderr)
+            return 1
+        print(f"{catalogue_path()} is up to date")
+        return 0
+    CATALOGUE.parent.mkdir(parents=True, exist_ok=True)
+    CATALOGUE.write_text(text, encoding="utf-8")
+    print(f"wrote {catalogue_path()}")
+    return 0
+
+
 def command_ui(args: argparse.Namespace) -> int:
     settings = load_settings()
     prepare_instance(settings)
@@ -212,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     world.add_argument("--settings", default="countries=2", help="the worlds, as PERSONA_MODEL gives them to "
                        "PERSONA_ENGINE=simulated, e.g. 'seed=3,countries=4,salience=1.5' (default: countries=2)")
     world.set_defaults(handler=command_world)
+    catalogue = commands.add_parser("catalogue", help="write docs/catalogue.md, the catalogue of assets and tables")
+    catalogue.add_argument("--check", action="store_true",
+                           help="write nothing; exit 1 when docs/catalogue.md differs from what the command would write")
+    catalogue.set_defaults(handler=command_catalogue)
     ui = commands.add_parser("ui", help="open the Dagster UI on this platform's instance")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
