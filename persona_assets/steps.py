@@ -41,7 +41,19 @@ def asset_frame(
     assets_def = context.assets_def
     provenance = Provenance(context.run.run_id, assets_def.code_versions_by_key[key] or "", model_id=model_id,
                             prompt_hash=prompt_hash)
-    return result_frame(rows, schema, provenance, assets_def.metadata_by_key[key].get("partition_expr"))
+    frame = result_frame(rows, schema, provenance, assets_def.metadata_by_key[key].get("partition_expr"))
+    _partition_row_counts(context, key, frame)
+    return frame
+
+
+def _partition_row_counts(context: AssetExecutionContext, key: AssetKey, frame: pl.DataFrame) -> None:
+    """Each partition's own row count: a run over a range of partitions writes one frame, and without this every
+    partition would show the whole frame's count."""
+    if context.assets_def.partitions_def is None:
+        return
+    counts = dict(frame.group_by("partition_key").len().iter_rows())
+    for partition in context.partition_keys:
+        context.add_asset_metadata({"dagster/row_count": counts.get(partition, 0)}, asset_key=key, partition_key=partition)
 
 
 @dataclass

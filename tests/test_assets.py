@@ -69,6 +69,17 @@ def test_a_range_of_countries_is_one_run_with_one_model_load(first_runs, resourc
     assert materialization(again, ZERO_SHOT).materialization.metadata["engine/model_loads"].value == 0
 
 
+def test_each_partition_of_a_range_reports_its_own_row_count(first_runs, warehouse_path):
+    _, countries = first_runs
+    for key in ("goqa_survey", "goqa_claims", "zero_shot_base_predictions"):
+        schema = "elicitation" if key.startswith("zero") else "opinions"
+        table = Warehouse(str(warehouse_path)).read(schema, key)
+        events = [e for e in countries.get_asset_materialization_events() if e.asset_key == AssetKey([schema, key])]
+        counts = {e.partition: e.materialization.metadata["dagster/row_count"].value for e in events}
+        assert counts == {c: table.filter(pl.col("country") == c).height for c in COUNTRIES[:3]}, key
+        assert sum(counts.values()) == table.height
+
+
 def test_tables_hold_the_chosen_countries_with_provenance(first_runs, warehouse_path):
     wh = Warehouse(warehouse_path)
     chosen = set(COUNTRIES[:3])
