@@ -8,7 +8,7 @@ from dagster import BackfillPolicy, BetaWarning, MetadataValue, TableColumn, Tab
 
 from persona_assets.deployment import DEFAULT_PROFILE, GpuProfile, gpu_op_tags
 from resources.settings import load_deployment
-from resources.llm import UsageMeter
+from resources.llm.resource import UsageMeter
 
 # Backfill policies are marked beta in dagster 1.13; they are what makes one run load a model once.
 warnings.filterwarnings("ignore", category=BetaWarning)

@@ -21,7 +21,7 @@ from persona_assets.agents.tables import (
     merge_difference,
     monologue_rows,
     perplexity,
-    training_example,
+    training_chat,
     turn_rows,
 )
 from resources.inputs.transcripts import read_meetings
@@ -40,9 +40,9 @@ from persona_assets.deployment import TRAINING_PROFILE
 from persona_assets.provenance import Provenance, result_frame, row_ref
 from persona_assets.reports.plots import heatmap, inline, loss_curve
 from resources.artifacts import ArtifactStore
-from resources.llm import LLMResource
+from resources.llm.resource import LLMResource
 from resources.sources import BoardSource
-from resources.training import LoraTraining, merge_adapter, run_fingerprint, train_adapter
+from resources.training import LoraTraining, run_fingerprint
 
 GROUP = "agents"
 VERSION = "agents-1"
@@ -155,10 +155,10 @@ def lora_training(
                                     checkpoint_every=config.checkpoint_every, seed=config.seed,
                                     quantization=config.quantization)
             conversations = training_conversations.filter(pl.col("agent") == agent).sort("row_id")
-            examples = [training_example(engine.tokenizer, r) for r in conversations["messages"]]
+            examples = engine.training_examples([training_chat(r) for r in conversations["messages"]])
             run = run_fingerprint(settings, examples, engine.model_id)
-            outcome = train_adapter(
-                engine, agent, examples, settings,
+            outcome = engine.train_adapter(
+                agent, examples, settings,
                 checkpoint_path=artifacts.path("checkpoints", "lora", agent, f"{run}.pt"),
                 adapter_dir=artifacts.path("adapters", agent, run),
                 log=context.log.info,
@@ -212,9 +212,9 @@ def merged_models(
         ensure_adapters(engine, lora_adapters)
         for r in lora_adapters.sort("agent").iter_rows(named=True):
             agent = r["agent"]
-            samples = [engine.tokenizer(t)["input_ids"][:128] for t in completion_examples.filter(pl.col("agent") == agent)["target"][:3]]
+            samples = list(completion_examples.filter(pl.col("agent") == agent)["target"][:3])
             out_dir = artifacts.path("merged", agent, r["sha256"][:16])
-            fingerprint, differences = merge_adapter(engine, agent, out_dir, samples)
+            fingerprint, differences = engine.merge_adapter(agent, out_dir, samples, max_check_tokens=128)
             difference = merge_difference(agent, differences)
             rows.append({"row_id": agent, "agent": agent, "adapter": agent, "model_path": str(out_dir), "sha256": fingerprint,
                          "max_logit_difference": difference, "partition_key": agent,

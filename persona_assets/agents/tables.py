@@ -19,7 +19,6 @@ from persona_assets.agents.corpora import (
 )
 from resources.inputs.transcripts import Meeting, alias_table, speaker_agent
 from persona_assets.provenance import file_ref, row_ref
-from resources.llm.chat import chat_tokens
 from resources.llm.engine import LoglikelihoodRequest
 
 TURNS_TABLE = "agents.board_turns"
@@ -120,9 +119,10 @@ def perplexity(nll: float, tokens: int) -> float:
     return math.exp(nll / tokens) if tokens else float("nan")
 
 
-def training_example(tokenizer, messages_json: str) -> tuple[list[int], list[bool]]:
-    """A training conversation row as token ids and the loss mask (the agent's turns), by the model's template."""
-    return chat_tokens(tokenizer, [tuple(m) for m in json.loads(messages_json)])
+def training_chat(messages_json: str) -> list[tuple[str, str]]:
+    """A training conversation row's messages as (role, content) pairs; the engine lays them out as token ids and the
+    loss mask (the agent's, i.e. assistant, turns) by the model's own template (``Engine.training_examples``)."""
+    return [(role, content) for role, content in json.loads(messages_json)]
 
 
 def heldout_requests(examples: pl.DataFrame, adapter: str | None) -> list[LoglikelihoodRequest]:

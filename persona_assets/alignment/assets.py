@@ -29,7 +29,8 @@ from persona_assets.common import (
 from persona_assets.provenance import Provenance, result_frame, row_ref
 from persona_assets.reports.plots import heatmap, inline
 from resources.artifacts import ArtifactStore
-from resources.llm import LLMResource, ScoreRequest
+from resources.llm import ScoreRequest
+from resources.llm.resource import LLMResource
 
 GROUP = "alignment"
 VERSION = f"alignment-1-{OPINION_HASH}"

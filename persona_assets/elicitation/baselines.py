@@ -26,8 +26,8 @@ from persona_assets.elicitation.prompts import (
 )
 from persona_assets.elicitation.tables import test_split_claims
 from persona_assets.provenance import Provenance, result_frame, row_ref
-from resources.llm import ChatPrompt, LLMResource, ScoreRequest
-from resources.llm.chat_api import ChatApiResource
+from resources.llm import ChatPrompt, GenerateRequest, ScoreRequest
+from resources.llm.resource import LLMResource
 
 GROUP = "elicitation"
 ZERO_SHOT_VERSION = f"zero-shot-1-{ZERO_SHOT_HASH}"
@@ -129,37 +129,39 @@ def zero_shot_chat_predictions(
     config: ChatBaselineConfig,
     llm: LLMResource,
     chat_llm: LLMResource,
-    chat_api: ChatApiResource,
     goqa_splits: pl.DataFrame,
     goqa_claims: pl.DataFrame,
 ) -> pl.DataFrame:
     """Zero-shot instruction-model baseline: asked in a chat whether each test claim is the most popular answer.
 
-    Through an OpenAI-compatible API when one is set (the reply must be exactly True or False;
-    anything else is stored as a parse failure, counted apart from wrong answers), else through a
-    local instruction model (PERSONA_CHAT_MODEL) scoring "True" against "False" after its chat
-    template. With neither, the base model answers through a chat template, and the rows say so:
-    method `zero_shot_base_chat_template`, never `zero_shot_chat`.
+    The chat model (PERSONA_CHAT_MODEL) scores "True" against "False" after its chat template where its
+    engine can (a local backend); an OpenAI-compatible API (PERSONA_CHAT_BASE_URL) applies the template
+    itself, so there the reply is asked for, must be exactly True or False, and anything else is stored as a
+    parse failure, counted apart from wrong answers. With no chat model of its own, the base model answers
+    through a chat template, and the rows say so: method `zero_shot_base_chat_template`, never `zero_shot_chat`.
     """
     test, claims = test_split_claims(goqa_splits, goqa_claims)
     messages = [chat_messages(r["question"], r["option"], r["country"]) for r in claims.iter_rows(named=True)]
-    if chat_api.enabled:
-        method, answered_by, model_id = CHAT, chat_api.describe(), chat_api.model
-        replies = [[chat_api.complete(list(m)) for m in messages] for _ in range(config.repeats)]
-        predictions = [[parse_true_false(reply) for reply in repeat] for repeat in replies]
-        meter, engine_id = None, None
-    else:
-        method = CHAT if chat_llm.model != llm.model else BASE_CHAT_TEMPLATE
-        with chat_llm.metered() as (engine, meter):
+    method = CHAT if chat_llm.model != llm.model else BASE_CHAT_TEMPLATE
+    with chat_llm.metered() as (engine, meter):
+        if engine.scores_chat_prompts:
             scores = engine.score([ScoreRequest(ChatPrompt(m), CHAT_CANDIDATES) for m in messages])
-        answered_by, model_id, engine_id = f"local:{engine.model_id}", engine.model_id, engine.model_id
-        predictions = [[predicted_label(t, f) for t, f in scores]]
-        replies = [["True" if p else "False" for p in predictions[0]]]
+            predictions = [[predicted_label(t, f) for t, f in scores]]
+            replies = [["True" if p else "False" for p in predictions[0]]]
+            answered_by = f"local:{engine.model_id}"
+        else:
+            # Each repeat is its own seed: a server that honours seeds still answers each repeat independently.
+            replies = [engine.generate([GenerateRequest(ChatPrompt(m), max_new_tokens=5, temperature=0.0, seed=repeat)
+                                        for m in messages])
+                       for repeat in range(config.repeats)]
+            predictions = [[parse_true_false(reply) for reply in repeat] for repeat in replies]
+            answered_by = f"api:{engine.model_id}"
     rows = chat_rows(test, list(claims["claim_id"]), replies, predictions, method, answered_by)
-    frame = result_frame(rows, CHAT_SCHEMA, Provenance(context.run.run_id, CHAT_VERSION, model_id=model_id, prompt_hash=CHAT_HASH))
+    frame = result_frame(rows, CHAT_SCHEMA, Provenance(context.run.run_id, CHAT_VERSION, model_id=engine.model_id,
+                                                       prompt_hash=CHAT_HASH))
     context.add_output_metadata(
         {
-            **(engine_metadata(meter, engine_id) if meter else {}),
+            **engine_metadata(meter, engine.model_id),
             "method": method,
             "answered_by": answered_by,
             "repeats": len(replies),

@@ -18,7 +18,7 @@ from persona_assets.elicitation.evaluation import build_conditions, condition_ma
 from persona_assets.elicitation.prompts import FEW_SHOT_HASH
 from persona_assets.elicitation.tables import demo_pool, split_claims, test_claims
 from persona_assets.provenance import Provenance, result_frame, row_ref
-from resources.llm import LLMResource
+from resources.llm.resource import LLMResource
 
 GROUP = "elicitation"
 EVALUATION_VERSION = f"few-shot-1-{FEW_SHOT_HASH}"

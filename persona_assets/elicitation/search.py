@@ -24,7 +24,7 @@ from persona_assets.opinions.splits import VARIANTS
 from persona_assets.provenance import Provenance, result_frame, row_ref
 from persona_assets.reports.plots import inline, search_trace
 from resources.artifacts import ArtifactStore
-from resources.llm import LLMResource
+from resources.llm.resource import LLMResource
 
 GROUP = "elicitation"
 ICM_VERSION = f"icm-2-{FEW_SHOT_HASH}"

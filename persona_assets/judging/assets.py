@@ -44,7 +44,7 @@ from persona_assets.reports.plots import inline, score_violins, win_rate_bars
 from resources.settings import load_settings
 from persona_assets.statistics import interval_method, shown
 from resources.artifacts import ArtifactStore
-from resources.llm import LLMResource
+from resources.llm.resource import LLMResource
 
 GROUP = "judging"
 SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=MODEL_KINDS, **gpu_step(),

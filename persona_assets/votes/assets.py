@@ -43,7 +43,8 @@ from persona_assets.votes.prediction import (
 )
 from resources.inputs.votes import Motion, read_votes, resolve_votes
 from resources.artifacts import ArtifactStore
-from resources.llm import GenerateRequest, LLMResource, ScoreRequest
+from resources.llm import GenerateRequest, ScoreRequest
+from resources.llm.resource import LLMResource
 from persona_assets.review import REVIEW_TABLE, reviewed
 from persona_assets.statistics import interval_method, shown
 from resources.sources import BoardSource
