@@ -21,7 +21,7 @@ from persona_assets.elicitation.prompts import DEMO_LINE, FALSE
 from persona_assets.opinions.claims import SurveyAnswer, build_claims
 from resources.inputs.survey import question_id, read_survey
 from resources.settings import SAMPLE_GOQA_SOURCE
-from resources.llm.engine import Engine
+from resources.llm.engine import Engine, LoglikelihoodRequest
 
 SIZES = (32, 64, 125, 256)
 COUNTRY = "Aldoria"
@@ -40,8 +40,12 @@ def sample_claims(limit: int) -> list[IcmClaim]:
 
 
 def mean_line_tokens(engine: Engine, claims: list[IcmClaim]) -> float:
+    """Tokens per demonstration line as a prompt holds it (after other text): the counted tokens of a line that
+    follows an empty first segment (which holds only the begin-of-text token). Through the engine, which alone
+    holds the tokenizer; one batched pass over short lines."""
     lines = [DEMO_LINE.format(question=c.question, option=c.option, country=COUNTRY, label=FALSE) for c in claims]
-    return sum(len(engine.tokenizer(line, add_special_tokens=False)["input_ids"]) for line in lines) / len(lines)
+    results = engine.loglikelihood([LoglikelihoodRequest((("", False), (line, True))) for line in lines])
+    return sum(r.n_counted for r in results) / len(lines)
 
 
 def sibling_right_before(scorer: ClaimScorer, claims: list[IcmClaim]) -> float:

@@ -23,7 +23,7 @@ def run() -> dict:
     from persona_assets.instance import EMBEDDED_PROFILE, load_op_config, prepare_instance
     from persona_assets.definitions import defs, settings
     from persona_assets.runner import execute_plan, plan_runs
-    from resources.llm import process_usage
+    from resources.llm.resource import process_usage
 
     before = process_usage()
     started = time.perf_counter()
@@ -42,7 +42,7 @@ def run() -> dict:
     training_seconds = sum(a[3] for a in agents)
     return {
         "benchmark": "lora_training",
-        "model": settings.model,
+        "model": settings.llm.model,
         "chain_seconds": round(seconds, 2),
         "model_loads_for_chain": used.model_loads,
         "targets": {"one model load for the whole agent chain": used.model_loads == 1},

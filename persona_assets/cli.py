@@ -40,7 +40,7 @@ def command_run(args: argparse.Namespace) -> int:
     from partitions import AGENT_REGISTRY_FILE, AGENTS, COUNTRIES
     from persona_assets.definitions import defs
     from persona_assets.runner import execute_plan, plan_runs
-    from resources.llm import process_usage
+    from resources.llm.resource import process_usage
 
     countries, agents = country_partition_keys(_split(args.countries)), _split(args.agents)
     _check_known("country", countries, COUNTRIES, str(settings.goqa_source))
@@ -48,10 +48,10 @@ def command_run(args: argparse.Namespace) -> int:
     # A multi-asset runs whole: selecting one of its outputs brings the others.
     selection = (AssetSelection.from_string(args.select) if args.select else AssetSelection.all()).required_multi_asset_neighbors()
     instance = prepare_instance(settings)
-    config_file = args.config or (EMBEDDED_PROFILE if settings.model == TINY_MODEL else None)
+    config_file = args.config or (EMBEDDED_PROFILE if settings.llm.model == TINY_MODEL else None)
     op_config = load_op_config(config_file)
     runs = plan_runs(defs, selection, countries, agents)
-    print(f"persona run: {len(runs)} runs planned; home {settings.home}; model {settings.model}")
+    print(f"persona run: {len(runs)} runs planned; home {settings.home}; model {settings.llm}")
     if config_file:
         print(f"run config: {config_file}")
     started = time.monotonic()
@@ -93,10 +93,10 @@ def command_bench(args: argparse.Namespace) -> int:
     import platform
 
     from benchmarks import icm_pool, icm_recovery, model_loads, planning, scoring, survey, training, warehouse
-    from resources.llm import LLMResource
+    from resources.llm.resource import LLMResource
 
     settings = load_settings()
-    llm = LLMResource(model=settings.model, models_dir=str(settings.models_dir), corpus_dir=str(DATA_DIR))
+    llm = LLMResource(model=settings.llm.model, models_dir=str(settings.models_dir), corpus_dir=str(DATA_DIR))
     suites = {"icm": (lambda: icm_pool.run(llm.engine()), icm_pool.markdown),
               "icm-recovery": (icm_recovery.run, icm_recovery.markdown),
               "scoring": (lambda: scoring.run(llm.engine()), scoring.markdown),

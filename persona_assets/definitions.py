@@ -11,9 +11,8 @@ import persona_assets
 from persona_assets.automation import country_schedules, domain_jobs, input_sensors, partition_jobs
 from persona_assets.deployment import K8S_EXECUTOR_CONFIG
 from resources.artifacts import ArtifactStore
-from resources.llm import LLMResource
-from resources.llm.chat_api import ChatApiResource
-from resources.settings import DATA_DIR, load_settings
+from resources.llm.resource import role_resources
+from resources.settings import load_settings
 from resources.sources import BoardSource, GoqaSource
 from resources.warehouse import WarehouseIOManager, WarehouseResource
 
@@ -45,20 +44,11 @@ defs = Definitions.merge(*DOMAINS, Definitions(
     resources={
         "io_manager": WarehouseIOManager(database=WAREHOUSE, data_path=settings.warehouse_data_path),
         "warehouse": WarehouseResource(database=WAREHOUSE, data_path=settings.warehouse_data_path),
-        "llm": LLMResource(model=settings.model, backend=settings.engine, base_url=settings.engine_base_url,
-                           models_dir=str(settings.models_dir), corpus_dir=str(DATA_DIR)),
-        # The same model as the generator by default: then both names share one loaded engine.
-        "judge_llm": LLMResource(model=settings.judge_model, backend=settings.judge_engine, base_url=settings.judge_base_url,
-                                 api_key_variables=["PERSONA_JUDGE_API_KEY", "PERSONA_ENGINE_API_KEY"],
-                                 models_dir=str(settings.models_dir), corpus_dir=str(DATA_DIR)),
-        # The zero-shot chat baseline's local instruction model (PERSONA_CHAT_MODEL without an API); without one
-        # it is the generator itself, and the baseline says it is the base model through a chat template.
-        "chat_llm": LLMResource(model=settings.chat_model if settings.chat_model and not settings.chat_base_url else settings.model,
-                                backend=settings.engine, base_url=settings.engine_base_url,
-                                models_dir=str(settings.models_dir), corpus_dir=str(DATA_DIR)),
+        # llm (the generator), chat_llm (the zero-shot chat baseline's model), judge_llm: each role's model from
+        # the settings; roles on the same model share one loaded engine.
+        **role_resources(settings),
         "goqa_source": GoqaSource(path=str(settings.goqa_source)),
         "board": BoardSource(path=str(settings.board_dir)),
         "artifacts": ArtifactStore(root=str(settings.artifacts_dir)),
-        "chat_api": ChatApiResource(base_url=settings.chat_base_url, model=settings.chat_model),
     },
 ))

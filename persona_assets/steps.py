@@ -14,7 +14,8 @@ import polars as pl
 from dagster import AssetExecutionContext, AssetKey
 
 from persona_assets.provenance import Provenance, result_frame
-from resources.llm import Engine, LLMResource, UsageMeter
+from resources.llm import Engine
+from resources.llm.resource import LLMResource, UsageMeter
 
 
 def engine_metadata(meter: UsageMeter, model_id: str) -> dict:

@@ -6,28 +6,12 @@ that result tables record next to the path.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 from dagster import ConfigurableResource
 from pydantic import Field
 
-
-def write_atomic(path: Path, data: bytes) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return hashlib.sha256(data).hexdigest()
+from resources.files import write_atomic
 
 
 class ArtifactStore(ConfigurableResource):

@@ -2,25 +2,28 @@
 
 PERSONA_HOME         warehouse file, artifacts, built models and the Dagster instance
                      (default: ./.persona in the working directory)
-PERSONA_MODEL        "tiny" (the embedded model) or a Hugging Face id or local path
+PERSONA_MODEL        the generator: "tiny" (the embedded model), a Hugging Face id or local path, or the
+                     model a server serves; or backend:model, e.g. vllm:meta-llama/Llama-3.1-8B,
+                     openai:served-name, simulated:seed=3,countries=2 (a prefix is a backend only when
+                     it is a registered name: resources/llm/backends.py)
+PERSONA_ENGINE       the generator's backend when PERSONA_MODEL has no prefix: transformers (default),
+                     vllm, openai or simulated (the registry describes each)
+PERSONA_ENGINE_BASE_URL  the server of the openai backend, e.g. http://host:8000/v1
+PERSONA_ENGINE_API_KEY   its key; read from the environment at each call, never stored or logged
 PERSONA_GOQA_SOURCE  a GlobalOpinionQA file in any supported format
                      (default: the synthetic sample in data/goqa/)
 PERSONA_BOARD_DIR    a board: agents.json, transcripts/*.json, votes.csv (default: data/board)
 PERSONA_SCHEDULE_CRON  when each country's backfill schedule fires (default: Mondays 03:00)
-PERSONA_CHAT_BASE_URL  an OpenAI-compatible API for the zero-shot chat baseline
-                     (default: none, the local engine answers through its chat template)
-PERSONA_CHAT_MODEL   the model name to ask that API for
-PERSONA_CHAT_API_KEY the API key; read from the environment when a request is made, never stored
-PERSONA_ENGINE       the engine backend: transformers (default), vllm (a CUDA GPU, the gpu extra),
-                     openai (an OpenAI-compatible server; PERSONA_MODEL names the model it serves) or
-                     simulated (a planted-signal learner that only scores; PERSONA_MODEL holds its world
-                     settings, e.g. "seed=3,salience=2"; its survey is written by `persona world FILE`)
-PERSONA_ENGINE_BASE_URL  that server, e.g. http://host:8000/v1 (openai backend)
-PERSONA_ENGINE_API_KEY   its key; read from the environment at each call, never stored or logged
-PERSONA_JUDGE_ENGINE, PERSONA_JUDGE_BASE_URL, PERSONA_JUDGE_API_KEY  the same for the judge
-                     (default: the generator's engine and server)
-PERSONA_JUDGE_MODEL  the judge model, "tiny" or a Hugging Face id or local path (default: PERSONA_MODEL;
-                     a judge from another family than the generator is the sound choice)
+PERSONA_CHAT_MODEL   the zero-shot chat baseline's instruction model, [backend:]model (default: the
+                     generator's model, and the baseline says it is the base model through a chat template)
+PERSONA_CHAT_BASE_URL  an OpenAI-compatible server for it: without a backend: prefix, the chat model is
+                     then the openai backend's (default: the generator's server)
+PERSONA_CHAT_API_KEY its key, else PERSONA_ENGINE_API_KEY; read at each call, never stored
+PERSONA_JUDGE_MODEL  the judge, [backend:]model (default: the generator's; a judge from another family
+                     than the generator is the sound choice)
+PERSONA_JUDGE_ENGINE, PERSONA_JUDGE_BASE_URL, PERSONA_JUDGE_API_KEY  its backend when PERSONA_JUDGE_MODEL
+                     has no prefix, server and key (default: the generator's; the key falls back to
+                     PERSONA_ENGINE_API_KEY)
 PERSONA_JUDGE_MAX_FAILURE_RATE  the share of judgments that may fail to parse before the
                      judge_failure_rate checks fail (default: 0.05)
 PERSONA_DEPLOYMENT   "local" (steps run on this machine) or "k8s" (steps run as Kubernetes jobs,
@@ -42,12 +45,13 @@ from pathlib import Path
 
 from resources.inputs.errors import PersonaInputError
 from resources import lake
+from resources.llm.backends import BACKENDS, TINY, backend, split_backend
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = PROJECT_ROOT / "data"
 SAMPLE_GOQA_SOURCE = DATA_DIR / "goqa" / "sample_global_opinions.csv"
 SAMPLE_BOARD_DIR = DATA_DIR / "board"
-TINY_MODEL = "tiny"
+TINY_MODEL = TINY  # the embedded model
 DEPLOYMENTS = ("local", "k8s")
 DEFAULT_GPU_IMAGE = "persona-platform-gpu:0.1.0"
 
@@ -69,25 +73,55 @@ class Deployment:
 
 
 @dataclass(frozen=True)
+class ModelRole:
+    """The model that answers one role (generator, chat baseline, judge) and the backend that serves it."""
+
+    backend: str
+    model: str
+    base_url: str = ""
+    # Environment variables that may hold the server's key, first set one wins (read at each call, never stored).
+    api_key_variables: tuple[str, ...] = ("PERSONA_ENGINE_API_KEY",)
+
+    def __str__(self) -> str:
+        return f"{self.backend}:{self.model}"
+
+
+@dataclass(frozen=True)
+class RoleVariables:
+    """The environment variables of one role."""
+
+    model: str
+    backend: str | None  # None: no variable of its own (the chat role: a prefix or its base URL chooses)
+    base_url: str
+    api_keys: tuple[str, ...]
+
+
+GENERATOR = RoleVariables("PERSONA_MODEL", "PERSONA_ENGINE", "PERSONA_ENGINE_BASE_URL", ("PERSONA_ENGINE_API_KEY",))
+CHAT = RoleVariables("PERSONA_CHAT_MODEL", None, "PERSONA_CHAT_BASE_URL", ("PERSONA_CHAT_API_KEY", "PERSONA_ENGINE_API_KEY"))
+JUDGE = RoleVariables("PERSONA_JUDGE_MODEL", "PERSONA_JUDGE_ENGINE", "PERSONA_JUDGE_BASE_URL",
+                      ("PERSONA_JUDGE_API_KEY", "PERSONA_ENGINE_API_KEY"))
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
-    model: str
     goqa_source: Path
+    # The model roles, each named in one place (see load_roles); resources named after them (role_resources).
+    llm: ModelRole
+    chat_llm: ModelRole
+    judge_llm: ModelRole
     board_dir: Path = SAMPLE_BOARD_DIR
-    chat_base_url: str = ""
-    chat_model: str = ""
     schedule_cron: str = "0 3 * * 1"
-    judge_model: str = TINY_MODEL
     judge_max_failure_rate: float = 0.05
-    engine: str = "transformers"
-    engine_base_url: str = ""
-    judge_engine: str = "transformers"
-    judge_base_url: str = ""
     deployment: Deployment = Deployment()
     # A DuckDB file path or a ducklake:postgres:... location (may hold a password: show it via
     # warehouse_label, never directly).
     warehouse: str = ""
     warehouse_data_path: str = ""
+
+    def roles(self) -> dict[str, ModelRole]:
+        """Resource name -> the role's model."""
+        return {"llm": self.llm, "chat_llm": self.chat_llm, "judge_llm": self.judge_llm}
 
     @property
     def warehouse_is_lake(self) -> bool:
@@ -133,9 +167,6 @@ def load_deployment(environ: Mapping[str, str] | None = None) -> Deployment:
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     home = Path(env.get("PERSONA_HOME") or Path.cwd() / ".persona").expanduser().resolve()
-    model = (env.get("PERSONA_MODEL") or TINY_MODEL).strip()
-    if not model:
-        raise SettingsError("PERSONA_MODEL is empty: use 'tiny' or a Hugging Face id or local path")
     source_text = env.get("PERSONA_GOQA_SOURCE")
     goqa_source = Path(source_text).expanduser().resolve() if source_text else SAMPLE_GOQA_SOURCE
     if not goqa_source.is_file():
@@ -144,14 +175,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     board_dir = Path(board_text).expanduser().resolve() if board_text else SAMPLE_BOARD_DIR
     if not (board_dir / "agents.json").is_file():
         raise SettingsError(f"PERSONA_BOARD_DIR: {board_dir} has no agents.json (the agent registry)")
-    chat_base_url = (env.get("PERSONA_CHAT_BASE_URL") or "").strip()
-    chat_model = (env.get("PERSONA_CHAT_MODEL") or "").strip()
-    if chat_base_url and not chat_model:
-        raise SettingsError("PERSONA_CHAT_BASE_URL is set but PERSONA_CHAT_MODEL is not: name the chat model")
     schedule_cron = (env.get("PERSONA_SCHEDULE_CRON") or "0 3 * * 1").strip()
     if len(schedule_cron.split()) != 5:
         raise SettingsError(f"PERSONA_SCHEDULE_CRON: {schedule_cron!r} is not a five-field cron expression")
-    judge_model = (env.get("PERSONA_JUDGE_MODEL") or model).strip()
     rate_text = (env.get("PERSONA_JUDGE_MAX_FAILURE_RATE") or "0.05").strip()
     try:
         judge_max_failure_rate = float(rate_text)
@@ -160,24 +186,44 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if not 0.0 <= judge_max_failure_rate <= 1.0:
         raise SettingsError(f"PERSONA_JUDGE_MAX_FAILURE_RATE: {rate_text!r} is not a number between 0 and 1")
     warehouse, warehouse_data_path = _warehouse(env, home)
-    engine, engine_base_url = _engine(env, "PERSONA_ENGINE", "PERSONA_ENGINE_BASE_URL", "transformers", "")
-    judge_engine, judge_base_url = _engine(env, "PERSONA_JUDGE_ENGINE", "PERSONA_JUDGE_BASE_URL", engine, engine_base_url)
-    return Settings(home, model, goqa_source, board_dir, chat_base_url, chat_model, schedule_cron, judge_model,
-                    judge_max_failure_rate, engine, engine_base_url, judge_engine, judge_base_url, load_deployment(env),
-                    warehouse, warehouse_data_path)
+    llm, chat_llm, judge_llm = load_roles(env)
+    return Settings(home=home, goqa_source=goqa_source, llm=llm, chat_llm=chat_llm, judge_llm=judge_llm,
+                    board_dir=board_dir, schedule_cron=schedule_cron, judge_max_failure_rate=judge_max_failure_rate,
+                    deployment=load_deployment(env), warehouse=warehouse, warehouse_data_path=warehouse_data_path)
 
 
-ENGINES = ("transformers", "vllm", "openai", "simulated")
+def load_roles(env: Mapping[str, str]) -> tuple[ModelRole, ModelRole, ModelRole]:
+    """The generator, the chat baseline's model and the judge. The chat model and the judge default to the
+    generator's model, backend and server (then one loaded engine serves them all)."""
+    generator = _role(env, GENERATOR, ModelRole("transformers", TINY_MODEL))
+    if (env.get(CHAT.base_url) or "").strip() and not (env.get(CHAT.model) or "").strip():
+        raise SettingsError(f"{CHAT.base_url} is set but {CHAT.model} is not: name the chat model")
+    # A chat server without a backend prefix is an OpenAI-compatible API (what PERSONA_CHAT_BASE_URL has always meant).
+    chat = _role(env, CHAT, generator, url_backend="openai")
+    return generator, chat, _role(env, JUDGE, generator)
 
 
-def _engine(env: Mapping[str, str], name: str, url_name: str, default: str, default_url: str) -> tuple[str, str]:
-    engine = (env.get(name) or default).strip()
-    if engine not in ENGINES:
-        raise SettingsError(f"{name}: {engine!r} is not one of {', '.join(ENGINES)}")
-    base_url = (env.get(url_name) or default_url).strip()
-    if engine == "openai" and not base_url.startswith(("http://", "https://")):
-        raise SettingsError(f"{url_name}: the openai engine needs the server's URL (http://host:port/v1), got {base_url!r}")
-    return engine, base_url
+def _role(env: Mapping[str, str], names: RoleVariables, default: ModelRole, url_backend: str | None = None) -> ModelRole:
+    text = (env.get(names.model) or "").strip()
+    named = (env.get(names.backend) or "").strip() if names.backend else ""
+    base_url = (env.get(names.base_url) or "").strip()
+    prefix, model = split_backend(text)
+    if named and named not in BACKENDS:
+        raise SettingsError(f"{names.backend}: {named!r} is not one of {', '.join(BACKENDS)}")
+    if prefix and named and prefix != named:
+        raise SettingsError(f"{names.model}={text!r} names the {prefix} backend but {names.backend}={named!r}: "
+                            "name the backend in one place")
+    if text and not model:
+        raise SettingsError(f"{names.model}: {text!r} names a backend but no model")
+    chosen = prefix or named or (url_backend if base_url else None) or default.backend
+    role = ModelRole(chosen, model or default.model, base_url or default.base_url, names.api_keys)
+    if backend(chosen).reads_base_url and not role.base_url.startswith(("http://", "https://")):
+        raise SettingsError(f"{names.base_url}: the {chosen} backend needs the server's URL (http://host:port/v1), "
+                            f"got {role.base_url!r}")
+    if url_backend and base_url and not backend(chosen).reads_base_url:
+        raise SettingsError(f"{names.base_url} is set but {names.model}={text!r} names the {chosen} backend, "
+                            "which reads no server URL")
+    return role
 
 
 def _warehouse(env: Mapping[str, str], home: Path) -> tuple[str, str]:

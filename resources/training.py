@@ -1,9 +1,11 @@
 """LoRA adapters trained through PEFT and Accelerate, with checkpoints to resume from.
 
-The adapter is added to the engine's own model, so training, perplexity and
-generation in one process share a single load of the base weights. The same
-loop runs on this CPU and, under ``accelerate launch`` with an FSDP config, on
-several GPUs: devices, gradient sync and saving go through the Accelerator.
+The transformers backend calls this with its own model (``TransformersEngine.train_adapter``,
+``merge_adapter``): the adapter is added to the model the engine serves, so training,
+perplexity and generation in one process share a single load of the base weights. Nothing
+here knows the engine; callers go through the engine interface. The same loop runs on this
+CPU and, under ``accelerate launch`` with an FSDP config, on several GPUs: devices, gradient
+sync and saving go through the Accelerator.
 
 Resumption is exact on one device: the batch order of each epoch comes from a
 generator seeded by (seed, epoch), and a checkpoint holds the adapter weights,
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from resources.artifacts import write_atomic
+from resources.files import write_atomic
 
 Example = tuple[list[int], list[bool]]  # token ids, and which of them the loss counts
 
@@ -109,20 +111,10 @@ def _collate(examples: Sequence[Example], pad_id: int, max_length: int):
     return input_ids, attention, labels
 
 
-def train_adapter(
-    engine,
-    name: str,
-    examples: Sequence[Example],
-    settings: LoraTraining,
-    checkpoint_path: Path,
-    adapter_dir: Path,
-    log=lambda message: None,
-) -> TrainingOutcome:
-    """Train ``name`` on ``examples`` (loss on counted tokens only) and serve it from the engine."""
-    from accelerate import Accelerator
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
-    from safetensors.torch import save_file
-
+def prepare_run(name: str, examples: Sequence[Example], settings: LoraTraining) -> None:
+    """Refuse a run that could not train anything, before a model is touched; quiet a warning known to be harmless."""
+    # transformers 5 warns about a renamed attribute that PEFT and Accelerate still read, at every adapter they prepare.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     if settings.quantization not in ("none", "4bit"):
         raise TrainingError(f"quantization must be none or 4bit, got {settings.quantization!r}")
     if not examples:
@@ -131,15 +123,26 @@ def train_adapter(
     if counted == 0:
         raise TrainingError(f"{name}: no token of the training examples is the agent's")
 
-    # transformers 5 warns about a renamed attribute that Accelerate still reads.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    accelerator = Accelerator(cpu=engine.device == "cpu")
-    torch.manual_seed(settings.seed)  # the LoRA initialisation
-    if settings.quantization == "4bit":
-        internal, model = f"{name}-qlora", _quantized_for_training(engine, name, settings)
-    else:
-        internal = engine.new_trainable_adapter(name, settings.lora_config())
-        model = engine.model
+
+def train_lora(
+    model,
+    internal: str,
+    name: str,
+    examples: Sequence[Example],
+    settings: LoraTraining,
+    pad_id: int,
+    cpu: bool,
+    checkpoint_path: Path,
+    adapter_dir: Path,
+    log=lambda message: None,
+) -> TrainingOutcome:
+    """Train the PEFT adapter ``internal`` of ``model`` (added and active; ``name`` is the public name, for messages)
+    on ``examples`` (loss on counted tokens only), resuming from ``checkpoint_path``; save it in ``adapter_dir``."""
+    from accelerate import Accelerator
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    accelerator = Accelerator(cpu=cpu)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -173,8 +176,7 @@ def train_adapter(
         while step < total_steps:
             epoch, within = divmod(step, steps_per_epoch)
             batch = _batches(len(examples), settings.batch_size, settings.seed, epoch)[within]
-            input_ids, attention, labels = _collate([examples[i] for i in batch], engine.tokenizer.pad_token_id,
-                                                    settings.max_length)
+            input_ids, attention, labels = _collate([examples[i] for i in batch], pad_id, settings.max_length)
             output = model(input_ids=input_ids.to(accelerator.device), attention_mask=attention.to(accelerator.device),
                            labels=labels.to(accelerator.device))
             accelerator.backward(output.loss)
@@ -193,22 +195,14 @@ def train_adapter(
     unwrapped = accelerator.unwrap_model(model)
     adapter_dir.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(unwrapped, adapter_name=internal).items()}
-    buffer_path = adapter_dir / "adapter_model.safetensors"
-    save_file(weights, str(buffer_path))
+    save_file(weights, str(adapter_dir / "adapter_model.safetensors"))
     unwrapped.peft_config[internal].save_pretrained(str(adapter_dir))
-    fingerprint = files_fingerprint(adapter_dir)
-    if settings.quantization == "4bit":
-        del model, unwrapped  # the 4-bit copy; the engine serves the adapter on its full-precision base
-        torch.cuda.empty_cache()
-        engine.add_adapter(name, str(adapter_dir), fingerprint)
-    else:
-        engine.register_adapter(name, internal, fingerprint)
-    return TrainingOutcome(adapter_dir, fingerprint, step, tokens_trained, seconds, resumed_from, losses)
+    return TrainingOutcome(adapter_dir, files_fingerprint(adapter_dir), step, tokens_trained, seconds, resumed_from, losses)
 
 
-def _quantized_for_training(engine, name: str, settings: LoraTraining):
-    """QLoRA: a second copy of the base in 4 bits (NF4, double quantization, bfloat16 compute)
-    with a fresh adapter; counted as a model load."""
+def quantized_for_training(model_path: str, name: str, settings: LoraTraining):
+    """QLoRA: a second copy of the base in 4 bits (NF4, double quantization, bfloat16 compute) with a fresh
+    adapter named ``{name}-qlora``; the caller counts it as a model load."""
     if not torch.cuda.is_available():
         raise TrainingError(f"{name}: QLoRA (quantization=4bit) needs a CUDA GPU; none is visible here")
     try:
@@ -219,36 +213,31 @@ def _quantized_for_training(engine, name: str, settings: LoraTraining):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     quantized = AutoModelForCausalLM.from_pretrained(
-        engine.model_path,
+        model_path,
         quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16),
         device_map={"": torch.cuda.current_device()},
     )
-    engine.usage.model_loads += 1
     return get_peft_model(prepare_model_for_kbit_training(quantized), settings.lora_config(), adapter_name=f"{name}-qlora")
 
 
-def merge_adapter(engine, name: str, out_dir: Path, check_inputs: Sequence[list[int]]) -> tuple[str, list[float]]:
-    """Save base + adapter merged into plain weights with the tokenizer; return (fingerprint, max |logit diff| per
-    check input).
+def merge_lora(model, internal: str, tokenizer, out_dir: Path, check_inputs: Sequence[list[int]],
+               device: str) -> tuple[str, list[float]]:
+    """Save ``model`` (a PEFT model, adapter ``internal`` active) with that adapter merged into plain weights, with
+    the tokenizer; return (fingerprint, max |logit diff| per check input) between the merged copy and ``model``.
 
-    The merge works on a copy of the engine's model, which keeps serving the base
-    and every adapter unmerged. With no check input nothing would be compared, so
-    that is refused before merging.
+    The merge works on a copy, so ``model`` keeps serving the base and every adapter unmerged.
     """
-    if not check_inputs:
-        raise TrainingError(f"{name}: no sample to check the merged model against base + adapter on")
-    internal = engine.adapters[name][0]
-    merged = copy.deepcopy(engine.model).merge_and_unload(adapter_names=[internal])
+    merged = copy.deepcopy(model).merge_and_unload(adapter_names=[internal])
     merged.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out_dir), safe_serialization=True)
-    engine.tokenizer.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
     differences = []
-    with torch.inference_mode(), engine.using_adapter(name):
+    with torch.inference_mode():
         for ids in check_inputs:
-            tensor = torch.tensor([ids], device=engine.device)
-            unmerged = engine.model(input_ids=tensor).logits.float()
+            tensor = torch.tensor([ids], device=device)
+            unmerged = model(input_ids=tensor).logits.float()
             direct = merged(input_ids=tensor).logits.float()
             differences.append(float((unmerged - direct).abs().max()))
     return files_fingerprint(out_dir), differences

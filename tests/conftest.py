@@ -41,7 +41,7 @@ def models_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llm(models_dir):
     from resources.settings import DATA_DIR
-    from resources.llm import LLMResource
+    from resources.llm.resource import LLMResource
 
     return LLMResource(models_dir=str(models_dir), corpus_dir=str(DATA_DIR), device="cpu", dtype="float32")
 
@@ -82,7 +82,6 @@ def local_resources(home: Path, llm, **overrides) -> dict:
     """Every resource the code location needs, on the sample data, under ``home``."""
     from resources.settings import SAMPLE_BOARD_DIR, SAMPLE_GOQA_SOURCE
     from resources.artifacts import ArtifactStore
-    from resources.llm.chat_api import ChatApiResource
     from resources.sources import BoardSource, GoqaSource
     from resources.warehouse import WarehouseIOManager, WarehouseResource
 
@@ -95,7 +94,6 @@ def local_resources(home: Path, llm, **overrides) -> dict:
         "goqa_source": GoqaSource(path=str(SAMPLE_GOQA_SOURCE)),
         "board": BoardSource(path=str(SAMPLE_BOARD_DIR)),
         "artifacts": ArtifactStore(root=str(home / "artifacts")),
-        "chat_api": ChatApiResource(),
         **overrides,
     }
 

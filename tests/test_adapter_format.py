@@ -15,14 +15,14 @@ from persona_assets.agents.tables import (
     conversation_rows,
     heldout_requests,
     merge_difference,
-    training_example,
+    training_chat,
 )
 from persona_assets.alignment.similarity import opinion_prompt
 from persona_assets.responses.tables import item_rows, response_plan
 from persona_assets.responses.tasks import AGENT, BASELINE, COMPLETION, MONOLOGUE, TRAIT, SamplingSetting
 from persona_assets.votes.prediction import vote_prompt
 from resources.llm.chat import chat_tokens
-from resources.training import IGNORED, TrainingError, _collate, loss_labels, merge_adapter
+from resources.training import IGNORED, TrainingError, _collate, loss_labels
 
 NAME = "marisolvega"
 MEETING = [  # (speaker, agent, text): the agent speaks twice, the second time last
@@ -60,13 +60,13 @@ def board_turns(split: str) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=TURN_SCHEMA)
 
 
-def trained_on(tokenizer) -> tuple[list[int], int, int]:
-    """The meeting as lora_training tokenizes it: ids, and where the agent's last turn starts and ends
-    (its content and end-of-turn marker are the last counted run of the loss mask)."""
+def trained_on(engine) -> tuple[list[int], int, int]:
+    """The meeting as lora_training lays it out (through the engine): ids, and where the agent's last turn starts
+    and ends (its content and end-of-turn marker are the last counted run of the loss mask)."""
     (row,) = conversation_rows(board_turns("train"), [NAME], max_words=1000)
-    ids, mask = training_example(tokenizer, row["messages"])
+    ((ids, mask),) = engine.training_examples([training_chat(row["messages"])])
     start = max(i for i in range(1, len(mask)) if mask[i] and not mask[i - 1])
-    assert all(mask[start:]) and ids[-1] == tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    assert all(mask[start:]) and ids[-1] == engine.tokenizer.convert_tokens_to_ids("<|eot_id|>")
     return ids, start, len(ids) - 1
 
 
@@ -89,7 +89,7 @@ def planned_chats(completions: pl.DataFrame) -> dict:
 
 
 def test_the_adapter_gets_the_training_ids_up_to_the_generation_point(engine):
-    ids, start, _ = trained_on(engine.tokenizer)
+    ids, start, _ = trained_on(engine)
     requests = planned_chats(heldout_example())
     assert requests[AGENT].adapter == NAME
     # What generate and score feed the model for this prompt.
@@ -105,7 +105,7 @@ def test_the_baseline_differs_only_by_its_system_turn(engine):
 
 
 def test_perplexity_scores_the_training_ids_of_the_held_out_turn(engine):
-    ids, start, end = trained_on(engine.tokenizer)
+    ids, start, end = trained_on(engine)
     (result,) = engine.loglikelihood(heldout_requests(heldout_example(), adapter=NAME))
     # The whole sequence the adapter read is the training sequence without the final end-of-turn marker,
     # and exactly the held-out turn's content counts.
@@ -120,7 +120,7 @@ def test_perplexity_scores_the_training_ids_of_the_held_out_turn(engine):
 def test_votes_and_survey_answers_are_laid_out_as_a_training_chat(engine, prompt):
     assert {role for role, _ in prompt.messages} <= {"user", "assistant"}  # the roles of the training chats
     reply = "Final Vote: Aye"
-    ids, mask = training_example(engine.tokenizer, json.dumps([*prompt.messages, ("assistant", reply)]))
+    ((ids, mask),) = engine.training_examples([training_chat(json.dumps([*prompt.messages, ("assistant", reply)]))])
     start = mask.index(True)
     assert engine.tokenizer.decode(ids[start:]) == reply + "<|eot_id|>"
     assert engine._encode_prompt(prompt) == ids[:start]
@@ -191,17 +191,17 @@ def test_a_merge_check_fails_past_the_tolerance_or_on_nan():
 
 def test_merging_without_samples_is_refused_before_anything_is_written(engine, tmp_path):
     with pytest.raises(TrainingError, match="marisolvega: no sample to check the merged model"):
-        merge_adapter(engine, NAME, tmp_path / "merged", [])
+        engine.merge_adapter(NAME, tmp_path / "merged", [])
     assert not (tmp_path / "merged").exists()
 
 
 def test_the_merged_model_matches_base_plus_adapter_on_every_sample(engine, tmp_path):
-    samples = [engine.tokenizer(text)["input_ids"] for _, _, text in MEETING[:3]]
-    _, differences = merge_adapter(engine, NAME, tmp_path / "merged", samples)
+    samples = [text for _, _, text in MEETING[:3]]
+    _, differences = engine.merge_adapter(NAME, tmp_path / "merged", samples)
     assert len(differences) == len(samples)
     assert merge_difference(NAME, differences) <= MERGE_TOLERANCE
     # The adapter does change the logits, so the agreement above is a real comparison.
-    tensor = torch.tensor([samples[0]])
+    tensor = torch.tensor([engine.tokenizer(samples[0])["input_ids"]])
     with torch.inference_mode():
         with engine.using_adapter(NAME):
             adapted = engine.model(input_ids=tensor).logits

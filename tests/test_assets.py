@@ -8,7 +8,7 @@ from partitions import COUNTRIES
 from persona_assets.definitions import ALL_ASSETS
 from persona_assets.runner import RANGE_END, RANGE_START
 from resources.settings import DATA_DIR
-from resources.llm import LLMResource
+from resources.llm.resource import LLMResource
 from resources.warehouse import Warehouse
 from tests.conftest import local_resources
 

@@ -99,11 +99,11 @@ def test_chat_tokens_count_only_the_assistant_content(tiny_engine):
 def test_qlora_is_refused_clearly_without_a_gpu(tiny_engine, tmp_path):
     import torch
 
-    from resources.training import LoraTraining, TrainingError, train_adapter
+    from resources.training import LoraTraining, TrainingError
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     settings = LoraTraining(rank=4, alpha=8, dropout=0.0, target_modules=("q_proj",), quantization="4bit")
     with pytest.raises(TrainingError, match="needs a CUDA GPU"):
-        train_adapter(tiny_engine, "marisolvega", [([1, 2, 3], [False, True, True])], settings,
-                      tmp_path / "checkpoint.pt", tmp_path / "adapter")
+        tiny_engine.train_adapter("marisolvega", [([1, 2, 3], [False, True, True])], settings,
+                                  tmp_path / "checkpoint.pt", tmp_path / "adapter")

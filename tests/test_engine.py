@@ -73,7 +73,7 @@ def test_sampling_is_seeded(tiny_engine):
 
 
 def test_unknown_model_path_is_a_clear_error(tmp_path):
-    from resources.llm import LLMResource
+    from resources.llm.resource import LLMResource
     from resources.llm.transformers_backend import ModelLoadError
 
     missing = tmp_path / "no-such-model"

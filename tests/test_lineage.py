@@ -74,13 +74,13 @@ def test_changing_a_prompt_template_marks_downstream_assets_stale(tmp_path, tiny
     version = elicitation.ZERO_SHOT_VERSION
     monkeypatch.setattr(prompts, "ZERO_SHOT_TEMPLATE", prompts.ZERO_SHOT_TEMPLATE + " Answer truthfully:")
     monkeypatch.setattr(prompts, "ZERO_SHOT_HASH", prompts.text_hash(prompts.ZERO_SHOT_TEMPLATE))
-    changed = importlib.reload(baselines)
+    changed = importlib.reload(elicitation)
     try:
         assert changed.ZERO_SHOT_VERSION != version
         assert status([*upstream, changed.zero_shot_base_predictions]) == StaleStatus.STALE
     finally:
         monkeypatch.undo()
-        importlib.reload(baselines)
+        importlib.reload(elicitation)
 
 
 def test_every_table_row_carries_provenance_and_its_inputs_exist(sample_run):

@@ -11,8 +11,9 @@ import pytest
 
 from persona_assets.judging.judge import compare_pairs
 from persona_assets.judging.rubrics import Item
-from resources.llm import ChatPrompt, GenerateRequest, LLMResource, LoglikelihoodRequest, ScoreRequest
+from resources.llm import ChatPrompt, GenerateRequest, LoglikelihoodRequest, ScoreRequest
 from resources.llm.openai_backend import EngineRequestError, OpenAIEngine
+from resources.llm.resource import LLMResource
 
 SECRET = "sk-engine-secret-never-log"
 

@@ -15,7 +15,7 @@ import pytest
 from resources.settings import SettingsError, load_settings
 from resources.warehouse import Warehouse
 from tests.conftest import PERSONA, PROJECT_ROOT, persona
-from tests.test_chat_api import FakeChatServer
+from tests.test_chat_role import FakeChatServer
 
 # The child writes version 2 of partition A and stops inside the transaction (after the delete and the
 # insert, before the commit), where the parent kills it with SIGKILL.
@@ -77,7 +77,7 @@ def test_the_openai_engine_needs_its_server(tmp_path):
     with pytest.raises(SettingsError, match="PERSONA_ENGINE_BASE_URL"):
         load_settings({"PERSONA_ENGINE": "openai"})
     settings = load_settings({"PERSONA_ENGINE": "openai", "PERSONA_ENGINE_BASE_URL": "http://h:8000/v1"})
-    assert (settings.judge_engine, settings.judge_base_url) == ("openai", "http://h:8000/v1")  # the judge follows
+    assert (settings.judge_llm.backend, settings.judge_llm.base_url) == ("openai", "http://h:8000/v1")  # the judge follows
 
 
 @pytest.mark.slow

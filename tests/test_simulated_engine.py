@@ -8,8 +8,9 @@ import pytest
 
 from persona_assets.instance import EMBEDDED_PROFILE
 from persona_assets.elicitation.prompts import CANDIDATES, CHAT_CANDIDATES, chat_messages, few_shot_prompt, zero_shot_prompt
-from resources.llm import ChatPrompt, LLMResource, ScoreRequest
+from resources.llm import ChatPrompt, ScoreRequest
 from resources.llm.simulated import PlantedSignalEngine, WorldSpec, world_survey
+from resources.llm.resource import LLMResource
 from tests.conftest import persona
 
 

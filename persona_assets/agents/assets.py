@@ -1,7 +1,5 @@
 """Agent twins: board turns, per-agent corpora, LoRA adapters, merged models, perplexity."""
 
-from dataclasses import asdict
-
 import polars as pl
 from dagster import AssetExecutionContext, AssetIn, AssetOut, Config, MetadataValue, Output, asset, multi_asset
 from pydantic import Field
@@ -9,18 +7,24 @@ from pydantic import Field
 from partitions import AGENTS, AGENTS_BY_KEY, agents_partitions
 from persona_assets.agents.corpora import split_meetings
 from persona_assets.agents.tables import (
+    ADAPTER_SCHEMA,
     BASE_MODEL_ROW,
     COMPLETION_SCHEMA,
     CONVERSATION_SCHEMA,
+    LOSS_SCHEMA,
+    MERGED_SCHEMA,
     MONOLOGUE_SCHEMA,
     PERPLEXITY_SCHEMA,
     TURN_SCHEMA,
+    adapter_row,
     completion_rows,
     conversation_rows,
+    loss_rows,
     merge_difference,
+    merged_row,
     monologue_rows,
     perplexity_rows,
-    training_example,
+    training_chat,
     turn_rows,
 )
 from resources.inputs.transcripts import read_meetings
@@ -37,13 +41,14 @@ from persona_assets.common import (
 )
 from persona_assets.deployment import TRAINING_PROFILE
 from persona_assets.agents.adapters import serve_adapters
-from persona_assets.provenance import Provenance, result_frame, row_ref
-from persona_assets.plots import heatmap, inline, loss_curve, saved_plot
-from persona_assets.steps import asset_frame, engine_metadata, model_step
+from persona_assets.plots import heatmap, loss_curve, saved_plot
+from persona_assets.steps import asset_frame, model_step
 from resources.artifacts import ArtifactStore
-from resources.llm import LLMResource
+from resources.llm.resource import LLMResource
 from resources.sources import BoardSource
-from resources.training import LoraTraining, merge_adapter, run_fingerprint, train_adapter
+from resources.inputs.registry import Agent
+from resources.llm import Engine
+from resources.training import LoraTraining, TrainingOutcome, run_fingerprint
 
 GROUP = "agents"
 VERSION = "agents-1"
@@ -73,8 +78,13 @@ class TrainingConfig(Config):
     quantization: str = Field(default="none", description="none, or 4bit (QLoRA: a CUDA GPU with bitsandbytes).")
 
 
-def _provenance(context, engine=None, adapter=None) -> Provenance:
-    return Provenance(context.run.run_id, VERSION, model_id=engine.model_id if engine else None, adapter=adapter)
+    def settings(self, agent: Agent) -> LoraTraining:
+        """The agent's LoRA shape (from the registry) with this run's optimisation settings."""
+        lora = agent.lora
+        return LoraTraining(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules,
+                            learning_rate=self.learning_rate, epochs=self.epochs, batch_size=self.batch_size,
+                            max_length=self.max_length, checkpoint_every=self.checkpoint_every, seed=self.seed,
+                            quantization=self.quantization)
 
 
 @asset(**SHARED, kinds=TABLE_KINDS, pool=WAREHOUSE_POOL, tags=dict([BOARD_INPUT]))
@@ -119,11 +129,14 @@ def monologues(context: AssetExecutionContext, config: CorpusConfig, board_turns
     return asset_frame(context, monologue_rows(board_turns, context.partition_keys, config.monologue_words), MONOLOGUE_SCHEMA)
 
 
-ADAPTER_SCHEMA = {"agent": pl.String, "adapter_path": pl.String, "sha256": pl.String, "rank": pl.Int64, "alpha": pl.Int64,
-                  "dropout": pl.Float64, "target_modules": pl.List(pl.String), "steps": pl.Int64,
-                  "tokens_trained": pl.Int64, "seconds": pl.Float64, "tokens_per_second": pl.Float64,
-                  "resumed_from_step": pl.Int64, "final_loss": pl.Float64}
-LOSS_SCHEMA = {"agent": pl.String, "step": pl.Int64, "epoch": pl.Int64, "loss": pl.Float64, "tokens": pl.Int64}
+def train_agent(engine: Engine, artifacts: ArtifactStore, agent: str, conversations: pl.DataFrame,
+                settings: LoraTraining, log) -> TrainingOutcome:
+    """Train (or resume) one agent's adapter; checkpoints and the adapter live under this exact run's fingerprint."""
+    examples = engine.training_examples([training_chat(m) for m in conversations["messages"]])
+    run = run_fingerprint(settings, examples, engine.model_id)
+    return engine.train_adapter(agent, examples, settings, log=log,
+                                checkpoint_path=artifacts.path("checkpoints", "lora", agent, f"{run}.pt"),
+                                adapter_dir=artifacts.path("adapters", agent, run))
 
 
 @multi_asset(
@@ -139,83 +152,46 @@ LOSS_SCHEMA = {"agent": pl.String, "step": pl.Int64, "epoch": pl.Int64, "loss": 
     backfill_policy=ONE_RUN_PER_BACKFILL,
     ins={"training_conversations": AssetIn(key=[GROUP, "training_conversations"])},
 )
-def lora_training(
-    context: AssetExecutionContext, config: TrainingConfig, llm: LLMResource, artifacts: ArtifactStore,
-    training_conversations: pl.DataFrame,
-):
+def lora_training(context: AssetExecutionContext, config: TrainingConfig, llm: LLMResource, artifacts: ArtifactStore,
+                  training_conversations: pl.DataFrame):
     """Train each agent's adapter on its conversations; resumes from its last checkpoint after a crash."""
-    adapter_rows, loss_rows, plots = [], [], []
-    with llm.metered() as (engine, meter):
+    adapters, losses, plots = [], [], []
+    with model_step(context, llm) as step:
         for agent in context.partition_keys:
-            lora = AGENTS_BY_KEY[agent].lora
-            settings = LoraTraining(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
-                                    target_modules=lora.target_modules, learning_rate=config.learning_rate,
-                                    epochs=config.epochs, batch_size=config.batch_size, max_length=config.max_length,
-                                    checkpoint_every=config.checkpoint_every, seed=config.seed,
-                                    quantization=config.quantization)
+            settings = config.settings(AGENTS_BY_KEY[agent])
             conversations = training_conversations.filter(pl.col("agent") == agent).sort("row_id")
-            examples = [training_example(engine.tokenizer, r) for r in conversations["messages"]]
-            run = run_fingerprint(settings, examples, engine.model_id)
-            outcome = train_adapter(
-                engine, agent, examples, settings,
-                checkpoint_path=artifacts.path("checkpoints", "lora", agent, f"{run}.pt"),
-                adapter_dir=artifacts.path("adapters", agent, run),
-                log=context.log.info,
-            )
-            adapter_rows.append({
-                "row_id": agent, "agent": agent, "adapter": agent, "adapter_path": str(outcome.adapter_dir), "sha256": outcome.fingerprint,
-                **{k: v for k, v in asdict(settings).items() if k in ("rank", "alpha", "dropout")},
-                "target_modules": list(settings.target_modules), "steps": outcome.steps,
-                "tokens_trained": outcome.tokens_trained, "seconds": outcome.seconds,
-                "tokens_per_second": outcome.tokens_trained / outcome.seconds if outcome.seconds else None,
-                "resumed_from_step": outcome.resumed_from_step,
-                "final_loss": outcome.losses[-1]["loss"] if outcome.losses else None,
-                "partition_key": agent, "input_ids": [row_ref("agents.training_conversations", i) for i in conversations["row_id"]],
-            })
-            for point in outcome.losses:
-                loss_rows.append({"row_id": f"{agent}/{point['step']}", "agent": agent, **point, "partition_key": agent,
-                                  "input_ids": [row_ref("agents.lora_adapters", agent)]})
+            outcome = train_agent(step.engine, artifacts, agent, conversations, settings, context.log.info)
+            adapters.append(adapter_row(agent, outcome, settings, conversations["row_id"].to_list()))
+            losses += loss_rows(agent, outcome)
             png = loss_curve(f"LoRA training - {agent}", [p["step"] for p in outcome.losses], [p["loss"] for p in outcome.losses])
-            path, sha = artifacts.write(png, "plots", "training", f"{agent}.png")
-            plots.append(f"**{agent}** `{path}` sha256 {sha[:12]}\n\n{inline(png, agent)}")
-    provenance = _provenance(context, engine)
-    adapters = result_frame(adapter_rows, ADAPTER_SCHEMA, provenance)
-    usage = engine_metadata(meter, engine.model_id)
-    yield Output(adapters, "lora_adapters", metadata={**usage, "adapters": markdown_table(
+            plots.append(saved_plot(artifacts, png, "training", agent, agent))
+        adapter_frame, loss_frame = step.frame(adapters, ADAPTER_SCHEMA, "lora_adapters"), step.frame(losses, LOSS_SCHEMA, "training_loss")
+    yield Output(adapter_frame, "lora_adapters", metadata={"adapters": markdown_table(
         ["agent", "steps", "tokens", "tokens/s", "resumed from", "final loss"],
         [[r["agent"], r["steps"], r["tokens_trained"], f"{r['tokens_per_second'] or 0:.0f}", r["resumed_from_step"],
-          f"{r['final_loss']:.3f}"] for r in adapter_rows])})
-    yield Output(result_frame(loss_rows, LOSS_SCHEMA, provenance), "training_loss",
-                 metadata={**usage, "loss_curves": MetadataValue.md("\n\n".join(plots))})
-
-
-MERGED_SCHEMA = {"agent": pl.String, "model_path": pl.String, "sha256": pl.String, "max_logit_difference": pl.Float64}
+          f"{r['final_loss']:.3f}"] for r in adapters])})
+    yield Output(loss_frame, "training_loss", metadata={"loss_curves": MetadataValue.md("\n\n".join(plots))})
 
 
 @asset(**SHARED, **BY_AGENT, kinds=MODEL_KINDS | {"safetensors"}, **gpu_step(),
        ins={"lora_adapters": AssetIn(key=[GROUP, "lora_adapters"]), "completion_examples": AssetIn(key=[GROUP, "completion_examples"])})
-def merged_models(
-    context: AssetExecutionContext, llm: LLMResource, artifacts: ArtifactStore,
-    lora_adapters: pl.DataFrame, completion_examples: pl.DataFrame,
-) -> pl.DataFrame:
+def merged_models(context: AssetExecutionContext, llm: LLMResource, artifacts: ArtifactStore,
+                  lora_adapters: pl.DataFrame, completion_examples: pl.DataFrame) -> pl.DataFrame:
     """Base weights with the agent's adapter merged in, saved as safetensors with the tokenizer; the
     merged model must give the logits of base + adapter (max |difference| <= 1e-4 in float32) on up to three of
     the agent's utterances; an agent with none to compare on fails rather than passing unchecked."""
     rows = []
-    with llm.metered() as (engine, meter):
-        serve_adapters(engine, lora_adapters)
+    with model_step(context, llm) as step:
+        serve_adapters(step.engine, lora_adapters)
         for r in lora_adapters.sort("agent").iter_rows(named=True):
             agent = r["agent"]
-            samples = [engine.tokenizer(t)["input_ids"][:128] for t in completion_examples.filter(pl.col("agent") == agent)["target"][:3]]
+            samples = list(completion_examples.filter(pl.col("agent") == agent)["target"][:3])
             out_dir = artifacts.path("merged", agent, r["sha256"][:16])
-            fingerprint, differences = merge_adapter(engine, agent, out_dir, samples)
-            difference = merge_difference(agent, differences)
-            rows.append({"row_id": agent, "agent": agent, "adapter": agent, "model_path": str(out_dir), "sha256": fingerprint,
-                         "max_logit_difference": difference, "partition_key": agent,
-                         "input_ids": [row_ref("agents.lora_adapters", agent)]})
-    context.add_output_metadata({**engine_metadata(meter, engine.model_id),
-                                 "max_logit_difference": max((r["max_logit_difference"] for r in rows), default=0.0)})
-    return result_frame(rows, MERGED_SCHEMA, _provenance(context, engine))
+            fingerprint, differences = step.engine.merge_adapter(agent, out_dir, samples, max_check_tokens=128)
+            rows.append(merged_row(agent, str(out_dir), fingerprint, merge_difference(agent, differences)))
+        frame = step.frame(rows, MERGED_SCHEMA)
+    context.add_output_metadata({"max_logit_difference": max((r["max_logit_difference"] for r in rows), default=0.0)})
+    return frame
 
 
 @asset(**SHARED, kinds=MODEL_KINDS | {"matplotlib"}, **gpu_step(),

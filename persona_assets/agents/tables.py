@@ -19,8 +19,8 @@ from persona_assets.agents.corpora import (
 )
 from resources.inputs.transcripts import Meeting, alias_table, speaker_agent
 from persona_assets.provenance import file_ref, row_ref
-from resources.llm.chat import chat_tokens
 from resources.llm.engine import LoglikelihoodRequest
+from resources.training import LoraTraining, TrainingOutcome
 
 TURNS_TABLE = "agents.board_turns"
 
@@ -120,9 +120,10 @@ def perplexity(nll: float, tokens: int) -> float:
     return math.exp(nll / tokens) if tokens else float("nan")
 
 
-def training_example(tokenizer, messages_json: str) -> tuple[list[int], list[bool]]:
-    """A training conversation row as token ids and the loss mask (the agent's turns), by the model's template."""
-    return chat_tokens(tokenizer, [tuple(m) for m in json.loads(messages_json)])
+def training_chat(messages_json: str) -> list[tuple[str, str]]:
+    """A training conversation row's messages as (role, content) pairs; the engine lays them out as token ids and the
+    loss mask (the agent's, i.e. assistant, turns) by the model's own template (``Engine.training_examples``)."""
+    return [(role, content) for role, content in json.loads(messages_json)]
 
 
 def heldout_requests(examples: pl.DataFrame, adapter: str | None) -> list[LoglikelihoodRequest]:
@@ -163,3 +164,32 @@ def perplexity_rows(engine, heldout: pl.DataFrame, models: Sequence[str], agents
                          "input_ids": [row_ref("agents.completion_examples", i) for i in examples["row_id"]]
                          + ([row_ref("agents.lora_adapters", model)] if adapter else [])})
     return rows
+
+
+ADAPTER_SCHEMA = {"agent": pl.String, "adapter_path": pl.String, "sha256": pl.String, "rank": pl.Int64, "alpha": pl.Int64,
+                  "dropout": pl.Float64, "target_modules": pl.List(pl.String), "steps": pl.Int64,
+                  "tokens_trained": pl.Int64, "seconds": pl.Float64, "tokens_per_second": pl.Float64,
+                  "resumed_from_step": pl.Int64, "final_loss": pl.Float64}
+LOSS_SCHEMA = {"agent": pl.String, "step": pl.Int64, "epoch": pl.Int64, "loss": pl.Float64, "tokens": pl.Int64}
+MERGED_SCHEMA = {"agent": pl.String, "model_path": pl.String, "sha256": pl.String, "max_logit_difference": pl.Float64}
+
+
+def adapter_row(agent: str, outcome: TrainingOutcome, settings: LoraTraining, conversation_ids: Sequence[str]) -> dict:
+    return {"row_id": agent, "agent": agent, "adapter": agent, "adapter_path": str(outcome.adapter_dir),
+            "sha256": outcome.fingerprint, "rank": settings.rank, "alpha": settings.alpha, "dropout": settings.dropout,
+            "target_modules": list(settings.target_modules), "steps": outcome.steps,
+            "tokens_trained": outcome.tokens_trained, "seconds": outcome.seconds,
+            "tokens_per_second": outcome.tokens_trained / outcome.seconds if outcome.seconds else None,
+            "resumed_from_step": outcome.resumed_from_step,
+            "final_loss": outcome.losses[-1]["loss"] if outcome.losses else None,
+            "input_ids": [row_ref("agents.training_conversations", i) for i in conversation_ids]}
+
+
+def loss_rows(agent: str, outcome: TrainingOutcome) -> list[dict]:
+    return [{"row_id": f"{agent}/{point['step']}", "agent": agent, **point,
+             "input_ids": [row_ref("agents.lora_adapters", agent)]} for point in outcome.losses]
+
+
+def merged_row(agent: str, out_dir: str, fingerprint: str, difference: float) -> dict:
+    return {"row_id": agent, "agent": agent, "adapter": agent, "model_path": out_dir, "sha256": fingerprint,
+            "max_logit_difference": difference, "input_ids": [row_ref("agents.lora_adapters", agent)]}

@@ -21,7 +21,7 @@ from persona_assets.common import (
 from persona_assets.plots import heatmap, saved_plot
 from persona_assets.steps import asset_frame, model_step
 from resources.artifacts import ArtifactStore
-from resources.llm import LLMResource
+from resources.llm.resource import LLMResource
 
 GROUP = "alignment"
 VERSION = f"alignment-1-{OPINION_HASH}"

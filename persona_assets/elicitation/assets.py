@@ -17,14 +17,23 @@ from persona_assets.common import (
     gpu_step,
     markdown_table,
 )
-from persona_assets.elicitation.evaluation import build_conditions
+from persona_assets.elicitation.evaluation import build_conditions, chat_answers
 from persona_assets.elicitation.icm import ClaimScorer, IcmParams, IcmSearch, SearchState
-from persona_assets.elicitation.prompts import CANDIDATES, FEW_SHOT_HASH, ZERO_SHOT_HASH, zero_shot_prompt
+from persona_assets.elicitation.prompts import (
+    CANDIDATES,
+    CHAT_HASH,
+    FEW_SHOT_HASH,
+    ZERO_SHOT_HASH,
+    chat_messages,
+    zero_shot_prompt,
+)
 from persona_assets.elicitation.tables import (
+    CHAT_SCHEMA,
     FEW_SHOT_SCHEMA,
     LABEL_SCHEMA,
     TRACE_SCHEMA,
     ZERO_SHOT_SCHEMA,
+    chat_rows,
     demo_pool,
     few_shot_rows,
     icm_claims,
@@ -39,12 +48,16 @@ from persona_assets.opinions.splits import VARIANTS
 from persona_assets.plots import saved_plot, search_trace
 from persona_assets.steps import model_step
 from resources.artifacts import ArtifactStore
-from resources.llm import Engine, LLMResource, ScoreRequest
+from resources.llm import Engine, ScoreRequest
+from resources.llm.resource import LLMResource
 
 GROUP = "elicitation"
 ICM_VERSION = f"icm-2-{FEW_SHOT_HASH}"
 ZERO_SHOT_VERSION = f"zero-shot-1-{ZERO_SHOT_HASH}"
 EVALUATION_VERSION = f"few-shot-1-{FEW_SHOT_HASH}"
+CHAT_VERSION = f"zero-shot-chat-2-{CHAT_HASH}"
+# The chat baseline's method: an instruction model of its own, or the generator through a chat template.
+CHAT, BASE_CHAT_TEMPLATE = "zero_shot_chat", "zero_shot_base_chat_template"
 BY_COUNTRY = dict(group_name=GROUP, **gpu_step(), partitions_def=countries_partitions, backfill_policy=ONE_RUN_PER_BACKFILL)
 COUNTRY_OUT = dict(metadata=COUNTRY_PARTITION, owners=OWNERS, kinds=MODEL_KINDS)
 SPLITS_IN = {"goqa_splits": AssetIn(key=["opinions", "goqa_splits"]), "goqa_claims": AssetIn(key=["opinions", "goqa_claims"])}
@@ -181,4 +194,32 @@ def few_shot_predictions(context: AssetExecutionContext, config: FewShotConfig, 
                 .sort("country", "variant", "k", "method"))
     context.add_output_metadata({"accuracy_by_k": markdown_table(["country", "variant", "method", "k", "mean accuracy"],
                                                                  [[c, v, m, k, f"{a:.3f}"] for c, v, m, k, a in accuracy.iter_rows()])})
+    return frame
+
+
+class ChatBaselineConfig(Config):
+    repeats: int = Field(default=1, description="Times an API is asked each claim (a server may not be deterministic even "
+                                                "at temperature 0); the local engine scores exactly, once.")
+
+
+@asset(key_prefix=GROUP, **BY_COUNTRY, **COUNTRY_OUT, code_version=CHAT_VERSION, ins=SPLITS_IN)
+def zero_shot_chat_predictions(context: AssetExecutionContext, config: ChatBaselineConfig, llm: LLMResource,
+                               chat_llm: LLMResource, goqa_splits: pl.DataFrame, goqa_claims: pl.DataFrame) -> pl.DataFrame:
+    """Zero-shot instruction-model baseline: asked in a chat whether each test claim is the most popular answer.
+
+    The chat model (PERSONA_CHAT_MODEL) scores "True" against "False" after its chat template where its
+    engine can (a local backend); an OpenAI-compatible API (PERSONA_CHAT_BASE_URL) applies the template
+    itself, so there the reply is asked for, must be exactly True or False, and anything else is stored as a
+    parse failure, counted apart from wrong answers. With no chat model of its own, the base model answers
+    through a chat template, and the rows say so: method `zero_shot_base_chat_template`, never `zero_shot_chat`.
+    """
+    test, claims = test_split_claims(goqa_splits, goqa_claims)
+    chats = [chat_messages(r["question"], r["option"], r["country"]) for r in claims.iter_rows(named=True)]
+    method = CHAT if chat_llm.model != llm.model else BASE_CHAT_TEMPLATE
+    with model_step(context, chat_llm, CHAT_HASH) as step:
+        answers = chat_answers(step.engine, chats, config.repeats)
+        rows = chat_rows(test, list(claims["claim_id"]), answers.replies, answers.predictions, method, answers.answered_by)
+        frame = step.frame(rows, CHAT_SCHEMA)
+    context.add_output_metadata({"method": method, "answered_by": answers.answered_by, "repeats": len(answers.replies),
+                                 "parse_failures": int(frame["parse_failed"].sum())})
     return frame

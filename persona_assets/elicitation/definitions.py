@@ -2,9 +2,9 @@
 
 from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
-from persona_assets.elicitation import assets, baselines, checks
+from persona_assets.elicitation import assets, checks
 
 defs = Definitions(
-    assets=load_assets_from_modules([assets, baselines]),
+    assets=load_assets_from_modules([assets]),
     asset_checks=load_asset_checks_from_modules([checks]),
 )

@@ -1,4 +1,4 @@
-"""Few-shot evaluation conditions and accuracy statistics (no Dagster here).
+"""Few-shot evaluation conditions, and the chat baseline's answers (no Dagster here).
 
 A condition is one demonstration set: a method (gold, ICM or accuracy-matched
 random labels), a number of examples k and a repeat. Each repeat draws its own
@@ -16,8 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from persona_assets.elicitation.accuracy import question_of
-from persona_assets.elicitation.prompts import CANDIDATES, few_shot_prompt
-from resources.llm.engine import Engine, ScoreRequest
+from persona_assets.elicitation.prompts import (
+    CANDIDATES,
+    CHAT_CANDIDATES,
+    few_shot_prompt,
+    parse_true_false,
+    predicted_label,
+)
+from resources.llm.engine import ChatPrompt, Engine, GenerateRequest, ScoreRequest
 
 METHODS = ("gold", "icm", "random_matched")
 
@@ -95,3 +101,28 @@ def condition_margins(engine: Engine, country: str, condition: Condition, tests:
         for t in tests
     ]
     return [t - f for t, f in engine.score(requests, reuse_prefix=True)]
+
+
+@dataclass(frozen=True)
+class ChatAnswers:
+    """The chat baseline's answers: per repeat, each claim's reply and the label it gives (None: unparsed)."""
+
+    replies: list[list[str]]
+    predictions: list[list[int | None]]
+    answered_by: str
+
+
+def chat_answers(engine: Engine, chats: Sequence[Sequence[tuple[str, str]]], repeats: int) -> ChatAnswers:
+    """Ask each chat whether its claim is the most popular answer.
+
+    An engine that lays the chat out itself scores "True" against "False" after the template, exactly, once; an
+    API applies its template remotely, so there the reply is asked for (each repeat with its own seed: a server
+    that honours seeds still answers each repeat independently) and must be exactly True or False."""
+    if engine.scores_chat_prompts:
+        scores = engine.score([ScoreRequest(ChatPrompt(tuple(m)), CHAT_CANDIDATES) for m in chats])
+        predictions = [predicted_label(t, f) for t, f in scores]
+        return ChatAnswers([["True" if p else "False" for p in predictions]], [predictions], f"local:{engine.model_id}")
+    replies = [engine.generate([GenerateRequest(ChatPrompt(tuple(m)), max_new_tokens=5, temperature=0.0, seed=repeat)
+                                for m in chats])
+               for repeat in range(repeats)]
+    return ChatAnswers(replies, [[parse_true_false(r) for r in repeat] for repeat in replies], f"api:{engine.model_id}")

@@ -34,7 +34,7 @@ from persona_assets.plots import saved_plot, score_violins, win_rate_bars
 from persona_assets.statistics import interval_method, shown
 from persona_assets.steps import asset_frame, model_step
 from resources.artifacts import ArtifactStore
-from resources.llm import LLMResource
+from resources.llm.resource import LLMResource
 
 GROUP = "judging"
 SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=MODEL_KINDS, **gpu_step(),

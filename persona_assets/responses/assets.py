@@ -19,7 +19,7 @@ from persona_assets.common import (
 from persona_assets.responses.tables import ITEM_SCHEMA, RESPONSE_SCHEMA, item_rows, response_plan, response_row
 from persona_assets.responses.tasks import PROMPT_HASH, UPSTREAM_GRID, SamplingSetting
 from persona_assets.steps import asset_frame, model_step
-from resources.llm import LLMResource
+from resources.llm.resource import LLMResource
 
 GROUP = "responses"
 SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, partitions_def=agents_partitions,

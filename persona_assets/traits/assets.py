@@ -39,7 +39,8 @@ from persona_assets.traits.tables import (
     screening_id,
     screening_rows,
 )
-from resources.llm import ChatPrompt, LLMResource
+from resources.llm import ChatPrompt
+from resources.llm.resource import LLMResource
 from resources.warehouse import WarehouseResource
 
 GROUP = "traits"

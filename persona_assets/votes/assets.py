@@ -32,7 +32,7 @@ from persona_assets.votes.tables import (
 from resources.artifacts import ArtifactStore
 from resources.inputs.transcripts import alias_table
 from resources.inputs.votes import read_votes
-from resources.llm import LLMResource
+from resources.llm.resource import LLMResource
 from resources.sources import BoardSource
 from resources.warehouse import WarehouseResource
 

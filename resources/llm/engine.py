@@ -1,18 +1,35 @@
 """The one engine interface every model call goes through.
 
+Three operations every backend answers (or refuses by name, as the simulated one does for
+``generate``):
+
 - ``score``: exact log-probabilities of candidate continuations after a prompt.
 - ``generate``: sampled or greedy text.
 - ``loglikelihood``: per-token log-probabilities with a mask of the tokens that count.
 
-Backends (transformers here; vLLM and OpenAI-compatible later) batch requests,
-load a model once per process, and count what they do in ``usage``.
+Capabilities some backends have; the others refuse with ``EngineCapabilityError``, which
+names the backend, the model and what to use instead:
+
+- ``add_adapter``: serve a LoRA adapter beside the base model.
+- ``training_examples``, ``train_adapter``, ``merge_adapter``: turn chats into token ids
+  with a loss mask, train a LoRA adapter on them, merge it into plain weights. Only the
+  backend holds a tokenizer and weights, so callers never touch either.
+
+The backends (transformers, vllm, openai, simulated) are listed with their settings in
+``resources.llm.backends``. They batch requests, load a model once per process, and count
+what they do in ``usage``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from resources.training import Example, LoraTraining, TrainingOutcome
 
 
 @dataclass(frozen=True)
@@ -108,10 +125,20 @@ class EngineUsage:
         return {f"engine/{k}": v for k, v in asdict(self).items()}
 
 
+class EngineCapabilityError(NotImplementedError):
+    """The backend cannot do this at all (not a transient failure): use another backend for it."""
+
+
 @dataclass
 class Engine(ABC):
     model_id: str
     usage: EngineUsage = field(default_factory=EngineUsage)
+
+    # The registered name of the backend (resources.llm.backends), for messages.
+    backend: ClassVar[str] = ""
+    # Whether ``score`` takes a ChatPrompt: false where the chat template is applied out of our sight (a
+    # server), so the prompt's tokens are unknown; then a chat is asked for a reply through ``generate``.
+    scores_chat_prompts: ClassVar[bool] = True
 
     @abstractmethod
     def score(self, requests: Sequence[ScoreRequest], reuse_prefix: bool | None = None) -> list[list[float]]:
@@ -123,6 +150,33 @@ class Engine(ABC):
     @abstractmethod
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[TokenLogprobs]: ...
 
+    # -- capabilities: the base class refuses each by name ------------------------------------------------------
+
     def add_adapter(self, name: str, path: str, fingerprint: str) -> None:
         """Serve a LoRA adapter under ``name`` beside the base model (reloaded when the fingerprint changes)."""
-        raise NotImplementedError(f"{type(self).__name__} does not serve adapters")
+        raise self.refusal("serve adapters", "the agent assets")
+
+    def training_examples(self, chats: Sequence[Sequence[tuple[str, str]]],
+                          counted_role: str = "assistant") -> list[Example]:
+        """Each chat ``(role, content)...`` as the model's token ids, laid out by its own chat template, and per
+        token whether the loss counts it (the content of ``counted_role``'s turns and their end-of-turn marker)."""
+        raise self.refusal("prepare training examples", "lora_training")
+
+    def train_adapter(self, name: str, examples: Sequence[Example], settings: LoraTraining, checkpoint_path: Path,
+                      adapter_dir: Path, log: Callable[[str], None] = lambda message: None) -> TrainingOutcome:
+        """Train a LoRA adapter ``name`` on ``examples`` (from ``training_examples``), resuming from
+        ``checkpoint_path`` when it exists, save it in ``adapter_dir`` and serve it from then on."""
+        raise self.refusal("train adapters", "lora_training")
+
+    def merge_adapter(self, name: str, out_dir: Path, check_texts: Sequence[str],
+                      max_check_tokens: int = 128) -> tuple[str, list[float]]:
+        """Save the base with adapter ``name`` merged in (plain weights and the tokenizer) in ``out_dir``; return
+        the files' fingerprint and, per check text (its first ``max_check_tokens`` tokens), the largest
+        |logit difference| between the merged model and base + adapter."""
+        raise self.refusal("merge adapters", "merged_models")
+
+    def refusal(self, what: str, purpose: str) -> EngineCapabilityError:
+        """The error for a capability this backend lacks; ``purpose``: what needs it (an asset, an operation)."""
+        backend = self.backend or type(self).__name__
+        return EngineCapabilityError(f"the {backend} backend cannot {what} (model {self.model_id}); "
+                                     f"use the transformers backend for {purpose}")

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from resources.llm.engine import (
     ChatPrompt,
@@ -46,6 +47,9 @@ class EngineRequestError(RuntimeError):
 
 @dataclass
 class OpenAIEngine(Engine):
+    backend: ClassVar[str] = "openai"
+    scores_chat_prompts: ClassVar[bool] = False  # the server applies the chat template: its tokens are unknown here
+
     base_url: str = ""
     # Environment variables that may hold the key, first set one wins (a judge may fall back to the engine's key).
     api_key_variables: tuple[str, ...] = ("PERSONA_ENGINE_API_KEY",)

@@ -29,6 +29,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
+from typing import ClassVar
 
 import numpy as np
 
@@ -127,6 +128,8 @@ def world_survey(spec: WorldSpec, top_share: float = 0.7) -> list[tuple[str, tup
 
 @dataclass
 class PlantedSignalEngine(Engine):
+    backend: ClassVar[str] = "simulated"
+
     spec: WorldSpec = field(default_factory=WorldSpec)
     usage: EngineUsage = field(default_factory=EngineUsage)
 
@@ -192,10 +195,10 @@ class PlantedSignalEngine(Engine):
         return known
 
     def generate(self, requests):
-        raise NotImplementedError("the simulated engine answers score requests only")
+        raise self.refusal("generate text (it only scores)", "generation")
 
     def loglikelihood(self, requests):
-        raise NotImplementedError("the simulated engine answers score requests only")
+        raise self.refusal("compute log-likelihoods (it only scores)", "log-likelihoods")
 
 
 @lru_cache(maxsize=1 << 16)

@@ -7,22 +7,28 @@ their prefix tree depth-first, and one key/value cache is cut back to the common
 prefix with the previous sequence and extended, so a shared prefix is computed
 once. Generation uses left padding, as causal generation needs, and constrains decoding
 to a JSON schema when a request carries one.
+
+The one backend that trains: training examples, LoRA training and merging go through the
+engine (resources/training.py holds the PEFT + Accelerate loop it runs on its own model), so
+no caller touches the model or the tokenizer.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from transformers.utils import logging as transformers_logging
 
+from resources import training
 from resources.llm.constrained import JsonSchemaGrammars
-from resources.llm.chat import prompt_ids
+from resources.llm.chat import chat_tokens, prompt_ids
 from resources.llm.engine import (
     Engine,
     GenerateRequest,
@@ -92,6 +98,8 @@ def load_transformers_engine(
 
 @dataclass
 class TransformersEngine(Engine):
+    backend: ClassVar[str] = "transformers"
+
     model: object = None
     tokenizer: object = None
     model_path: str = ""
@@ -134,8 +142,50 @@ class TransformersEngine(Engine):
         return internal
 
     def register_adapter(self, name: str, internal: str, fingerprint: str) -> None:
+        """Serve the adapter ``internal`` of the shared model (trained in place) as ``name``."""
         self.model.eval()
         self.adapters[name] = (internal, fingerprint)
+
+    # -- training (the capabilities only this backend has) ---------------------
+
+    def training_examples(self, chats: Sequence[Sequence[tuple[str, str]]],
+                          counted_role: str = "assistant") -> list[training.Example]:
+        return [chat_tokens(self.tokenizer, list(chat), counted_role) for chat in chats]
+
+    def train_adapter(self, name: str, examples: Sequence[training.Example], settings: training.LoraTraining,
+                      checkpoint_path: Path, adapter_dir: Path,
+                      log: Callable[[str], None] = lambda message: None) -> training.TrainingOutcome:
+        training.prepare_run(name, examples, settings)
+        torch.manual_seed(settings.seed)  # the LoRA initialisation
+        if settings.quantization == "4bit":
+            internal = f"{name}-qlora"
+            model = training.quantized_for_training(self.model_path, name, settings)
+            self.usage.model_loads += 1
+        else:
+            internal = self.new_trainable_adapter(name, settings.lora_config())
+            model = self.model
+        outcome = training.train_lora(model, internal, name, examples, settings, pad_id=self.tokenizer.pad_token_id,
+                                      cpu=self.device == "cpu", checkpoint_path=checkpoint_path,
+                                      adapter_dir=adapter_dir, log=log)
+        if settings.quantization == "4bit":
+            del model  # the 4-bit copy; the adapter is served on the full-precision base
+            torch.cuda.empty_cache()
+            self.add_adapter(name, str(adapter_dir), outcome.fingerprint)
+        else:
+            self.register_adapter(name, internal, outcome.fingerprint)
+        return outcome
+
+    def merge_adapter(self, name: str, out_dir: Path, check_texts: Sequence[str],
+                      max_check_tokens: int = 128) -> tuple[str, list[float]]:
+        # With no check input nothing would be compared, so that is refused before anything is written.
+        if not check_texts:
+            raise training.TrainingError(f"{name}: no sample to check the merged model against base + adapter on")
+        if name not in self.adapters:
+            raise KeyError(f"adapter {name!r} is not loaded; known: {', '.join(self.adapters) or 'none'}")
+        check_inputs = [self.tokenizer(text)["input_ids"][:max_check_tokens] for text in check_texts]
+        with self.using_adapter(name):
+            return training.merge_lora(self.model, self.adapters[name][0], self.tokenizer, out_dir, check_inputs,
+                                       self.device)
 
     @contextmanager
     def using_adapter(self, name: str | None):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from resources.llm.chat import prompt_ids
 from resources.llm.engine import (
@@ -56,6 +57,8 @@ def load_vllm_engine(model_id: str, model_path: str, *, dtype: str = "auto", ten
 
 @dataclass
 class VllmEngine(Engine):
+    backend: ClassVar[str] = "vllm"
+
     llm: object = None
     tokenizer: object = None
     # public adapter name -> (LoRARequest, fingerprint)

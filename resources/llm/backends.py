@@ -1,0 +1,117 @@
+"""Every engine backend, in one place: its name, what it is, how it loads and the settings it reads.
+
+A backend's loader is a function whose keyword parameters are the ``LLMResource`` fields it
+reads; the settings are taken from its signature, so the list cannot drift from what the
+loader uses. ``LLMResource`` loads through ``load_engine`` and keys its engine cache on exactly
+those settings; ``resources.settings`` validates engine names against ``BACKENDS``. Each loader
+imports its backend's module when called: torch, transformers and vllm load only where used.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from resources.llm.engine import Engine
+
+TINY = "tiny"
+
+
+class UnknownBackendError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    description: str
+    load: Callable[..., Engine]
+
+    @property
+    def settings(self) -> tuple[str, ...]:
+        """The resource fields this backend reads (the loader's parameters)."""
+        return tuple(inspect.signature(self.load).parameters)
+
+    @property
+    def reads_base_url(self) -> bool:
+        return "base_url" in self.settings
+
+
+def model_path(model: str, models_dir: str, corpus_dir: str) -> str:
+    """Where the weights are: the embedded model is built (once) under ``models_dir``; anything else is a Hugging
+    Face id or a local path, passed through."""
+    if model == TINY:
+        from resources.llm.tiny import tiny_model_dir
+
+        return str(tiny_model_dir(Path(models_dir), Path(corpus_dir)))
+    return model
+
+
+def _transformers(model: str, models_dir: str, corpus_dir: str, device: str, dtype: str, max_batch_tokens: int) -> Engine:
+    from resources.llm.transformers_backend import load_transformers_engine
+
+    return load_transformers_engine(model, model_path(model, models_dir, corpus_dir), device, dtype, max_batch_tokens)
+
+
+def _vllm(model: str, models_dir: str, corpus_dir: str, dtype: str, tensor_parallel_size: int, quantization: str,
+          max_model_len: int, max_batch_tokens: int, gpu_memory_utilization: float, max_lora_rank: int) -> Engine:
+    from resources.llm.vllm_backend import load_vllm_engine
+
+    return load_vllm_engine(model, model_path(model, models_dir, corpus_dir), dtype=dtype,
+                            tensor_parallel_size=tensor_parallel_size, quantization=quantization,
+                            max_model_len=max_model_len, max_num_batched_tokens=max_batch_tokens,
+                            gpu_memory_utilization=gpu_memory_utilization, max_lora_rank=max_lora_rank)
+
+
+def _openai(model: str, base_url: str, api_key_variables: tuple[str, ...], timeout_s: float, max_retries: int,
+            max_concurrency: int) -> Engine:
+    from resources.llm.openai_backend import OpenAIEngine
+
+    if not base_url:
+        raise ValueError("the openai backend needs base_url, the server (PERSONA_ENGINE_BASE_URL, or the chat or judge "
+                         "role's own PERSONA_CHAT_BASE_URL, PERSONA_JUDGE_BASE_URL)")
+    return OpenAIEngine(model_id=model, base_url=base_url, api_key_variables=tuple(api_key_variables),
+                        timeout_s=timeout_s, max_retries=max_retries, max_concurrency=max_concurrency)
+
+
+def _simulated(model: str) -> Engine:
+    from resources.llm.simulated import PlantedSignalEngine, WorldSpec
+
+    spec = WorldSpec.parse("" if model == TINY else model)  # the default model name means the default world
+    return PlantedSignalEngine(model_id=f"simulated:{spec.label()}", spec=spec)
+
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    Backend("transformers", "Hugging Face transformers on this machine (CPU, or the GPU where present): exact scoring, "
+                            "LoRA adapters served, trained and merged", _transformers),
+    Backend("vllm", "one in-process vLLM engine on CUDA GPUs (the gpu extra): exact scoring, adapters served",
+            _vllm),
+    Backend("openai", "an OpenAI-compatible server at base_url serving the model by name (scoring needs prompt "
+                      "log-probabilities, as vLLM's server returns); adapters are served models", _openai),
+    Backend("simulated", "a planted-signal learner that only scores True/False claims; the model names its worlds, "
+                         "e.g. seed=3,countries=2", _simulated),
+)}
+
+
+def backend(name: str) -> Backend:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise UnknownBackendError(f"unknown engine backend {name!r}; registered: {', '.join(BACKENDS)}") from None
+
+
+def split_backend(text: str) -> tuple[str | None, str]:
+    """``backend:model`` -> (backend, model); anything else -> (None, text). A prefix is a backend only when it is a
+    registered name, so a model name with a colon of its own is left whole."""
+    prefix, colon, model = text.partition(":")
+    if colon and prefix in BACKENDS:
+        return prefix, model
+    return None, text
+
+
+def load_engine(name: str, settings: Mapping[str, object]) -> Engine:
+    """Load backend ``name`` with ``settings`` (at least the fields it reads; others are ignored)."""
+    chosen = backend(name)
+    return chosen.load(**{field: settings[field] for field in chosen.settings})
