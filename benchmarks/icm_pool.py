@@ -16,12 +16,12 @@ from __future__ import annotations
 import math
 import time
 
-from persona_assets.elicitation.icm import ClaimScorer, IcmClaim, IcmParams
-from persona_assets.elicitation.prompts import DEMO_LINE, FALSE
-from persona_assets.opinions.claims import SurveyAnswer, build_claims
-from resources.inputs.survey import question_id, read_survey
-from resources.settings import SAMPLE_GOQA_SOURCE
-from resources.llm.engine import Engine, LoglikelihoodRequest
+from persona_platform.persona_assets.elicitation.icm import ClaimScorer, IcmClaim, IcmParams
+from persona_platform.persona_assets.elicitation.prompts import DEMO_LINE, FALSE
+from persona_platform.persona_assets.opinions.claims import SurveyAnswer, build_claims
+from persona_platform.resources.inputs.survey import question_id, read_survey
+from persona_platform.resources.settings import SAMPLE_GOQA_SOURCE
+from persona_platform.resources.llm.engine import Engine, LoglikelihoodRequest
 
 SIZES = (32, 64, 125, 256)
 COUNTRY = "Aldoria"

@@ -26,11 +26,11 @@ from dataclasses import replace
 import numpy as np
 from scipy import stats
 
-from persona_assets.elicitation.evaluation import Condition, TestClaim, condition_margins
-from persona_assets.elicitation.icm import CONSISTENCY_MODES, ClaimScorer, IcmClaim, IcmParams, IcmSearch
-from persona_assets.elicitation.prompts import CANDIDATES, zero_shot_prompt
-from resources.llm.engine import ScoreRequest
-from resources.llm.simulated import PlantedSignalEngine, WorldSpec
+from persona_platform.persona_assets.elicitation.evaluation import Condition, TestClaim, condition_margins
+from persona_platform.persona_assets.elicitation.icm import CONSISTENCY_MODES, ClaimScorer, IcmClaim, IcmParams, IcmSearch
+from persona_platform.persona_assets.elicitation.prompts import CANDIDATES, zero_shot_prompt
+from persona_platform.resources.llm.engine import ScoreRequest
+from persona_platform.resources.llm.simulated import PlantedSignalEngine, WorldSpec
 
 SALIENCES = (0.0, 0.75, 1.5, 3.0)
 STRENGTHS = (0.05, 0.2, 0.5)

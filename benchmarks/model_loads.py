@@ -51,9 +51,9 @@ def run() -> dict:
     summary = SUMMARY.search(result.stdout)
     if result.returncode != 0 or summary is None:
         raise RuntimeError(f"persona run failed: {(result.stderr or result.stdout)[-2000:]}")
-    from partitions import AGENTS
-    from persona_assets.instance import EMBEDDED_PROFILE, load_op_config
-    from persona_assets.definitions import defs
+    from persona_platform.partitions import AGENTS
+    from persona_platform.persona_assets.instance import EMBEDDED_PROFILE, load_op_config
+    from persona_platform.persona_assets.definitions import defs
 
     grid = load_op_config(EMBEDDED_PROFILE).get("responses__task_responses", {}).get("config", {}).get("grid") or [None] * 4
     upstream = upstream_loads(defs, len(grid), len(AGENTS))

@@ -22,15 +22,15 @@ SIZES = (4, 1_000, 10_000)
 PROBE = """
 import json, time
 started = time.perf_counter()
-from persona_assets.definitions import defs
+from persona_platform.persona_assets.definitions import defs
 defs.resolve_asset_graph()
 defs.resolve_implicit_global_asset_job_def()
 loaded = time.perf_counter()
 from dagster import AssetSelection
-from persona_assets.runner import plan_runs
+from persona_platform.persona_assets.runner import plan_runs
 runs = plan_runs(defs, AssetSelection.all())
 planned = time.perf_counter()
-from partitions import COUNTRIES, agent_country_partitions
+from persona_platform.partitions import COUNTRIES, agent_country_partitions
 print(json.dumps({"countries": len(COUNTRIES), "agent_country_partitions": len(agent_country_partitions.get_partition_keys()),
                   "runs": len(runs), "partitions_planned": sum(r.partition_count or 1 for r in runs),
                   "load_seconds": loaded - started, "plan_seconds": planned - loaded}))

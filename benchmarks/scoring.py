@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import time
 
-from benchmarks.icm_pool import COUNTRY, sample_claims
-from persona_assets.elicitation.prompts import CANDIDATES, few_shot_prompt
-from resources.llm.engine import Engine, ScoreRequest
+from persona_platform.benchmarks.icm_pool import COUNTRY, sample_claims
+from persona_platform.persona_assets.elicitation.prompts import CANDIDATES, few_shot_prompt
+from persona_platform.resources.llm.engine import Engine, ScoreRequest
 
 DEMONSTRATIONS = 16
 TESTS = 128

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import duckdb
 
-from benchmarks.survey_generator import generate_survey, write_flat_json, write_hf_csv
-from resources.inputs.survey import read_survey
+from persona_platform.benchmarks.survey_generator import generate_survey, write_flat_json, write_hf_csv
+from persona_platform.resources.inputs.survey import read_survey
 
 ELICITATION_COUNTRIES = 10
 ELICITATION = '+key:"elicitation/zero_shot_base_predictions" or +key:"elicitation/icm_labels"'

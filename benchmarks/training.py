@@ -20,10 +20,10 @@ def run() -> dict:
     os.environ["PERSONA_HOME"] = str(home)  # before the code location reads its settings
     from dagster import AssetSelection
 
-    from persona_assets.instance import EMBEDDED_PROFILE, load_op_config, prepare_instance
-    from persona_assets.definitions import defs, settings
-    from persona_assets.runner import execute_plan, plan_runs
-    from resources.llm.resource import process_usage
+    from persona_platform.persona_assets.instance import EMBEDDED_PROFILE, load_op_config, prepare_instance
+    from persona_platform.persona_assets.definitions import defs, settings
+    from persona_platform.persona_assets.runner import execute_plan, plan_runs
+    from persona_platform.resources.llm.resource import process_usage
 
     before = process_usage()
     started = time.perf_counter()

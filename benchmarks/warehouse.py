@@ -41,7 +41,7 @@ def _partition(key: str, n: int):
 
 
 def _writer(database: str, data_path: str, keys: list[str], barrier, results) -> None:
-    from resources.warehouse import Warehouse
+    from persona_platform.resources.warehouse import Warehouse
 
     try:
         warehouse = Warehouse(database, lock_timeout_s=600, data_path=data_path)
@@ -62,7 +62,7 @@ def _writer(database: str, data_path: str, keys: list[str], barrier, results) ->
 
 
 def _scenario(database: str, data_path: str, writers: int) -> dict:
-    from resources.warehouse import Warehouse
+    from persona_platform.resources.warehouse import Warehouse
 
     keys = [f"P{i:03d}" for i in range(PARTITIONS)]
     context = multiprocessing.get_context("spawn")
@@ -97,8 +97,8 @@ def _scenario(database: str, data_path: str, writers: int) -> dict:
 
 
 def run() -> dict:
-    from benchmarks.postgres import PostgresServer
-    from resources.warehouse import Warehouse
+    from persona_platform.benchmarks.postgres import PostgresServer
+    from persona_platform.resources.warehouse import Warehouse
 
     scratch = Path(tempfile.mkdtemp(prefix="persona-bench-warehouse-"))
     scenarios = []

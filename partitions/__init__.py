@@ -6,8 +6,8 @@ the source or a new agent in the registry appears after a reload.
 
 from dagster import MultiPartitionsDefinition, StaticPartitionsDefinition
 
-from resources.inputs.registry import Agent, agent_registry, country_registry
-from resources.settings import load_settings
+from persona_platform.resources.inputs.registry import Agent, agent_registry, country_registry
+from persona_platform.resources.settings import load_settings
 
 _settings = load_settings()
 AGENT_REGISTRY_FILE = _settings.board_dir / "agents.json"

@@ -26,12 +26,12 @@ from dagster import (
     sensor,
 )
 
-from partitions import AGENTS, COUNTRIES, agent_country_partitions, agents_partitions, countries_partitions, partitioning
-from resources.inputs.transcripts import alias_table, read_meetings, speaker_agent
-from resources.inputs.survey import read_survey
-from resources.inputs.votes import read_votes
-from persona_assets.common import BOARD_INPUT
-from persona_assets.runner import RANGE_END, RANGE_START, contiguous_ranges
+from persona_platform.partitions import AGENTS, COUNTRIES, agent_country_partitions, agents_partitions, countries_partitions, partitioning
+from persona_platform.resources.inputs.transcripts import alias_table, read_meetings, speaker_agent
+from persona_platform.resources.inputs.survey import read_survey
+from persona_platform.resources.inputs.votes import read_votes
+from persona_platform.persona_assets.common import BOARD_INPUT
+from persona_platform.persona_assets.runner import RANGE_END, RANGE_START, contiguous_ranges
 
 COUNTRY_TAG = "persona/country"
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from dagster import BetaWarning
 
-from resources.inputs.errors import PersonaInputError
-from persona_assets.instance import EMBEDDED_PROFILE, load_op_config, prepare_instance
-from persona_assets.review import SOURCES
-from resources.settings import DATA_DIR, PROJECT_ROOT, TINY_MODEL, Settings, SettingsError, load_settings
+from persona_platform.resources.inputs.errors import PersonaInputError
+from persona_platform.persona_assets.instance import EMBEDDED_PROFILE, load_op_config, prepare_instance
+from persona_platform.persona_assets.review import SOURCES
+from persona_platform.resources.settings import DATA_DIR, PROJECT_ROOT, TINY_MODEL, Settings, SettingsError, load_settings
 
 def _split(value: str | None) -> set[str] | None:
     return {v.strip() for v in value.split(",") if v.strip()} if value else None
@@ -22,7 +22,7 @@ def _split(value: str | None) -> set[str] | None:
 
 def country_partition_keys(wanted: set[str] | None) -> set[str] | None:
     """Countries as partition keys, whether given by key or by their name in the source ('A|B' -> 'A/B')."""
-    from resources.inputs.survey import country_key
+    from persona_platform.resources.inputs.survey import country_key
 
     return {country_key(w) for w in wanted} if wanted else wanted
 
@@ -37,10 +37,10 @@ def command_run(args: argparse.Namespace) -> int:
     settings = load_settings()
     from dagster import AssetSelection
 
-    from partitions import AGENT_REGISTRY_FILE, AGENTS, COUNTRIES
-    from persona_assets.definitions import defs
-    from persona_assets.runner import execute_plan, plan_runs
-    from resources.llm.resource import process_usage
+    from persona_platform.partitions import AGENT_REGISTRY_FILE, AGENTS, COUNTRIES
+    from persona_platform.persona_assets.definitions import defs
+    from persona_platform.persona_assets.runner import execute_plan, plan_runs
+    from persona_platform.resources.llm.resource import process_usage
 
     countries, agents = country_partition_keys(_split(args.countries)), _split(args.agents)
     _check_known("country", countries, COUNTRIES, str(settings.goqa_source))
@@ -80,7 +80,7 @@ def command_run(args: argparse.Namespace) -> int:
 
 def open_warehouse(settings: Settings):
     """The warehouse the settings name: the DuckDB file or the DuckLake."""
-    from resources.warehouse import Warehouse
+    from persona_platform.resources.warehouse import Warehouse
 
     return Warehouse(settings.warehouse, data_path=settings.warehouse_data_path)
 
@@ -92,8 +92,8 @@ def command_bench(args: argparse.Namespace) -> int:
     import json
     import platform
 
-    from benchmarks import icm_pool, icm_recovery, model_loads, planning, scoring, survey, training, warehouse
-    from resources.llm.resource import LLMResource
+    from persona_platform.benchmarks import icm_pool, icm_recovery, model_loads, planning, scoring, survey, training, warehouse
+    from persona_platform.resources.llm.resource import LLMResource
 
     settings = load_settings()
     llm = LLMResource(model=settings.llm.model, models_dir=str(settings.models_dir), corpus_dir=str(DATA_DIR))
@@ -125,7 +125,7 @@ def command_bench(args: argparse.Namespace) -> int:
 
 
 def command_lineage(args: argparse.Namespace) -> int:
-    from persona_assets.lineage import lineage_graph, render, source_files
+    from persona_platform.persona_assets.lineage import lineage_graph, render, source_files
 
     settings = load_settings()
     warehouse = open_warehouse(settings)
@@ -139,7 +139,7 @@ def command_lineage(args: argparse.Namespace) -> int:
 
 
 def command_review(args: argparse.Namespace) -> int:
-    from persona_assets.review import REVIEW_TABLE, questions_of, run_review
+    from persona_platform.persona_assets.review import REVIEW_TABLE, questions_of, run_review
 
     settings = load_settings()
     schema, table, column, order = SOURCES[args.kind]
@@ -155,8 +155,8 @@ def command_review(args: argparse.Namespace) -> int:
 
 def command_world(args: argparse.Namespace) -> int:
     """Write the planted-signal engine's worlds as a survey file (Hugging Face CSV format)."""
-    from benchmarks.survey_generator import SurveyQuestion, write_hf_csv
-    from resources.llm.simulated import WorldSpec, world_survey
+    from persona_platform.benchmarks.survey_generator import SurveyQuestion, write_hf_csv
+    from persona_platform.resources.llm.simulated import WorldSpec, world_survey
 
     try:
         spec = WorldSpec.parse(args.settings)
@@ -172,8 +172,8 @@ def command_world(args: argparse.Namespace) -> int:
 
 def command_catalogue(args: argparse.Namespace) -> int:
     """Write docs/catalogue.md from the Definitions, or with --check say whether the committed file is stale."""
-    from persona_assets.catalogue import CATALOGUE, COMMAND, catalogue_markdown, catalogue_path
-    from persona_assets.definitions import defs
+    from persona_platform.persona_assets.catalogue import CATALOGUE, COMMAND, catalogue_markdown, catalogue_path
+    from persona_platform.persona_assets.definitions import defs
 
     text = catalogue_markdown(defs)
     if args.check:

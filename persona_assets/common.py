@@ -16,8 +16,8 @@ from dagster import (
     build_column_schema_change_checks,
 )
 
-from persona_assets.deployment import DEFAULT_PROFILE, GpuProfile, gpu_op_tags
-from resources.settings import load_deployment
+from persona_platform.persona_assets.deployment import DEFAULT_PROFILE, GpuProfile, gpu_op_tags
+from persona_platform.resources.settings import load_deployment
 
 # Backfill policies are marked beta in dagster 1.13; they are what makes one run load a model once.
 warnings.filterwarnings("ignore", category=BetaWarning)

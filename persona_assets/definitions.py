@@ -7,21 +7,21 @@ import pkgutil
 from dagster import AssetsDefinition, Definitions, EnvVar
 from dagster_k8s import k8s_job_executor
 
-import persona_assets
-from persona_assets.automation import country_schedules, domain_jobs, input_sensors, partition_jobs
-from persona_assets.deployment import K8S_EXECUTOR_CONFIG
-from resources.artifacts import ArtifactStore
-from resources.llm.resource import role_resources
-from resources.settings import load_settings
-from resources.sources import BoardSource, GoqaSource
-from resources.warehouse import WarehouseIOManager, WarehouseResource
+import persona_platform.persona_assets as persona_assets
+from persona_platform.persona_assets.automation import country_schedules, domain_jobs, input_sensors, partition_jobs
+from persona_platform.persona_assets.deployment import K8S_EXECUTOR_CONFIG
+from persona_platform.resources.artifacts import ArtifactStore
+from persona_platform.resources.llm.resource import role_resources
+from persona_platform.resources.settings import load_settings
+from persona_platform.resources.sources import BoardSource, GoqaSource
+from persona_platform.resources.warehouse import WarehouseIOManager, WarehouseResource
 
 
 def domain_definitions() -> list[Definitions]:
     """Every domain's own definitions: each subpackage of persona_assets with a definitions module is a domain."""
-    return [importlib.import_module(f"persona_assets.{m.name}.definitions").defs
+    return [importlib.import_module(f"persona_platform.persona_assets.{m.name}.definitions").defs
             for m in sorted(pkgutil.iter_modules(persona_assets.__path__), key=lambda m: m.name)
-            if m.ispkg and importlib.util.find_spec(f"persona_assets.{m.name}.definitions")]
+            if m.ispkg and importlib.util.find_spec(f"persona_platform.persona_assets.{m.name}.definitions")]
 
 
 DOMAINS = domain_definitions()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from resources.settings import SettingsError
+from persona_platform.resources.settings import SettingsError
 
 # The op tag dagster-k8s reads (dagster_k8s.job.USER_DEFINED_K8S_CONFIG_KEY; a test keeps them equal).
 K8S_CONFIG_TAG = "dagster-k8s/config"

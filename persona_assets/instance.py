@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from persona_assets.common import GPU_POOL, WAREHOUSE_POOL
-from resources.settings import DATA_DIR, Settings, SettingsError
+from persona_platform.persona_assets.common import GPU_POOL, WAREHOUSE_POOL
+from persona_platform.resources.settings import DATA_DIR, Settings, SettingsError
 
 EMBEDDED_PROFILE = DATA_DIR / "embedded_profile.yaml"
 INSTANCE_YAML = """\
@@ -29,7 +29,7 @@ concurrency:
 def prepare_instance(settings: Settings):
     from dagster import DagsterInstance
 
-    from persona_assets.runner import fail_orphaned_runs
+    from persona_platform.persona_assets.runner import fail_orphaned_runs
 
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
     config = settings.dagster_home / "dagster.yaml"

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import duckdb
 
-from resources.inputs.errors import PersonaInputError
+from persona_platform.resources.inputs.errors import PersonaInputError
 
 
 @dataclass

@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from resources.artifacts import ArtifactStore  # noqa: E402
+from persona_platform.resources.artifacts import ArtifactStore  # noqa: E402
 
 METHOD_COLORS = {
     "zero_shot_base": "#9658ca",

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 import polars as pl
 
-from persona_assets.provenance import Provenance, result_frame
+from persona_platform.persona_assets.provenance import Provenance, result_frame
 
 KEEP, EDIT, DROP = "keep", "edit", "drop"
 REVIEW_TABLE = "question_reviews"

@@ -26,7 +26,7 @@ from dagster import (
     RunsFilter,
 )
 
-from partitions import partitioning
+from persona_platform.partitions import partitioning
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 # Which process executes an in-process run, so that a later `persona` can tell a killed run from a live one.

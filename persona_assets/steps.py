@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import polars as pl
 from dagster import AssetExecutionContext, AssetKey
 
-from persona_assets.provenance import Provenance, result_frame
-from resources.llm import Engine
-from resources.llm.resource import LLMResource, UsageMeter
+from persona_platform.persona_assets.provenance import Provenance, result_frame
+from persona_platform.resources.llm import Engine
+from persona_platform.resources.llm.resource import LLMResource, UsageMeter
 
 
 def engine_metadata(meter: UsageMeter, model_id: str) -> dict:

@@ -15,7 +15,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from resources.llm.engine import Engine, GenerateRequest
+from persona_platform.resources.llm.engine import Engine, GenerateRequest
 
 def text_field(max_chars: int) -> dict:
     """A free-text field. JSON strings may not hold raw control characters; the pattern keeps constrained

@@ -11,7 +11,7 @@ from pathlib import Path
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from resources.files import write_atomic
+from persona_platform.resources.files import write_atomic
 
 
 class ArtifactStore(ConfigurableResource):

@@ -43,9 +43,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from resources.inputs.errors import PersonaInputError
-from resources import lake
-from resources.llm.backends import BACKENDS, TINY, backend, split_backend
+from persona_platform.resources.inputs.errors import PersonaInputError
+from persona_platform.resources import lake
+from persona_platform.resources.llm.backends import BACKENDS, TINY, backend, split_backend
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = PROJECT_ROOT / "data"

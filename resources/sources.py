@@ -7,7 +7,7 @@ from pathlib import Path
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from resources.inputs.survey import SurveySource, read_survey_once
+from persona_platform.resources.inputs.survey import SurveySource, read_survey_once
 
 
 class GoqaSource(ConfigurableResource):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from resources.files import write_atomic
+from persona_platform.resources.files import write_atomic
 
 Example = tuple[list[int], list[bool]]  # token ids, and which of them the loss counts
 

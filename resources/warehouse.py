@@ -41,8 +41,8 @@ from dagster import (
 )
 from pydantic import Field
 
-from resources import lake
-from resources.lineage import refresh_lineage_view
+from persona_platform.resources import lake
+from persona_platform.resources.lineage import refresh_lineage_view
 
 PartitionKeys = list[tuple[str, ...]]
 _LAKE_INSTANCES: dict[tuple[int, str, str], duckdb.DuckDBPyConnection] = {}

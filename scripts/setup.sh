@@ -11,7 +11,7 @@ if [ -d /opt/wheels ] && [ -z "${PIP_FIND_LINKS:-}" ]; then export PIP_FIND_LINK
 
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 stamp="$venv/.installed${extras:+-$extras}"
-want=$(cat "$root/pyproject.toml" | sha256sum | cut -d' ' -f1)
+want=$(cat "$root/pyproject.toml" "$root/setup.py" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing persona-platform${extras:+[$extras]} into $venv" >&2
   # This machine's pip configuration names local index folders that may not exist; drop those warnings.

@@ -40,8 +40,8 @@ def models_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_llm(models_dir):
-    from resources.settings import DATA_DIR
-    from resources.llm.resource import LLMResource
+    from persona_platform.resources.settings import DATA_DIR
+    from persona_platform.resources.llm.resource import LLMResource
 
     return LLMResource(models_dir=str(models_dir), corpus_dir=str(DATA_DIR), device="cpu", dtype="float32")
 
@@ -80,10 +80,10 @@ def sample_run(tmp_path_factory) -> SampleRun:
 
 def local_resources(home: Path, llm, **overrides) -> dict:
     """Every resource the code location needs, on the sample data, under ``home``."""
-    from resources.settings import SAMPLE_BOARD_DIR, SAMPLE_GOQA_SOURCE
-    from resources.artifacts import ArtifactStore
-    from resources.sources import BoardSource, GoqaSource
-    from resources.warehouse import WarehouseIOManager, WarehouseResource
+    from persona_platform.resources.settings import SAMPLE_BOARD_DIR, SAMPLE_GOQA_SOURCE
+    from persona_platform.resources.artifacts import ArtifactStore
+    from persona_platform.resources.sources import BoardSource, GoqaSource
+    from persona_platform.resources.warehouse import WarehouseIOManager, WarehouseResource
 
     return {
         "io_manager": WarehouseIOManager(database=str(home / "w.duckdb")),
@@ -168,7 +168,7 @@ def materialize_report(report, inputs: dict[tuple[str, ...], object], artifacts_
     """A report asset materialized by Dagster on prepared upstream tables (no upstream run): its table and metadata."""
     from dagster import AssetSpec, IOManager, materialize
 
-    from resources.artifacts import ArtifactStore
+    from persona_platform.resources.artifacts import ArtifactStore
 
     outputs = {}
 

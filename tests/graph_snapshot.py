@@ -15,8 +15,8 @@ SNAPSHOT = Path(__file__).with_name("graph_snapshot.json")
 
 
 def graph_snapshot() -> dict:
-    from partitions import partitioning
-    from persona_assets.definitions import defs
+    from persona_platform.partitions import partitioning
+    from persona_platform.persona_assets.definitions import defs
 
     graph = defs.resolve_asset_graph()
     assets = {}

@@ -4,7 +4,7 @@ import csv
 import json
 from pathlib import Path
 
-from resources.inputs.survey import SurveyRecord
+from persona_platform.resources.inputs.survey import SurveyRecord
 
 
 def write_flat_json(records: list[SurveyRecord], path: Path) -> Path:

@@ -10,7 +10,7 @@ predictability, and a labelling far from it is less sure of itself.
 import re
 from dataclasses import dataclass, field
 
-from resources.llm.engine import Engine, EngineUsage
+from persona_platform.resources.llm.engine import Engine, EngineUsage
 
 LINE = re.compile(r'Q: "(?P<q>.*)" \| Op: "(?P<o>.*)" \| Is Most Popular Opinion in .*?:(?P<label> True| False)?\n?$')
 

@@ -1,17 +1,24 @@
 """The import graph of the code: dependencies point one way, persona_assets -> partitions -> resources, and no
-module imports itself back through others (imports inside functions count: they are how a cycle hides)."""
+module imports itself back through others (imports inside functions count: they are how a cycle hides).
+Every folder is installed under one namespace, persona_platform, and is imported through it."""
 
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+NAMESPACE = "persona_platform"
 PACKAGES = ("persona_assets", "partitions", "resources")
 LAYER = {name: rank for rank, name in enumerate(PACKAGES)}  # a module may import its own layer or a later one
+FOLDERS = (*PACKAGES, "benchmarks")
 
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    return ".".join([NAMESPACE, *(parts[:-1] if parts[-1] == "__init__" else parts)])
+
+
+def layer(module: str) -> int:
+    return LAYER[module.split(".")[1]]
 
 
 def imports_of(path: Path, modules: set[str]) -> set[str]:
@@ -67,7 +74,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_dependencies_point_one_way():
     upward = sorted(f"{m} imports {t}" for m, targets in import_graph().items() for t in targets
-                    if LAYER[t.split(".")[0]] < LAYER[m.split(".")[0]])
+                    if layer(t) < layer(m))
     assert upward == []
 
 
@@ -80,4 +87,4 @@ def test_no_import_cycles():
 
 def test_the_graph_sees_imports_inside_functions():
     graph = import_graph()
-    assert "persona_assets.definitions" in graph["persona_assets.cli"]  # imported inside command_run
+    assert "persona_platform.persona_assets.definitions" in graph["persona_platform.persona_assets.cli"]  # imported inside command_run

@@ -12,17 +12,17 @@ import duckdb
 import polars as pl
 import pytest
 
-from resources.settings import SettingsError, load_settings
-from resources.warehouse import Warehouse
+from persona_platform.resources.settings import SettingsError, load_settings
+from persona_platform.resources.warehouse import Warehouse
 from tests.conftest import PERSONA, PROJECT_ROOT, persona
-from tests.test_chat_role import FakeChatServer
+from tests.chat_api_double import FakeChatServer
 
 # The child writes version 2 of partition A and stops inside the transaction (after the delete and the
 # insert, before the commit), where the parent kills it with SIGKILL.
 WRITER = """
 import sys, time
 import polars as pl
-import resources.warehouse as warehouse
+import persona_platform.resources.warehouse as warehouse
 
 def stall(con):
     print("inside the transaction", flush=True)

@@ -2,7 +2,7 @@
 
 import polars as pl
 
-from resources.llm import Engine
+from persona_platform.resources.llm import Engine
 
 
 def serve_adapters(engine: Engine, adapters: pl.DataFrame) -> None:

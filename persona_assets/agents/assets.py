@@ -4,9 +4,9 @@ import polars as pl
 from dagster import AssetExecutionContext, AssetIn, AssetOut, Config, MetadataValue, Output, asset, multi_asset
 from pydantic import Field
 
-from partitions import AGENTS, AGENTS_BY_KEY, agents_partitions
-from persona_assets.agents.corpora import split_meetings
-from persona_assets.agents.tables import (
+from persona_platform.partitions import AGENTS, AGENTS_BY_KEY, agents_partitions
+from persona_platform.persona_assets.agents.corpora import split_meetings
+from persona_platform.persona_assets.agents.tables import (
     ADAPTER_SCHEMA,
     BASE_MODEL_ROW,
     COMPLETION_SCHEMA,
@@ -27,8 +27,8 @@ from persona_assets.agents.tables import (
     training_chat,
     turn_rows,
 )
-from resources.inputs.transcripts import read_meetings
-from persona_assets.common import (
+from persona_platform.resources.inputs.transcripts import read_meetings
+from persona_platform.persona_assets.common import (
     BOARD_INPUT,
     AGENT_PARTITION,
     MODEL_KINDS,
@@ -39,16 +39,16 @@ from persona_assets.common import (
     gpu_step,
     markdown_table,
 )
-from persona_assets.deployment import TRAINING_PROFILE
-from persona_assets.agents.adapters import serve_adapters
-from persona_assets.plots import heatmap, loss_curve, saved_plot
-from persona_assets.steps import asset_frame, model_step
-from resources.artifacts import ArtifactStore
-from resources.llm.resource import LLMResource
-from resources.sources import BoardSource
-from resources.inputs.registry import Agent
-from resources.llm import Engine
-from resources.training import LoraTraining, TrainingOutcome, run_fingerprint
+from persona_platform.persona_assets.deployment import TRAINING_PROFILE
+from persona_platform.persona_assets.agents.adapters import serve_adapters
+from persona_platform.persona_assets.plots import heatmap, loss_curve, saved_plot
+from persona_platform.persona_assets.steps import asset_frame, model_step
+from persona_platform.resources.artifacts import ArtifactStore
+from persona_platform.resources.llm.resource import LLMResource
+from persona_platform.resources.sources import BoardSource
+from persona_platform.resources.inputs.registry import Agent
+from persona_platform.resources.llm import Engine
+from persona_platform.resources.training import LoraTraining, TrainingOutcome, run_fingerprint
 
 GROUP = "agents"
 VERSION = "agents-1"

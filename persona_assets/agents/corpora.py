@@ -12,7 +12,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from resources.llm.engine import ChatPrompt
+from persona_platform.resources.llm.engine import ChatPrompt
 
 Message = tuple[str, str]  # (role, content)
 

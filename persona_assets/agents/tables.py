@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from resources.inputs.registry import Agent
-from persona_assets.agents.corpora import (
+from persona_platform.resources.inputs.registry import Agent
+from persona_platform.persona_assets.agents.corpora import (
     SpeakerTurn,
     adapter_prompt,
     as_messages,
@@ -17,10 +17,10 @@ from persona_assets.agents.corpora import (
     conversation_windows,
     monologues,
 )
-from resources.inputs.transcripts import Meeting, alias_table, speaker_agent
-from persona_assets.provenance import file_ref, row_ref
-from resources.llm.engine import LoglikelihoodRequest
-from resources.training import LoraTraining, TrainingOutcome
+from persona_platform.resources.inputs.transcripts import Meeting, alias_table, speaker_agent
+from persona_platform.persona_assets.provenance import file_ref, row_ref
+from persona_platform.resources.llm.engine import LoglikelihoodRequest
+from persona_platform.resources.training import LoraTraining, TrainingOutcome
 
 TURNS_TABLE = "agents.board_turns"
 

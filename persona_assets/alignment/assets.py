@@ -3,11 +3,11 @@
 import polars as pl
 from dagster import AssetExecutionContext, AssetIn, MetadataValue, asset
 
-from partitions import agent_country_partitions, countries_partitions
-from persona_assets.agents.adapters import serve_adapters
-from persona_assets.alignment.similarity import OPINION_HASH
-from persona_assets.alignment.tables import ANSWER_SCHEMA, BASE, SUMMARY_SCHEMA, answer_rows, summary_rows
-from persona_assets.common import (
+from persona_platform.partitions import agent_country_partitions, countries_partitions
+from persona_platform.persona_assets.agents.adapters import serve_adapters
+from persona_platform.persona_assets.alignment.similarity import OPINION_HASH
+from persona_platform.persona_assets.alignment.tables import ANSWER_SCHEMA, BASE, SUMMARY_SCHEMA, answer_rows, summary_rows
+from persona_platform.persona_assets.common import (
     AGENT_COUNTRY_PARTITION,
     COUNTRY_PARTITION,
     MODEL_KINDS,
@@ -18,10 +18,10 @@ from persona_assets.common import (
     gpu_step,
     markdown_table,
 )
-from persona_assets.plots import heatmap, saved_plot
-from persona_assets.steps import asset_frame, model_step
-from resources.artifacts import ArtifactStore
-from resources.llm.resource import LLMResource
+from persona_platform.persona_assets.plots import heatmap, saved_plot
+from persona_platform.persona_assets.steps import asset_frame, model_step
+from persona_platform.resources.artifacts import ArtifactStore
+from persona_platform.resources.llm.resource import LLMResource
 
 GROUP = "alignment"
 VERSION = f"alignment-1-{OPINION_HASH}"

@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from persona_assets.agents.corpora import adapter_prompt
-from persona_assets.provenance import text_hash
-from resources.llm.engine import ChatPrompt
+from persona_platform.persona_assets.agents.corpora import adapter_prompt
+from persona_platform.persona_assets.provenance import text_hash
+from persona_platform.resources.llm.engine import ChatPrompt
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 OPINION_TEMPLATE = "{question}\n\n{options}\n\nAnswer with the letter of one option."

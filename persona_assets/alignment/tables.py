@@ -2,7 +2,7 @@
 
 import polars as pl
 
-from persona_assets.alignment.similarity import (
+from persona_platform.persona_assets.alignment.similarity import (
     LETTERS,
     normalize,
     normalize_logprobs,
@@ -10,8 +10,8 @@ from persona_assets.alignment.similarity import (
     option_letters,
     similarity,
 )
-from persona_assets.provenance import row_ref
-from resources.llm import ScoreRequest
+from persona_platform.persona_assets.provenance import row_ref
+from persona_platform.resources.llm import ScoreRequest
 
 BASE = "base"
 ANSWER_SCHEMA = {"agent": pl.String, "country": pl.String, "question_id": pl.String,

@@ -8,8 +8,8 @@ import polars as pl
 from dagster import AssetExecutionContext, AssetIn, AssetOut, Config, MetadataValue, Output, asset, multi_asset
 from pydantic import Field
 
-from partitions import countries_partitions
-from persona_assets.common import (
+from persona_platform.partitions import countries_partitions
+from persona_platform.persona_assets.common import (
     COUNTRY_PARTITION,
     MODEL_KINDS,
     ONE_RUN_PER_BACKFILL,
@@ -17,9 +17,9 @@ from persona_assets.common import (
     gpu_step,
     markdown_table,
 )
-from persona_assets.elicitation.evaluation import build_conditions, chat_answers
-from persona_assets.elicitation.icm import ClaimScorer, IcmParams, IcmSearch, SearchState
-from persona_assets.elicitation.prompts import (
+from persona_platform.persona_assets.elicitation.evaluation import build_conditions, chat_answers
+from persona_platform.persona_assets.elicitation.icm import ClaimScorer, IcmParams, IcmSearch, SearchState
+from persona_platform.persona_assets.elicitation.prompts import (
     CANDIDATES,
     CHAT_HASH,
     FEW_SHOT_HASH,
@@ -27,7 +27,7 @@ from persona_assets.elicitation.prompts import (
     chat_messages,
     zero_shot_prompt,
 )
-from persona_assets.elicitation.tables import (
+from persona_platform.persona_assets.elicitation.tables import (
     CHAT_SCHEMA,
     FEW_SHOT_SCHEMA,
     LABEL_SCHEMA,
@@ -44,12 +44,12 @@ from persona_assets.elicitation.tables import (
     trace_rows,
     zero_shot_rows,
 )
-from persona_assets.opinions.splits import VARIANTS
-from persona_assets.plots import saved_plot, search_trace
-from persona_assets.steps import model_step
-from resources.artifacts import ArtifactStore
-from resources.llm import Engine, ScoreRequest
-from resources.llm.resource import LLMResource
+from persona_platform.persona_assets.opinions.splits import VARIANTS
+from persona_platform.persona_assets.plots import saved_plot, search_trace
+from persona_platform.persona_assets.steps import model_step
+from persona_platform.resources.artifacts import ArtifactStore
+from persona_platform.resources.llm import Engine, ScoreRequest
+from persona_platform.resources.llm.resource import LLMResource
 
 GROUP = "elicitation"
 ICM_VERSION = f"icm-2-{FEW_SHOT_HASH}"

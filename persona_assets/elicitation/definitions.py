@@ -2,7 +2,7 @@
 
 from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
-from persona_assets.elicitation import assets, checks
+from persona_platform.persona_assets.elicitation import assets, checks
 
 defs = Definitions(
     assets=load_assets_from_modules([assets]),

@@ -15,15 +15,15 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from persona_assets.elicitation.accuracy import question_of
-from persona_assets.elicitation.prompts import (
+from persona_platform.persona_assets.elicitation.accuracy import question_of
+from persona_platform.persona_assets.elicitation.prompts import (
     CANDIDATES,
     CHAT_CANDIDATES,
     few_shot_prompt,
     parse_true_false,
     predicted_label,
 )
-from resources.llm.engine import ChatPrompt, Engine, GenerateRequest, ScoreRequest
+from persona_platform.resources.llm.engine import ChatPrompt, Engine, GenerateRequest, ScoreRequest
 
 METHODS = ("gold", "icm", "random_matched")
 

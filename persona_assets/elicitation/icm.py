@@ -25,8 +25,8 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from persona_assets.elicitation.prompts import CANDIDATES, few_shot_prompt
-from resources.llm.engine import Engine, ScoreRequest
+from persona_platform.persona_assets.elicitation.prompts import CANDIDATES, few_shot_prompt
+from persona_platform.resources.llm.engine import Engine, ScoreRequest
 
 CONSISTENCY_MODES = ("exactly_one", "at_most_one", "none")
 POOL_ORDERS = ("tree", "naive")

@@ -7,7 +7,7 @@ scores the exact continuations " True" and " False".
 
 from __future__ import annotations
 
-from persona_assets.provenance import text_hash
+from persona_platform.persona_assets.provenance import text_hash
 
 TRUE, FALSE = " True", " False"
 CANDIDATES = (TRUE, FALSE)

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from persona_assets.elicitation.evaluation import Condition, DemoClaim, TestClaim, condition_margins
-from persona_assets.elicitation.icm import IcmClaim
-from persona_assets.elicitation.prompts import predicted_label
-from persona_assets.provenance import row_ref
-from resources.llm import Engine
+from persona_platform.persona_assets.elicitation.evaluation import Condition, DemoClaim, TestClaim, condition_margins
+from persona_platform.persona_assets.elicitation.icm import IcmClaim
+from persona_platform.persona_assets.elicitation.prompts import predicted_label
+from persona_platform.persona_assets.provenance import row_ref
+from persona_platform.resources.llm import Engine
 
 
 def split_claims(splits: pl.DataFrame, claims: pl.DataFrame, country: str, variant: str, split: str) -> pl.DataFrame:

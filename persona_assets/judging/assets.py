@@ -4,9 +4,9 @@ import polars as pl
 from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, asset
 from pydantic import Field
 
-from partitions import agents_partitions
-from partitions import AGENTS_BY_KEY
-from persona_assets.common import (
+from persona_platform.partitions import agents_partitions
+from persona_platform.partitions import AGENTS_BY_KEY
+from persona_platform.persona_assets.common import (
     AGENT_PARTITION,
     MODEL_KINDS,
     ONE_RUN_PER_BACKFILL,
@@ -16,9 +16,9 @@ from persona_assets.common import (
     gpu_step,
     markdown_table,
 )
-from persona_assets.judging.judge import compare_pairs, score_responses
-from persona_assets.judging.rubrics import JUDGE_HASH, PAIRWISE_HASH
-from persona_assets.judging.tables import (
+from persona_platform.persona_assets.judging.judge import compare_pairs, score_responses
+from persona_platform.persona_assets.judging.rubrics import JUDGE_HASH, PAIRWISE_HASH
+from persona_platform.persona_assets.judging.tables import (
     COMPARISON_FAILURES,
     COMPARISON_SCHEMA,
     JUDGMENT_FAILURES,
@@ -30,11 +30,11 @@ from persona_assets.judging.tables import (
     score_groups,
     summary_rows,
 )
-from persona_assets.plots import saved_plot, score_violins, win_rate_bars
-from persona_assets.statistics import interval_method, shown
-from persona_assets.steps import asset_frame, model_step
-from resources.artifacts import ArtifactStore
-from resources.llm.resource import LLMResource
+from persona_platform.persona_assets.plots import saved_plot, score_violins, win_rate_bars
+from persona_platform.persona_assets.statistics import interval_method, shown
+from persona_platform.persona_assets.steps import asset_frame, model_step
+from persona_platform.resources.artifacts import ArtifactStore
+from persona_platform.resources.llm.resource import LLMResource
 
 GROUP = "judging"
 SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=MODEL_KINDS, **gpu_step(),

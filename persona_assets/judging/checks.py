@@ -3,8 +3,8 @@
 import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, asset_check
 
-from persona_assets.judging.tables import COMPARISON_FAILURES, JUDGMENT_FAILURES, failure_metadata
-from resources.settings import load_settings
+from persona_platform.persona_assets.judging.tables import COMPARISON_FAILURES, JUDGMENT_FAILURES, failure_metadata
+from persona_platform.resources.settings import load_settings
 
 GROUP = "judging"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from persona_assets.judging.outcomes import ORDERS, ordered, winner_of
-from persona_assets.judging.rubrics import (
+from persona_platform.persona_assets.judging.outcomes import ORDERS, ordered, winner_of
+from persona_platform.persona_assets.judging.rubrics import (
     ASPECTS,
     Item,
     absolute_messages,
@@ -13,10 +13,10 @@ from persona_assets.judging.rubrics import (
     judgment_schema,
     pairwise_messages,
 )
-from persona_assets.judging.tables import comparison_row, judgment_row
-from persona_assets.responses.tasks import AGENT, BASELINE
-from persona_assets.structured_output import ask_structured
-from resources.llm import ChatPrompt, Engine
+from persona_platform.persona_assets.judging.tables import comparison_row, judgment_row
+from persona_platform.persona_assets.responses.tasks import AGENT, BASELINE
+from persona_platform.persona_assets.structured_output import ask_structured
+from persona_platform.resources.llm import ChatPrompt, Engine
 
 
 def score_responses(engine: Engine, items: dict[str, Item], responses: Sequence[dict], max_chars: int,

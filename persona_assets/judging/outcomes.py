@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from persona_assets.responses.tasks import AGENT, BASELINE
-from persona_assets.statistics import SEED, ratio_interval
+from persona_platform.persona_assets.responses.tasks import AGENT, BASELINE
+from persona_platform.persona_assets.statistics import SEED, ratio_interval
 
 TIE, INCONSISTENT, FAILED = "tie", "inconsistent", "failed"
 AGENT_FIRST, BASELINE_FIRST = "agent_first", "baseline_first"

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from persona_assets.provenance import text_hash
-from persona_assets.structured_output import object_schema, schema_text, text_field
+from persona_platform.persona_assets.provenance import text_hash
+from persona_platform.persona_assets.structured_output import object_schema, schema_text, text_field
 
 SCALE = "5 excellent, 4 good, 3 partial or mixed, 2 weak, 1 poor or contradictory"
 

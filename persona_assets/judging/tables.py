@@ -6,12 +6,12 @@ import json
 
 import polars as pl
 
-from persona_assets.judging.outcomes import combine, flatten, win_rates
-from persona_assets.judging.rubrics import Aspect, Item
-from persona_assets.provenance import row_ref
-from persona_assets.responses.tasks import AGENT, BASELINE
-from persona_assets.statistics import SEED, interval_method, mean_interval
-from persona_assets.structured_output import Parsed
+from persona_platform.persona_assets.judging.outcomes import combine, flatten, win_rates
+from persona_platform.persona_assets.judging.rubrics import Aspect, Item
+from persona_platform.persona_assets.provenance import row_ref
+from persona_platform.persona_assets.responses.tasks import AGENT, BASELINE
+from persona_platform.persona_assets.statistics import SEED, interval_method, mean_interval
+from persona_platform.persona_assets.structured_output import Parsed
 
 ITEMS, RESPONSES = "responses.evaluation_items", "responses.task_responses"
 JUDGMENT_SCHEMA = {"agent": pl.String, "item_id": pl.String, "response_id": pl.String, "task": pl.String,

@@ -6,8 +6,8 @@ import polars as pl
 from dagster import AssetExecutionContext, AssetIn, Config, asset
 from pydantic import Field
 
-from partitions import countries_partitions
-from persona_assets.common import (
+from persona_platform.partitions import countries_partitions
+from persona_platform.persona_assets.common import (
     COUNTRY_PARTITION,
     ONE_RUN_PER_BACKFILL,
     OWNERS,
@@ -16,10 +16,10 @@ from persona_assets.common import (
     markdown_table,
     table_metadata,
 )
-from persona_assets.opinions.claims import UNUSABLE_REASONS
-from resources.inputs.survey import is_number
-from persona_assets.opinions.splits import SplitRules
-from persona_assets.opinions.tables import (
+from persona_platform.persona_assets.opinions.claims import UNUSABLE_REASONS
+from persona_platform.resources.inputs.survey import is_number
+from persona_platform.persona_assets.opinions.splits import SplitRules
+from persona_platform.persona_assets.opinions.tables import (
     CLAIMS_SCHEMA,
     COUNTRIES_SCHEMA,
     QUESTIONS_SCHEMA,
@@ -31,8 +31,8 @@ from persona_assets.opinions.tables import (
     split_rows,
     survey_rows,
 )
-from persona_assets.steps import asset_frame
-from resources.sources import GoqaSource
+from persona_platform.persona_assets.steps import asset_frame
+from persona_platform.resources.sources import GoqaSource
 
 GROUP = "opinions"
 CODE_VERSION = "opinions-1"

@@ -3,7 +3,7 @@
 import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetKey, MetadataValue, asset_check
 
-from persona_assets.common import schema_change_checks
+from persona_platform.persona_assets.common import schema_change_checks
 
 SURVEY = AssetKey(["opinions", "goqa_survey"])
 CLAIMS = AssetKey(["opinions", "goqa_claims"])

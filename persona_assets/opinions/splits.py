@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from persona_assets.opinions.claims import Claim
+from persona_platform.persona_assets.opinions.claims import Claim
 
 VARIANT_ALL = "all"
 VARIANT_BINARY = "binary"

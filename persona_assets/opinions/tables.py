@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from persona_assets.opinions.claims import UNUSABLE_REASONS, Claim, SurveyAnswer, build_claims, unusable_reason
-from resources.inputs.survey import SurveySource, question_id
-from persona_assets.opinions.splits import VARIANTS, SplitRules, split_country
-from persona_assets.provenance import file_ref, row_ref
+from persona_platform.persona_assets.opinions.claims import UNUSABLE_REASONS, Claim, SurveyAnswer, build_claims, unusable_reason
+from persona_platform.resources.inputs.survey import SurveySource, question_id
+from persona_platform.persona_assets.opinions.splits import VARIANTS, SplitRules, split_country
+from persona_platform.persona_assets.provenance import file_ref, row_ref
 
 COUNTRIES_TABLE = "opinions.goqa_countries"
 QUESTIONS_TABLE = "opinions.goqa_questions"

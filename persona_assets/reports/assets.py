@@ -3,9 +3,9 @@
 import polars as pl
 from dagster import AssetExecutionContext, AssetIn, MetadataValue, asset
 
-from persona_assets.common import OWNERS, TABLE_KINDS, WAREHOUSE_POOL, table_metadata
-from persona_assets.plots import Bar, accuracy_bars, accuracy_curves, saved_plot
-from persona_assets.reports.tables import (
+from persona_platform.persona_assets.common import OWNERS, TABLE_KINDS, WAREHOUSE_POOL, table_metadata
+from persona_platform.persona_assets.plots import Bar, accuracy_bars, accuracy_curves, saved_plot
+from persona_platform.persona_assets.reports.tables import (
     AGGREGATE,
     BAR_METHODS,
     CURVE_METHODS,
@@ -16,8 +16,8 @@ from persona_assets.reports.tables import (
     plotted,
     summary_rows,
 )
-from persona_assets.steps import asset_frame
-from resources.artifacts import ArtifactStore
+from persona_platform.persona_assets.steps import asset_frame
+from persona_platform.resources.artifacts import ArtifactStore
 
 SUMMARY_VERSION = "accuracy-summary-2"
 DIFFERENCES_VERSION = "method-differences-1"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from persona_assets.elicitation.accuracy import (
+from persona_platform.persona_assets.elicitation.accuracy import (
     Difference,
     Estimate,
     QuestionScores,
@@ -19,7 +19,7 @@ from persona_assets.elicitation.accuracy import (
     weighted_accuracy,
     weighted_difference,
 )
-from persona_assets.provenance import row_ref
+from persona_platform.persona_assets.provenance import row_ref
 
 AGGREGATE = "aggregate"
 BAR_METHODS = ("zero_shot_base", "zero_shot_base_chat_template", "zero_shot_chat", "icm", "gold")

@@ -4,9 +4,9 @@ import polars as pl
 from dagster import AssetExecutionContext, AssetIn, Config, asset
 from pydantic import Field
 
-from partitions import AGENTS_BY_KEY, agents_partitions
-from persona_assets.agents.adapters import serve_adapters
-from persona_assets.common import (
+from persona_platform.partitions import AGENTS_BY_KEY, agents_partitions
+from persona_platform.persona_assets.agents.adapters import serve_adapters
+from persona_platform.persona_assets.common import (
     AGENT_PARTITION,
     MODEL_KINDS,
     ONE_RUN_PER_BACKFILL,
@@ -16,10 +16,10 @@ from persona_assets.common import (
     gpu_step,
     markdown_table,
 )
-from persona_assets.responses.tables import ITEM_SCHEMA, RESPONSE_SCHEMA, item_rows, response_plan, response_row
-from persona_assets.responses.tasks import PROMPT_HASH, UPSTREAM_GRID, SamplingSetting
-from persona_assets.steps import asset_frame, model_step
-from resources.llm.resource import LLMResource
+from persona_platform.persona_assets.responses.tables import ITEM_SCHEMA, RESPONSE_SCHEMA, item_rows, response_plan, response_row
+from persona_platform.persona_assets.responses.tasks import PROMPT_HASH, UPSTREAM_GRID, SamplingSetting
+from persona_platform.persona_assets.steps import asset_frame, model_step
+from persona_platform.resources.llm.resource import LLMResource
 
 GROUP = "responses"
 SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, partitions_def=agents_partitions,

@@ -2,7 +2,7 @@
 
 from dagster import Definitions, load_assets_from_modules
 
-from persona_assets.responses import assets
+from persona_platform.persona_assets.responses import assets
 
 defs = Definitions(
     assets=load_assets_from_modules([assets]),

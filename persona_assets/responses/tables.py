@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from persona_assets.provenance import row_ref
-from persona_assets.responses.tasks import (
+from persona_platform.persona_assets.provenance import row_ref
+from persona_platform.persona_assets.responses.tasks import (
     AGENT,
     BASELINE,
     COMPLETION,
@@ -22,7 +22,7 @@ from persona_assets.responses.tasks import (
     sample_seed,
     system_chat,
 )
-from resources.llm.engine import GenerateRequest
+from persona_platform.resources.llm.engine import GenerateRequest
 
 ITEM_SCHEMA = {"agent": pl.String, "task": pl.String, "trait": pl.String, "messages": pl.String, "reference": pl.String,
                "reference_kind": pl.String}

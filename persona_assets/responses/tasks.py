@@ -14,9 +14,9 @@ import json
 import re
 from dataclasses import dataclass
 
-from persona_assets.agents.corpora import adapter_prompt
-from persona_assets.provenance import text_hash
-from resources.llm.engine import ChatPrompt
+from persona_platform.persona_assets.agents.corpora import adapter_prompt
+from persona_platform.persona_assets.provenance import text_hash
+from persona_platform.resources.llm.engine import ChatPrompt
 
 TRAIT, COMPLETION, MONOLOGUE = "trait", "completion", "monologue"
 TASKS = (TRAIT, COMPLETION, MONOLOGUE)

@@ -4,8 +4,8 @@ import polars as pl
 from dagster import AssetExecutionContext, AssetIn, AssetKey, AssetSpec, Config, asset
 from pydantic import Field
 
-from partitions import AGENTS_BY_KEY, agents_partitions
-from persona_assets.common import (
+from persona_platform.partitions import AGENTS_BY_KEY, agents_partitions
+from persona_platform.persona_assets.common import (
     AGENT_PARTITION,
     MODEL_KINDS,
     ONE_RUN_PER_BACKFILL,
@@ -13,11 +13,11 @@ from persona_assets.common import (
     gpu_step,
     markdown_table,
 )
-from persona_assets.review import REVIEW_TABLE
-from persona_assets.steps import model_step
-from persona_assets.structured_output import ask_structured
-from persona_assets.traits import prompts
-from persona_assets.traits.extraction import (
+from persona_platform.persona_assets.review import REVIEW_TABLE
+from persona_platform.persona_assets.steps import model_step
+from persona_platform.persona_assets.structured_output import ask_structured
+from persona_platform.persona_assets.traits import prompts
+from persona_platform.persona_assets.traits.extraction import (
     build_profiles,
     kept,
     longest_first,
@@ -25,7 +25,7 @@ from persona_assets.traits.extraction import (
     pack_remarks,
     screen_until_cap,
 )
-from persona_assets.traits.tables import (
+from persona_platform.persona_assets.traits.tables import (
     MONOLOGUE_PROMPT_SCHEMA,
     MONOLOGUES,
     PROBE_SCHEMA,
@@ -39,9 +39,9 @@ from persona_assets.traits.tables import (
     screening_id,
     screening_rows,
 )
-from resources.llm import ChatPrompt
-from resources.llm.resource import LLMResource
-from resources.warehouse import WarehouseResource
+from persona_platform.resources.llm import ChatPrompt
+from persona_platform.resources.llm.resource import LLMResource
+from persona_platform.resources.warehouse import WarehouseResource
 
 GROUP = "traits"
 SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=MODEL_KINDS, **gpu_step(),

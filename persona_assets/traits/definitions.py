@@ -2,7 +2,7 @@
 
 from dagster import Definitions, load_assets_from_modules
 
-from persona_assets.traits import assets
+from persona_platform.persona_assets.traits import assets
 
 defs = Definitions(
     assets=[*load_assets_from_modules([assets]), assets.question_reviews],

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from persona_assets.structured_output import Parsed, ask_structured
-from persona_assets.traits import prompts
-from resources.llm.engine import ChatPrompt, Engine, GenerateRequest
+from persona_platform.persona_assets.structured_output import Parsed, ask_structured
+from persona_platform.persona_assets.traits import prompts
+from persona_platform.resources.llm.engine import ChatPrompt, Engine, GenerateRequest
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ changing a prompt marks what it feeds stale.
 
 from __future__ import annotations
 
-from persona_assets.provenance import text_hash
-from persona_assets.structured_output import object_schema, schema_text, text_field
+from persona_platform.persona_assets.provenance import text_hash
+from persona_platform.persona_assets.structured_output import object_schema, schema_text, text_field
 
 BELIEF, MEMORY, PERSONALITY = "belief", "memory", "personality"
 TRAITS = (BELIEF, MEMORY, PERSONALITY)

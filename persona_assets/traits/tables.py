@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from persona_assets.provenance import row_ref
-from persona_assets.review import REVIEW_TABLE, reviewed
-from persona_assets.structured_output import Parsed
-from persona_assets.traits.extraction import Profile, Screening
+from persona_platform.persona_assets.provenance import row_ref
+from persona_platform.persona_assets.review import REVIEW_TABLE, reviewed
+from persona_platform.persona_assets.structured_output import Parsed
+from persona_platform.persona_assets.traits.extraction import Profile, Screening
 
 SCREENING_SCHEMA = {"agent": pl.String, "trait": pl.String, "chunk_id": pl.String, "monologue_id": pl.String,
                     "chunk": pl.String, "relevant": pl.Boolean, "kept": pl.Boolean, "summary": pl.String,

@@ -3,9 +3,9 @@
 import polars as pl
 from dagster import AssetExecutionContext, AssetIn, AssetKey, AssetSpec, MetadataValue, asset
 
-from partitions import AGENTS, AGENTS_BY_KEY, agents_partitions
-from persona_assets.agents.adapters import serve_adapters
-from persona_assets.common import (
+from persona_platform.partitions import AGENTS, AGENTS_BY_KEY, agents_partitions
+from persona_platform.persona_assets.agents.adapters import serve_adapters
+from persona_platform.persona_assets.common import (
     BOARD_INPUT,
     AGENT_PARTITION,
     MODEL_KINDS,
@@ -16,12 +16,12 @@ from persona_assets.common import (
     gpu_step,
     markdown_table,
 )
-from persona_assets.plots import confusion_matrix, saved_plot
-from persona_assets.review import REVIEW_TABLE, reviewed
-from persona_assets.statistics import interval_method, shown
-from persona_assets.steps import asset_frame, model_step
-from persona_assets.votes.prediction import ANSWER_PREFIX, LABELS, METRIC_SCHEMA, UNKNOWN, VOTE_HASH, formal_question, metric_rows
-from persona_assets.votes.tables import (
+from persona_platform.persona_assets.plots import confusion_matrix, saved_plot
+from persona_platform.persona_assets.review import REVIEW_TABLE, reviewed
+from persona_platform.persona_assets.statistics import interval_method, shown
+from persona_platform.persona_assets.steps import asset_frame, model_step
+from persona_platform.persona_assets.votes.prediction import ANSWER_PREFIX, LABELS, METRIC_SCHEMA, UNKNOWN, VOTE_HASH, formal_question, metric_rows
+from persona_platform.persona_assets.votes.tables import (
     MOTION_SCHEMA,
     PREDICTION_SCHEMA,
     RECORD_SCHEMA,
@@ -29,12 +29,12 @@ from persona_assets.votes.tables import (
     prediction_rows,
     record_rows,
 )
-from resources.artifacts import ArtifactStore
-from resources.inputs.transcripts import alias_table
-from resources.inputs.votes import read_votes
-from resources.llm.resource import LLMResource
-from resources.sources import BoardSource
-from resources.warehouse import WarehouseResource
+from persona_platform.resources.artifacts import ArtifactStore
+from persona_platform.resources.inputs.transcripts import alias_table
+from persona_platform.resources.inputs.votes import read_votes
+from persona_platform.resources.llm.resource import LLMResource
+from persona_platform.resources.sources import BoardSource
+from persona_platform.resources.warehouse import WarehouseResource
 
 GROUP = "votes"
 VERSION = "votes-1"

@@ -3,7 +3,7 @@
 import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
 
-from persona_assets.common import schema_change_checks
+from persona_platform.persona_assets.common import schema_change_checks
 
 GROUP = "votes"
 

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from persona_assets.agents.corpora import adapter_prompt
-from persona_assets.provenance import row_ref, text_hash
-from persona_assets.statistics import SEED, cluster_bootstrap, cluster_totals, interval_method
-from resources.inputs.votes import AYE, NAYE
-from resources.llm.engine import ChatPrompt
+from persona_platform.persona_assets.agents.corpora import adapter_prompt
+from persona_platform.persona_assets.provenance import row_ref, text_hash
+from persona_platform.persona_assets.statistics import SEED, cluster_bootstrap, cluster_totals, interval_method
+from persona_platform.resources.inputs.votes import AYE, NAYE
+from persona_platform.resources.llm.engine import ChatPrompt
 
 UNKNOWN = "Unknown"
 LABELS = (AYE, NAYE)

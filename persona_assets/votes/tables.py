@@ -4,10 +4,10 @@ from collections.abc import Callable, Sequence
 
 import polars as pl
 
-from persona_assets.provenance import file_ref, row_ref
-from persona_assets.votes.prediction import LABELS, SCORE_CANDIDATES, parse_final_vote, vote_prompt
-from resources.inputs.votes import Motion, VoteFile, resolve_votes
-from resources.llm import Engine, GenerateRequest, ScoreRequest
+from persona_platform.persona_assets.provenance import file_ref, row_ref
+from persona_platform.persona_assets.votes.prediction import LABELS, SCORE_CANDIDATES, parse_final_vote, vote_prompt
+from persona_platform.resources.inputs.votes import Motion, VoteFile, resolve_votes
+from persona_platform.resources.llm import Engine, GenerateRequest, ScoreRequest
 
 MOTION_SCHEMA = {"context": pl.String, "generated_question": pl.String, "question": pl.String, "review": pl.String,
                  "ayes": pl.List(pl.String), "nayes": pl.List(pl.String),

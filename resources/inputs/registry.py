@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from resources.inputs.errors import PersonaInputError
-from resources.inputs.survey import read_survey_once
+from persona_platform.resources.inputs.errors import PersonaInputError
+from persona_platform.resources.inputs.survey import read_survey_once
 
 AGENT_KEY = re.compile(r"^[a-z][a-z0-9_]*$")
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
 
-from resources.inputs.errors import InputFileError
+from persona_platform.resources.inputs.errors import InputFileError
 
 FORMAT_HF_CSV = "hf_csv"
 FORMAT_FLAT_JSON = "flat_json"

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from resources.inputs.registry import Agent
-from resources.inputs.errors import InputFileError, PersonaInputError
+from persona_platform.resources.inputs.registry import Agent
+from persona_platform.resources.inputs.errors import InputFileError, PersonaInputError
 
 HONORIFICS = re.compile(r"^(mr|mrs|ms|miss|dr|prof|chair|vice chair|chairman|chairwoman|supervisor)\.?\s+", re.I)
 

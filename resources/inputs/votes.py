@@ -9,8 +9,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from resources.inputs.transcripts import speaker_agent
-from resources.inputs.errors import InputFileError
+from persona_platform.resources.inputs.transcripts import speaker_agent
+from persona_platform.resources.inputs.errors import InputFileError
 
 COLUMNS = ("Context", "Ayes", "Nayes")
 AYE, NAYE = "Aye", "Naye"

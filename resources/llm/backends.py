@@ -3,7 +3,7 @@
 A backend's loader is a function whose keyword parameters are the ``LLMResource`` fields it
 reads; the settings are taken from its signature, so the list cannot drift from what the
 loader uses. ``LLMResource`` loads through ``load_engine`` and keys its engine cache on exactly
-those settings; ``resources.settings`` validates engine names against ``BACKENDS``. Each loader
+those settings; ``persona_platform.resources.settings`` validates engine names against ``BACKENDS``. Each loader
 imports its backend's module when called: torch, transformers and vllm load only where used.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from resources.llm.engine import Engine
+from persona_platform.resources.llm.engine import Engine
 
 TINY = "tiny"
 
@@ -43,21 +43,21 @@ def model_path(model: str, models_dir: str, corpus_dir: str) -> str:
     """Where the weights are: the embedded model is built (once) under ``models_dir``; anything else is a Hugging
     Face id or a local path, passed through."""
     if model == TINY:
-        from resources.llm.tiny import tiny_model_dir
+        from persona_platform.resources.llm.tiny import tiny_model_dir
 
         return str(tiny_model_dir(Path(models_dir), Path(corpus_dir)))
     return model
 
 
 def _transformers(model: str, models_dir: str, corpus_dir: str, device: str, dtype: str, max_batch_tokens: int) -> Engine:
-    from resources.llm.transformers_backend import load_transformers_engine
+    from persona_platform.resources.llm.transformers_backend import load_transformers_engine
 
     return load_transformers_engine(model, model_path(model, models_dir, corpus_dir), device, dtype, max_batch_tokens)
 
 
 def _vllm(model: str, models_dir: str, corpus_dir: str, dtype: str, tensor_parallel_size: int, quantization: str,
           max_model_len: int, max_batch_tokens: int, gpu_memory_utilization: float, max_lora_rank: int) -> Engine:
-    from resources.llm.vllm_backend import load_vllm_engine
+    from persona_platform.resources.llm.vllm_backend import load_vllm_engine
 
     return load_vllm_engine(model, model_path(model, models_dir, corpus_dir), dtype=dtype,
                             tensor_parallel_size=tensor_parallel_size, quantization=quantization,
@@ -67,7 +67,7 @@ def _vllm(model: str, models_dir: str, corpus_dir: str, dtype: str, tensor_paral
 
 def _openai(model: str, base_url: str, api_key_variables: tuple[str, ...], timeout_s: float, max_retries: int,
             max_concurrency: int) -> Engine:
-    from resources.llm.openai_backend import OpenAIEngine
+    from persona_platform.resources.llm.openai_backend import OpenAIEngine
 
     if not base_url:
         raise ValueError("the openai backend needs base_url, the server (PERSONA_ENGINE_BASE_URL, or the chat or judge "
@@ -77,7 +77,7 @@ def _openai(model: str, base_url: str, api_key_variables: tuple[str, ...], timeo
 
 
 def _simulated(model: str) -> Engine:
-    from resources.llm.simulated import PlantedSignalEngine, WorldSpec
+    from persona_platform.resources.llm.simulated import PlantedSignalEngine, WorldSpec
 
     spec = WorldSpec.parse("" if model == TINY else model)  # the default model name means the default world
     return PlantedSignalEngine(model_id=f"simulated:{spec.label()}", spec=spec)

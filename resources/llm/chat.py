@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from resources.llm.engine import ChatPrompt, Prompt
+from persona_platform.resources.llm.engine import ChatPrompt, Prompt
 
 
 class ChatTemplateError(ValueError):

@@ -16,7 +16,7 @@ names the backend, the model and what to use instead:
   backend holds a tokenizer and weights, so callers never touch either.
 
 The backends (transformers, vllm, openai, simulated) are listed with their settings in
-``resources.llm.backends``. They batch requests, load a model once per process, and count
+``persona_platform.resources.llm.backends``. They batch requests, load a model once per process, and count
 what they do in ``usage``.
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
-    from resources.training import Example, LoraTraining, TrainingOutcome
+    from persona_platform.resources.training import Example, LoraTraining, TrainingOutcome
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from resources.llm.engine import (
+from persona_platform.resources.llm.engine import (
     ChatPrompt,
     Engine,
     GenerateRequest,

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from resources.llm.backends import BACKENDS, TINY, backend, load_engine, model_path
-from resources.llm.engine import Engine, EngineUsage
-from resources.settings import DATA_DIR, Settings
+from persona_platform.resources.llm.backends import BACKENDS, TINY, backend, load_engine, model_path
+from persona_platform.resources.llm.engine import Engine, EngineUsage
+from persona_platform.resources.settings import DATA_DIR, Settings
 
 _ENGINES: dict[tuple, Engine] = {}
 _LOCK = threading.Lock()

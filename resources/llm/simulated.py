@@ -33,7 +33,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from resources.llm.engine import ChatPrompt, Engine, EngineUsage, ScoreRequest
+from persona_platform.resources.llm.engine import ChatPrompt, Engine, EngineUsage, ScoreRequest
 
 # The claim lines of the elicitation prompts (few-shot, zero-shot) and of the chat baseline's prompt.
 CLAIM_LINE = re.compile(r'Q: "(?P<q>[^"\n]*)" \| Op: "(?P<o>[^"\n]*)" \| Is Most Popular Opinion in (?P<c>[^:\n]*):(?P<label> True| False)?')

@@ -26,10 +26,10 @@ from typing import ClassVar
 import torch
 from transformers.utils import logging as transformers_logging
 
-from resources import training
-from resources.llm.constrained import JsonSchemaGrammars
-from resources.llm.chat import chat_tokens, prompt_ids
-from resources.llm.engine import (
+from persona_platform.resources import training
+from persona_platform.resources.llm.constrained import JsonSchemaGrammars
+from persona_platform.resources.llm.chat import chat_tokens, prompt_ids
+from persona_platform.resources.llm.engine import (
     Engine,
     GenerateRequest,
     LoglikelihoodRequest,

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from resources.llm.chat import prompt_ids
-from resources.llm.engine import (
+from persona_platform.resources.llm.chat import prompt_ids
+from persona_platform.resources.llm.engine import (
     Engine,
     GenerateRequest,
     LoglikelihoodRequest,

@@ -1,0 +1,53 @@
+import subprocess
+import sys
+from pathlib import Path
+
+from dagster import MultiPartitionsDefinition
+
+from persona_platform.persona_assets.definitions import defs
+from persona_platform.resources.warehouse import partition_columns
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def all_assets():
+    graph = defs.resolve_asset_graph()
+    return [graph.get(k) for k in graph.get_all_asset_keys()]
+
+
+def test_every_asset_is_described_grouped_owned_and_typed():
+    for node in all_assets():
+        name = node.key.to_user_string()
+        assert node.description, name
+        assert node.group_name and node.group_name != "default", name
+        assert node.owners, name
+        assert node.kinds, name
+        # External assets (people write them with the CLI) have no code of ours to version.
+        assert node.code_version or not node.is_materializable, name
+        assert len(node.key.path) == 2, f"{name}: key must be [schema, table]"
+
+
+def test_partitioned_assets_name_a_column_for_every_dimension():
+    partitioned = [n for n in all_assets() if n.partitions_def is not None]
+    assert partitioned
+    for node in partitioned:
+        columns = partition_columns(dict(node.metadata), node.partitions_def)
+        if isinstance(node.partitions_def, MultiPartitionsDefinition):
+            assert len(columns) == len(node.partitions_def.partitions_defs)
+        assert node.backfill_policy is not None, node.key
+
+
+def test_dagster_validates_the_workspace():
+    dagster = Path(sys.executable).with_name("dagster")
+    result = subprocess.run(
+        [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_asset_graph_matches_its_snapshot():
+    # After an intended change to assets, checks, jobs, schedules or sensors: python -m tests.graph_snapshot
+    from tests.graph_snapshot import SNAPSHOT, graph_snapshot, render
+
+    assert render(graph_snapshot()) == SNAPSHOT.read_text(), "the graph changed: run `python -m tests.graph_snapshot`"
