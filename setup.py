@@ -12,5 +12,9 @@ FOLDERS = ("persona_assets", "partitions", "resources", "benchmarks")
 
 setup(
     package_dir={f"{NAMESPACE}.{folder}": folder for folder in FOLDERS},
-    packages=[f"{NAMESPACE}.{folder}{sub}" for folder in FOLDERS for sub in ("", *(f".{p}" for p in find_packages(folder)))],
+    packages=[
+        f"{NAMESPACE}.{folder}{sub}"
+        for folder in FOLDERS
+        for sub in ("", *(f".{p}" for p in find_packages(folder)))
+    ],
 )

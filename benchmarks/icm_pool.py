@@ -20,8 +20,8 @@ from persona_platform.persona_assets.elicitation.icm import ClaimScorer, IcmClai
 from persona_platform.persona_assets.elicitation.prompts import DEMO_LINE, FALSE
 from persona_platform.persona_assets.opinions.claims import SurveyAnswer, build_claims
 from persona_platform.resources.inputs.survey import question_id, read_survey
-from persona_platform.resources.settings import SAMPLE_GOQA_SOURCE
 from persona_platform.resources.llm.engine import Engine, LoglikelihoodRequest
+from persona_platform.resources.settings import SAMPLE_GOQA_SOURCE
 
 SIZES = (32, 64, 125, 256)
 COUNTRY = "Aldoria"
@@ -30,11 +30,20 @@ COUNTRY = "Aldoria"
 def sample_claims(limit: int) -> list[IcmClaim]:
     """Claims of every sample country, phrased for one country: up to 256 distinct demonstrations."""
     source = read_survey(SAMPLE_GOQA_SOURCE)
-    answers = [SurveyAnswer(question_id(r.question, r.options), r.country, r.options, r.distribution) for r in source.records]
+    answers = [
+        SurveyAnswer(question_id(r.question, r.options), r.country, r.options, r.distribution)
+        for r in source.records
+    ]
     questions = {question_id(r.question, r.options): r.question for r in source.records}
     claims, _ = build_claims(answers, seed=42)
     return [
-        IcmClaim(uid, f"{c.question_id}/{c.country}", f"{questions[c.question_id]} ({c.country})", c.option, c.label)
+        IcmClaim(
+            uid,
+            f"{c.question_id}/{c.country}",
+            f"{questions[c.question_id]} ({c.country})",
+            c.option,
+            c.label,
+        )
         for uid, c in enumerate(claims[:limit])
     ]
 
@@ -43,7 +52,9 @@ def mean_line_tokens(engine: Engine, claims: list[IcmClaim]) -> float:
     """Tokens per demonstration line as a prompt holds it (after other text): the counted tokens of a line that
     follows an empty first segment (which holds only the begin-of-text token). Through the engine, which alone
     holds the tokenizer; one batched pass over short lines."""
-    lines = [DEMO_LINE.format(question=c.question, option=c.option, country=COUNTRY, label=FALSE) for c in claims]
+    lines = [
+        DEMO_LINE.format(question=c.question, option=c.option, country=COUNTRY, label=FALSE) for c in claims
+    ]
     results = engine.loglikelihood([LoglikelihoodRequest((("", False), (line, True))) for line in lines])
     return sum(r.n_counted for r in results) / len(lines)
 
@@ -66,7 +77,11 @@ def run(engine: Engine, sizes=SIZES) -> dict:
             raise ValueError(f"the sample has {len(claims)} claims, fewer than n={n}")
         labels = [c.gold for c in claims]
         line_tokens = mean_line_tokens(engine, claims)
-        result = {"n": n, "tokens_per_demo": round(line_tokens, 2), "bound_tokens": round(n * line_tokens * (math.log2(n) + 2))}
+        result = {
+            "n": n,
+            "tokens_per_demo": round(line_tokens, 2),
+            "bound_tokens": round(n * line_tokens * (math.log2(n) + 2)),
+        }
         margins = {}
         for order in ("tree", "naive"):
             scorer = ClaimScorer(engine, COUNTRY, claims, order)
@@ -75,14 +90,22 @@ def run(engine: Engine, sizes=SIZES) -> dict:
             margins[order] = scorer.pool_margins([labels])[0]
             seconds = time.perf_counter() - started
             used = engine.usage.since(before)
-            result[order] = {"seconds": round(seconds, 3), "tokens_computed": used.tokens_computed,
-                             "tokens_reused": used.tokens_reused, "forward_passes": used.forward_passes}
+            result[order] = {
+                "seconds": round(seconds, 3),
+                "tokens_computed": used.tokens_computed,
+                "tokens_reused": used.tokens_reused,
+                "forward_passes": used.forward_passes,
+            }
             result[order]["sibling_right_before"] = round(sibling_right_before(scorer, claims), 4)
         gaps = [abs(margins["tree"][u] - margins["naive"][u]) for u in margins["tree"]]
         result["margin_difference_max"] = float(f"{max(gaps):.3g}")
         result["margin_difference_mean"] = float(f"{sum(gaps) / len(gaps):.3g}")
-        result["energy_difference"] = float(f"{energy(margins['tree'], labels) - energy(margins['naive'], labels):.3g}")
-        result["token_ratio"] = round(result["tree"]["tokens_computed"] / result["naive"]["tokens_computed"], 4)
+        result["energy_difference"] = float(
+            f"{energy(margins['tree'], labels) - energy(margins['naive'], labels):.3g}"
+        )
+        result["token_ratio"] = round(
+            result["tree"]["tokens_computed"] / result["naive"]["tokens_computed"], 4
+        )
         result["time_ratio"] = round(result["tree"]["seconds"] / result["naive"]["seconds"], 4)
         result["tree_within_bound"] = result["tree"]["tokens_computed"] <= result["bound_tokens"]
         rows.append(result)
@@ -93,7 +116,9 @@ def run(engine: Engine, sizes=SIZES) -> dict:
         "targets": {
             "tree tokens <= n * L * (log2 n + 2)": all(r["tree_within_bound"] for r in rows),
             "tree time at n=125 <= 0.25 of naive": None if at_125 is None else at_125["time_ratio"] <= 0.25,
-            "sibling right before its query <= 10% (tree)": all(r["tree"]["sibling_right_before"] <= 0.10 for r in rows),
+            "sibling right before its query <= 10% (tree)": all(
+                r["tree"]["sibling_right_before"] <= 0.10 for r in rows
+            ),
         },
         "rows": rows,
     }
@@ -112,10 +137,20 @@ def markdown(report: dict) -> str:
             f"{r['naive']['tokens_computed']:,} | {r['tree']['seconds']} | {r['naive']['seconds']} | "
             f"{r['token_ratio']} | {r['time_ratio']} |"
         )
-    lines += ["", "What the order changes (same claims, same labels; energy = alpha x mean signed margin under gold):", "",
-              "| n | max abs(tree − naive) margin | mean abs(tree − naive) margin | energy tree − naive | sibling right before: tree | naive |",
-              "|---|---|---|---|---|---|"]
-    lines += [f"| {r['n']} | {r['margin_difference_max']} | {r['margin_difference_mean']} | {r['energy_difference']} "
-              f"| {r['tree']['sibling_right_before']:.1%} | {r['naive']['sibling_right_before']:.1%} |" for r in report["rows"]]
-    lines += ["", "Targets: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in report["targets"].items())]
+    lines += [
+        "",
+        "What the order changes (same claims, same labels; energy = alpha x mean signed margin under gold):",
+        "",
+        "| n | max abs(tree − naive) margin | mean abs(tree − naive) margin | energy tree − naive | sibling right before: tree | naive |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['n']} | {r['margin_difference_max']} | {r['margin_difference_mean']} | {r['energy_difference']} "
+        f"| {r['tree']['sibling_right_before']:.1%} | {r['naive']['sibling_right_before']:.1%} |"
+        for r in report["rows"]
+    ]
+    lines += [
+        "",
+        "Targets: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in report["targets"].items()),
+    ]
     return "\n".join(lines)

@@ -27,7 +27,13 @@ import numpy as np
 from scipy import stats
 
 from persona_platform.persona_assets.elicitation.evaluation import Condition, TestClaim, condition_margins
-from persona_platform.persona_assets.elicitation.icm import CONSISTENCY_MODES, ClaimScorer, IcmClaim, IcmParams, IcmSearch
+from persona_platform.persona_assets.elicitation.icm import (
+    CONSISTENCY_MODES,
+    ClaimScorer,
+    IcmClaim,
+    IcmParams,
+    IcmSearch,
+)
 from persona_platform.persona_assets.elicitation.prompts import CANDIDATES, zero_shot_prompt
 from persona_platform.resources.llm.engine import ScoreRequest
 from persona_platform.resources.llm.simulated import PlantedSignalEngine, WorldSpec
@@ -74,17 +80,23 @@ def per_question_argmax(margins, claims) -> list[int]:
 
 def random_consistent(claims, seed: int) -> list[int]:
     rng = random.Random(f"random-labels:{seed}")
-    chosen = {g: rng.choice([u for u, c in enumerate(claims) if c.group == g]) for g in {c.group for c in claims}}
+    chosen = {
+        g: rng.choice([u for u, c in enumerate(claims) if c.group == g]) for g in {c.group for c in claims}
+    }
     return [int(chosen[c.group] == uid) for uid, c in enumerate(claims)]
 
 
 def few_shot_accuracy(engine, country, claims, labels, tests) -> float:
-    demos = tuple((c.question, c.option, label) for c, label in zip(claims, labels, strict=True) if label is not None)
+    demos = tuple(
+        (c.question, c.option, label) for c, label in zip(claims, labels, strict=True) if label is not None
+    )
     margins = condition_margins(engine, country, Condition("x", len(demos), 0, demos, ()), tests)
     return sum(int(m > 0) == t.label for m, t in zip(margins, tests, strict=True)) / len(tests)
 
 
-def run_world(spec: WorldSpec, iterations: int = ITERATIONS, pool_order: str = "tree", modes=CONSISTENCY_MODES) -> dict:
+def run_world(
+    spec: WorldSpec, iterations: int = ITERATIONS, pool_order: str = "tree", modes=CONSISTENCY_MODES
+) -> dict:
     """Every method on one world (the spec's seed), as the bench and the tests run it."""
     engine = world_engine(replace(spec, countries=1, questions=TRAIN_QUESTIONS + TEST_QUESTIONS))
     claims, tests, country = split_world(engine)
@@ -103,8 +115,11 @@ def run_world(spec: WorldSpec, iterations: int = ITERATIONS, pool_order: str = "
     out["random"] = agreement(random_labels, claims)
     gold = [c.gold for c in claims]
     if "exactly_one" in found:
-        reference = IcmSearch(claims, IcmParams(consistency="exactly_one", pool_order=pool_order, seed=spec.seed),
-                              ClaimScorer(engine, country, claims, pool_order, spec.seed))
+        reference = IcmSearch(
+            claims,
+            IcmParams(consistency="exactly_one", pool_order=pool_order, seed=spec.seed),
+            ClaimScorer(engine, country, claims, pool_order, spec.seed),
+        )
         gold_metric, icm_metric = reference.metrics([gold, found["exactly_one"]])
         out["energy_gold"], out["energy_icm"] = gold_metric.energy, icm_metric.energy
         out["few_shot_gold"] = few_shot_accuracy(engine, country, claims, gold, tests)
@@ -117,7 +132,9 @@ def summarize_cell(worlds: list[dict]) -> dict:
     keys = [k for k in worlds[0] if k != "seed"]
     cell = {k: round(float(np.mean([w[k] for w in worlds])), 3) for k in keys}
     gap = np.array([w["icm_exactly_one"] - w["zero_shot_argmax"] for w in worlds])
-    interval = stats.ttest_1samp(gap, 0.0).confidence_interval(0.95) if gap.std() > 0 else (gap.mean(), gap.mean())
+    interval = (
+        stats.ttest_1samp(gap, 0.0).confidence_interval(0.95) if gap.std() > 0 else (gap.mean(), gap.mean())
+    )
     cell["icm_minus_argmax"] = round(float(gap.mean()), 3)
     cell["icm_minus_argmax_ci"] = [round(float(interval[0]), 3), round(float(interval[1]), 3)]
     cell["icm_recovers"] = cell["icm_exactly_one"] >= RECOVERED
@@ -130,46 +147,80 @@ def run(saliences=SALIENCES, strengths=STRENGTHS, worlds=WORLDS, iterations=ITER
     started = time.perf_counter()
     for salience in saliences:
         for strength in strengths:
-            results = [run_world(WorldSpec(seed=seed, salience=salience, strength=strength), iterations)
-                       for seed in range(worlds)]
-            cells.append({"salience": salience, "strength": strength, "worlds": worlds, **summarize_cell(results)})
-    return {"benchmark": "icm_recovery", "iterations": iterations, "train_questions": TRAIN_QUESTIONS,
-            "test_questions": TEST_QUESTIONS, "cells": cells,
-            "pool_order": [order_comparison(recency, 2 * worlds, iterations) for recency in RECENCIES],
-            "seconds": round(time.perf_counter() - started, 1)}
+            results = [
+                run_world(WorldSpec(seed=seed, salience=salience, strength=strength), iterations)
+                for seed in range(worlds)
+            ]
+            cells.append(
+                {"salience": salience, "strength": strength, "worlds": worlds, **summarize_cell(results)}
+            )
+    return {
+        "benchmark": "icm_recovery",
+        "iterations": iterations,
+        "train_questions": TRAIN_QUESTIONS,
+        "test_questions": TEST_QUESTIONS,
+        "cells": cells,
+        "pool_order": [order_comparison(recency, 2 * worlds, iterations) for recency in RECENCIES],
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def order_comparison(recency: float, worlds: int, iterations: int) -> dict:
     """ICM (exactly_one) with tree and naive pool order on the same worlds, paired by world."""
     spec = WorldSpec(recency=recency)
-    tree, naive = ([run_world(replace(spec, seed=seed), iterations, order, ("exactly_one",))["icm_exactly_one"]
-                    for seed in range(worlds)] for order in ("tree", "naive"))
+    tree, naive = (
+        [
+            run_world(replace(spec, seed=seed), iterations, order, ("exactly_one",))["icm_exactly_one"]
+            for seed in range(worlds)
+        ]
+        for order in ("tree", "naive")
+    )
     diff = np.array(tree) - np.array(naive)
     test = stats.ttest_rel(tree, naive) if diff.std() > 0 else None
-    return {"salience": spec.salience, "strength": spec.strength, "recency": recency, "worlds": worlds,
-            "tree_mean": round(float(np.mean(tree)), 3), "naive_mean": round(float(np.mean(naive)), 3),
-            "mean_difference": round(float(diff.mean()), 3), "worlds_differing": int((diff != 0).sum()),
-            "p_value": None if test is None else round(float(test.pvalue), 3)}
+    return {
+        "salience": spec.salience,
+        "strength": spec.strength,
+        "recency": recency,
+        "worlds": worlds,
+        "tree_mean": round(float(np.mean(tree)), 3),
+        "naive_mean": round(float(np.mean(naive)), 3),
+        "mean_difference": round(float(diff.mean()), 3),
+        "worlds_differing": int((diff != 0).sum()),
+        "p_value": None if test is None else round(float(test.pvalue), 3),
+    }
 
 
 def markdown(report: dict) -> str:
-    lines = [f"### ICM recovery on the planted-signal engine ({report['train_questions']} train questions, "
-             f"{report['test_questions']} test questions per world, K = {report['iterations']}, {report['seconds']} s)", "",
-             "Agreement with gold over train claims (mean over worlds); few-shot = test accuracy with every train claim "
-             "as a demonstration; ICM − argmax = ICM (exactly_one) minus zero-shot + per-question argmax, 95% t interval over worlds.", "",
-             "| salience | strength | worlds | ICM exactly_one | ICM at_most_one | ICM none | zero-shot | zero-shot + argmax | random "
-             "| energy gold | energy ICM | few-shot gold | few-shot ICM | few-shot random | ICM − argmax [95% CI] "
-             "| recovers (≥ 0.9) | beats argmax |",
-             "|" + "---|" * 17]
+    lines = [
+        f"### ICM recovery on the planted-signal engine ({report['train_questions']} train questions, "
+        f"{report['test_questions']} test questions per world, K = {report['iterations']}, {report['seconds']} s)",
+        "",
+        "Agreement with gold over train claims (mean over worlds); few-shot = test accuracy with every train claim "
+        "as a demonstration; ICM − argmax = ICM (exactly_one) minus zero-shot + per-question argmax, 95% t interval over worlds.",
+        "",
+        "| salience | strength | worlds | ICM exactly_one | ICM at_most_one | ICM none | zero-shot | zero-shot + argmax | random "
+        "| energy gold | energy ICM | few-shot gold | few-shot ICM | few-shot random | ICM − argmax [95% CI] "
+        "| recovers (≥ 0.9) | beats argmax |",
+        "|" + "---|" * 17,
+    ]
     for c in report["cells"]:
         lo, hi = c["icm_minus_argmax_ci"]
         lines.append(
             f"| {c['salience']} | {c['strength']} | {c['worlds']} | {c['icm_exactly_one']} | {c['icm_at_most_one']} | {c['icm_none']} "
             f"| {c['zero_shot']} | {c['zero_shot_argmax']} | {c['random']} | {c['energy_gold']} | {c['energy_icm']} "
             f"| {c['few_shot_gold']} | {c['few_shot_icm']} | {c['few_shot_random']} | {c['icm_minus_argmax']} [{lo}, {hi}] "
-            f"| {'yes' if c['icm_recovers'] else 'no'} | {'yes' if c['icm_beats_argmax'] else 'no'} |")
-    lines += ["", "Tree vs naive pool order, ICM exactly_one, paired by world (a recency-weighted learner, so order changes answers):", "",
-              "| recency | worlds | tree | naive | tree − naive | worlds differing | paired t p |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {o['recency']} | {o['worlds']} | {o['tree_mean']} | {o['naive_mean']} | {o['mean_difference']} "
-              f"| {o['worlds_differing']} | {o['p_value']} |" for o in report["pool_order"]]
+            f"| {'yes' if c['icm_recovers'] else 'no'} | {'yes' if c['icm_beats_argmax'] else 'no'} |"
+        )
+    lines += [
+        "",
+        "Tree vs naive pool order, ICM exactly_one, paired by world (a recency-weighted learner, so order changes answers):",
+        "",
+        "| recency | worlds | tree | naive | tree − naive | worlds differing | paired t p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {o['recency']} | {o['worlds']} | {o['tree_mean']} | {o['naive_mean']} | {o['mean_difference']} "
+        f"| {o['worlds_differing']} | {o['p_value']} |"
+        for o in report["pool_order"]
+    ]
     return "\n".join(lines)

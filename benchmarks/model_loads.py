@@ -45,17 +45,25 @@ def run() -> dict:
     home = Path(tempfile.mkdtemp(prefix="persona-bench-loads-"))
     persona = Path(sys.executable).with_name("persona")
     started = time.perf_counter()
-    result = subprocess.run([str(persona), "run"], env={**os.environ, "PERSONA_HOME": str(home)}, capture_output=True,
-                            text=True, timeout=1800)
+    result = subprocess.run(
+        [str(persona), "run"],
+        env={**os.environ, "PERSONA_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     seconds = time.perf_counter() - started
     summary = SUMMARY.search(result.stdout)
     if result.returncode != 0 or summary is None:
         raise RuntimeError(f"persona run failed: {(result.stderr or result.stdout)[-2000:]}")
     from persona_platform.partitions import AGENTS
-    from persona_platform.persona_assets.instance import EMBEDDED_PROFILE, load_op_config
     from persona_platform.persona_assets.definitions import defs
+    from persona_platform.persona_assets.instance import EMBEDDED_PROFILE, load_op_config
 
-    grid = load_op_config(EMBEDDED_PROFILE).get("responses__task_responses", {}).get("config", {}).get("grid") or [None] * 4
+    grid = (
+        load_op_config(EMBEDDED_PROFILE).get("responses__task_responses", {}).get("config", {}).get("grid")
+        or [None] * 4
+    )
     upstream = upstream_loads(defs, len(grid), len(AGENTS))
     ours = int(summary["loads"])
     return {
@@ -71,10 +79,17 @@ def run() -> dict:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"### Model loads, whole sample graph ({report['runs']} runs, {report['seconds']} s)", "",
-             "| | model loads |", "|---|---|",
-             f"| this platform (one process, adapters on one base model) | {report['model_loads_ours']} |",
-             f"| upstream pattern (one per agent x stage x sampling setting) | {report['model_loads_upstream_pattern']} |",
-             f"| ratio | {report['ratio_ours_vs_upstream']} |", "", "Upstream loads by step:", ""]
+    lines = [
+        f"### Model loads, whole sample graph ({report['runs']} runs, {report['seconds']} s)",
+        "",
+        "| | model loads |",
+        "|---|---|",
+        f"| this platform (one process, adapters on one base model) | {report['model_loads_ours']} |",
+        f"| upstream pattern (one per agent x stage x sampling setting) | {report['model_loads_upstream_pattern']} |",
+        f"| ratio | {report['ratio_ours_vs_upstream']} |",
+        "",
+        "Upstream loads by step:",
+        "",
+    ]
     lines += [f"- `{k}`: {v}" for k, v in report["upstream_by_step"].items()]
     return "\n".join(lines)

@@ -43,15 +43,23 @@ def synthetic_survey(path: Path, countries: int) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["question", "selections", "options", "source"])
-        writer.writerow(["Is this a benchmark question?", selections, "['Yes', 'No']", "SYNTHETIC (benchmark)"])
+        writer.writerow(
+            ["Is this a benchmark question?", selections, "['Yes', 'No']", "SYNTHETIC (benchmark)"]
+        )
 
 
 def measure(countries: int, home: Path) -> dict:
     survey = home / f"survey-{countries}.csv"
     synthetic_survey(survey, countries)
     env = {**os.environ, "PERSONA_HOME": str(home), "PERSONA_GOQA_SOURCE": str(survey)}
-    result = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=900,
-                            cwd=Path(__file__).resolve().parents[1])
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     if result.returncode != 0:
         raise RuntimeError(f"planning probe at {countries} countries failed: {result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -70,9 +78,15 @@ def run() -> dict:
 
 
 def markdown(report: dict) -> str:
-    lines = ["### Definitions load and backfill planning", "",
-             "| countries | agent x country partitions | runs planned | partitions planned | load s | plan s | load / sample | plan / sample |",
-             "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['countries']} | {r['agent_country_partitions']} | {r['runs']} | {r['partitions_planned']} | {r['load_seconds']} "
-              f"| {r['plan_seconds']} | {r['load_ratio_to_sample']} | {r['plan_ratio_to_sample']} |" for r in report["sizes"]]
+    lines = [
+        "### Definitions load and backfill planning",
+        "",
+        "| countries | agent x country partitions | runs planned | partitions planned | load s | plan s | load / sample | plan / sample |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['countries']} | {r['agent_country_partitions']} | {r['runs']} | {r['partitions_planned']} | {r['load_seconds']} "
+        f"| {r['plan_seconds']} | {r['load_ratio_to_sample']} | {r['plan_ratio_to_sample']} |"
+        for r in report["sizes"]
+    ]
     return "\n".join(lines)

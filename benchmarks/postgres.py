@@ -32,7 +32,9 @@ def find_bindir() -> Path:
     initdb = shutil.which("initdb")
     if initdb:
         return Path(initdb).resolve().parent
-    raise PostgresUnavailable(f"no PostgreSQL server binaries (initdb, pg_ctl, postgres) found; {INSTALL_HINT}")
+    raise PostgresUnavailable(
+        f"no PostgreSQL server binaries (initdb, pg_ctl, postgres) found; {INSTALL_HINT}"
+    )
 
 
 def _free_port() -> int:
@@ -68,21 +70,49 @@ class PostgresServer:
             log = (self.root / "server.log").read_text() if (self.root / "server.log").exists() else ""
             raise PostgresUnavailable(f"{' '.join(argv[:2])} failed: {result.stderr.strip()}\n{log[-2000:]}")
 
-    def start(self) -> "PostgresServer":
+    def start(self) -> PostgresServer:
         self.socket_dir.mkdir()
         if self.owner:
             for path in (self.root, self.socket_dir):
                 os.chown(path, self.owner.pw_uid, self.owner.pw_gid)
-        self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", self.user, "-A", "trust", "-E", "UTF8",
-                  "--no-sync")
+        self._run(
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            self.user,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
         options = f"-p {self.port} -k {self.socket_dir} -c listen_addresses='' -c max_connections=200"
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "server.log"),
-                  "-w", "start")
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.root / "server.log"),
+            "-w",
+            "start",
+        )
         self.started = True
         return self
 
     def create_database(self, name: str) -> str:
-        self._run(str(self.bindir / "createdb"), "-h", str(self.socket_dir), "-p", str(self.port), "-U", self.user, name)
+        self._run(
+            str(self.bindir / "createdb"),
+            "-h",
+            str(self.socket_dir),
+            "-p",
+            str(self.port),
+            "-U",
+            self.user,
+            name,
+        )
         return self.dsn(name)
 
     def dsn(self, database: str) -> str:
@@ -91,12 +121,14 @@ class PostgresServer:
 
     def stop(self) -> None:
         if self.started:
-            subprocess.run([*self.run_as, str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
-                           capture_output=True)
+            subprocess.run(
+                [*self.run_as, str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
+                capture_output=True,
+            )
             self.started = False
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> "PostgresServer":
+    def __enter__(self) -> PostgresServer:
         try:
             return self.start()
         except BaseException:

@@ -21,8 +21,10 @@ TESTS = 128
 def run(engine: Engine) -> dict:
     claims = sample_claims(DEMONSTRATIONS + TESTS)
     demos = [(c.question, c.option, c.gold) for c in claims[:DEMONSTRATIONS]]
-    requests = [ScoreRequest(few_shot_prompt(COUNTRY, demos, (c.question, c.option)), CANDIDATES)
-                for c in claims[DEMONSTRATIONS:]]
+    requests = [
+        ScoreRequest(few_shot_prompt(COUNTRY, demos, (c.question, c.option)), CANDIDATES)
+        for c in claims[DEMONSTRATIONS:]
+    ]
     engine.score(requests[:2])  # warm up
     timings, margins = {}, {}
     for name, score in (
@@ -41,22 +43,28 @@ def run(engine: Engine) -> dict:
         "test_prompts": len(requests),
         "demonstrations": DEMONSTRATIONS,
         "seconds": {k: round(v, 3) for k, v in timings.items()},
-        "ratio_batched_vs_one_at_a_time": round(timings["batched_shared_prefix"] / timings["one_at_a_time"], 3),
+        "ratio_batched_vs_one_at_a_time": round(
+            timings["batched_shared_prefix"] / timings["one_at_a_time"], 3
+        ),
         "ratio_padded_vs_one_at_a_time": round(timings["batched_padded"] / timings["one_at_a_time"], 3),
-        "max_margin_difference": max(abs(a - b) for name in margins for a, b in zip(margins[name], reference, strict=True)),
+        "max_margin_difference": max(
+            abs(a - b) for name in margins for a, b in zip(margins[name], reference, strict=True)
+        ),
     }
 
 
 def markdown(report: dict) -> str:
     s = report["seconds"]
-    return "\n".join([
-        f"### Test scoring: {report['test_prompts']} prompts, {report['demonstrations']} demonstrations each",
-        "",
-        "| way | seconds | ratio to one at a time |",
-        "|---|---|---|",
-        f"| batched, shared prefix once | {s['batched_shared_prefix']} | {report['ratio_batched_vs_one_at_a_time']} |",
-        f"| batched, padded | {s['batched_padded']} | {report['ratio_padded_vs_one_at_a_time']} |",
-        f"| one at a time (upstream) | {s['one_at_a_time']} | 1.0 |",
-        "",
-        f"Largest margin difference between the ways: {report['max_margin_difference']:.2e}",
-    ])
+    return "\n".join(
+        [
+            f"### Test scoring: {report['test_prompts']} prompts, {report['demonstrations']} demonstrations each",
+            "",
+            "| way | seconds | ratio to one at a time |",
+            "|---|---|---|",
+            f"| batched, shared prefix once | {s['batched_shared_prefix']} | {report['ratio_batched_vs_one_at_a_time']} |",
+            f"| batched, padded | {s['batched_padded']} | {report['ratio_padded_vs_one_at_a_time']} |",
+            f"| one at a time (upstream) | {s['one_at_a_time']} | 1.0 |",
+            "",
+            f"Largest margin difference between the ways: {report['max_margin_difference']:.2e}",
+        ]
+    )

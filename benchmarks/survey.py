@@ -30,7 +30,9 @@ from persona_platform.resources.inputs.survey import read_survey
 ELICITATION_COUNTRIES = 10
 ELICITATION = '+key:"elicitation/zero_shot_base_predictions" or +key:"elicitation/icm_labels"'
 PLANNED = re.compile(r"persona run: (?P<runs>\d+) runs planned")
-SUMMARY = re.compile(r"(?P<ok>\d+) of (?P<runs>\d+) runs succeeded in (?P<seconds>[\d.]+) s; model loads (?P<loads>\d+)")
+SUMMARY = re.compile(
+    r"(?P<ok>\d+) of (?P<runs>\d+) runs succeeded in (?P<seconds>[\d.]+) s; model loads (?P<loads>\d+)"
+)
 
 
 def persona_run(home: Path, source: Path, *args: str) -> dict:
@@ -48,8 +50,13 @@ def persona_run(home: Path, source: Path, *args: str) -> dict:
     summary, planned = SUMMARY.search(text), PLANNED.search(text)
     if os.waitstatus_to_exitcode(status) != 0 or summary is None or planned is None:
         raise RuntimeError(f"persona run {' '.join(args)} failed: {(err.read_text() or text)[-2000:]}")
-    return {"seconds": round(seconds, 1), "runs_planned": int(planned["runs"]), "runs_succeeded": int(summary["ok"]),
-            "model_loads": int(summary["loads"]), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+    return {
+        "seconds": round(seconds, 1),
+        "runs_planned": int(planned["runs"]),
+        "runs_succeeded": int(summary["ok"]),
+        "model_loads": int(summary["loads"]),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+    }
 
 
 def table_rows(home: Path) -> dict[str, int]:
@@ -62,8 +69,13 @@ def read_rate(path: Path) -> dict:
     started = time.perf_counter()
     source = read_survey(path)
     seconds = time.perf_counter() - started
-    return {"format": source.format, "megabytes": round(path.stat().st_size / 2**20, 1), "records": len(source.records),
-            "seconds": round(seconds, 2), "records_per_second": round(len(source.records) / seconds)}
+    return {
+        "format": source.format,
+        "megabytes": round(path.stat().st_size / 2**20, 1),
+        "records": len(source.records),
+        "seconds": round(seconds, 2),
+        "records_per_second": round(len(source.records) / seconds),
+    }
 
 
 def run() -> dict:
@@ -76,31 +88,50 @@ def run() -> dict:
     opinions = persona_run(work / "opinions-home", csv_path, "--select", "group:opinions")
     rows = table_rows(work / "opinions-home")
     countries = source.countries[:ELICITATION_COUNTRIES]
-    elicitation = persona_run(work / "elicitation-home", csv_path, "--countries", ",".join(countries), "--select", ELICITATION)
+    elicitation = persona_run(
+        work / "elicitation-home", csv_path, "--countries", ",".join(countries), "--select", ELICITATION
+    )
     return {
         "benchmark": "survey_full_size",
         "questions": len({(r.question, r.options) for r in source.records}),
         "countries": len(source.countries),
         "survey_records": len(source.records),
         "reads": reads,
-        "opinions": {**opinions, "survey_rows_per_second": round(rows["opinions.goqa_survey"] / opinions["seconds"]),
-                     "rows": {k: v for k, v in rows.items() if k.startswith("opinions.")}},
-        "elicitation": {**elicitation, "countries": len(countries),
-                        "seconds_per_country": round(elicitation["seconds"] / len(countries), 1)},
+        "opinions": {
+            **opinions,
+            "survey_rows_per_second": round(rows["opinions.goqa_survey"] / opinions["seconds"]),
+            "rows": {k: v for k, v in rows.items() if k.startswith("opinions.")},
+        },
+        "elicitation": {
+            **elicitation,
+            "countries": len(countries),
+            "seconds_per_country": round(elicitation["seconds"] / len(countries), 1),
+        },
     }
 
 
 def markdown(report: dict) -> str:
     o, e = report["opinions"], report["elicitation"]
-    lines = [f"### Full-size survey: {report['questions']:,} questions, {report['countries']} countries, "
-             f"{report['survey_records']:,} (question, country) records", "",
-             "| read | MB | records | s | records/s |", "|---|---|---|---|---|"]
-    lines += [f"| {r['format']} | {r['megabytes']} | {r['records']:,} | {r['seconds']} | {r['records_per_second']:,} |"
-              for r in report["reads"]]
-    lines += ["", "| persona run | runs | s | peak RSS MiB | model loads | what |", "|---|---|---|---|---|---|",
-              f"| `--select group:opinions`, every country | {o['runs_succeeded']} of {o['runs_planned']} | {o['seconds']} | "
-              f"{o['peak_rss_mib']} | {o['model_loads']} | {o['survey_rows_per_second']:,} survey rows/s |",
-              f"| zero-shot base + ICM (embedded profile), {e['countries']} countries | {e['runs_succeeded']} of {e['runs_planned']} "
-              f"| {e['seconds']} | {e['peak_rss_mib']} | {e['model_loads']} | {e['seconds_per_country']} s per country |",
-              "", "Rows written: " + ", ".join(f"`{k}` {v:,}" for k, v in o["rows"].items())]
+    lines = [
+        f"### Full-size survey: {report['questions']:,} questions, {report['countries']} countries, "
+        f"{report['survey_records']:,} (question, country) records",
+        "",
+        "| read | MB | records | s | records/s |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['format']} | {r['megabytes']} | {r['records']:,} | {r['seconds']} | {r['records_per_second']:,} |"
+        for r in report["reads"]
+    ]
+    lines += [
+        "",
+        "| persona run | runs | s | peak RSS MiB | model loads | what |",
+        "|---|---|---|---|---|---|",
+        f"| `--select group:opinions`, every country | {o['runs_succeeded']} of {o['runs_planned']} | {o['seconds']} | "
+        f"{o['peak_rss_mib']} | {o['model_loads']} | {o['survey_rows_per_second']:,} survey rows/s |",
+        f"| zero-shot base + ICM (embedded profile), {e['countries']} countries | {e['runs_succeeded']} of {e['runs_planned']} "
+        f"| {e['seconds']} | {e['peak_rss_mib']} | {e['model_loads']} | {e['seconds_per_country']} s per country |",
+        "",
+        "Rows written: " + ", ".join(f"`{k}` {v:,}" for k, v in o["rows"].items()),
+    ]
     return "\n".join(lines)

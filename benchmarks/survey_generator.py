@@ -29,13 +29,69 @@ PUBLISHED_COUNTRIES = 138
 
 # Real names first (spaces, accents, apostrophes, parentheses), then numbered regions to reach any size.
 NAMED_COUNTRIES = (
-    "Bosnia and Herzegovina", "Côte d'Ivoire", "Great Britain", "Congo (Kinshasa)", "United States", "South Korea",
-    "Türkiye", "México", "Perú", "Viet Nam", "Hong Kong SAR", "New Zealand", "Czech Republic", "Germany", "Kenya",
-    "Japan", "France", "Brazil", "India", "Nigeria", "Indonesia", "Egypt", "Argentina", "Canada", "Australia",
-    "Spain", "Italy", "Poland", "Russia", "Ukraine", "Pakistan", "Bangladesh", "Philippines", "South Africa",
-    "Ghana", "Senegal", "Tunisia", "Lebanon", "Jordan", "Israel", "Greece", "Sweden", "Netherlands", "Hungary",
-    "Chile", "Colombia", "Venezuela", "Bolivia", "El Salvador", "Malaysia", "Thailand", "China", "Taiwan",
-    "Iran", "Iraq", "Morocco", "Ethiopia", "Uganda", "Tanzania", "Mali", "Burkina Faso", "Sri Lanka", "Nepal",
+    "Bosnia and Herzegovina",
+    "Côte d'Ivoire",
+    "Great Britain",
+    "Congo (Kinshasa)",
+    "United States",
+    "South Korea",
+    "Türkiye",
+    "México",
+    "Perú",
+    "Viet Nam",
+    "Hong Kong SAR",
+    "New Zealand",
+    "Czech Republic",
+    "Germany",
+    "Kenya",
+    "Japan",
+    "France",
+    "Brazil",
+    "India",
+    "Nigeria",
+    "Indonesia",
+    "Egypt",
+    "Argentina",
+    "Canada",
+    "Australia",
+    "Spain",
+    "Italy",
+    "Poland",
+    "Russia",
+    "Ukraine",
+    "Pakistan",
+    "Bangladesh",
+    "Philippines",
+    "South Africa",
+    "Ghana",
+    "Senegal",
+    "Tunisia",
+    "Lebanon",
+    "Jordan",
+    "Israel",
+    "Greece",
+    "Sweden",
+    "Netherlands",
+    "Hungary",
+    "Chile",
+    "Colombia",
+    "Venezuela",
+    "Bolivia",
+    "El Salvador",
+    "Malaysia",
+    "Thailand",
+    "China",
+    "Taiwan",
+    "Iran",
+    "Iraq",
+    "Morocco",
+    "Ethiopia",
+    "Uganda",
+    "Tanzania",
+    "Mali",
+    "Burkina Faso",
+    "Sri Lanka",
+    "Nepal",
 )
 LADDER = ["Not important at all", *[float(i) for i in range(1, 10)], "Very important"]
 AGREEMENT = ["Strongly agree", "Agree", "Disagree", "Strongly disagree"]
@@ -55,12 +111,21 @@ class SurveyQuestion:
 
 
 def country_names(n: int) -> list[str]:
-    return list(NAMED_COUNTRIES[:n]) + [f"Region {i:03d} (synthetic)" for i in range(n - len(NAMED_COUNTRIES))]
+    return list(NAMED_COUNTRIES[:n]) + [
+        f"Region {i:03d} (synthetic)" for i in range(n - len(NAMED_COUNTRIES))
+    ]
 
 
-def generate_survey(seed: int = 7, questions: int = PUBLISHED_QUESTIONS, countries: int = PUBLISHED_COUNTRIES,
-                    mixed_rate: float = 0.02, long_rate: float = 0.02, zero_rate: float = 0.01,
-                    tie_rate: float = 0.005, off_one_rate: float = 0.1) -> list[SurveyQuestion]:
+def generate_survey(
+    seed: int = 7,
+    questions: int = PUBLISHED_QUESTIONS,
+    countries: int = PUBLISHED_COUNTRIES,
+    mixed_rate: float = 0.02,
+    long_rate: float = 0.02,
+    zero_rate: float = 0.01,
+    tie_rate: float = 0.005,
+    off_one_rate: float = 0.1,
+) -> list[SurveyQuestion]:
     rng = random.Random(seed)
     names = country_names(countries)
     forced = list(QUIRKS[:-1])  # each quirk once in the first questions, then at the published rates
@@ -68,10 +133,16 @@ def generate_survey(seed: int = 7, questions: int = PUBLISHED_QUESTIONS, countri
     for index in range(questions):
         quirk = forced[index] if index < len(forced) else None
         options = _options(rng, index, quirk, mixed_rate, long_rate)
-        text = QUIRKY_TEXT[index % len(QUIRKY_TEXT)] if quirk == "quirky_text" else f"Survey question {index}: how do you see issue {index}?"
+        text = (
+            QUIRKY_TEXT[index % len(QUIRKY_TEXT)]
+            if quirk == "quirky_text"
+            else f"Survey question {index}: how do you see issue {index}?"
+        )
         if quirk == "same_text" and out:
             text, options = out[0].question, tuple(AGREEMENT)  # the first question's text, other options
-        asked = rng.sample(names, k=min(len(names), rng.randint(max(2, len(names) // 5), max(2, len(names) // 2))))
+        asked = rng.sample(
+            names, k=min(len(names), rng.randint(max(2, len(names) // 5), max(2, len(names) // 2)))
+        )
         selections = {}
         for position, name in enumerate(asked):
             forced_cell = quirk if position == 0 and quirk in ("zero", "tie", "off_one") else None
@@ -90,10 +161,19 @@ def _options(rng: random.Random, index: int, quirk: str | None, mixed_rate: floa
     return tuple(rng.choice((["Yes", "No"], AGREEMENT, ["Good", "Bad", "Neither", "Don't know"])))
 
 
-def _shares(rng: random.Random, n: int, forced: str | None, zero_rate: float, tie_rate: float, off_one_rate: float) -> list[float]:
+def _shares(
+    rng: random.Random, n: int, forced: str | None, zero_rate: float, tie_rate: float, off_one_rate: float
+) -> list[float]:
     roll = rng.random()
-    kind = forced or ("zero" if roll < zero_rate else "tie" if roll < zero_rate + tie_rate
-                      else "off_one" if roll > 1 - off_one_rate else "plain")
+    kind = forced or (
+        "zero"
+        if roll < zero_rate
+        else "tie"
+        if roll < zero_rate + tie_rate
+        else "off_one"
+        if roll > 1 - off_one_rate
+        else "plain"
+    )
     if kind == "zero":
         return [0.0] * n
     weights = [rng.random() for _ in range(n)]
@@ -114,7 +194,9 @@ def canonical(option) -> str:
     return str(option).strip()
 
 
-def expected_cells(survey: list[SurveyQuestion]) -> dict[tuple[str, tuple[str, ...], str], tuple[str, int | None]]:
+def expected_cells(
+    survey: list[SurveyQuestion],
+) -> dict[tuple[str, tuple[str, ...], str], tuple[str, int | None]]:
     """(question, canonical options, country name) -> ('usable', most chosen option) or (reason, None)."""
     cells = {}
     for q in survey:
@@ -135,14 +217,23 @@ def write_hf_csv(survey: list[SurveyQuestion], path: Path) -> Path:
         writer = csv.writer(handle)
         writer.writerow(["question", "selections", "options", "source"])
         for i, q in enumerate(survey):
-            writer.writerow([q.question, f"defaultdict(<class 'list'>, {q.selections!r})", repr(list(q.options)),
-                             "WVS" if i % 7 == 0 else "GAS"])
+            writer.writerow(
+                [
+                    q.question,
+                    f"defaultdict(<class 'list'>, {q.selections!r})",
+                    repr(list(q.options)),
+                    "WVS" if i % 7 == 0 else "GAS",
+                ]
+            )
     return path
 
 
 def write_flat_json(survey: list[SurveyQuestion], path: Path) -> Path:
     """The flattened JSON: one object per (question, country); numbers in option lists stay numbers."""
-    items = [{"country": name, "question": q.question, "options": list(q.options), "distribution": shares}
-             for q in survey for name, shares in q.selections.items()]
+    items = [
+        {"country": name, "question": q.question, "options": list(q.options), "distribution": shares}
+        for q in survey
+        for name, shares in q.selections.items()
+    ]
     path.write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
     return path

@@ -20,15 +20,17 @@ def run() -> dict:
     os.environ["PERSONA_HOME"] = str(home)  # before the code location reads its settings
     from dagster import AssetSelection
 
-    from persona_platform.persona_assets.instance import EMBEDDED_PROFILE, load_op_config, prepare_instance
     from persona_platform.persona_assets.definitions import defs, settings
+    from persona_platform.persona_assets.instance import EMBEDDED_PROFILE, load_op_config, prepare_instance
     from persona_platform.persona_assets.runner import execute_plan, plan_runs
     from persona_platform.resources.llm.resource import process_usage
 
     before = process_usage()
     started = time.perf_counter()
     runs = plan_runs(defs, AssetSelection.groups("agents"))
-    outcomes = execute_plan(defs, runs, prepare_instance(settings), load_op_config(EMBEDDED_PROFILE), log=lambda *a, **k: None)
+    outcomes = execute_plan(
+        defs, runs, prepare_instance(settings), load_op_config(EMBEDDED_PROFILE), log=lambda *a, **k: None
+    )
     seconds = time.perf_counter() - started
     failed = [o.error for o in outcomes if not o.success]
     if failed:
@@ -48,7 +50,13 @@ def run() -> dict:
         "targets": {"one model load for the whole agent chain": used.model_loads == 1},
         "training_tokens_per_second": round(tokens / training_seconds, 1),
         "agents": [
-            {"agent": a, "steps": s, "tokens_trained": t, "seconds": round(sec, 2), "tokens_per_second": round(t / sec, 1)}
+            {
+                "agent": a,
+                "steps": s,
+                "tokens_trained": t,
+                "seconds": round(sec, 2),
+                "tokens_per_second": round(t / sec, 1),
+            }
             for a, s, t, sec in agents
         ],
     }
@@ -62,8 +70,13 @@ def markdown(report: dict) -> str:
         "| agent | steps | tokens trained | seconds | tokens/s |",
         "|---|---|---|---|---|",
     ]
-    lines += [f"| {a['agent']} | {a['steps']} | {a['tokens_trained']:,} | {a['seconds']} | {a['tokens_per_second']} |"
-              for a in report["agents"]]
-    lines += ["", f"Overall: {report['training_tokens_per_second']} training tokens/s. Targets: "
-              + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in report["targets"].items())]
+    lines += [
+        f"| {a['agent']} | {a['steps']} | {a['tokens_trained']:,} | {a['seconds']} | {a['tokens_per_second']} |"
+        for a in report["agents"]
+    ]
+    lines += [
+        "",
+        f"Overall: {report['training_tokens_per_second']} training tokens/s. Targets: "
+        + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in report["targets"].items()),
+    ]
     return "\n".join(lines)

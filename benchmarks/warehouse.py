@@ -29,15 +29,17 @@ SCENARIOS = (("duckdb file", 1), ("duckdb file", 8), ("ducklake", 1), ("ducklake
 def _partition(key: str, n: int):
     import polars as pl
 
-    return pl.DataFrame({
-        "country": [key] * n,
-        "i": list(range(n)),
-        "row_id": [f"{key}/{i}" for i in range(n)],
-        "input_ids": [[f"file:f00d:{i}", f"opinions.goqa_claims:{key}/{i}"] for i in range(n)],
-        "run_id": "0f6c9a1e-bench",
-        "value": [i / 7 for i in range(n)],
-        "text": [f"synthetic benchmark row {i} of partition {key}" for i in range(n)],
-    })
+    return pl.DataFrame(
+        {
+            "country": [key] * n,
+            "i": list(range(n)),
+            "row_id": [f"{key}/{i}" for i in range(n)],
+            "input_ids": [[f"file:f00d:{i}", f"opinions.goqa_claims:{key}/{i}"] for i in range(n)],
+            "run_id": "0f6c9a1e-bench",
+            "value": [i / 7 for i in range(n)],
+            "text": [f"synthetic benchmark row {i} of partition {key}" for i in range(n)],
+        }
+    )
 
 
 def _writer(database: str, data_path: str, keys: list[str], barrier, results) -> None:
@@ -46,7 +48,9 @@ def _writer(database: str, data_path: str, keys: list[str], barrier, results) ->
     try:
         warehouse = Warehouse(database, lock_timeout_s=600, data_path=data_path)
         frames = [(key, _partition(key, ROWS_PER_PARTITION)) for key in keys]  # built before the clock starts
-        with warehouse.connect():  # the first connection of a process loads and attaches (and may create the catalog)
+        with (
+            warehouse.connect()
+        ):  # the first connection of a process loads and attaches (and may create the catalog)
             pass
         opened = time.perf_counter()
         with warehouse.connect():
@@ -89,11 +93,16 @@ def _scenario(database: str, data_path: str, writers: int) -> dict:
     if rows.height != expected or not rows.select("country", "i").is_unique().all():
         raise RuntimeError(f"{database}: {rows.height} rows after the writes, expected {expected} distinct")
     attempts = sum(o[3] for o in outcomes)
-    return {"writers": writers, "rows": expected, "seconds": round(seconds, 3),
-            "rows_per_second": round(expected / seconds), "rows_read_per_second": round(expected / read_seconds),
-            "transactions": PARTITIONS,
-            "reruns_after_conflict": attempts - PARTITIONS,
-            "connect_seconds": round(sum(o[4] for o in outcomes) / len(outcomes), 3)}
+    return {
+        "writers": writers,
+        "rows": expected,
+        "seconds": round(seconds, 3),
+        "rows_per_second": round(expected / seconds),
+        "rows_read_per_second": round(expected / read_seconds),
+        "transactions": PARTITIONS,
+        "reruns_after_conflict": attempts - PARTITIONS,
+        "connect_seconds": round(sum(o[4] for o in outcomes) / len(outcomes), 3),
+    }
 
 
 def run() -> dict:
@@ -104,8 +113,9 @@ def run() -> dict:
     scenarios = []
     try:
         with PostgresServer() as postgres:
-            version = subprocess.run([str(postgres.bindir / "postgres"), "--version"], capture_output=True,
-                                     text=True).stdout.strip()
+            version = subprocess.run(
+                [str(postgres.bindir / "postgres"), "--version"], capture_output=True, text=True
+            ).stdout.strip()
             for number, (store, writers) in enumerate(SCENARIOS):
                 if store == "ducklake":
                     database = "ducklake:postgres:" + postgres.create_database(f"bench{number}")

@@ -25,7 +25,6 @@ agent_country_partitions = MultiPartitionsDefinition(
 )
 
 
-
 def partitioning(partitions_def) -> str:
     """The name of a partitions definition: unpartitioned, country, agent or agent_country."""
     if partitions_def is None:

@@ -26,12 +26,19 @@ from dagster import (
     sensor,
 )
 
-from persona_platform.partitions import AGENTS, COUNTRIES, agent_country_partitions, agents_partitions, countries_partitions, partitioning
-from persona_platform.resources.inputs.transcripts import alias_table, read_meetings, speaker_agent
-from persona_platform.resources.inputs.survey import read_survey
-from persona_platform.resources.inputs.votes import read_votes
+from persona_platform.partitions import (
+    AGENTS,
+    COUNTRIES,
+    agent_country_partitions,
+    agents_partitions,
+    countries_partitions,
+    partitioning,
+)
 from persona_platform.persona_assets.common import BOARD_INPUT
 from persona_platform.persona_assets.runner import RANGE_END, RANGE_START, contiguous_ranges
+from persona_platform.resources.inputs.survey import read_survey
+from persona_platform.resources.inputs.transcripts import alias_table, read_meetings, speaker_agent
+from persona_platform.resources.inputs.votes import read_votes
 
 COUNTRY_TAG = "persona/country"
 
@@ -51,8 +58,13 @@ def domain_jobs(assets_defs) -> list:
                 by_partitioning[partitioned[0]].extend(dim_keys)  # unpartitioned assets ride along
                 continue
             suffix = "" if len(partitioned) <= 1 else f"_by_{dimension}"
-            jobs.append(define_asset_job(f"{group}{suffix}_job", selection=AssetSelection.assets(*sorted(by_partitioning[dimension])),
-                                         description=f"Every {group} asset ({dimension})."))
+            jobs.append(
+                define_asset_job(
+                    f"{group}{suffix}_job",
+                    selection=AssetSelection.assets(*sorted(by_partitioning[dimension])),
+                    description=f"Every {group} asset ({dimension}).",
+                )
+            )
     return jobs
 
 
@@ -68,13 +80,22 @@ BOARD_JOB = "board_job"
 def partition_jobs(assets_defs) -> list:
     """The jobs schedules and sensors launch: one per partitions definition they cover."""
     return [
-        define_asset_job(COUNTRY_JOB, selection=AssetSelection.assets(*keys_partitioned_by(assets_defs, countries_partitions)),
-                         description="Every country-partitioned asset."),
-        define_asset_job(AGENT_COUNTRY_JOB, selection=AssetSelection.assets(*keys_partitioned_by(assets_defs, agent_country_partitions)),
-                         description="Every agent x country asset."),
-        define_asset_job(BOARD_JOB, selection=AssetSelection.tag(*BOARD_INPUT)
-                         | AssetSelection.assets(*keys_partitioned_by(assets_defs, agents_partitions)),
-                         description="The board tables and every agent-partitioned asset."),
+        define_asset_job(
+            COUNTRY_JOB,
+            selection=AssetSelection.assets(*keys_partitioned_by(assets_defs, countries_partitions)),
+            description="Every country-partitioned asset.",
+        ),
+        define_asset_job(
+            AGENT_COUNTRY_JOB,
+            selection=AssetSelection.assets(*keys_partitioned_by(assets_defs, agent_country_partitions)),
+            description="Every agent x country asset.",
+        ),
+        define_asset_job(
+            BOARD_JOB,
+            selection=AssetSelection.tag(*BOARD_INPUT)
+            | AssetSelection.assets(*keys_partitioned_by(assets_defs, agents_partitions)),
+            description="The board tables and every agent-partitioned asset.",
+        ),
     ]
 
 
@@ -83,18 +104,28 @@ def country_run_requests(country: str) -> list[RunRequest]:
     agents = agents_partitions.get_partition_keys()
     return [
         RunRequest(job_name=COUNTRY_JOB, partition_key=country, tags={COUNTRY_TAG: country}),
-        RunRequest(job_name=AGENT_COUNTRY_JOB,
-                   tags={COUNTRY_TAG: country, RANGE_START: f"{agents[0]}|{country}", RANGE_END: f"{agents[-1]}|{country}"}),
+        RunRequest(
+            job_name=AGENT_COUNTRY_JOB,
+            tags={
+                COUNTRY_TAG: country,
+                RANGE_START: f"{agents[0]}|{country}",
+                RANGE_END: f"{agents[-1]}|{country}",
+            },
+        ),
     ]
 
 
 def schedule_slugs(countries: list[str]) -> dict[str, str]:
     """A Dagster-valid name part per country (ASCII letters, digits, _), unique: a hash of the key is added
     where two countries would share one ('Côte d'Ivoire' -> 'cote_d_ivoire')."""
-    ascii_names = {c: unicodedata.normalize("NFKD", c).encode("ascii", "ignore").decode().lower() for c in countries}
+    ascii_names = {
+        c: unicodedata.normalize("NFKD", c).encode("ascii", "ignore").decode().lower() for c in countries
+    }
     base = {c: re.sub(r"[^a-z0-9]+", "_", name).strip("_") or "country" for c, name in ascii_names.items()}
     uses = Counter(base.values())
-    return {c: b if uses[b] == 1 else f"{b}_{hashlib.sha256(c.encode()).hexdigest()[:8]}" for c, b in base.items()}
+    return {
+        c: b if uses[b] == 1 else f"{b}_{hashlib.sha256(c.encode()).hexdigest()[:8]}" for c, b in base.items()
+    }
 
 
 def country_schedules(cron: str) -> list:
@@ -102,9 +133,14 @@ def country_schedules(cron: str) -> list:
     schedules = []
     for country, slug in schedule_slugs(COUNTRIES).items():
         for index, (job, part) in enumerate(((COUNTRY_JOB, "country"), (AGENT_COUNTRY_JOB, "agent_country"))):
-            @schedule(name=f"{slug}_{part}_backfill_schedule", cron_schedule=cron, job_name=job,
-                      default_status=DefaultScheduleStatus.STOPPED,
-                      description=f"Rematerializes every {part.replace('_', ' x ')} partition of {country}.")
+
+            @schedule(
+                name=f"{slug}_{part}_backfill_schedule",
+                cron_schedule=cron,
+                job_name=job,
+                default_status=DefaultScheduleStatus.STOPPED,
+                description=f"Rematerializes every {part.replace('_', ' x ')} partition of {country}.",
+            )
             def country_schedule(context, country=country, index=index):
                 return country_run_requests(country)[index]
 
@@ -124,20 +160,32 @@ def input_sensors(goqa_source: str, board_dir: str, jobs: list) -> list:
     """A sensor per input: it hashes the content per partition and requests runs only for what changed."""
     by_name = {job.name: job for job in jobs}
 
-    @sensor(name="goqa_source_sensor", jobs=[by_name[COUNTRY_JOB], by_name[AGENT_COUNTRY_JOB]], minimum_interval_seconds=60,
-            description="A new or changed GlobalOpinionQA file rematerializes the countries whose rows changed.")
+    @sensor(
+        name="goqa_source_sensor",
+        jobs=[by_name[COUNTRY_JOB], by_name[AGENT_COUNTRY_JOB]],
+        minimum_interval_seconds=60,
+        description="A new or changed GlobalOpinionQA file rematerializes the countries whose rows changed.",
+    )
     def goqa_source_sensor(context: SensorEvaluationContext):
         source = read_survey(goqa_source)
-        current = {c: _digest([(r.question, r.options, r.distribution, r.mean_position) for r in source.records_for(c)])
-                   for c in source.countries}
+        current = {
+            c: _digest(
+                [(r.question, r.options, r.distribution, r.mean_position) for r in source.records_for(c)]
+            )
+            for c in source.countries
+        }
         countries = changed(json.loads(context.cursor or "{}"), current)
         context.update_cursor(json.dumps(current))
         if not countries:
             return SkipReason("the survey source is unchanged")
         return [r for c in countries if c in COUNTRIES for r in country_run_requests(c)]
 
-    @sensor(name="board_sensor", jobs=[by_name[BOARD_JOB]], minimum_interval_seconds=60,
-            description="New or changed transcripts or vote records rematerialize the agents who speak or vote in them.")
+    @sensor(
+        name="board_sensor",
+        jobs=[by_name[BOARD_JOB]],
+        minimum_interval_seconds=60,
+        description="New or changed transcripts or vote records rematerialize the agents who speak or vote in them.",
+    )
     def board_sensor(context: SensorEvaluationContext):
         board = Path(board_dir)
         aliases = alias_table(AGENTS)
@@ -157,7 +205,10 @@ def input_sensors(goqa_source: str, board_dir: str, jobs: list) -> list:
         # The board tables and the touched agents' partitions in one run per contiguous block of agents,
         # so no agent's run can read board tables older than its own.
         return [
-            RunRequest(job_name=BOARD_JOB, tags={"persona/trigger": "board", RANGE_START: block[0], RANGE_END: block[-1]})
+            RunRequest(
+                job_name=BOARD_JOB,
+                tags={"persona/trigger": "board", RANGE_START: block[0], RANGE_END: block[-1]},
+            )
             for block in contiguous_ranges(agents_partitions.get_partition_keys(), agents)
         ]
 

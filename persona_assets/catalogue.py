@@ -23,7 +23,12 @@ from persona_platform.resources.warehouse import partition_columns, table_locati
 
 CATALOGUE = PROJECT_ROOT / "docs" / "catalogue.md"
 COMMAND = "persona catalogue"
-PARTITIONS = {"unpartitioned": "none", "country": "countries", "agent": "agents", "agent_country": "agent x country"}
+PARTITIONS = {
+    "unpartitioned": "none",
+    "country": "countries",
+    "agent": "agents",
+    "agent_country": "agent x country",
+}
 COLUMN_SCHEMA = "dagster/column_schema"
 
 
@@ -73,7 +78,9 @@ def _asset_section(graph, node) -> list[str]:
     key = node.key
     lines = [f"### `{_name(key)}`", "", summary(node.description), ""]
     if not node.is_materializable:
-        lines.append("- external: written outside Dagster runs (see the description), never materialized by a run")
+        lines.append(
+            "- external: written outside Dagster runs (see the description), never materialized by a run"
+        )
     lines.append(f"- partitions: {PARTITIONS[partitioning(node.partitions_def)]}")
     lines.append(f"- kinds: {', '.join(sorted(node.kinds)) or 'none'}")
     lines.append(f"- code version: `{node.code_version}`" if node.code_version else "- code version: none")
@@ -101,14 +108,20 @@ def _asset_section(graph, node) -> list[str]:
 def _table_rows(nodes) -> tuple[list[str], list[str]]:
     """The table of tables: its header lines and rows; a columns column only when some asset declares them."""
     declared = any(_declared_columns(node) is not None for node in nodes)
-    header = ["| table | asset | partitions | partition columns |" + (" columns |" if declared else ""),
-              "|---|---|---|---|" + ("---|" if declared else "")]
+    header = [
+        "| table | asset | partitions | partition columns |" + (" columns |" if declared else ""),
+        "|---|---|---|---|" + ("---|" if declared else ""),
+    ]
     rows = []
     for node in sorted(nodes, key=lambda n: table_location(n.key.path)):
         schema, table = table_location(node.key.path)
-        partition_cols = ", ".join(f"`{c}`" for c in partition_columns(dict(node.metadata), node.partitions_def)) or "—"
-        row = (f"| `{schema}.{table}` | [`{_name(node.key)}`](#{_anchor(node.key)}) | "
-               f"{PARTITIONS[partitioning(node.partitions_def)]} | {partition_cols} |")
+        partition_cols = (
+            ", ".join(f"`{c}`" for c in partition_columns(dict(node.metadata), node.partitions_def)) or "—"
+        )
+        row = (
+            f"| `{schema}.{table}` | [`{_name(node.key)}`](#{_anchor(node.key)}) | "
+            f"{PARTITIONS[partitioning(node.partitions_def)]} | {partition_cols} |"
+        )
         if declared:
             columns = _declared_columns(node)
             row += f" {'; '.join(_column_text(c) for c in columns.columns) if columns is not None else 'not declared'} |"

@@ -47,7 +47,9 @@ def gpu_step(profile: GpuProfile = DEFAULT_PROFILE) -> dict:
 
 def schema_change_checks(*keys: list[str]) -> list:
     """Checks that warn when a key table's columns change between materializations."""
-    return build_column_schema_change_checks(assets=[AssetKey(key) for key in keys], severity=AssetCheckSeverity.WARN)
+    return build_column_schema_change_checks(
+        assets=[AssetKey(key) for key in keys], severity=AssetCheckSeverity.WARN
+    )
 
 
 def markdown_table(header: list[str], rows: list[list]) -> MetadataValue:
@@ -59,4 +61,6 @@ def markdown_table(header: list[str], rows: list[list]) -> MetadataValue:
 def table_metadata(columns: dict[str, str], rows: list[dict]) -> MetadataValue:
     """A table the UI shows as one (columns: name -> 'string' | 'int' | 'float' | 'bool')."""
     schema = TableSchema(columns=[TableColumn(name, kind) for name, kind in columns.items()])
-    return MetadataValue.table([TableRecord({name: row[name] for name in columns}) for row in rows], schema=schema)
+    return MetadataValue.table(
+        [TableRecord({name: row[name] for name in columns}) for row in rows], schema=schema
+    )

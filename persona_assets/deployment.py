@@ -7,9 +7,10 @@ which is where `k8s_job_executor` reads per-step pod config (run tags never reac
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from persona_platform.resources.settings import SettingsError
 
@@ -65,25 +66,35 @@ class GpuProfile:
         if not isinstance(self.gpus, int) or isinstance(self.gpus, bool) or self.gpus < 1:
             raise SettingsError(f"{where}.gpus: {self.gpus!r} is not a whole number of GPUs >= 1")
         if not _LABEL_VALUE.match(self.gpu_type):
-            raise SettingsError(f"{where}.gpu_type: {self.gpu_type!r} is not a node label value "
-                                f"(the {GPU_PRODUCT_LABEL} label of the GPU nodes)")
+            raise SettingsError(
+                f"{where}.gpu_type: {self.gpu_type!r} is not a node label value "
+                f"(the {GPU_PRODUCT_LABEL} label of the GPU nodes)"
+            )
         if quantity(self.cpu, f"{where}.cpu") <= 0:
             raise SettingsError(f"{where}.cpu: must be more than 0")
         memory = quantity(self.memory, f"{where}.memory")
         shm = quantity(self.shm, f"{where}.shm")
         if not 0 < shm < memory:
-            raise SettingsError(f"{where}.shm: {self.shm} must be more than 0 and less than memory ({self.memory}),"
-                                " since the memory-backed /dev/shm counts against the pod's memory limit")
+            raise SettingsError(
+                f"{where}.shm: {self.shm} must be more than 0 and less than memory ({self.memory}),"
+                " since the memory-backed /dev/shm counts against the pod's memory limit"
+            )
         for i, toleration in enumerate(self.tolerations):
             unknown = set(toleration) - _TOLERATION_KEYS
             if unknown or toleration.get("operator") not in ("Exists", "Equal"):
-                raise SettingsError(f"{where}.tolerations[{i}]: {dict(toleration)!r} needs operator Exists or Equal"
-                                    f" and only the keys {sorted(_TOLERATION_KEYS)}")
+                raise SettingsError(
+                    f"{where}.tolerations[{i}]: {dict(toleration)!r} needs operator Exists or Equal"
+                    f" and only the keys {sorted(_TOLERATION_KEYS)}"
+                )
             if toleration.get("effect") not in (None, *_EFFECTS):
-                raise SettingsError(f"{where}.tolerations[{i}].effect: {toleration['effect']!r} is not one of "
-                                    f"{sorted(_EFFECTS)}")
+                raise SettingsError(
+                    f"{where}.tolerations[{i}].effect: {toleration['effect']!r} is not one of "
+                    f"{sorted(_EFFECTS)}"
+                )
         if GPU_PRODUCT_LABEL in self.node_selector:
-            raise SettingsError(f"{where}.node_selector: set the GPU type with gpu_type, not {GPU_PRODUCT_LABEL}")
+            raise SettingsError(
+                f"{where}.node_selector: set the GPU type with gpu_type, not {GPU_PRODUCT_LABEL}"
+            )
 
 
 # Inference and scoring: one model in bfloat16 on one GPU.

@@ -43,7 +43,10 @@ def prepare_instance(settings: Settings):
         if pool not in known:
             instance.event_log_storage.initialize_concurrency_limit_to_default(pool)
     for run_id in fail_orphaned_runs(instance):
-        print(f"persona: run {run_id} was left unfinished by a process that is gone; marked failed", file=sys.stderr)
+        print(
+            f"persona: run {run_id} was left unfinished by a process that is gone; marked failed",
+            file=sys.stderr,
+        )
     return instance
 
 

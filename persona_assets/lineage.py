@@ -41,7 +41,13 @@ def lineage_graph(con: duckdb.DuckDBPyConnection, table: str, row_id: str) -> di
     nodes: dict[str, Node] = {}
     for t, r, input_ref, run_id, code_version, model_id, adapter, prompt_hash in rows:
         node = nodes.setdefault(f"{t}:{r}", Node(f"{t}:{r}"))
-        node.details = {"run": run_id, "code": code_version, "model": model_id, "adapter": adapter, "prompt": prompt_hash}
+        node.details = {
+            "run": run_id,
+            "code": code_version,
+            "model": model_id,
+            "adapter": adapter,
+            "prompt": prompt_hash,
+        }
         if input_ref not in node.inputs:
             node.inputs.append(input_ref)
     return nodes
@@ -57,11 +63,13 @@ def render(nodes: dict[str, Node], start: str, files: dict[str, str], max_inputs
             _, sha, row = ref.split(":")
             return f"file {files.get(sha, '(unknown path)')} row {row} (sha256 {sha})"
         details = nodes[ref].details if ref in nodes else {}
-        parts = [f"run {details['run'][:8]}" if details.get("run") else None,
-                 f"model {details['model']}" if details.get("model") else None,
-                 f"adapter {details['adapter']}" if details.get("adapter") else None,
-                 f"prompt {details['prompt']}" if details.get("prompt") else None,
-                 f"code {details['code']}" if details.get("code") else None]
+        parts = [
+            f"run {details['run'][:8]}" if details.get("run") else None,
+            f"model {details['model']}" if details.get("model") else None,
+            f"adapter {details['adapter']}" if details.get("adapter") else None,
+            f"prompt {details['prompt']}" if details.get("prompt") else None,
+            f"code {details['code']}" if details.get("code") else None,
+        ]
         return f"{ref}  [{', '.join(p for p in parts if p)}]" if any(parts) else ref
 
     def visit(ref: str, prefix: str, last: bool, root: bool) -> None:
@@ -77,7 +85,9 @@ def render(nodes: dict[str, Node], start: str, files: dict[str, str], max_inputs
         for i, child in enumerate(inputs[:max_inputs]):
             visit(child, child_prefix, i == len(inputs[:max_inputs]) - 1 and len(inputs) <= max_inputs, False)
         if len(inputs) > max_inputs:
-            lines.append(child_prefix + f"└─ … and {len(inputs) - max_inputs} more inputs (--max-inputs to show them)")
+            lines.append(
+                child_prefix + f"└─ … and {len(inputs) - max_inputs} more inputs (--max-inputs to show them)"
+            )
 
     visit(start, "", True, True)
     reachable_files = {n for node in nodes.values() for n in node.inputs if n.startswith("file:")}

@@ -70,9 +70,16 @@ def accuracy_curves(title: str, curves: dict[str, list[tuple[int, float, float, 
     for method, points in curves.items():
         points = sorted(points)
         axis.errorbar(
-            [k for k, *_ in points], [100 * mean for _, mean, _, _ in points],
-            yerr=[[100 * (mean - low) for _, mean, low, _ in points], [100 * (high - mean) for _, mean, _, high in points]],
-            marker="o", capsize=3, label=METHOD_NAMES.get(method, method), color=METHOD_COLORS.get(method),
+            [k for k, *_ in points],
+            [100 * mean for _, mean, _, _ in points],
+            yerr=[
+                [100 * (mean - low) for _, mean, low, _ in points],
+                [100 * (high - mean) for _, mean, _, high in points],
+            ],
+            marker="o",
+            capsize=3,
+            label=METHOD_NAMES.get(method, method),
+            color=METHOD_COLORS.get(method),
         )
     axis.set_xlabel("Number of in-context examples")
     axis.set_ylabel("Test accuracy (%)")
@@ -84,15 +91,21 @@ def accuracy_curves(title: str, curves: dict[str, list[tuple[int, float, float, 
     return _png(figure)
 
 
-def search_trace(title: str, iterations: Sequence[int], energy: Sequence[float], agreement: Sequence[float | None]) -> bytes:
+def search_trace(
+    title: str, iterations: Sequence[int], energy: Sequence[float], agreement: Sequence[float | None]
+) -> bytes:
     """ICM energy and agreement with gold labels, per iteration."""
     figure, left = plt.subplots(figsize=(7, 4))
     left.plot(iterations, energy, color="#58b6c0", label="energy U")
     left.set_xlabel("iteration")
     left.set_ylabel("energy U")
     right = left.twinx()
-    right.plot(iterations, [100 * a if a is not None else float("nan") for a in agreement], color="#e0b400",
-               label="agreement with gold (%)")
+    right.plot(
+        iterations,
+        [100 * a if a is not None else float("nan") for a in agreement],
+        color="#e0b400",
+        label="agreement with gold (%)",
+    )
     right.set_ylabel("agreement with gold labels (%)")
     right.set_ylim(0, 100)
     left.set_title(title)
@@ -116,7 +129,11 @@ def loss_curve(title: str, steps: Sequence[int], losses: Sequence[float]) -> byt
 
 
 def heatmap(
-    title: str, rows: Sequence[str], columns: Sequence[str], values: Sequence[Sequence[float]], label: str,
+    title: str,
+    rows: Sequence[str],
+    columns: Sequence[str],
+    values: Sequence[Sequence[float]],
+    label: str,
     fmt: str = "{:.1f}",
 ) -> bytes:
     figure, axis = plt.subplots(figsize=(1.6 + 1.3 * len(columns), 1.2 + 0.6 * len(rows)))
@@ -133,8 +150,12 @@ def heatmap(
     return _png(figure)
 
 
-def confusion_matrix(title: str, truth: Sequence[str], predicted: Sequence[str], rows: Sequence[str], columns: Sequence[str]) -> bytes:
-    counts = [[sum(t == r and p == c for t, p in zip(truth, predicted, strict=True)) for c in columns] for r in rows]
+def confusion_matrix(
+    title: str, truth: Sequence[str], predicted: Sequence[str], rows: Sequence[str], columns: Sequence[str]
+) -> bytes:
+    counts = [
+        [sum(t == r and p == c for t, p in zip(truth, predicted, strict=True)) for c in columns] for r in rows
+    ]
     figure, axis = plt.subplots(figsize=(1.5 + 1.2 * len(columns), 1.2 + 0.9 * len(rows)))
     axis.imshow(counts, cmap="Blues")
     for i, row in enumerate(counts):
@@ -169,12 +190,16 @@ def score_violins(title: str, groups: Sequence[tuple[str, Sequence[float], Seque
     return _png(figure)
 
 
-def win_rate_bars(title: str, labels: Sequence[str], rates: Sequence[tuple[float | None, float | None, float | None]]) -> bytes:
+def win_rate_bars(
+    title: str, labels: Sequence[str], rates: Sequence[tuple[float | None, float | None, float | None]]
+) -> bytes:
     """Order-consistent agent win rate per group with its 95% interval (no bar or whisker where it is null); 50% marked."""
     figure, axis = plt.subplots(figsize=(max(6, 0.9 * len(labels)), 4))
     means = [100 * (r[0] if r[0] is not None and r[0] == r[0] else 0.0) for r in rates]
-    errors = [[0.0 if r[1] is None else max(0.0, m - 100 * r[1]) for m, r in zip(means, rates)],
-              [0.0 if r[2] is None else max(0.0, 100 * r[2] - m) for m, r in zip(means, rates)]]
+    errors = [
+        [0.0 if r[1] is None else max(0.0, m - 100 * r[1]) for m, r in zip(means, rates)],
+        [0.0 if r[2] is None else max(0.0, 100 * r[2] - m) for m, r in zip(means, rates)],
+    ]
     axis.bar(range(len(labels)), means, yerr=errors, capsize=4, color="#58b6c0")
     axis.axhline(50, color="#888", linestyle="--", linewidth=1)
     axis.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)

@@ -58,13 +58,19 @@ def partition_key_of(row: dict, partition_expr: PartitionExpr) -> str | None:
     return "|".join(row[column] for _, column in sorted(partition_expr.items()))
 
 
-def result_frame(rows: list[dict], schema: dict[str, pl.DataType], provenance: Provenance,
-                 partition_expr: PartitionExpr = None) -> pl.DataFrame:
+def result_frame(
+    rows: list[dict],
+    schema: dict[str, pl.DataType],
+    provenance: Provenance,
+    partition_expr: PartitionExpr = None,
+) -> pl.DataFrame:
     """Rows (each with its ``input_ids``) plus the run's provenance; a row without its own ``partition_key`` gets
     the one its partition columns name. A row may set its own ``adapter`` (a run over several agents serves
     several adapters)."""
-    rows = [row if "partition_key" in row else {**row, "partition_key": partition_key_of(row, partition_expr)}
-            for row in rows]
+    rows = [
+        row if "partition_key" in row else {**row, "partition_key": partition_key_of(row, partition_expr)}
+        for row in rows
+    ]
     constant = {
         "run_id": provenance.run_id,
         "code_version": provenance.code_version,
@@ -76,6 +82,11 @@ def result_frame(rows: list[dict], schema: dict[str, pl.DataType], provenance: P
     # Column by column through Arrow: polars builds a Series per list cell from Python lists (a minute for the
     # 120,000 rows of a full-size survey), pyarrow converts a whole list column at once.
     arrow_types = pl.DataFrame(schema=full_schema).to_arrow().schema
-    columns = {name: pa.array([row[name] if name in row else constant.get(name) for row in rows],
-                              type=arrow_types.field(name).type) for name in full_schema}
+    columns = {
+        name: pa.array(
+            [row[name] if name in row else constant.get(name) for row in rows],
+            type=arrow_types.field(name).type,
+        )
+        for name in full_schema
+    }
     return pl.from_arrow(pa.table(columns)).cast(full_schema)

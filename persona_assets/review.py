@@ -13,7 +13,7 @@ import getpass
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import polars as pl
 
@@ -22,8 +22,14 @@ from persona_platform.persona_assets.provenance import Provenance, result_frame
 KEEP, EDIT, DROP = "keep", "edit", "drop"
 REVIEW_TABLE = "question_reviews"
 REVIEW_VERSION = "review-1"
-REVIEW_SCHEMA = {"question_ref": pl.String, "original": pl.String, "decision": pl.String, "text": pl.String,
-                 "reviewer": pl.String, "reviewed_at": pl.String}
+REVIEW_SCHEMA = {
+    "question_ref": pl.String,
+    "original": pl.String,
+    "decision": pl.String,
+    "text": pl.String,
+    "reviewer": pl.String,
+    "reviewed_at": pl.String,
+}
 # Which questions each kind reviews: (schema, table, column of the generated text, order column).
 SOURCES = {
     "votes": ("votes", "motions", "generated_question", "source_row"),
@@ -34,8 +40,11 @@ SOURCES = {
 
 def questions_of(frame: pl.DataFrame, schema: str, table: str, column: str) -> list[Question]:
     """The questions to review; a generation that failed has no text to review."""
-    return [Question(f"{schema}.{table}:{r['row_id']}", r[column], tuple(r["input_ids"]))
-            for r in frame.iter_rows(named=True) if r[column] is not None]
+    return [
+        Question(f"{schema}.{table}:{r['row_id']}", r[column], tuple(r["input_ids"]))
+        for r in frame.iter_rows(named=True)
+        if r[column] is not None
+    ]
 
 
 @dataclass(frozen=True)
@@ -51,9 +60,17 @@ def pending(questions: list[Question], reviews: pl.DataFrame | None) -> list[Que
 
 
 def review_row(question: Question, decision: str, text: str, reviewer: str) -> dict:
-    return {"row_id": question.ref, "question_ref": question.ref, "original": question.text, "decision": decision,
-            "text": text, "reviewer": reviewer, "reviewed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "partition_key": None, "input_ids": list(question.inputs)}
+    return {
+        "row_id": question.ref,
+        "question_ref": question.ref,
+        "original": question.text,
+        "decision": decision,
+        "text": text,
+        "reviewer": reviewer,
+        "reviewed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "partition_key": None,
+        "input_ids": list(question.inputs),
+    }
 
 
 def run_review(
@@ -66,8 +83,10 @@ def run_review(
     """Review what is pending; each decision is saved at once. Returns how many were reviewed."""
     todo = pending(questions, reviews)
     already = len(questions) - len(todo)
-    say(f"{len(questions)} questions, {already} reviewed before, {len(todo)} to go. "
-        "[k]eep, [e]dit, [d]rop, [s]kip for now, [q]uit.")
+    say(
+        f"{len(questions)} questions, {already} reviewed before, {len(todo)} to go. "
+        "[k]eep, [e]dit, [d]rop, [s]kip for now, [q]uit."
+    )
     provenance = Provenance(f"review-{uuid.uuid4().hex[:12]}", REVIEW_VERSION)
     rows = [] if reviews is None else reviews.to_dicts()
     reviewer = getpass.getuser()
@@ -89,10 +108,14 @@ def run_review(
         decision, text = {"k": (KEEP, question.text), "d": (DROP, question.text)}.get(answer, (EDIT, None))
         if decision == EDIT:
             text = ask("new text> ").strip() or question.text
-        rows = [r for r in rows if r["question_ref"] != question.ref] + [review_row(question, decision, text, reviewer)]
+        rows = [r for r in rows if r["question_ref"] != question.ref] + [
+            review_row(question, decision, text, reviewer)
+        ]
         save(result_frame(rows, REVIEW_SCHEMA, provenance))  # earlier rows keep their own run id
         made += 1
-    say(f"\n{made} reviewed in this session. Rematerialize the questions' assets (and downstream) to use them.")
+    say(
+        f"\n{made} reviewed in this session. Rematerialize the questions' assets (and downstream) to use them."
+    )
     return made
 
 

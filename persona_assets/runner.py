@@ -174,8 +174,12 @@ def fail_orphaned_runs(instance: DagsterInstance) -> list[str]:
     """Mark failed the in-process runs of this host whose process is gone (killed mid-run): otherwise they
     stay 'started' forever, and the run queue counts them against their pools. Returns their run ids."""
     orphaned = []
-    active = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING],
-                                          tags={HOST_TAG: socket.gethostname()}))
+    active = instance.get_runs(
+        RunsFilter(
+            statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING],
+            tags={HOST_TAG: socket.gethostname()},
+        )
+    )
     for run in active:
         if not _process_alive(int(run.tags[PID_TAG])):
             instance.report_run_failed(run, "its persona process ended without finishing it (killed?)")

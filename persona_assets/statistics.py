@@ -49,11 +49,17 @@ def interval_method(unit: str, seed: int = SEED) -> str:
     return f"{CONFIDENCE:.0%} BCa cluster bootstrap over {unit}, {RESAMPLES} resamples, seed {seed}"
 
 
-def shown(estimate: float | None, low: float | None, high: float | None, scale: float = 1.0, digits: int = 2) -> str:
+def shown(
+    estimate: float | None, low: float | None, high: float | None, scale: float = 1.0, digits: int = 2
+) -> str:
     """'0.62 [0.48, 0.75]' for a report; 'n/a' without an estimate, 'no interval' where the interval is null."""
     if estimate is None:
         return "n/a"
-    interval = "no interval" if low is None or high is None else f"{scale * low:.{digits}f}, {scale * high:.{digits}f}"
+    interval = (
+        "no interval"
+        if low is None or high is None
+        else f"{scale * low:.{digits}f}, {scale * high:.{digits}f}"
+    )
     return f"{scale * estimate:.{digits}f} [{interval}]"
 
 
@@ -68,7 +74,9 @@ def cluster_totals(clusters: Sequence[Hashable], values: np.ndarray) -> np.ndarr
     return totals
 
 
-def cluster_bootstrap(totals: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], seed: int = SEED) -> Interval:
+def cluster_bootstrap(
+    totals: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], seed: int = SEED
+) -> Interval:
     """``totals``: one row of totals per cluster; ``statistic`` maps summed totals (..., k) to values (...)."""
     totals = np.asarray(totals, dtype=float)
     if totals.shape[0] == 0:
@@ -85,8 +93,16 @@ def cluster_bootstrap(totals: np.ndarray, statistic: Callable[[np.ndarray], np.n
     # A constant statistic makes BCa's acceleration 0/0: scipy warns and returns NaN, reported below as a null interval.
     with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
         warnings.simplefilter("ignore", DegenerateDataWarning)
-        result = bootstrap((np.arange(totals.shape[0]),), resampled, vectorized=True, n_resamples=RESAMPLES,
-                           confidence_level=CONFIDENCE, method="BCa", batch=_BATCH, rng=np.random.default_rng(seed))
+        result = bootstrap(
+            (np.arange(totals.shape[0]),),
+            resampled,
+            vectorized=True,
+            n_resamples=RESAMPLES,
+            confidence_level=CONFIDENCE,
+            method="BCa",
+            batch=_BATCH,
+            rng=np.random.default_rng(seed),
+        )
     low, high = result.confidence_interval
     if not (np.isfinite(low) and np.isfinite(high)):
         return Interval(estimate, None, None, totals.shape[0])
@@ -97,11 +113,14 @@ def _ratio(sums: np.ndarray) -> np.ndarray:
     return sums[..., 0] / sums[..., 1]
 
 
-def ratio_interval(clusters: Sequence[Hashable], numerators: Sequence[float], denominators: Sequence[float],
-                   seed: int = SEED) -> Interval:
+def ratio_interval(
+    clusters: Sequence[Hashable], numerators: Sequence[float], denominators: Sequence[float], seed: int = SEED
+) -> Interval:
     """sum(numerators) / sum(denominators) with its cluster-bootstrap interval. A cluster with nothing in the
     denominator (every pair of an item failed) adds nothing to the estimate and is left out of the resampling."""
-    totals = cluster_totals(clusters, np.column_stack([np.asarray(numerators, float), np.asarray(denominators, float)]))
+    totals = cluster_totals(
+        clusters, np.column_stack([np.asarray(numerators, float), np.asarray(denominators, float)])
+    )
     return cluster_bootstrap(totals[totals[:, 1] > 0], _ratio, seed)
 
 

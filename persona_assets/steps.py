@@ -40,8 +40,12 @@ def asset_frame(
     run and the definition, and each row's ``partition_key`` from the asset's partition columns unless it sets one."""
     key = _asset_key(context, output)
     assets_def = context.assets_def
-    provenance = Provenance(context.run.run_id, assets_def.code_versions_by_key[key] or "", model_id=model_id,
-                            prompt_hash=prompt_hash)
+    provenance = Provenance(
+        context.run.run_id,
+        assets_def.code_versions_by_key[key] or "",
+        model_id=model_id,
+        prompt_hash=prompt_hash,
+    )
     frame = result_frame(rows, schema, provenance, assets_def.metadata_by_key[key].get("partition_expr"))
     _partition_row_counts(context, key, frame)
     return frame
@@ -54,7 +58,9 @@ def _partition_row_counts(context: AssetExecutionContext, key: AssetKey, frame: 
         return
     counts = dict(frame.group_by("partition_key").len().iter_rows())
     for partition in context.partition_keys:
-        context.add_asset_metadata({"dagster/row_count": counts.get(partition, 0)}, asset_key=key, partition_key=partition)
+        context.add_asset_metadata(
+            {"dagster/row_count": counts.get(partition, 0)}, asset_key=key, partition_key=partition
+        )
 
 
 @dataclass
@@ -66,9 +72,17 @@ class ModelStep:
     meter: UsageMeter
     prompt_hash: str | None = None
 
-    def frame(self, rows: list[dict], schema: dict[str, pl.DataType], output: str | None = None) -> pl.DataFrame:
-        return asset_frame(self.context, rows, schema, output=output, model_id=self.engine.model_id,
-                           prompt_hash=self.prompt_hash)
+    def frame(
+        self, rows: list[dict], schema: dict[str, pl.DataType], output: str | None = None
+    ) -> pl.DataFrame:
+        return asset_frame(
+            self.context,
+            rows,
+            schema,
+            output=output,
+            model_id=self.engine.model_id,
+            prompt_hash=self.prompt_hash,
+        )
 
     @property
     def model_id(self) -> str:
@@ -76,7 +90,9 @@ class ModelStep:
 
 
 @contextmanager
-def model_step(context: AssetExecutionContext, llm: LLMResource, prompt_hash: str | None = None) -> Iterator[ModelStep]:
+def model_step(
+    context: AssetExecutionContext, llm: LLMResource, prompt_hash: str | None = None
+) -> Iterator[ModelStep]:
     """The engine of ``llm`` for one step; when the block ends, what the step asked of it (model loads, forward
     passes, tokens) becomes metadata of every asset the step materializes."""
     with llm.metered() as (engine, meter):

@@ -17,6 +17,7 @@ from jsonschema import Draft202012Validator
 
 from persona_platform.resources.llm.engine import Engine, GenerateRequest
 
+
 def text_field(max_chars: int) -> dict:
     """A free-text field. JSON strings may not hold raw control characters; the pattern keeps constrained
     decoders (whose string rule can be looser) inside that, and bounds the length so that a reply closes
@@ -25,7 +26,12 @@ def text_field(max_chars: int) -> dict:
 
 
 def object_schema(properties: dict[str, dict]) -> dict:
-    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
 
 
 def schema_text(schema: dict) -> str:
@@ -66,14 +72,32 @@ def parse_reply(reply: str | None, schema: dict) -> Parsed:
 
 
 def ask_structured(
-    engine: Engine, prompts: list, schema: dict, max_chars: int, *, temperature: float = 0.0, top_p: float = 1.0,
-    top_k: int = 0, seed: int = 0, adapter: str | None = None,
+    engine: Engine,
+    prompts: list,
+    schema: dict,
+    max_chars: int,
+    *,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int = 0,
+    adapter: str | None = None,
 ) -> list[tuple[str, Parsed]]:
     """Generate one constrained reply per prompt (one batch) and parse each: ``(reply, parse)``."""
     text = schema_text(schema)
-    replies = engine.generate([
-        GenerateRequest(p, max_new_tokens=token_budget(max_chars), temperature=temperature, top_p=top_p, top_k=top_k,
-                        seed=seed, adapter=adapter, json_schema=text)
-        for p in prompts
-    ])
+    replies = engine.generate(
+        [
+            GenerateRequest(
+                p,
+                max_new_tokens=token_budget(max_chars),
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                seed=seed,
+                adapter=adapter,
+                json_schema=text,
+            )
+            for p in prompts
+        ]
+    )
     return [(reply, parse_reply(reply, schema)) for reply in replies]

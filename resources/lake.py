@@ -64,12 +64,12 @@ def scrub(text: str, location: str) -> str:
 def check_location(location: str) -> None:
     """Raise LakeLocationError unless ``location`` names a PostgreSQL catalog DuckLake can attach."""
     if not location.startswith(POSTGRES_PREFIX):
-        kind = location[len(PREFIX):].split(":", 1)[0] or "(nothing)"
+        kind = location[len(PREFIX) :].split(":", 1)[0] or "(nothing)"
         raise LakeLocationError(
             f"{redact(location)!r}: the catalog must be PostgreSQL, written ducklake:postgres:<connection>; "
             f"{kind!r} catalogs (DuckDB, SQLite files) serve one machine, which the plain DuckDB file already does"
         )
-    connection = location[len(POSTGRES_PREFIX):].strip()
+    connection = location[len(POSTGRES_PREFIX) :].strip()
     if not connection:
         raise LakeLocationError(
             "ducklake:postgres: names no database: add a libpq connection string "
@@ -137,9 +137,13 @@ def _link_as(target: Path, real_name: str) -> Path:
 def _packaged_extension(name: str, package: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise LakeLocationError(f"the Python package {package} is not installed; pip install {package.replace('_', '-')}")
+        raise LakeLocationError(
+            f"the Python package {package} is not installed; pip install {package.replace('_', '-')}"
+        )
     version = duckdb.__version__
-    path = Path(spec.submodule_search_locations[0]) / "extensions" / f"v{version}" / f"{name}.duckdb_extension"
+    path = (
+        Path(spec.submodule_search_locations[0]) / "extensions" / f"v{version}" / f"{name}.duckdb_extension"
+    )
     if not path.is_file():
         raise LakeLocationError(f"{package} has no {name} extension for DuckDB {version} (looked for {path})")
     return path

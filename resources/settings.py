@@ -43,8 +43,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from persona_platform.resources.inputs.errors import PersonaInputError
 from persona_platform.resources import lake
+from persona_platform.resources.inputs.errors import PersonaInputError
 from persona_platform.resources.llm.backends import BACKENDS, TINY, backend, split_backend
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -96,10 +96,18 @@ class RoleVariables:
     api_keys: tuple[str, ...]
 
 
-GENERATOR = RoleVariables("PERSONA_MODEL", "PERSONA_ENGINE", "PERSONA_ENGINE_BASE_URL", ("PERSONA_ENGINE_API_KEY",))
-CHAT = RoleVariables("PERSONA_CHAT_MODEL", None, "PERSONA_CHAT_BASE_URL", ("PERSONA_CHAT_API_KEY", "PERSONA_ENGINE_API_KEY"))
-JUDGE = RoleVariables("PERSONA_JUDGE_MODEL", "PERSONA_JUDGE_ENGINE", "PERSONA_JUDGE_BASE_URL",
-                      ("PERSONA_JUDGE_API_KEY", "PERSONA_ENGINE_API_KEY"))
+GENERATOR = RoleVariables(
+    "PERSONA_MODEL", "PERSONA_ENGINE", "PERSONA_ENGINE_BASE_URL", ("PERSONA_ENGINE_API_KEY",)
+)
+CHAT = RoleVariables(
+    "PERSONA_CHAT_MODEL", None, "PERSONA_CHAT_BASE_URL", ("PERSONA_CHAT_API_KEY", "PERSONA_ENGINE_API_KEY")
+)
+JUDGE = RoleVariables(
+    "PERSONA_JUDGE_MODEL",
+    "PERSONA_JUDGE_ENGINE",
+    "PERSONA_JUDGE_BASE_URL",
+    ("PERSONA_JUDGE_API_KEY", "PERSONA_ENGINE_API_KEY"),
+)
 
 
 @dataclass(frozen=True)
@@ -130,7 +138,9 @@ class Settings:
     @property
     def warehouse_path(self) -> Path:
         if self.warehouse_is_lake:
-            raise SettingsError(f"PERSONA_WAREHOUSE is the DuckLake {self.warehouse_label}: there is no warehouse file")
+            raise SettingsError(
+                f"PERSONA_WAREHOUSE is the DuckLake {self.warehouse_label}: there is no warehouse file"
+            )
         return Path(self.warehouse) if self.warehouse else self.home / "warehouse.duckdb"
 
     @property
@@ -187,9 +197,19 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(f"PERSONA_JUDGE_MAX_FAILURE_RATE: {rate_text!r} is not a number between 0 and 1")
     warehouse, warehouse_data_path = _warehouse(env, home)
     llm, chat_llm, judge_llm = load_roles(env)
-    return Settings(home=home, goqa_source=goqa_source, llm=llm, chat_llm=chat_llm, judge_llm=judge_llm,
-                    board_dir=board_dir, schedule_cron=schedule_cron, judge_max_failure_rate=judge_max_failure_rate,
-                    deployment=load_deployment(env), warehouse=warehouse, warehouse_data_path=warehouse_data_path)
+    return Settings(
+        home=home,
+        goqa_source=goqa_source,
+        llm=llm,
+        chat_llm=chat_llm,
+        judge_llm=judge_llm,
+        board_dir=board_dir,
+        schedule_cron=schedule_cron,
+        judge_max_failure_rate=judge_max_failure_rate,
+        deployment=load_deployment(env),
+        warehouse=warehouse,
+        warehouse_data_path=warehouse_data_path,
+    )
 
 
 def load_roles(env: Mapping[str, str]) -> tuple[ModelRole, ModelRole, ModelRole]:
@@ -203,7 +223,9 @@ def load_roles(env: Mapping[str, str]) -> tuple[ModelRole, ModelRole, ModelRole]
     return generator, chat, _role(env, JUDGE, generator)
 
 
-def _role(env: Mapping[str, str], names: RoleVariables, default: ModelRole, url_backend: str | None = None) -> ModelRole:
+def _role(
+    env: Mapping[str, str], names: RoleVariables, default: ModelRole, url_backend: str | None = None
+) -> ModelRole:
     text = (env.get(names.model) or "").strip()
     named = (env.get(names.backend) or "").strip() if names.backend else ""
     base_url = (env.get(names.base_url) or "").strip()
@@ -211,18 +233,24 @@ def _role(env: Mapping[str, str], names: RoleVariables, default: ModelRole, url_
     if named and named not in BACKENDS:
         raise SettingsError(f"{names.backend}: {named!r} is not one of {', '.join(BACKENDS)}")
     if prefix and named and prefix != named:
-        raise SettingsError(f"{names.model}={text!r} names the {prefix} backend but {names.backend}={named!r}: "
-                            "name the backend in one place")
+        raise SettingsError(
+            f"{names.model}={text!r} names the {prefix} backend but {names.backend}={named!r}: "
+            "name the backend in one place"
+        )
     if text and not model:
         raise SettingsError(f"{names.model}: {text!r} names a backend but no model")
     chosen = prefix or named or (url_backend if base_url else None) or default.backend
     role = ModelRole(chosen, model or default.model, base_url or default.base_url, names.api_keys)
     if backend(chosen).reads_base_url and not role.base_url.startswith(("http://", "https://")):
-        raise SettingsError(f"{names.base_url}: the {chosen} backend needs the server's URL (http://host:port/v1), "
-                            f"got {role.base_url!r}")
+        raise SettingsError(
+            f"{names.base_url}: the {chosen} backend needs the server's URL (http://host:port/v1), "
+            f"got {role.base_url!r}"
+        )
     if url_backend and base_url and not backend(chosen).reads_base_url:
-        raise SettingsError(f"{names.base_url} is set but {names.model}={text!r} names the {chosen} backend, "
-                            "which reads no server URL")
+        raise SettingsError(
+            f"{names.base_url} is set but {names.model}={text!r} names the {chosen} backend, "
+            "which reads no server URL"
+        )
     return role
 
 

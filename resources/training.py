@@ -53,8 +53,11 @@ class LoraTraining:
         from peft import LoraConfig
 
         return LoraConfig(
-            r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
-            target_modules=list(self.target_modules), task_type="CAUSAL_LM",
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.target_modules),
+            task_type="CAUSAL_LM",
         )
 
 
@@ -162,8 +165,11 @@ def train_lora(
     def save_checkpoint() -> None:
         state = {
             "adapter": get_peft_model_state_dict(accelerator.unwrap_model(model), adapter_name=internal),
-            "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-            "step": step, "losses": losses, "tokens_trained": tokens_trained,
+            "optimizer": optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "step": step,
+            "losses": losses,
+            "tokens_trained": tokens_trained,
         }
         if accelerator.is_main_process:
             buffer = io.BytesIO()
@@ -177,15 +183,20 @@ def train_lora(
             epoch, within = divmod(step, steps_per_epoch)
             batch = _batches(len(examples), settings.batch_size, settings.seed, epoch)[within]
             input_ids, attention, labels = _collate([examples[i] for i in batch], pad_id, settings.max_length)
-            output = model(input_ids=input_ids.to(accelerator.device), attention_mask=attention.to(accelerator.device),
-                           labels=labels.to(accelerator.device))
+            output = model(
+                input_ids=input_ids.to(accelerator.device),
+                attention_mask=attention.to(accelerator.device),
+                labels=labels.to(accelerator.device),
+            )
             accelerator.backward(output.loss)
             optimizer.step()
             optimizer.zero_grad()
             batch_tokens = int((labels != IGNORED).sum())
             tokens_trained += batch_tokens
             step += 1
-            losses.append({"step": step, "epoch": epoch, "loss": float(output.loss.detach()), "tokens": batch_tokens})
+            losses.append(
+                {"step": step, "epoch": epoch, "loss": float(output.loss.detach()), "tokens": batch_tokens}
+            )
             if step % settings.checkpoint_every == 0 or step % steps_per_epoch == 0:
                 save_checkpoint()
     finally:
@@ -194,10 +205,15 @@ def train_lora(
 
     unwrapped = accelerator.unwrap_model(model)
     adapter_dir.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(unwrapped, adapter_name=internal).items()}
+    weights = {
+        k: v.detach().cpu().contiguous()
+        for k, v in get_peft_model_state_dict(unwrapped, adapter_name=internal).items()
+    }
     save_file(weights, str(adapter_dir / "adapter_model.safetensors"))
     unwrapped.peft_config[internal].save_pretrained(str(adapter_dir))
-    return TrainingOutcome(adapter_dir, files_fingerprint(adapter_dir), step, tokens_trained, seconds, resumed_from, losses)
+    return TrainingOutcome(
+        adapter_dir, files_fingerprint(adapter_dir), step, tokens_trained, seconds, resumed_from, losses
+    )
 
 
 def quantized_for_training(model_path: str, name: str, settings: LoraTraining):
@@ -214,15 +230,22 @@ def quantized_for_training(model_path: str, name: str, settings: LoraTraining):
 
     quantized = AutoModelForCausalLM.from_pretrained(
         model_path,
-        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                               bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16),
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        ),
         device_map={"": torch.cuda.current_device()},
     )
-    return get_peft_model(prepare_model_for_kbit_training(quantized), settings.lora_config(), adapter_name=f"{name}-qlora")
+    return get_peft_model(
+        prepare_model_for_kbit_training(quantized), settings.lora_config(), adapter_name=f"{name}-qlora"
+    )
 
 
-def merge_lora(model, internal: str, tokenizer, out_dir: Path, check_inputs: Sequence[list[int]],
-               device: str) -> tuple[str, list[float]]:
+def merge_lora(
+    model, internal: str, tokenizer, out_dir: Path, check_inputs: Sequence[list[int]], device: str
+) -> tuple[str, list[float]]:
     """Save ``model`` (a PEFT model, adapter ``internal`` active) with that adapter merged into plain weights, with
     the tokenizer; return (fingerprint, max |logit diff| per check input) between the merged copy and ``model``.
 

@@ -47,10 +47,10 @@ from persona_platform.resources.lineage import refresh_lineage_view
 PartitionKeys = list[tuple[str, ...]]
 _LAKE_INSTANCES: dict[tuple[int, str, str], duckdb.DuckDBPyConnection] = {}
 
-DATABASE_DESCRIPTION = (
-    "Path of the DuckDB file, or a DuckLake: ducklake:postgres:<libpq connection string or postgresql:// URI>."
+DATABASE_DESCRIPTION = "Path of the DuckDB file, or a DuckLake: ducklake:postgres:<libpq connection string or postgresql:// URI>."
+DATA_PATH_DESCRIPTION = (
+    "Where a DuckLake keeps its Parquet files (a shared directory or an object-store URL)."
 )
-DATA_PATH_DESCRIPTION = "Where a DuckLake keeps its Parquet files (a shared directory or an object-store URL)."
 
 
 class WarehouseError(RuntimeError):
@@ -120,7 +120,11 @@ class Warehouse:
         is a connection with its own transactions, so writers in one process conflict
         and retry exactly as writers in different processes do.
         """
-        key = (os.getpid(), self.database, self.data_path)  # a forked child must not reuse its parent's instance
+        key = (
+            os.getpid(),
+            self.database,
+            self.data_path,
+        )  # a forked child must not reuse its parent's instance
         instance = _LAKE_INSTANCES.get(key)
         if instance is None:
             # Extensions come from the pip packages; never fetch one from the network mid-run.
@@ -139,7 +143,9 @@ class Warehouse:
         connection.execute(f"USE {lake.CATALOG_NAME}")
         return connection
 
-    def transaction(self, con: duckdb.DuckDBPyConnection, work: Callable[[duckdb.DuckDBPyConnection], None]) -> int:
+    def transaction(
+        self, con: duckdb.DuckDBPyConnection, work: Callable[[duckdb.DuckDBPyConnection], None]
+    ) -> int:
         """Run ``work`` in one transaction; when a concurrent writer's commit conflicts, run it all again.
 
         A conflicting COMMIT leaves nothing behind (DuckLake writes the new snapshot
@@ -210,7 +216,9 @@ class Warehouse:
         name = f'"{schema}"."{table}"'
         with self.connect() as con:
             if not _table_exists(con, schema, table):
-                raise WarehouseError(f"table {schema}.{table} does not exist in {self.describe()}; materialize it first")
+                raise WarehouseError(
+                    f"table {schema}.{table} does not exist in {self.describe()}; materialize it first"
+                )
             if partition_columns and partition_keys is not None:
                 _register_keys(con, partition_columns, partition_keys)
                 query = f"SELECT t.* FROM {name} t WHERE EXISTS ({_key_match(partition_columns)})"
@@ -234,9 +242,7 @@ class Warehouse:
                 "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = current_database() "
                 "ORDER BY schema_name, table_name"
             ).fetchall()  # views such as lineage.edges are not tables
-            return [
-                (s, t, con.execute(f'SELECT count(*) FROM "{s}"."{t}"').fetchone()[0]) for s, t in tables
-            ]
+            return [(s, t, con.execute(f'SELECT count(*) FROM "{s}"."{t}"').fetchone()[0]) for s, t in tables]
 
 
 def _rollback(con: duckdb.DuckDBPyConnection) -> None:
@@ -289,18 +295,20 @@ def _add_new_columns(con: duckdb.DuckDBPyConnection, schema: str, table: str, fr
 def _check_rows_in_partitions(schema, table, frame, partition_columns, partition_keys) -> None:
     missing = [c for c in partition_columns if c not in frame.columns]
     if missing:
-        raise WarehouseError(f"{schema}.{table}: partition column(s) {', '.join(missing)} missing from the output")
+        raise WarehouseError(
+            f"{schema}.{table}: partition column(s) {', '.join(missing)} missing from the output"
+        )
     allowed = pl.DataFrame(partition_keys, schema=list(partition_columns), orient="row")
     stray = frame.select(partition_columns).unique().join(allowed, on=list(partition_columns), how="anti")
     if stray.height:
-        raise WarehouseError(
-            f"{schema}.{table}: rows for partitions outside this run: {stray.rows()[:5]}"
-        )
+        raise WarehouseError(f"{schema}.{table}: rows for partitions outside this run: {stray.rows()[:5]}")
 
 
 def table_location(asset_key_path: Sequence[str]) -> tuple[str, str]:
     if len(asset_key_path) != 2:
-        raise WarehouseError(f"asset key {list(asset_key_path)} must be [schema, table] to live in the warehouse")
+        raise WarehouseError(
+            f"asset key {list(asset_key_path)} must be [schema, table] to live in the warehouse"
+        )
     return asset_key_path[0], asset_key_path[1]
 
 
@@ -312,7 +320,9 @@ def partition_columns(metadata: dict, partitions_def) -> list[str]:
     if isinstance(partitions_def, MultiPartitionsDefinition):
         dimensions = [d.name for d in partitions_def.partitions_defs]
         if not isinstance(expr, dict) or set(expr) != set(dimensions):
-            raise WarehouseError(f"partition_expr must map every dimension {dimensions} to a column, got {expr!r}")
+            raise WarehouseError(
+                f"partition_expr must map every dimension {dimensions} to a column, got {expr!r}"
+            )
         return [expr[d] for d in dimensions]
     if not isinstance(expr, str):
         raise WarehouseError(f"a partitioned asset needs metadata partition_expr=<column>, got {expr!r}")
@@ -346,7 +356,8 @@ class WarehouseIOManager(ConfigurableIOManager):
     database: str = Field(description=DATABASE_DESCRIPTION)
     data_path: str = Field(default="", description=DATA_PATH_DESCRIPTION)
     lock_timeout_s: float = Field(
-        default=120.0, description="How long to wait for another writer (file lock, or retries after conflicts)."
+        default=120.0,
+        description="How long to wait for another writer (file lock, or retries after conflicts).",
     )
 
     def _warehouse(self) -> Warehouse:
@@ -354,7 +365,9 @@ class WarehouseIOManager(ConfigurableIOManager):
 
     def handle_output(self, context: OutputContext, obj: pl.DataFrame) -> None:
         if not isinstance(obj, pl.DataFrame):
-            raise WarehouseError(f"{context.asset_key.to_user_string()}: expected a Polars DataFrame, got {type(obj)}")
+            raise WarehouseError(
+                f"{context.asset_key.to_user_string()}: expected a Polars DataFrame, got {type(obj)}"
+            )
         schema, table = table_location(context.asset_key.path)
         partitions_def = context.asset_partitions_def if context.has_asset_partitions else None
         columns = partition_columns(context.definition_metadata or {}, partitions_def)

@@ -8,11 +8,40 @@ from http.server import BaseHTTPRequestHandler
 # The request parameters of the real chat completions endpoint; it answers anything else with a 400
 # ("Unrecognized request argument supplied"), as it does vLLM's extensions (top_k, repetition_penalty, guided_json).
 CHAT_PARAMETERS = {
-    "model", "messages", "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
-    "max_completion_tokens", "max_tokens", "metadata", "modalities", "n", "parallel_tool_calls", "prediction",
-    "presence_penalty", "prompt_cache_key", "reasoning_effort", "response_format", "safety_identifier", "seed",
-    "service_tier", "stop", "store", "stream", "stream_options", "temperature", "tool_choice", "tools",
-    "top_logprobs", "top_p", "user", "verbosity", "web_search_options",
+    "model",
+    "messages",
+    "audio",
+    "frequency_penalty",
+    "function_call",
+    "functions",
+    "logit_bias",
+    "logprobs",
+    "max_completion_tokens",
+    "max_tokens",
+    "metadata",
+    "modalities",
+    "n",
+    "parallel_tool_calls",
+    "prediction",
+    "presence_penalty",
+    "prompt_cache_key",
+    "reasoning_effort",
+    "response_format",
+    "safety_identifier",
+    "seed",
+    "service_tier",
+    "stop",
+    "store",
+    "stream",
+    "stream_options",
+    "temperature",
+    "tool_choice",
+    "tools",
+    "top_logprobs",
+    "top_p",
+    "user",
+    "verbosity",
+    "web_search_options",
 }
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
@@ -22,7 +51,11 @@ def refusal(body: dict) -> str | None:
     unknown = sorted(set(body) - CHAT_PARAMETERS)
     if unknown:
         return f"Unrecognized request argument supplied: {', '.join(unknown)}"
-    if not isinstance(body.get("model"), str) or not isinstance(body.get("messages"), list) or not body["messages"]:
+    if (
+        not isinstance(body.get("model"), str)
+        or not isinstance(body.get("messages"), list)
+        or not body["messages"]
+    ):
         return "model and a non-empty messages list are required"
     for message in body["messages"]:
         if set(message) - {"role", "content", "name"} or message.get("role") not in ROLES:
@@ -57,10 +90,18 @@ class FakeChatServer(BaseHTTPRequestHandler):
         if number == 1:
             return self._send(429, {"error": {"message": "slow down"}}, {"Retry-After": "0"})
         reply = cls.replies[number % len(cls.replies)]
-        return self._send(200, {
-            "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
-        })
+        return self._send(
+            200,
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}
+                ],
+            },
+        )
 
     def _send(self, status, payload, headers=None):
         data = json.dumps(payload).encode()

@@ -40,8 +40,8 @@ def models_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_llm(models_dir):
-    from persona_platform.resources.settings import DATA_DIR
     from persona_platform.resources.llm.resource import LLMResource
+    from persona_platform.resources.settings import DATA_DIR
 
     return LLMResource(models_dir=str(models_dir), corpus_dir=str(DATA_DIR), device="cpu", dtype="float32")
 
@@ -80,8 +80,8 @@ def sample_run(tmp_path_factory) -> SampleRun:
 
 def local_resources(home: Path, llm, **overrides) -> dict:
     """Every resource the code location needs, on the sample data, under ``home``."""
-    from persona_platform.resources.settings import SAMPLE_BOARD_DIR, SAMPLE_GOQA_SOURCE
     from persona_platform.resources.artifacts import ArtifactStore
+    from persona_platform.resources.settings import SAMPLE_BOARD_DIR, SAMPLE_GOQA_SOURCE
     from persona_platform.resources.sources import BoardSource, GoqaSource
     from persona_platform.resources.warehouse import WarehouseIOManager, WarehouseResource
 
@@ -122,8 +122,9 @@ def wait_for_run(port: int, run_id: str, timeout: float = 300) -> str:
     """Poll the webserver until the run ends; returns its final status."""
     deadline, status = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
-        status = graphql(port, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }",
-                         {"id": run_id})["runOrError"]["status"]
+        status = graphql(
+            port, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", {"id": run_id}
+        )["runOrError"]["status"]
         if status in ("SUCCESS", "FAILURE", "CANCELED"):
             return status
         time.sleep(2)
@@ -132,7 +133,9 @@ def wait_for_run(port: int, run_id: str, timeout: float = 300) -> str:
 
 def graphql(port: int, query: str, variables: dict | None = None) -> dict:
     body = json.dumps({"query": query, "variables": variables or {}}).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", body, {"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql", body, {"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         payload = json.loads(response.read())
     assert "errors" not in payload, payload
@@ -144,8 +147,13 @@ def ui(tmp_path):
     """`persona ui` (webserver and daemon) on a free loopback port, with its own home; yields the port."""
     port = free_port()
     log = (tmp_path / "ui.log").open("w")
-    process = subprocess.Popen([PERSONA, "ui", "--port", str(port)], env={**os.environ, "PERSONA_HOME": str(tmp_path)},
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [PERSONA, "ui", "--port", str(port)],
+        env={**os.environ, "PERSONA_HOME": str(tmp_path)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         try:
@@ -164,7 +172,9 @@ def ui(tmp_path):
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def materialize_report(report, inputs: dict[tuple[str, ...], object], artifacts_dir: Path) -> tuple[object, dict]:
+def materialize_report(
+    report, inputs: dict[tuple[str, ...], object], artifacts_dir: Path
+) -> tuple[object, dict]:
     """A report asset materialized by Dagster on prepared upstream tables (no upstream run): its table and metadata."""
     from dagster import AssetSpec, IOManager, materialize
 
@@ -179,7 +189,10 @@ def materialize_report(report, inputs: dict[tuple[str, ...], object], artifacts_
         def load_input(self, context):
             return inputs[tuple(context.asset_key.path)]
 
-    result = materialize([AssetSpec(list(key)) for key in inputs] + [report], selection=[report],
-                         resources={"io_manager": Prepared(), "artifacts": ArtifactStore(root=str(artifacts_dir))})
+    result = materialize(
+        [AssetSpec(list(key)) for key in inputs] + [report],
+        selection=[report],
+        resources={"io_manager": Prepared(), "artifacts": ArtifactStore(root=str(artifacts_dir))},
+    )
     (event,) = result.get_asset_materialization_events()
     return outputs["table"], {key: value.value for key, value in event.materialization.metadata.items()}

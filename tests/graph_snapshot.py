@@ -33,8 +33,11 @@ def graph_snapshot() -> dict:
             "backfill": None if node.backfill_policy is None else str(node.backfill_policy.policy_type.value),
             "tags": {k: v for k, v in sorted(node.tags.items()) if not k.startswith("dagster/")},
         }
-    jobs = {job.name: sorted(k.to_user_string() for k in job.asset_layer.selected_asset_keys)
-            for job in defs.resolve_all_job_defs() if not job.name.startswith("__")}
+    jobs = {
+        job.name: sorted(k.to_user_string() for k in job.asset_layer.selected_asset_keys)
+        for job in defs.resolve_all_job_defs()
+        if not job.name.startswith("__")
+    }
     repository = defs.get_repository_def()
     return {
         "assets": assets,
@@ -49,10 +52,13 @@ def render(snapshot: dict) -> str:
     sections = []
     for section, entries in snapshot.items():
         items = entries.items() if isinstance(entries, dict) else enumerate(entries)
-        body = ",\n".join(f"  {json.dumps(k) + ': ' if isinstance(entries, dict) else ''}"
-                           f"{json.dumps(v, sort_keys=True, ensure_ascii=False)}" for k, v in items)
+        body = ",\n".join(
+            f"  {json.dumps(k) + ': ' if isinstance(entries, dict) else ''}"
+            f"{json.dumps(v, sort_keys=True, ensure_ascii=False)}"
+            for k, v in items
+        )
         brackets = "{}" if isinstance(entries, dict) else "[]"
-        sections.append(f' {json.dumps(section)}: {brackets[0]}\n{body}\n {brackets[1]}')
+        sections.append(f" {json.dumps(section)}: {brackets[0]}\n{body}\n {brackets[1]}")
     return "{\n" + ",\n".join(sections) + "\n}\n"
 
 

@@ -9,7 +9,12 @@ from persona_platform.resources.inputs.survey import SurveyRecord
 
 def write_flat_json(records: list[SurveyRecord], path: Path) -> Path:
     items = [
-        {"country": r.country, "question": r.question, "options": list(r.options), "distribution": list(r.distribution)}
+        {
+            "country": r.country,
+            "question": r.question,
+            "options": list(r.options),
+            "distribution": list(r.distribution),
+        }
         for r in records
     ]
     path.write_text(json.dumps(items, indent=1))
@@ -32,5 +37,7 @@ def write_wide_csv(records: list[SurveyRecord], path: Path) -> Path:
         writer = csv.writer(f)
         writer.writerow(header)
         for c in countries:
-            writer.writerow([c] + [f"{cells[(q, o, c)]:.6f}" if (q, o, c) in cells else "" for q, o in questions])
+            writer.writerow(
+                [c] + [f"{cells[(q, o, c)]:.6f}" if (q, o, c) in cells else "" for q, o in questions]
+            )
     return path

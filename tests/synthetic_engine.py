@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 
 from persona_platform.resources.llm.engine import Engine, EngineUsage
 
-LINE = re.compile(r'Q: "(?P<q>.*)" \| Op: "(?P<o>.*)" \| Is Most Popular Opinion in .*?:(?P<label> True| False)?\n?$')
+LINE = re.compile(
+    r'Q: "(?P<q>.*)" \| Op: "(?P<o>.*)" \| Is Most Popular Opinion in .*?:(?P<label> True| False)?\n?$'
+)
 
 
 @dataclass

@@ -42,7 +42,9 @@ def import_graph() -> dict[str, set[str]]:
     modules = set(files)
     graph = {m: imports_of(p, modules) - {m} for m, p in files.items()}
     for module in graph:  # importing a.b.c runs a/__init__ and a/b/__init__ first
-        graph[module] |= {parent for name in set(graph[module]) for parent in _parents(name) if parent in modules}
+        graph[module] |= {
+            parent for name in set(graph[module]) for parent in _parents(name) if parent in modules
+        }
         graph[module].discard(module)
     return graph
 
@@ -60,7 +62,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         stack.append(module)
         for target in sorted(graph.get(module, ())):
             if state.get(target) == "open":
-                found.append(stack[stack.index(target):] + [target])
+                found.append(stack[stack.index(target) :] + [target])
             elif target not in state:
                 visit(target)
         stack.pop()
@@ -73,18 +75,24 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_dependencies_point_one_way():
-    upward = sorted(f"{m} imports {t}" for m, targets in import_graph().items() for t in targets
-                    if layer(t) < layer(m))
+    upward = sorted(
+        f"{m} imports {t}" for m, targets in import_graph().items() for t in targets if layer(t) < layer(m)
+    )
     assert upward == []
 
 
 def test_no_import_cycles():
     graph = import_graph()
     # A package's __init__ importing its own submodules is how a package exposes them, not a cycle.
-    graph = {m: {t for t in targets if not (t.startswith(m + ".") and m in _parents(t) + [m])} for m, targets in graph.items()}
+    graph = {
+        m: {t for t in targets if not (t.startswith(m + ".") and m in _parents(t) + [m])}
+        for m, targets in graph.items()
+    }
     assert cycles(graph) == []
 
 
 def test_the_graph_sees_imports_inside_functions():
     graph = import_graph()
-    assert "persona_platform.persona_assets.definitions" in graph["persona_platform.persona_assets.cli"]  # imported inside command_run
+    assert (
+        "persona_platform.persona_assets.definitions" in graph["persona_platform.persona_assets.cli"]
+    )  # imported inside command_run

@@ -1,10 +1,20 @@
 """Agent twins: board turns, per-agent corpora, LoRA adapters, merged models, perplexity."""
 
 import polars as pl
-from dagster import AssetExecutionContext, AssetIn, AssetOut, Config, MetadataValue, Output, asset, multi_asset
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetOut,
+    Config,
+    MetadataValue,
+    Output,
+    asset,
+    multi_asset,
+)
 from pydantic import Field
 
 from persona_platform.partitions import AGENTS, AGENTS_BY_KEY, agents_partitions
+from persona_platform.persona_assets.agents.adapters import serve_adapters
 from persona_platform.persona_assets.agents.corpora import split_meetings
 from persona_platform.persona_assets.agents.tables import (
     ADAPTER_SCHEMA,
@@ -27,10 +37,9 @@ from persona_platform.persona_assets.agents.tables import (
     training_chat,
     turn_rows,
 )
-from persona_platform.resources.inputs.transcripts import read_meetings
 from persona_platform.persona_assets.common import (
-    BOARD_INPUT,
     AGENT_PARTITION,
+    BOARD_INPUT,
     MODEL_KINDS,
     ONE_RUN_PER_BACKFILL,
     OWNERS,
@@ -40,20 +49,22 @@ from persona_platform.persona_assets.common import (
     markdown_table,
 )
 from persona_platform.persona_assets.deployment import TRAINING_PROFILE
-from persona_platform.persona_assets.agents.adapters import serve_adapters
 from persona_platform.persona_assets.plots import heatmap, loss_curve, saved_plot
 from persona_platform.persona_assets.steps import asset_frame, model_step
 from persona_platform.resources.artifacts import ArtifactStore
+from persona_platform.resources.inputs.registry import Agent
+from persona_platform.resources.inputs.transcripts import read_meetings
+from persona_platform.resources.llm import Engine
 from persona_platform.resources.llm.resource import LLMResource
 from persona_platform.resources.sources import BoardSource
-from persona_platform.resources.inputs.registry import Agent
-from persona_platform.resources.llm import Engine
 from persona_platform.resources.training import LoraTraining, TrainingOutcome, run_fingerprint
 
 GROUP = "agents"
 VERSION = "agents-1"
 SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, code_version=VERSION)
-BY_AGENT = dict(partitions_def=agents_partitions, metadata=AGENT_PARTITION, backfill_policy=ONE_RUN_PER_BACKFILL)
+BY_AGENT = dict(
+    partitions_def=agents_partitions, metadata=AGENT_PARTITION, backfill_policy=ONE_RUN_PER_BACKFILL
+)
 
 
 class BoardConfig(Config):
@@ -62,29 +73,47 @@ class BoardConfig(Config):
 
 
 class CorpusConfig(Config):
-    conversation_words: int = Field(default=300, description="Longest training conversation window, in words.")
+    conversation_words: int = Field(
+        default=300, description="Longest training conversation window, in words."
+    )
     context_turns: int = Field(default=6, description="Turns before an utterance given as its context.")
-    min_completion_words: int = Field(default=12, description="Shortest utterance used as a completion target.")
+    min_completion_words: int = Field(
+        default=12, description="Shortest utterance used as a completion target."
+    )
     monologue_words: int = Field(default=150, description="A monologue is an utterance longer than this.")
 
 
 class TrainingConfig(Config):
-    learning_rate: float = Field(default=2e-5, description="Upstream default; the embedded model needs far more.")
+    learning_rate: float = Field(
+        default=2e-5, description="Upstream default; the embedded model needs far more."
+    )
     epochs: int = Field(default=2)
     batch_size: int = Field(default=4)
     max_length: int = Field(default=2048, description="Tokens per example; longer ones are truncated.")
-    checkpoint_every: int = Field(default=50, description="Save a checkpoint every N steps (and every epoch).")
+    checkpoint_every: int = Field(
+        default=50, description="Save a checkpoint every N steps (and every epoch)."
+    )
     seed: int = Field(default=0)
-    quantization: str = Field(default="none", description="none, or 4bit (QLoRA: a CUDA GPU with bitsandbytes).")
-
+    quantization: str = Field(
+        default="none", description="none, or 4bit (QLoRA: a CUDA GPU with bitsandbytes)."
+    )
 
     def settings(self, agent: Agent) -> LoraTraining:
         """The agent's LoRA shape (from the registry) with this run's optimisation settings."""
         lora = agent.lora
-        return LoraTraining(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules,
-                            learning_rate=self.learning_rate, epochs=self.epochs, batch_size=self.batch_size,
-                            max_length=self.max_length, checkpoint_every=self.checkpoint_every, seed=self.seed,
-                            quantization=self.quantization)
+        return LoraTraining(
+            rank=lora.rank,
+            alpha=lora.alpha,
+            dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            learning_rate=self.learning_rate,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            checkpoint_every=self.checkpoint_every,
+            seed=self.seed,
+            quantization=self.quantization,
+        )
 
 
 @asset(**SHARED, kinds=TABLE_KINDS, pool=WAREHOUSE_POOL, tags=dict([BOARD_INPUT]))
@@ -98,11 +127,13 @@ def board_turns(context: AssetExecutionContext, config: BoardConfig, board: Boar
     meetings_by_split = {s: set(ids) for s, ids in per_split.iter_rows()}
     assert not meetings_by_split.get("train", set()) & meetings_by_split.get("test", set())
     per_agent = frame.group_by("agent", "split").agg(pl.len(), pl.col("words").sum()).sort("agent", "split")
-    context.add_output_metadata({
-        "meetings": MetadataValue.json({s: sorted(ids) for s, ids in meetings_by_split.items()}),
-        "unresolved_speakers": sorted(set(frame.filter(pl.col("agent").is_null())["speaker"])),
-        "turns_per_agent": markdown_table(["agent", "split", "turns", "words"], per_agent.rows()),
-    })
+    context.add_output_metadata(
+        {
+            "meetings": MetadataValue.json({s: sorted(ids) for s, ids in meetings_by_split.items()}),
+            "unresolved_speakers": sorted(set(frame.filter(pl.col("agent").is_null())["speaker"])),
+            "turns_per_agent": markdown_table(["agent", "split", "turns", "words"], per_agent.rows()),
+        }
+    )
     return frame
 
 
@@ -110,41 +141,74 @@ TURNS_IN = {"board_turns": AssetIn(key=[GROUP, "board_turns"])}
 
 
 @asset(**SHARED, **BY_AGENT, kinds=TABLE_KINDS, pool=WAREHOUSE_POOL, ins=TURNS_IN)
-def training_conversations(context: AssetExecutionContext, config: CorpusConfig, board_turns: pl.DataFrame) -> pl.DataFrame:
+def training_conversations(
+    context: AssetExecutionContext, config: CorpusConfig, board_turns: pl.DataFrame
+) -> pl.DataFrame:
     """Training chats from train meetings: the agent's turns as assistant turns, everyone else's as user turns."""
     rows = conversation_rows(board_turns, context.partition_keys, config.conversation_words)
     return asset_frame(context, rows, CONVERSATION_SCHEMA)
 
 
 @asset(**SHARED, **BY_AGENT, kinds=TABLE_KINDS, pool=WAREHOUSE_POOL, ins=TURNS_IN)
-def completion_examples(context: AssetExecutionContext, config: CorpusConfig, board_turns: pl.DataFrame) -> pl.DataFrame:
+def completion_examples(
+    context: AssetExecutionContext, config: CorpusConfig, board_turns: pl.DataFrame
+) -> pl.DataFrame:
     """Each utterance of the agent with the turns before it, from train and test meetings (the held-out sets)."""
-    rows = completion_rows(board_turns, context.partition_keys, config.context_turns, config.min_completion_words)
+    rows = completion_rows(
+        board_turns, context.partition_keys, config.context_turns, config.min_completion_words
+    )
     return asset_frame(context, rows, COMPLETION_SCHEMA)
 
 
 @asset(**SHARED, **BY_AGENT, kinds=TABLE_KINDS, pool=WAREHOUSE_POOL, ins=TURNS_IN)
-def monologues(context: AssetExecutionContext, config: CorpusConfig, board_turns: pl.DataFrame) -> pl.DataFrame:
+def monologues(
+    context: AssetExecutionContext, config: CorpusConfig, board_turns: pl.DataFrame
+) -> pl.DataFrame:
     """The agent's utterances longer than the monologue threshold (150 words by default)."""
-    return asset_frame(context, monologue_rows(board_turns, context.partition_keys, config.monologue_words), MONOLOGUE_SCHEMA)
+    return asset_frame(
+        context, monologue_rows(board_turns, context.partition_keys, config.monologue_words), MONOLOGUE_SCHEMA
+    )
 
 
-def train_agent(engine: Engine, artifacts: ArtifactStore, agent: str, conversations: pl.DataFrame,
-                settings: LoraTraining, log) -> TrainingOutcome:
+def train_agent(
+    engine: Engine,
+    artifacts: ArtifactStore,
+    agent: str,
+    conversations: pl.DataFrame,
+    settings: LoraTraining,
+    log,
+) -> TrainingOutcome:
     """Train (or resume) one agent's adapter; checkpoints and the adapter live under this exact run's fingerprint."""
     examples = engine.training_examples([training_chat(m) for m in conversations["messages"]])
     run = run_fingerprint(settings, examples, engine.model_id)
-    return engine.train_adapter(agent, examples, settings, log=log,
-                                checkpoint_path=artifacts.path("checkpoints", "lora", agent, f"{run}.pt"),
-                                adapter_dir=artifacts.path("adapters", agent, run))
+    return engine.train_adapter(
+        agent,
+        examples,
+        settings,
+        log=log,
+        checkpoint_path=artifacts.path("checkpoints", "lora", agent, f"{run}.pt"),
+        adapter_dir=artifacts.path("adapters", agent, run),
+    )
 
 
 @multi_asset(
     outs={
-        "lora_adapters": AssetOut(key=[GROUP, "lora_adapters"], metadata=AGENT_PARTITION, owners=OWNERS, kinds=MODEL_KINDS,
-                                  code_version=VERSION, description="A LoRA adapter per agent (PEFT + Accelerate, loss on the agent's tokens only): path, sha256, hyperparameters."),
-        "training_loss": AssetOut(key=[GROUP, "training_loss"], metadata=AGENT_PARTITION, owners=OWNERS, kinds=MODEL_KINDS,
-                                  code_version=VERSION, description="Training loss per step and agent, with the loss curve plot."),
+        "lora_adapters": AssetOut(
+            key=[GROUP, "lora_adapters"],
+            metadata=AGENT_PARTITION,
+            owners=OWNERS,
+            kinds=MODEL_KINDS,
+            code_version=VERSION,
+            description="A LoRA adapter per agent (PEFT + Accelerate, loss on the agent's tokens only): path, sha256, hyperparameters.",
+        ),
+        "training_loss": AssetOut(
+            key=[GROUP, "training_loss"],
+            metadata=AGENT_PARTITION,
+            owners=OWNERS,
+            kinds=MODEL_KINDS,
+            code_version=VERSION,
+            description="Training loss per step and agent, with the loss curve plot.",
+        ),
     },
     group_name=GROUP,
     **gpu_step(TRAINING_PROFILE),
@@ -152,8 +216,13 @@ def train_agent(engine: Engine, artifacts: ArtifactStore, agent: str, conversati
     backfill_policy=ONE_RUN_PER_BACKFILL,
     ins={"training_conversations": AssetIn(key=[GROUP, "training_conversations"])},
 )
-def lora_training(context: AssetExecutionContext, config: TrainingConfig, llm: LLMResource, artifacts: ArtifactStore,
-                  training_conversations: pl.DataFrame):
+def lora_training(
+    context: AssetExecutionContext,
+    config: TrainingConfig,
+    llm: LLMResource,
+    artifacts: ArtifactStore,
+    training_conversations: pl.DataFrame,
+):
     """Train each agent's adapter on its conversations; resumes from its last checkpoint after a crash."""
     adapters, losses, plots = [], [], []
     with model_step(context, llm) as step:
@@ -163,20 +232,56 @@ def lora_training(context: AssetExecutionContext, config: TrainingConfig, llm: L
             outcome = train_agent(step.engine, artifacts, agent, conversations, settings, context.log.info)
             adapters.append(adapter_row(agent, outcome, settings, conversations["row_id"].to_list()))
             losses += loss_rows(agent, outcome)
-            png = loss_curve(f"LoRA training - {agent}", [p["step"] for p in outcome.losses], [p["loss"] for p in outcome.losses])
+            png = loss_curve(
+                f"LoRA training - {agent}",
+                [p["step"] for p in outcome.losses],
+                [p["loss"] for p in outcome.losses],
+            )
             plots.append(saved_plot(artifacts, png, "training", agent, agent))
-        adapter_frame, loss_frame = step.frame(adapters, ADAPTER_SCHEMA, "lora_adapters"), step.frame(losses, LOSS_SCHEMA, "training_loss")
-    yield Output(adapter_frame, "lora_adapters", metadata={"adapters": markdown_table(
-        ["agent", "steps", "tokens", "tokens/s", "resumed from", "final loss"],
-        [[r["agent"], r["steps"], r["tokens_trained"], f"{r['tokens_per_second'] or 0:.0f}", r["resumed_from_step"],
-          f"{r['final_loss']:.3f}"] for r in adapters])})
+        adapter_frame, loss_frame = (
+            step.frame(adapters, ADAPTER_SCHEMA, "lora_adapters"),
+            step.frame(losses, LOSS_SCHEMA, "training_loss"),
+        )
+    yield Output(
+        adapter_frame,
+        "lora_adapters",
+        metadata={
+            "adapters": markdown_table(
+                ["agent", "steps", "tokens", "tokens/s", "resumed from", "final loss"],
+                [
+                    [
+                        r["agent"],
+                        r["steps"],
+                        r["tokens_trained"],
+                        f"{r['tokens_per_second'] or 0:.0f}",
+                        r["resumed_from_step"],
+                        f"{r['final_loss']:.3f}",
+                    ]
+                    for r in adapters
+                ],
+            )
+        },
+    )
     yield Output(loss_frame, "training_loss", metadata={"loss_curves": MetadataValue.md("\n\n".join(plots))})
 
 
-@asset(**SHARED, **BY_AGENT, kinds=MODEL_KINDS | {"safetensors"}, **gpu_step(),
-       ins={"lora_adapters": AssetIn(key=[GROUP, "lora_adapters"]), "completion_examples": AssetIn(key=[GROUP, "completion_examples"])})
-def merged_models(context: AssetExecutionContext, llm: LLMResource, artifacts: ArtifactStore,
-                  lora_adapters: pl.DataFrame, completion_examples: pl.DataFrame) -> pl.DataFrame:
+@asset(
+    **SHARED,
+    **BY_AGENT,
+    kinds=MODEL_KINDS | {"safetensors"},
+    **gpu_step(),
+    ins={
+        "lora_adapters": AssetIn(key=[GROUP, "lora_adapters"]),
+        "completion_examples": AssetIn(key=[GROUP, "completion_examples"]),
+    },
+)
+def merged_models(
+    context: AssetExecutionContext,
+    llm: LLMResource,
+    artifacts: ArtifactStore,
+    lora_adapters: pl.DataFrame,
+    completion_examples: pl.DataFrame,
+) -> pl.DataFrame:
     """Base weights with the agent's adapter merged in, saved as safetensors with the tokenizer; the
     merged model must give the logits of base + adapter (max |difference| <= 1e-4 in float32) on up to three of
     the agent's utterances; an agent with none to compare on fails rather than passing unchecked."""
@@ -187,18 +292,32 @@ def merged_models(context: AssetExecutionContext, llm: LLMResource, artifacts: A
             agent = r["agent"]
             samples = list(completion_examples.filter(pl.col("agent") == agent)["target"][:3])
             out_dir = artifacts.path("merged", agent, r["sha256"][:16])
-            fingerprint, differences = step.engine.merge_adapter(agent, out_dir, samples, max_check_tokens=128)
+            fingerprint, differences = step.engine.merge_adapter(
+                agent, out_dir, samples, max_check_tokens=128
+            )
             rows.append(merged_row(agent, str(out_dir), fingerprint, merge_difference(agent, differences)))
         frame = step.frame(rows, MERGED_SCHEMA)
-    context.add_output_metadata({"max_logit_difference": max((r["max_logit_difference"] for r in rows), default=0.0)})
+    context.add_output_metadata(
+        {"max_logit_difference": max((r["max_logit_difference"] for r in rows), default=0.0)}
+    )
     return frame
 
 
-@asset(**SHARED, kinds=MODEL_KINDS | {"matplotlib"}, **gpu_step(),
-       ins={"lora_adapters": AssetIn(key=[GROUP, "lora_adapters"]), "completion_examples": AssetIn(key=[GROUP, "completion_examples"])})
+@asset(
+    **SHARED,
+    kinds=MODEL_KINDS | {"matplotlib"},
+    **gpu_step(),
+    ins={
+        "lora_adapters": AssetIn(key=[GROUP, "lora_adapters"]),
+        "completion_examples": AssetIn(key=[GROUP, "completion_examples"]),
+    },
+)
 def perplexity_matrix(
-    context: AssetExecutionContext, llm: LLMResource, artifacts: ArtifactStore,
-    lora_adapters: pl.DataFrame, completion_examples: pl.DataFrame,
+    context: AssetExecutionContext,
+    llm: LLMResource,
+    artifacts: ArtifactStore,
+    lora_adapters: pl.DataFrame,
+    completion_examples: pl.DataFrame,
 ) -> pl.DataFrame:
     """Perplexity of every model (the base, each agent's adapter) on every agent's held-out utterances:
     token-weighted over the held-out agent's tokens only, from the engine's loglikelihood."""
@@ -211,8 +330,13 @@ def perplexity_matrix(
     cell = {(r["model"], r["heldout_agent"]): r["perplexity"] for r in frame.iter_rows(named=True)}
     values = [[cell[(m, a)] for a in agents] for m in models]
     png = heatmap("Perplexity on held-out utterances", models, agents, values, "perplexity")
-    context.add_output_metadata({
-        "matrix": markdown_table(["model", *agents], [[m, *[f"{v:.2f}" for v in row]] for m, row in zip(models, values, strict=True)]),
-        "heatmap": MetadataValue.md(saved_plot(artifacts, png, "agents", "perplexity")),
-    })
+    context.add_output_metadata(
+        {
+            "matrix": markdown_table(
+                ["model", *agents],
+                [[m, *[f"{v:.2f}" for v in row]] for m, row in zip(models, values, strict=True)],
+            ),
+            "heatmap": MetadataValue.md(saved_plot(artifacts, png, "agents", "perplexity")),
+        }
+    )
     return frame

@@ -59,7 +59,9 @@ def adapter_prompt(messages: Sequence[Message]) -> ChatPrompt:
     distribution, so any other role is refused rather than passed on."""
     for role, _ in messages:
         if role not in ADAPTER_ROLES:
-            raise ValueError(f"an adapter is trained on {' and '.join(ADAPTER_ROLES)} turns only; got a {role!r} turn")
+            raise ValueError(
+                f"an adapter is trained on {' and '.join(ADAPTER_ROLES)} turns only; got a {role!r} turn"
+            )
     return ChatPrompt(tuple((role, content) for role, content in messages))
 
 
@@ -88,7 +90,9 @@ class Completion:
     context: tuple[SpeakerTurn, ...]
 
 
-def completions(turns: Sequence[SpeakerTurn], agent: str, context_turns: int, min_words: int) -> list[Completion]:
+def completions(
+    turns: Sequence[SpeakerTurn], agent: str, context_turns: int, min_words: int
+) -> list[Completion]:
     """Each utterance of the agent (of at least ``min_words`` words) with the turns before it."""
     out = []
     for position, turn in enumerate(turns):

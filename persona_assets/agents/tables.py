@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from persona_platform.resources.inputs.registry import Agent
 from persona_platform.persona_assets.agents.corpora import (
     SpeakerTurn,
     adapter_prompt,
@@ -17,8 +16,9 @@ from persona_platform.persona_assets.agents.corpora import (
     conversation_windows,
     monologues,
 )
-from persona_platform.resources.inputs.transcripts import Meeting, alias_table, speaker_agent
 from persona_platform.persona_assets.provenance import file_ref, row_ref
+from persona_platform.resources.inputs.registry import Agent
+from persona_platform.resources.inputs.transcripts import Meeting, alias_table, speaker_agent
 from persona_platform.resources.llm.engine import LoglikelihoodRequest
 from persona_platform.resources.training import LoraTraining, TrainingOutcome
 
@@ -35,13 +35,36 @@ TURN_SCHEMA = {
     "source_file": pl.String,
     "source_sha256": pl.String,
 }
-CONVERSATION_SCHEMA = {"agent": pl.String, "meeting_id": pl.String, "window": pl.Int64, "messages": pl.String,
-                       "agent_turns": pl.Int64}
-COMPLETION_SCHEMA = {"agent": pl.String, "split": pl.String, "meeting_id": pl.String, "turn": pl.Int64,
-                     "context": pl.String, "target": pl.String}
-MONOLOGUE_SCHEMA = {"agent": pl.String, "meeting_id": pl.String, "turn": pl.Int64, "text": pl.String, "words": pl.Int64}
-PERPLEXITY_SCHEMA = {"model": pl.String, "heldout_agent": pl.String, "examples": pl.Int64, "tokens": pl.Int64,
-                     "nll": pl.Float64, "perplexity": pl.Float64}
+CONVERSATION_SCHEMA = {
+    "agent": pl.String,
+    "meeting_id": pl.String,
+    "window": pl.Int64,
+    "messages": pl.String,
+    "agent_turns": pl.Int64,
+}
+COMPLETION_SCHEMA = {
+    "agent": pl.String,
+    "split": pl.String,
+    "meeting_id": pl.String,
+    "turn": pl.Int64,
+    "context": pl.String,
+    "target": pl.String,
+}
+MONOLOGUE_SCHEMA = {
+    "agent": pl.String,
+    "meeting_id": pl.String,
+    "turn": pl.Int64,
+    "text": pl.String,
+    "words": pl.Int64,
+}
+PERPLEXITY_SCHEMA = {
+    "model": pl.String,
+    "heldout_agent": pl.String,
+    "examples": pl.Int64,
+    "tokens": pl.Int64,
+    "nll": pl.Float64,
+    "perplexity": pl.Float64,
+}
 BASE_MODEL_ROW = "base"
 # Largest |logit difference| allowed between the merged model and base + adapter (float32).
 MERGE_TOLERANCE = 1e-4
@@ -52,13 +75,22 @@ def turn_rows(meetings: Sequence[Meeting], agents: Sequence[Agent], splits: dict
     rows = []
     for meeting in meetings:
         for turn in meeting.turns:
-            rows.append({
-                "row_id": f"{meeting.meeting_id}/{turn.index}", "meeting_id": meeting.meeting_id, "turn": turn.index,
-                "speaker": turn.speaker, "agent": speaker_agent(turn.speaker, aliases), "text": turn.text,
-                "words": len(turn.text.split()), "split": splits[meeting.meeting_id],
-                "source_file": str(meeting.path), "source_sha256": meeting.sha256,
-                "partition_key": None, "input_ids": [file_ref(meeting.sha256, turn.index + 1)],
-            })
+            rows.append(
+                {
+                    "row_id": f"{meeting.meeting_id}/{turn.index}",
+                    "meeting_id": meeting.meeting_id,
+                    "turn": turn.index,
+                    "speaker": turn.speaker,
+                    "agent": speaker_agent(turn.speaker, aliases),
+                    "text": turn.text,
+                    "words": len(turn.text.split()),
+                    "split": splits[meeting.meeting_id],
+                    "source_file": str(meeting.path),
+                    "source_sha256": meeting.sha256,
+                    "partition_key": None,
+                    "input_ids": [file_ref(meeting.sha256, turn.index + 1)],
+                }
+            )
     return rows
 
 
@@ -67,7 +99,9 @@ def speaker_turns(turns: pl.DataFrame, split: str | None = None) -> dict[str, li
     frame = turns if split is None else turns.filter(pl.col("split") == split)
     out: dict[str, list[SpeakerTurn]] = {}
     for r in frame.sort("meeting_id", "turn").iter_rows(named=True):
-        out.setdefault(r["meeting_id"], []).append(SpeakerTurn(r["meeting_id"], r["turn"], r["speaker"], r["agent"], r["text"]))
+        out.setdefault(r["meeting_id"], []).append(
+            SpeakerTurn(r["meeting_id"], r["turn"], r["speaker"], r["agent"], r["text"])
+        )
     return out
 
 
@@ -80,26 +114,42 @@ def conversation_rows(turns: pl.DataFrame, agents: Sequence[str], max_words: int
     for agent in agents:
         for meeting_id, meeting in speaker_turns(turns, "train").items():
             for window_index, window in enumerate(conversation_windows(meeting, agent, max_words)):
-                rows.append({
-                    "row_id": f"{agent}/{meeting_id}/{window_index}", "agent": agent, "meeting_id": meeting_id,
-                    "window": window_index, "messages": json.dumps(as_messages(window, agent)),
-                    "agent_turns": sum(t.agent == agent for t in window), "partition_key": agent, "input_ids": _refs(window),
-                })
+                rows.append(
+                    {
+                        "row_id": f"{agent}/{meeting_id}/{window_index}",
+                        "agent": agent,
+                        "meeting_id": meeting_id,
+                        "window": window_index,
+                        "messages": json.dumps(as_messages(window, agent)),
+                        "agent_turns": sum(t.agent == agent for t in window),
+                        "partition_key": agent,
+                        "input_ids": _refs(window),
+                    }
+                )
     return rows
 
 
-def completion_rows(turns: pl.DataFrame, agents: Sequence[str], context_turns: int, min_words: int) -> list[dict]:
+def completion_rows(
+    turns: pl.DataFrame, agents: Sequence[str], context_turns: int, min_words: int
+) -> list[dict]:
     split_of = dict(zip(turns["meeting_id"], turns["split"], strict=True))
     rows = []
     for agent in agents:
         for meeting_id, meeting in speaker_turns(turns).items():
             for c in completions(meeting, agent, context_turns, min_words):
-                rows.append({
-                    "row_id": f"{agent}/{meeting_id}/{c.target.index}", "agent": agent, "split": split_of[meeting_id],
-                    "meeting_id": meeting_id, "turn": c.target.index,
-                    "context": json.dumps(as_messages(c.context, agent)), "target": c.target.text,
-                    "partition_key": agent, "input_ids": _refs([*c.context, c.target]),
-                })
+                rows.append(
+                    {
+                        "row_id": f"{agent}/{meeting_id}/{c.target.index}",
+                        "agent": agent,
+                        "split": split_of[meeting_id],
+                        "meeting_id": meeting_id,
+                        "turn": c.target.index,
+                        "context": json.dumps(as_messages(c.context, agent)),
+                        "target": c.target.text,
+                        "partition_key": agent,
+                        "input_ids": _refs([*c.context, c.target]),
+                    }
+                )
     return rows
 
 
@@ -108,10 +158,18 @@ def monologue_rows(turns: pl.DataFrame, agents: Sequence[str], min_words: int) -
     for agent in agents:
         for meeting_id, meeting in speaker_turns(turns).items():
             for t in monologues(meeting, agent, min_words):
-                rows.append({
-                    "row_id": f"{agent}/{meeting_id}/{t.index}", "agent": agent, "meeting_id": meeting_id, "turn": t.index,
-                    "text": t.text, "words": len(t.text.split()), "partition_key": agent, "input_ids": _refs([t]),
-                })
+                rows.append(
+                    {
+                        "row_id": f"{agent}/{meeting_id}/{t.index}",
+                        "agent": agent,
+                        "meeting_id": meeting_id,
+                        "turn": t.index,
+                        "text": t.text,
+                        "words": len(t.text.split()),
+                        "partition_key": agent,
+                        "input_ids": _refs([t]),
+                    }
+                )
     return rows
 
 
@@ -129,8 +187,10 @@ def training_chat(messages_json: str) -> list[tuple[str, str]]:
 def heldout_requests(examples: pl.DataFrame, adapter: str | None) -> list[LoglikelihoodRequest]:
     """Each held-out utterance after its context, the context laid out as the adapter's training chats; only
     the utterance counts. The base model gets the same layout, so the perplexities compare."""
-    return [LoglikelihoodRequest(((adapter_prompt(json.loads(context)), False), (target, True)), adapter=adapter)
-            for context, target in zip(examples["context"], examples["target"], strict=True)]
+    return [
+        LoglikelihoodRequest(((adapter_prompt(json.loads(context)), False), (target, True)), adapter=adapter)
+        for context, target in zip(examples["context"], examples["target"], strict=True)
+    ]
 
 
 def merge_difference(agent: str, differences: Sequence[float], tolerance: float = MERGE_TOLERANCE) -> float:
@@ -139,8 +199,10 @@ def merge_difference(agent: str, differences: Sequence[float], tolerance: float 
     A check that compared no sample proves nothing, so it fails; so does a difference
     that is not a number (NaN compares false with the tolerance and would pass)."""
     if not differences:
-        raise RuntimeError(f"{agent}: the merge check compared no sample (the agent has no completion example to "
-                           "compare the merged model with base + adapter on)")
+        raise RuntimeError(
+            f"{agent}: the merge check compared no sample (the agent has no completion example to "
+            "compare the merged model with base + adapter on)"
+        )
     worst = max(differences)
     if not all(math.isfinite(d) for d in differences) or worst > tolerance:
         bad = next((d for d in differences if not math.isfinite(d)), worst)
@@ -148,7 +210,9 @@ def merge_difference(agent: str, differences: Sequence[float], tolerance: float 
     return worst
 
 
-def perplexity_rows(engine, heldout: pl.DataFrame, models: Sequence[str], agents: Sequence[str]) -> list[dict]:
+def perplexity_rows(
+    engine, heldout: pl.DataFrame, models: Sequence[str], agents: Sequence[str]
+) -> list[dict]:
     """Every model (the base, or an agent's adapter) on every agent's held-out utterances: the negative
     log-likelihood of the agent's tokens, their count and the token-weighted perplexity."""
     rows = []
@@ -159,37 +223,95 @@ def perplexity_rows(engine, heldout: pl.DataFrame, models: Sequence[str], agents
             results = engine.loglikelihood(heldout_requests(examples, adapter))
             nll = -sum(r.total for r in results)
             tokens = sum(r.n_counted for r in results)
-            rows.append({"row_id": f"{model}/{agent}", "model": model, "adapter": adapter, "heldout_agent": agent,
-                         "examples": examples.height, "tokens": tokens, "nll": nll, "perplexity": perplexity(nll, tokens),
-                         "input_ids": [row_ref("agents.completion_examples", i) for i in examples["row_id"]]
-                         + ([row_ref("agents.lora_adapters", model)] if adapter else [])})
+            rows.append(
+                {
+                    "row_id": f"{model}/{agent}",
+                    "model": model,
+                    "adapter": adapter,
+                    "heldout_agent": agent,
+                    "examples": examples.height,
+                    "tokens": tokens,
+                    "nll": nll,
+                    "perplexity": perplexity(nll, tokens),
+                    "input_ids": [row_ref("agents.completion_examples", i) for i in examples["row_id"]]
+                    + ([row_ref("agents.lora_adapters", model)] if adapter else []),
+                }
+            )
     return rows
 
 
-ADAPTER_SCHEMA = {"agent": pl.String, "adapter_path": pl.String, "sha256": pl.String, "rank": pl.Int64, "alpha": pl.Int64,
-                  "dropout": pl.Float64, "target_modules": pl.List(pl.String), "steps": pl.Int64,
-                  "tokens_trained": pl.Int64, "seconds": pl.Float64, "tokens_per_second": pl.Float64,
-                  "resumed_from_step": pl.Int64, "final_loss": pl.Float64}
-LOSS_SCHEMA = {"agent": pl.String, "step": pl.Int64, "epoch": pl.Int64, "loss": pl.Float64, "tokens": pl.Int64}
-MERGED_SCHEMA = {"agent": pl.String, "model_path": pl.String, "sha256": pl.String, "max_logit_difference": pl.Float64}
+ADAPTER_SCHEMA = {
+    "agent": pl.String,
+    "adapter_path": pl.String,
+    "sha256": pl.String,
+    "rank": pl.Int64,
+    "alpha": pl.Int64,
+    "dropout": pl.Float64,
+    "target_modules": pl.List(pl.String),
+    "steps": pl.Int64,
+    "tokens_trained": pl.Int64,
+    "seconds": pl.Float64,
+    "tokens_per_second": pl.Float64,
+    "resumed_from_step": pl.Int64,
+    "final_loss": pl.Float64,
+}
+LOSS_SCHEMA = {
+    "agent": pl.String,
+    "step": pl.Int64,
+    "epoch": pl.Int64,
+    "loss": pl.Float64,
+    "tokens": pl.Int64,
+}
+MERGED_SCHEMA = {
+    "agent": pl.String,
+    "model_path": pl.String,
+    "sha256": pl.String,
+    "max_logit_difference": pl.Float64,
+}
 
 
-def adapter_row(agent: str, outcome: TrainingOutcome, settings: LoraTraining, conversation_ids: Sequence[str]) -> dict:
-    return {"row_id": agent, "agent": agent, "adapter": agent, "adapter_path": str(outcome.adapter_dir),
-            "sha256": outcome.fingerprint, "rank": settings.rank, "alpha": settings.alpha, "dropout": settings.dropout,
-            "target_modules": list(settings.target_modules), "steps": outcome.steps,
-            "tokens_trained": outcome.tokens_trained, "seconds": outcome.seconds,
-            "tokens_per_second": outcome.tokens_trained / outcome.seconds if outcome.seconds else None,
-            "resumed_from_step": outcome.resumed_from_step,
-            "final_loss": outcome.losses[-1]["loss"] if outcome.losses else None,
-            "input_ids": [row_ref("agents.training_conversations", i) for i in conversation_ids]}
+def adapter_row(
+    agent: str, outcome: TrainingOutcome, settings: LoraTraining, conversation_ids: Sequence[str]
+) -> dict:
+    return {
+        "row_id": agent,
+        "agent": agent,
+        "adapter": agent,
+        "adapter_path": str(outcome.adapter_dir),
+        "sha256": outcome.fingerprint,
+        "rank": settings.rank,
+        "alpha": settings.alpha,
+        "dropout": settings.dropout,
+        "target_modules": list(settings.target_modules),
+        "steps": outcome.steps,
+        "tokens_trained": outcome.tokens_trained,
+        "seconds": outcome.seconds,
+        "tokens_per_second": outcome.tokens_trained / outcome.seconds if outcome.seconds else None,
+        "resumed_from_step": outcome.resumed_from_step,
+        "final_loss": outcome.losses[-1]["loss"] if outcome.losses else None,
+        "input_ids": [row_ref("agents.training_conversations", i) for i in conversation_ids],
+    }
 
 
 def loss_rows(agent: str, outcome: TrainingOutcome) -> list[dict]:
-    return [{"row_id": f"{agent}/{point['step']}", "agent": agent, **point,
-             "input_ids": [row_ref("agents.lora_adapters", agent)]} for point in outcome.losses]
+    return [
+        {
+            "row_id": f"{agent}/{point['step']}",
+            "agent": agent,
+            **point,
+            "input_ids": [row_ref("agents.lora_adapters", agent)],
+        }
+        for point in outcome.losses
+    ]
 
 
 def merged_row(agent: str, out_dir: str, fingerprint: str, difference: float) -> dict:
-    return {"row_id": agent, "agent": agent, "adapter": agent, "model_path": out_dir, "sha256": fingerprint,
-            "max_logit_difference": difference, "input_ids": [row_ref("agents.lora_adapters", agent)]}
+    return {
+        "row_id": agent,
+        "agent": agent,
+        "adapter": agent,
+        "model_path": out_dir,
+        "sha256": fingerprint,
+        "max_logit_difference": difference,
+        "input_ids": [row_ref("agents.lora_adapters", agent)],
+    }

@@ -6,7 +6,13 @@ from dagster import AssetExecutionContext, AssetIn, MetadataValue, asset
 from persona_platform.partitions import agent_country_partitions, countries_partitions
 from persona_platform.persona_assets.agents.adapters import serve_adapters
 from persona_platform.persona_assets.alignment.similarity import OPINION_HASH
-from persona_platform.persona_assets.alignment.tables import ANSWER_SCHEMA, BASE, SUMMARY_SCHEMA, answer_rows, summary_rows
+from persona_platform.persona_assets.alignment.tables import (
+    ANSWER_SCHEMA,
+    BASE,
+    SUMMARY_SCHEMA,
+    answer_rows,
+    summary_rows,
+)
 from persona_platform.persona_assets.common import (
     AGENT_COUNTRY_PARTITION,
     COUNTRY_PARTITION,
@@ -30,44 +36,91 @@ SURVEY_IN = AssetIn(key=["opinions", "goqa_survey"])
 
 def _similarity_metadata(frame: pl.DataFrame, skipped: int) -> dict:
     means = frame.group_by("agent", "country").agg(pl.col("similarity").mean()).sort("agent", "country")
-    return {"questions_not_answerable": skipped,
-            "mean_similarity": markdown_table(["persona", "country", "similarity"],
-                                              [[a, c, f"{s:.3f}"] for a, c, s in means.iter_rows()])}
+    return {
+        "questions_not_answerable": skipped,
+        "mean_similarity": markdown_table(
+            ["persona", "country", "similarity"], [[a, c, f"{s:.3f}"] for a, c, s in means.iter_rows()]
+        ),
+    }
 
 
-@asset(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=MODEL_KINDS, **gpu_step(), code_version=VERSION,
-       partitions_def=agent_country_partitions, metadata=AGENT_COUNTRY_PARTITION, backfill_policy=ONE_RUN_PER_BACKFILL,
-       ins={"goqa_survey": SURVEY_IN, "lora_adapters": AssetIn(key=["agents", "lora_adapters"])})
-def agent_opinions(context: AssetExecutionContext, llm: LLMResource, goqa_survey: pl.DataFrame, lora_adapters: pl.DataFrame) -> pl.DataFrame:
+@asset(
+    key_prefix=GROUP,
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds=MODEL_KINDS,
+    **gpu_step(),
+    code_version=VERSION,
+    partitions_def=agent_country_partitions,
+    metadata=AGENT_COUNTRY_PARTITION,
+    backfill_policy=ONE_RUN_PER_BACKFILL,
+    ins={"goqa_survey": SURVEY_IN, "lora_adapters": AssetIn(key=["agents", "lora_adapters"])},
+)
+def agent_opinions(
+    context: AssetExecutionContext, llm: LLMResource, goqa_survey: pl.DataFrame, lora_adapters: pl.DataFrame
+) -> pl.DataFrame:
     """Each agent's adapter answers the country's survey questions: a distribution over the option letters
     (normalised probabilities from score), compared with the country's by 1 - Jensen-Shannon distance."""
-    dimensions = [agent_country_partitions.get_partition_key_from_str(k).keys_by_dimension for k in context.partition_keys]
+    dimensions = [
+        agent_country_partitions.get_partition_key_from_str(k).keys_by_dimension
+        for k in context.partition_keys
+    ]
     with model_step(context, llm, OPINION_HASH) as step:
         serve_adapters(step.engine, lora_adapters)
-        rows, skipped = answer_rows(step.engine, goqa_survey, [(d["agent"], d["country"]) for d in dimensions],
-                                    adapter_of=lambda persona: persona)
+        rows, skipped = answer_rows(
+            step.engine,
+            goqa_survey,
+            [(d["agent"], d["country"]) for d in dimensions],
+            adapter_of=lambda persona: persona,
+        )
         frame = step.frame(rows, ANSWER_SCHEMA)
     context.add_output_metadata(_similarity_metadata(frame, skipped))
     return frame
 
 
-@asset(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=MODEL_KINDS, **gpu_step(), code_version=VERSION,
-       partitions_def=countries_partitions, metadata=COUNTRY_PARTITION, backfill_policy=ONE_RUN_PER_BACKFILL,
-       ins={"goqa_survey": SURVEY_IN})
-def base_opinions(context: AssetExecutionContext, llm: LLMResource, goqa_survey: pl.DataFrame) -> pl.DataFrame:
+@asset(
+    key_prefix=GROUP,
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds=MODEL_KINDS,
+    **gpu_step(),
+    code_version=VERSION,
+    partitions_def=countries_partitions,
+    metadata=COUNTRY_PARTITION,
+    backfill_policy=ONE_RUN_PER_BACKFILL,
+    ins={"goqa_survey": SURVEY_IN},
+)
+def base_opinions(
+    context: AssetExecutionContext, llm: LLMResource, goqa_survey: pl.DataFrame
+) -> pl.DataFrame:
     """The base model answers each country's survey questions, compared like the agents (persona 'base')."""
     with model_step(context, llm, OPINION_HASH) as step:
-        rows, skipped = answer_rows(step.engine, goqa_survey, [(BASE, c) for c in context.partition_keys],
-                                    adapter_of=lambda _: None)
+        rows, skipped = answer_rows(
+            step.engine, goqa_survey, [(BASE, c) for c in context.partition_keys], adapter_of=lambda _: None
+        )
         frame = step.frame(rows, ANSWER_SCHEMA)
     context.add_output_metadata(_similarity_metadata(frame, skipped))
     return frame
 
 
-@asset(key_prefix=GROUP, group_name="reports", owners=OWNERS, kinds=TABLE_KINDS | {"matplotlib"}, pool=WAREHOUSE_POOL, code_version=VERSION,
-       ins={"agent_opinions": AssetIn(key=[GROUP, "agent_opinions"]), "base_opinions": AssetIn(key=[GROUP, "base_opinions"])})
-def opinion_alignment(context: AssetExecutionContext, artifacts: ArtifactStore, agent_opinions: pl.DataFrame,
-                      base_opinions: pl.DataFrame) -> pl.DataFrame:
+@asset(
+    key_prefix=GROUP,
+    group_name="reports",
+    owners=OWNERS,
+    kinds=TABLE_KINDS | {"matplotlib"},
+    pool=WAREHOUSE_POOL,
+    code_version=VERSION,
+    ins={
+        "agent_opinions": AssetIn(key=[GROUP, "agent_opinions"]),
+        "base_opinions": AssetIn(key=[GROUP, "base_opinions"]),
+    },
+)
+def opinion_alignment(
+    context: AssetExecutionContext,
+    artifacts: ArtifactStore,
+    agent_opinions: pl.DataFrame,
+    base_opinions: pl.DataFrame,
+) -> pl.DataFrame:
     """Mean similarity (1 - Jensen-Shannon distance) of each persona model to each country, one row per
     (persona, country); the persona x country heatmap."""
     frame = asset_frame(context, summary_rows(pl.concat([base_opinions, agent_opinions])), SUMMARY_SCHEMA)
@@ -75,6 +128,15 @@ def opinion_alignment(context: AssetExecutionContext, artifacts: ArtifactStore, 
     countries = sorted(frame["country"].unique())
     cell = {(r["persona"], r["country"]): r["similarity"] for r in frame.iter_rows(named=True)}
     values = [[cell.get((p, c), float("nan")) for c in countries] for p in personas]
-    png = heatmap("Opinion similarity to each country (1 - JS distance)", personas, countries, values, "similarity", fmt="{:.3f}")
-    context.add_output_metadata({"heatmap": MetadataValue.md(saved_plot(artifacts, png, "alignment", "similarity"))})
+    png = heatmap(
+        "Opinion similarity to each country (1 - JS distance)",
+        personas,
+        countries,
+        values,
+        "similarity",
+        fmt="{:.3f}",
+    )
+    context.add_output_metadata(
+        {"heatmap": MetadataValue.md(saved_plot(artifacts, png, "alignment", "similarity"))}
+    )
     return frame

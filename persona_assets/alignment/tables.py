@@ -14,40 +14,73 @@ from persona_platform.persona_assets.provenance import row_ref
 from persona_platform.resources.llm import ScoreRequest
 
 BASE = "base"
-ANSWER_SCHEMA = {"agent": pl.String, "country": pl.String, "question_id": pl.String,
-                 "model_distribution": pl.List(pl.Float64), "country_distribution": pl.List(pl.Float64),
-                 "similarity": pl.Float64}
+ANSWER_SCHEMA = {
+    "agent": pl.String,
+    "country": pl.String,
+    "question_id": pl.String,
+    "model_distribution": pl.List(pl.Float64),
+    "country_distribution": pl.List(pl.Float64),
+    "similarity": pl.Float64,
+}
 SUMMARY_SCHEMA = {"persona": pl.String, "country": pl.String, "questions": pl.Int64, "similarity": pl.Float64}
 
 
-def answer_rows(engine, survey: pl.DataFrame, pairs: list[tuple[str, str]], adapter_of) -> tuple[list[dict], int]:
+def answer_rows(
+    engine, survey: pl.DataFrame, pairs: list[tuple[str, str]], adapter_of
+) -> tuple[list[dict], int]:
     """For each (persona, country): the persona's letter distribution on every question with shares that sum above 0
     (ties count: a distribution is compared whole) and options that can be lettered; the rest are counted."""
     rows, skipped = [], 0
-    answerable = (pl.col("distribution").list.sum().fill_null(0) > 0) & (pl.col("options").list.len() <= len(LETTERS))
+    answerable = (pl.col("distribution").list.sum().fill_null(0) > 0) & (
+        pl.col("options").list.len() <= len(LETTERS)
+    )
     for persona, country in pairs:
         of_country = survey.filter(pl.col("country") == country)
         questions = of_country.filter(answerable).sort("question_id")
         skipped += of_country.height - questions.height
-        requests = [ScoreRequest(opinion_prompt(r["question"], r["options"]), option_letters(len(r["options"])),
-                                 adapter=adapter_of(persona)) for r in questions.iter_rows(named=True)]
+        requests = [
+            ScoreRequest(
+                opinion_prompt(r["question"], r["options"]),
+                option_letters(len(r["options"])),
+                adapter=adapter_of(persona),
+            )
+            for r in questions.iter_rows(named=True)
+        ]
         for r, logprobs in zip(questions.iter_rows(named=True), engine.score(requests), strict=True):
             model = normalize_logprobs(logprobs)
             survey_distribution = normalize(r["distribution"])
-            rows.append({
-                "row_id": f"{persona}/{country}/{r['question_id']}", "agent": persona, "adapter": adapter_of(persona), "country": country,
-                "question_id": r["question_id"], "model_distribution": model, "country_distribution": survey_distribution,
-                "similarity": similarity(model, survey_distribution),
-                "input_ids": [row_ref("opinions.goqa_survey", r["row_id"])]
-                + ([] if persona == BASE else [row_ref("agents.lora_adapters", persona)]),
-            })
+            rows.append(
+                {
+                    "row_id": f"{persona}/{country}/{r['question_id']}",
+                    "agent": persona,
+                    "adapter": adapter_of(persona),
+                    "country": country,
+                    "question_id": r["question_id"],
+                    "model_distribution": model,
+                    "country_distribution": survey_distribution,
+                    "similarity": similarity(model, survey_distribution),
+                    "input_ids": [row_ref("opinions.goqa_survey", r["row_id"])]
+                    + ([] if persona == BASE else [row_ref("agents.lora_adapters", persona)]),
+                }
+            )
     return rows, skipped
 
 
 def summary_rows(answers: pl.DataFrame) -> list[dict]:
     """The mean similarity per (persona, country), from every answer row of it."""
-    means = answers.group_by("agent", "country").agg(pl.len().alias("questions"), pl.col("similarity").mean(),
-                                                     pl.col("row_id")).sort("agent", "country")
-    return [{"row_id": f"{a}/{c}", "persona": a, "country": c, "questions": n, "similarity": s,
-             "input_ids": [row_ref(f"alignment.{'base' if a == BASE else 'agent'}_opinions", i) for i in ids]}
-            for a, c, n, s, ids in means.iter_rows()]
+    means = (
+        answers.group_by("agent", "country")
+        .agg(pl.len().alias("questions"), pl.col("similarity").mean(), pl.col("row_id"))
+        .sort("agent", "country")
+    )
+    return [
+        {
+            "row_id": f"{a}/{c}",
+            "persona": a,
+            "country": c,
+            "questions": n,
+            "similarity": s,
+            "input_ids": [row_ref(f"alignment.{'base' if a == BASE else 'agent'}_opinions", i) for i in ids],
+        }
+        for a, c, n, s, ids in means.iter_rows()
+    ]

@@ -69,8 +69,11 @@ def question_scores(rows: Sequence[tuple[int, str, bool]]) -> QuestionScores:
         by_question.setdefault(question_of(claim_id), []).append(bool(correct))
         by_repeat.setdefault(repeat, []).append(bool(correct))
         claims.add(claim_id)
-    return QuestionScores({q: float(np.mean(v)) for q, v in sorted(by_question.items())},
-                          [float(np.mean(v)) for _, v in sorted(by_repeat.items())], len(claims))
+    return QuestionScores(
+        {q: float(np.mean(v)) for q, v in sorted(by_question.items())},
+        [float(np.mean(v)) for _, v in sorted(by_repeat.items())],
+        len(claims),
+    )
 
 
 def _bootstrap(samples: Sequence[np.ndarray], statistic) -> tuple[float | None, float | None, float | None]:
@@ -78,8 +81,14 @@ def _bootstrap(samples: Sequence[np.ndarray], statistic) -> tuple[float | None, 
     sample of fewer than two questions)."""
     if any(len(s) < 2 for s in samples):
         return None, None, None
-    result = stats.bootstrap(tuple(samples), statistic, n_resamples=RESAMPLES, method="percentile",
-                             vectorized=True, random_state=np.random.default_rng(SEED))
+    result = stats.bootstrap(
+        tuple(samples),
+        statistic,
+        n_resamples=RESAMPLES,
+        method="percentile",
+        vectorized=True,
+        random_state=np.random.default_rng(SEED),
+    )
     low, high = result.confidence_interval
     return float(low), float(high), float(result.standard_error)
 
@@ -137,8 +146,15 @@ def sign_flip_p(differences: np.ndarray, weights: np.ndarray | None = None) -> f
     def statistic(d, axis=-1):
         return np.sum(w * d, axis=axis)
 
-    result = stats.permutation_test((differences,), statistic, permutation_type="samples", vectorized=True,
-                                    n_resamples=9999, alternative="two-sided", random_state=np.random.default_rng(SEED))
+    result = stats.permutation_test(
+        (differences,),
+        statistic,
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=9999,
+        alternative="two-sided",
+        random_state=np.random.default_rng(SEED),
+    )
     return float(result.pvalue)
 
 
@@ -160,6 +176,14 @@ def weighted_difference(pairs: Sequence[tuple[QuestionScores, QuestionScores]]) 
         return sum(w * np.mean(x, axis=axis) for w, x in zip(weights, xs, strict=True))
 
     low, high, _ = _bootstrap(samples, weighted)
-    per_question = np.concatenate([np.full(len(s), w / len(s)) for s, w in zip(samples, weights, strict=True) if len(s)])
-    return Difference(float(weighted(*samples)), low, high, sign_flip_p(np.concatenate(samples), per_question),
-                      sum(len(s) for s in samples), STRATIFIED)
+    per_question = np.concatenate(
+        [np.full(len(s), w / len(s)) for s, w in zip(samples, weights, strict=True) if len(s)]
+    )
+    return Difference(
+        float(weighted(*samples)),
+        low,
+        high,
+        sign_flip_p(np.concatenate(samples), per_question),
+        sum(len(s) for s in samples),
+        STRATIFIED,
+    )

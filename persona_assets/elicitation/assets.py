@@ -5,7 +5,16 @@ import json
 from dataclasses import asdict
 
 import polars as pl
-from dagster import AssetExecutionContext, AssetIn, AssetOut, Config, MetadataValue, Output, asset, multi_asset
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetOut,
+    Config,
+    MetadataValue,
+    Output,
+    asset,
+    multi_asset,
+)
 from pydantic import Field
 
 from persona_platform.partitions import countries_partitions
@@ -58,9 +67,14 @@ EVALUATION_VERSION = f"few-shot-1-{FEW_SHOT_HASH}"
 CHAT_VERSION = f"zero-shot-chat-2-{CHAT_HASH}"
 # The chat baseline's method: an instruction model of its own, or the generator through a chat template.
 CHAT, BASE_CHAT_TEMPLATE = "zero_shot_chat", "zero_shot_base_chat_template"
-BY_COUNTRY = dict(group_name=GROUP, **gpu_step(), partitions_def=countries_partitions, backfill_policy=ONE_RUN_PER_BACKFILL)
+BY_COUNTRY = dict(
+    group_name=GROUP, **gpu_step(), partitions_def=countries_partitions, backfill_policy=ONE_RUN_PER_BACKFILL
+)
 COUNTRY_OUT = dict(metadata=COUNTRY_PARTITION, owners=OWNERS, kinds=MODEL_KINDS)
-SPLITS_IN = {"goqa_splits": AssetIn(key=["opinions", "goqa_splits"]), "goqa_claims": AssetIn(key=["opinions", "goqa_claims"])}
+SPLITS_IN = {
+    "goqa_splits": AssetIn(key=["opinions", "goqa_splits"]),
+    "goqa_claims": AssetIn(key=["opinions", "goqa_claims"]),
+}
 
 
 class IcmConfig(Config):
@@ -71,32 +85,51 @@ class IcmConfig(Config):
     proposal_fix_iterations: int = Field(default=10, description="Repair rounds inside each proposal.")
     initial_temperature: float = Field(default=10.0)
     final_temperature: float = Field(default=0.1)
-    schedule_constant: float = Field(default=2.75, description="T = max(final, initial / (1 + c ln(1 + accepted))).")
+    schedule_constant: float = Field(
+        default=2.75, description="T = max(final, initial / (1 + c ln(1 + accepted)))."
+    )
     consistency: str = Field(default="exactly_one", description="exactly_one, at_most_one or none.")
-    pool_order: str = Field(default="tree", description="tree (prefix reuse, seeded leaf order) or naive leave-one-out prompts.")
-    seed: int = Field(default=0, description="Seeds every random choice of the search, and the tree's leaf order.")
+    pool_order: str = Field(
+        default="tree", description="tree (prefix reuse, seeded leaf order) or naive leave-one-out prompts."
+    )
+    seed: int = Field(
+        default=0, description="Seeds every random choice of the search, and the tree's leaf order."
+    )
     checkpoint_every: int = Field(default=25, description="Save the search state every N iterations.")
     variants: list[str] = Field(default=list(VARIANTS), description="Claim variants to search.")
 
     def params(self) -> IcmParams:
         return IcmParams(
-            alpha=self.alpha, num_seed=self.num_seed, iterations=self.iterations,
+            alpha=self.alpha,
+            num_seed=self.num_seed,
+            iterations=self.iterations,
             consistency_fix_iterations=self.consistency_fix_iterations,
             proposal_fix_iterations=self.proposal_fix_iterations,
-            initial_temperature=self.initial_temperature, final_temperature=self.final_temperature,
-            schedule_constant=self.schedule_constant, consistency=self.consistency,
-            pool_order=self.pool_order, seed=self.seed,
+            initial_temperature=self.initial_temperature,
+            final_temperature=self.final_temperature,
+            schedule_constant=self.schedule_constant,
+            consistency=self.consistency,
+            pool_order=self.pool_order,
+            seed=self.seed,
         )
 
 
-def checkpoint_name(country: str, variant: str, params: IcmParams, claim_ids: list[str], model_id: str) -> tuple[str, ...]:
+def checkpoint_name(
+    country: str, variant: str, params: IcmParams, claim_ids: list[str], model_id: str
+) -> tuple[str, ...]:
     """A checkpoint only resumes the same search: same claims, parameters, model and prompt."""
     key = json.dumps([asdict(params), claim_ids, model_id, FEW_SHOT_HASH]).encode()
     return ("checkpoints", "icm", country, variant, f"{hashlib.sha256(key).hexdigest()[:16]}.json")
 
 
-def resumable_search(engine: Engine, artifacts: ArtifactStore, country: str, variant: str, train: pl.DataFrame,
-                     config: IcmConfig) -> tuple[IcmSearch, SearchState, int | None]:
+def resumable_search(
+    engine: Engine,
+    artifacts: ArtifactStore,
+    country: str,
+    variant: str,
+    train: pl.DataFrame,
+    config: IcmConfig,
+) -> tuple[IcmSearch, SearchState, int | None]:
     """Run (or resume from its checkpoint) one country's search over one variant's train claims; the search, its
     final state and the iteration it resumed from."""
     params, claims = config.params(), icm_claims(train)
@@ -111,22 +144,42 @@ def resumable_search(engine: Engine, artifacts: ArtifactStore, country: str, var
 
 def search_summary(search: IcmSearch, state: SearchState, resumed_at: int | None) -> dict:
     agreement = search.gold_agreement(state.labels)
-    return {"labelled": sum(label is not None for label in state.labels), "train_claims": len(state.labels),
-            "accepted": state.accepted, "final_energy": round(state.metric.energy, 4),
-            "gold_agreement": None if agreement is None else round(agreement, 4), "resumed_from_iteration": resumed_at}
+    return {
+        "labelled": sum(label is not None for label in state.labels),
+        "train_claims": len(state.labels),
+        "accepted": state.accepted,
+        "final_energy": round(state.metric.energy, 4),
+        "gold_agreement": None if agreement is None else round(agreement, 4),
+        "resumed_from_iteration": resumed_at,
+    }
 
 
 @multi_asset(
     outs={
-        "icm_labels": AssetOut(key=[GROUP, "icm_labels"], code_version=ICM_VERSION, **COUNTRY_OUT,
-                               description="ICM labels of each country's train claims (null = never labelled), beside the gold labels."),
-        "icm_search_trace": AssetOut(key=[GROUP, "icm_search_trace"], code_version=ICM_VERSION, **COUNTRY_OUT,
-                                     description="Every ICM iteration: temperature, energy change, acceptance, agreement with gold."),
+        "icm_labels": AssetOut(
+            key=[GROUP, "icm_labels"],
+            code_version=ICM_VERSION,
+            **COUNTRY_OUT,
+            description="ICM labels of each country's train claims (null = never labelled), beside the gold labels.",
+        ),
+        "icm_search_trace": AssetOut(
+            key=[GROUP, "icm_search_trace"],
+            code_version=ICM_VERSION,
+            **COUNTRY_OUT,
+            description="Every ICM iteration: temperature, energy change, acceptance, agreement with gold.",
+        ),
     },
-    **BY_COUNTRY, ins=SPLITS_IN,
+    **BY_COUNTRY,
+    ins=SPLITS_IN,
 )
-def icm_search(context: AssetExecutionContext, config: IcmConfig, llm: LLMResource, artifacts: ArtifactStore,
-               goqa_splits: pl.DataFrame, goqa_claims: pl.DataFrame):
+def icm_search(
+    context: AssetExecutionContext,
+    config: IcmConfig,
+    llm: LLMResource,
+    artifacts: ArtifactStore,
+    goqa_splits: pl.DataFrame,
+    goqa_claims: pl.DataFrame,
+):
     """Internal Coherence Maximization over each country's train split, per variant."""
     labels, trace, plots, summary = [], [], [], {}
     with model_step(context, llm, FEW_SHOT_HASH) as step:
@@ -135,39 +188,70 @@ def icm_search(context: AssetExecutionContext, config: IcmConfig, llm: LLMResour
                 train = split_claims(goqa_splits, goqa_claims, country, variant, "train")
                 if train.is_empty():
                     continue
-                search, state, resumed_at = resumable_search(step.engine, artifacts, country, variant, train, config)
+                search, state, resumed_at = resumable_search(
+                    step.engine, artifacts, country, variant, train, config
+                )
                 labels += label_rows(train, state.labels, variant, country)
                 trace += trace_rows(state.trace, train["claim_id"].to_list(), variant, country)
                 summary[f"{country}/{variant}"] = search_summary(search, state, resumed_at)
                 context.log.info(f"ICM {country} ({variant}): {summary[f'{country}/{variant}']}")
-                png = search_trace(f"ICM search - {country} ({variant})", [t["iteration"] for t in state.trace],
-                                   [t["energy"] for t in state.trace], [t["gold_agreement"] for t in state.trace])
-                plots.append(saved_plot(artifacts, png, "icm_trace", f"{country}-{variant}", f"{country} ({variant})"))
-        label_frame, trace_frame = step.frame(labels, LABEL_SCHEMA, "icm_labels"), step.frame(trace, TRACE_SCHEMA, "icm_search_trace")
+                png = search_trace(
+                    f"ICM search - {country} ({variant})",
+                    [t["iteration"] for t in state.trace],
+                    [t["energy"] for t in state.trace],
+                    [t["gold_agreement"] for t in state.trace],
+                )
+                plots.append(
+                    saved_plot(artifacts, png, "icm_trace", f"{country}-{variant}", f"{country} ({variant})")
+                )
+        label_frame, trace_frame = (
+            step.frame(labels, LABEL_SCHEMA, "icm_labels"),
+            step.frame(trace, TRACE_SCHEMA, "icm_search_trace"),
+        )
     params = MetadataValue.json(asdict(config.params()))
-    yield Output(label_frame, "icm_labels", metadata={"params": params, "searches": MetadataValue.json(summary)})
-    yield Output(trace_frame, "icm_search_trace",
-                 metadata={"params": params, "trace_plots": MetadataValue.md("\n\n".join(plots) or "no search ran")})
+    yield Output(
+        label_frame, "icm_labels", metadata={"params": params, "searches": MetadataValue.json(summary)}
+    )
+    yield Output(
+        trace_frame,
+        "icm_search_trace",
+        metadata={"params": params, "trace_plots": MetadataValue.md("\n\n".join(plots) or "no search ran")},
+    )
 
 
 @asset(key_prefix=GROUP, **BY_COUNTRY, **COUNTRY_OUT, code_version=ZERO_SHOT_VERSION, ins=SPLITS_IN)
-def zero_shot_base_predictions(context: AssetExecutionContext, llm: LLMResource, goqa_splits: pl.DataFrame,
-                               goqa_claims: pl.DataFrame) -> pl.DataFrame:
+def zero_shot_base_predictions(
+    context: AssetExecutionContext, llm: LLMResource, goqa_splits: pl.DataFrame, goqa_claims: pl.DataFrame
+) -> pl.DataFrame:
     """Zero-shot base-model baseline: log P(" True") vs log P(" False") for each test claim, no demonstrations."""
     test, claims = test_split_claims(goqa_splits, goqa_claims)
-    requests = [ScoreRequest(zero_shot_prompt(r["question"], r["option"], r["country"]), CANDIDATES)
-                for r in claims.iter_rows(named=True)]
+    requests = [
+        ScoreRequest(zero_shot_prompt(r["question"], r["option"], r["country"]), CANDIDATES)
+        for r in claims.iter_rows(named=True)
+    ]
     with model_step(context, llm, ZERO_SHOT_HASH) as step:
         scores = dict(zip(claims["claim_id"], step.engine.score(requests), strict=True))
         frame = step.frame(zero_shot_rows(test, scores), ZERO_SHOT_SCHEMA)
-    accuracy = frame.group_by("country", "variant").agg(pl.len(), pl.col("correct").mean()).sort("country", "variant")
-    context.add_output_metadata({"accuracy": markdown_table(["country", "variant", "test claims", "accuracy"],
-                                                            [[c, v, n, f"{a:.3f}"] for c, v, n, a in accuracy.iter_rows()])})
+    accuracy = (
+        frame.group_by("country", "variant")
+        .agg(pl.len(), pl.col("correct").mean())
+        .sort("country", "variant")
+    )
+    context.add_output_metadata(
+        {
+            "accuracy": markdown_table(
+                ["country", "variant", "test claims", "accuracy"],
+                [[c, v, n, f"{a:.3f}"] for c, v, n, a in accuracy.iter_rows()],
+            )
+        }
+    )
     return frame
 
 
 class FewShotConfig(Config):
-    repeats: int = Field(default=10, description="Demonstration draws (subset and order) per number of examples.")
+    repeats: int = Field(
+        default=10, description="Demonstration draws (subset and order) per number of examples."
+    )
     example_counts: list[int] = Field(
         default=[10, 20, 50, 75, 100, 125, 150, 200, 250],
         description="Numbers of in-context examples; every ICM-labelled claim (k = M) is always added.",
@@ -175,36 +259,67 @@ class FewShotConfig(Config):
     seed: int = Field(default=0, description="Seeds the draws of demonstrations and of random-label errors.")
 
 
-@asset(key_prefix=GROUP, **BY_COUNTRY, **COUNTRY_OUT, code_version=EVALUATION_VERSION,
-       ins={"icm_labels": AssetIn(key=[GROUP, "icm_labels"]), **SPLITS_IN})
-def few_shot_predictions(context: AssetExecutionContext, config: FewShotConfig, llm: LLMResource,
-                         icm_labels: pl.DataFrame, goqa_splits: pl.DataFrame, goqa_claims: pl.DataFrame) -> pl.DataFrame:
+@asset(
+    key_prefix=GROUP,
+    **BY_COUNTRY,
+    **COUNTRY_OUT,
+    code_version=EVALUATION_VERSION,
+    ins={"icm_labels": AssetIn(key=[GROUP, "icm_labels"]), **SPLITS_IN},
+)
+def few_shot_predictions(
+    context: AssetExecutionContext,
+    config: FewShotConfig,
+    llm: LLMResource,
+    icm_labels: pl.DataFrame,
+    goqa_splits: pl.DataFrame,
+    goqa_claims: pl.DataFrame,
+) -> pl.DataFrame:
     """Test predictions with k demonstrations labelled by gold, ICM or accuracy-matched random labels."""
     rows = []
     with model_step(context, llm, FEW_SHOT_HASH) as step:
         for country in context.partition_keys:
             for variant in icm_labels.filter(pl.col("country") == country)["variant"].unique().sort():
-                pool = demo_pool(icm_labels.filter((pl.col("country") == country) & (pl.col("variant") == variant)))
+                pool = demo_pool(
+                    icm_labels.filter((pl.col("country") == country) & (pl.col("variant") == variant))
+                )
                 tests = test_claims(split_claims(goqa_splits, goqa_claims, country, variant, "test"))
                 if pool and tests:
                     conditions = build_conditions(pool, config.example_counts, config.repeats, config.seed)
                     rows += few_shot_rows(step.engine, country, variant, tests, conditions)
         frame = step.frame(rows, FEW_SHOT_SCHEMA)
-    accuracy = (frame.group_by("country", "variant", "method", "k").agg(pl.col("correct").mean().alias("accuracy"))
-                .sort("country", "variant", "k", "method"))
-    context.add_output_metadata({"accuracy_by_k": markdown_table(["country", "variant", "method", "k", "mean accuracy"],
-                                                                 [[c, v, m, k, f"{a:.3f}"] for c, v, m, k, a in accuracy.iter_rows()])})
+    accuracy = (
+        frame.group_by("country", "variant", "method", "k")
+        .agg(pl.col("correct").mean().alias("accuracy"))
+        .sort("country", "variant", "k", "method")
+    )
+    context.add_output_metadata(
+        {
+            "accuracy_by_k": markdown_table(
+                ["country", "variant", "method", "k", "mean accuracy"],
+                [[c, v, m, k, f"{a:.3f}"] for c, v, m, k, a in accuracy.iter_rows()],
+            )
+        }
+    )
     return frame
 
 
 class ChatBaselineConfig(Config):
-    repeats: int = Field(default=1, description="Times an API is asked each claim (a server may not be deterministic even "
-                                                "at temperature 0); the local engine scores exactly, once.")
+    repeats: int = Field(
+        default=1,
+        description="Times an API is asked each claim (a server may not be deterministic even "
+        "at temperature 0); the local engine scores exactly, once.",
+    )
 
 
 @asset(key_prefix=GROUP, **BY_COUNTRY, **COUNTRY_OUT, code_version=CHAT_VERSION, ins=SPLITS_IN)
-def zero_shot_chat_predictions(context: AssetExecutionContext, config: ChatBaselineConfig, llm: LLMResource,
-                               chat_llm: LLMResource, goqa_splits: pl.DataFrame, goqa_claims: pl.DataFrame) -> pl.DataFrame:
+def zero_shot_chat_predictions(
+    context: AssetExecutionContext,
+    config: ChatBaselineConfig,
+    llm: LLMResource,
+    chat_llm: LLMResource,
+    goqa_splits: pl.DataFrame,
+    goqa_claims: pl.DataFrame,
+) -> pl.DataFrame:
     """Zero-shot instruction-model baseline: asked in a chat whether each test claim is the most popular answer.
 
     The chat model (PERSONA_CHAT_MODEL) scores "True" against "False" after its chat template where its
@@ -218,8 +333,16 @@ def zero_shot_chat_predictions(context: AssetExecutionContext, config: ChatBasel
     method = CHAT if chat_llm.model != llm.model else BASE_CHAT_TEMPLATE
     with model_step(context, chat_llm, CHAT_HASH) as step:
         answers = chat_answers(step.engine, chats, config.repeats)
-        rows = chat_rows(test, list(claims["claim_id"]), answers.replies, answers.predictions, method, answers.answered_by)
+        rows = chat_rows(
+            test, list(claims["claim_id"]), answers.replies, answers.predictions, method, answers.answered_by
+        )
         frame = step.frame(rows, CHAT_SCHEMA)
-    context.add_output_metadata({"method": method, "answered_by": answers.answered_by, "repeats": len(answers.replies),
-                                 "parse_failures": int(frame["parse_failed"].sum())})
+    context.add_output_metadata(
+        {
+            "method": method,
+            "answered_by": answers.answered_by,
+            "repeats": len(answers.replies),
+            "parse_failures": int(frame["parse_failed"].sum()),
+        }
+    )
     return frame

@@ -74,7 +74,9 @@ def draw_by_question(pool: Sequence[DemoClaim], k: int, rng: random.Random) -> l
     return subset
 
 
-def build_conditions(pool: Sequence[DemoClaim], ks: Sequence[int], repeats: int, seed: int) -> list[Condition]:
+def build_conditions(
+    pool: Sequence[DemoClaim], ks: Sequence[int], repeats: int, seed: int
+) -> list[Condition]:
     rng = random.Random(seed)
     out = []
     for k in example_counts(ks, len(pool)):
@@ -94,7 +96,9 @@ def build_conditions(pool: Sequence[DemoClaim], ks: Sequence[int], repeats: int,
     return out
 
 
-def condition_margins(engine: Engine, country: str, condition: Condition, tests: Sequence[TestClaim]) -> list[float]:
+def condition_margins(
+    engine: Engine, country: str, condition: Condition, tests: Sequence[TestClaim]
+) -> list[float]:
     """Margins of every test claim under one demonstration set: one call, the prefix computed once."""
     requests = [
         ScoreRequest(few_shot_prompt(country, list(condition.demos), (t.question, t.option)), CANDIDATES)
@@ -121,8 +125,18 @@ def chat_answers(engine: Engine, chats: Sequence[Sequence[tuple[str, str]]], rep
     if engine.scores_chat_prompts:
         scores = engine.score([ScoreRequest(ChatPrompt(tuple(m)), CHAT_CANDIDATES) for m in chats])
         predictions = [predicted_label(t, f) for t, f in scores]
-        return ChatAnswers([["True" if p else "False" for p in predictions]], [predictions], f"local:{engine.model_id}")
-    replies = [engine.generate([GenerateRequest(ChatPrompt(tuple(m)), max_new_tokens=5, temperature=0.0, seed=repeat)
-                                for m in chats])
-               for repeat in range(repeats)]
-    return ChatAnswers(replies, [[parse_true_false(r) for r in repeat] for repeat in replies], f"api:{engine.model_id}")
+        return ChatAnswers(
+            [["True" if p else "False" for p in predictions]], [predictions], f"local:{engine.model_id}"
+        )
+    replies = [
+        engine.generate(
+            [
+                GenerateRequest(ChatPrompt(tuple(m)), max_new_tokens=5, temperature=0.0, seed=repeat)
+                for m in chats
+            ]
+        )
+        for repeat in range(repeats)
+    ]
+    return ChatAnswers(
+        replies, [[parse_true_false(r) for r in repeat] for repeat in replies], f"api:{engine.model_id}"
+    )

@@ -60,7 +60,9 @@ class IcmParams:
 
     def __post_init__(self):
         if self.consistency not in CONSISTENCY_MODES:
-            raise ValueError(f"consistency must be one of {', '.join(CONSISTENCY_MODES)}, got {self.consistency!r}")
+            raise ValueError(
+                f"consistency must be one of {', '.join(CONSISTENCY_MODES)}, got {self.consistency!r}"
+            )
         if self.pool_order not in POOL_ORDERS:
             raise ValueError(f"pool_order must be one of {', '.join(POOL_ORDERS)}, got {self.pool_order!r}")
         if self.num_seed % 2:
@@ -149,7 +151,14 @@ def leaf_rank(n: int, seed: int) -> list[int]:
 class ClaimScorer:
     """Margins of claims given labelled demonstrations, through the engine's ``score``."""
 
-    def __init__(self, engine: Engine, country: str, claims: Sequence[IcmClaim], pool_order: str = "tree", order_seed: int = 0):
+    def __init__(
+        self,
+        engine: Engine,
+        country: str,
+        claims: Sequence[IcmClaim],
+        pool_order: str = "tree",
+        order_seed: int = 0,
+    ):
         self.engine, self.country, self.claims = engine, country, claims
         self.pool_order = pool_order
         self.reuse_prefix = pool_order == "tree"
@@ -173,7 +182,9 @@ class ClaimScorer:
             demo_rows = [(self.claims[d].question, self.claims[d].option, labelling[d]) for d in demos]
             claim = self.claims[query]
             requests.append(
-                ScoreRequest(few_shot_prompt(self.country, demo_rows, (claim.question, claim.option)), CANDIDATES)
+                ScoreRequest(
+                    few_shot_prompt(self.country, demo_rows, (claim.question, claim.option)), CANDIDATES
+                )
             )
         return [lp_true - lp_false for lp_true, lp_false in self.engine.score(requests, self.reuse_prefix)]
 
@@ -279,7 +290,9 @@ class IcmSearch:
                     if labels[sibling] is None:
                         weights[sibling] = self.params.sibling_weight
         uid = rng.choices(range(len(labels)), weights=weights)[0]
-        demos = self.scorer.demos_for(uid, [u for u, label in enumerate(labels) if label is not None and u != uid])
+        demos = self.scorer.demos_for(
+            uid, [u for u, label in enumerate(labels) if label is not None and u != uid]
+        )
         margin = self.scorer.margins([(uid, demos)], [labels])[0]
         proposed = 1 if margin > 0 else 0
         temperature = self.params.temperature(state.accepted)
@@ -297,7 +310,9 @@ class IcmSearch:
         if proposed != labels[uid]:
             candidate = list(labels)
             candidate[uid] = proposed
-            candidate, metric = self.consistency_fix(candidate, None, self.params.proposal_fix_iterations, rng)
+            candidate, metric = self.consistency_fix(
+                candidate, None, self.params.proposal_fix_iterations, rng
+            )
             delta = metric.energy - state.metric.energy
             draw = rng.random()
             # exp(delta / T) is only taken for delta < 0, where it cannot overflow.
@@ -327,7 +342,9 @@ class IcmSearch:
         while state.iteration < self.params.iterations:
             state.trace.append(self.step(state, rng))
             state.rng_state = _rng_state(rng)
-            if checkpoint and (state.iteration % checkpoint_every == 0 or state.iteration == self.params.iterations):
+            if checkpoint and (
+                state.iteration % checkpoint_every == 0 or state.iteration == self.params.iterations
+            ):
                 checkpoint(state)
         return state
 

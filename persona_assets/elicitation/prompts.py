@@ -55,7 +55,11 @@ def few_shot_prompt(
         for q, o, label in demos
     ]
     question, option = query
-    return (opening, *lines, QUERY_SEPARATOR + CLAIM_LINE.format(question=question, option=option, country=country))
+    return (
+        opening,
+        *lines,
+        QUERY_SEPARATOR + CLAIM_LINE.format(question=question, option=option, country=country),
+    )
 
 
 CHAT_TEMPLATE = (

@@ -7,17 +7,26 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from persona_platform.persona_assets.elicitation.evaluation import Condition, DemoClaim, TestClaim, condition_margins
+from persona_platform.persona_assets.elicitation.evaluation import (
+    Condition,
+    DemoClaim,
+    TestClaim,
+    condition_margins,
+)
 from persona_platform.persona_assets.elicitation.icm import IcmClaim
 from persona_platform.persona_assets.elicitation.prompts import predicted_label
 from persona_platform.persona_assets.provenance import row_ref
 from persona_platform.resources.llm import Engine
 
 
-def split_claims(splits: pl.DataFrame, claims: pl.DataFrame, country: str, variant: str, split: str) -> pl.DataFrame:
+def split_claims(
+    splits: pl.DataFrame, claims: pl.DataFrame, country: str, variant: str, split: str
+) -> pl.DataFrame:
     """One country's claims of one split, in split order, with their text."""
     return (
-        splits.filter((pl.col("country") == country) & (pl.col("variant") == variant) & (pl.col("split") == split))
+        splits.filter(
+            (pl.col("country") == country) & (pl.col("variant") == variant) & (pl.col("split") == split)
+        )
         .join(claims.select("row_id", "question", "option"), left_on="claim_id", right_on="row_id")
         .sort("position")
     )
@@ -49,39 +58,109 @@ def demo_pool(labels: pl.DataFrame) -> list[DemoClaim]:
 
 
 def test_claims(test: pl.DataFrame) -> list[TestClaim]:
-    return [TestClaim(r["claim_id"], r["question"], r["option"], r["label"]) for r in test.iter_rows(named=True)]
+    return [
+        TestClaim(r["claim_id"], r["question"], r["option"], r["label"]) for r in test.iter_rows(named=True)
+    ]
 
 
-LABEL_SCHEMA = {"variant": pl.String, "country": pl.String, "position": pl.Int64, "claim_id": pl.String,
-                "question_id": pl.String, "question": pl.String, "option": pl.String, "icm_label": pl.Int64,
-                "label": pl.Int64}
-TRACE_SCHEMA = {"variant": pl.String, "country": pl.String, "iteration": pl.Int64, "uid": pl.Int64,
-                "previous_label": pl.Int64, "proposed_label": pl.Int64, "temperature": pl.Float64,
-                "pool_order": pl.String, "energy_before": pl.Float64, "delta": pl.Float64, "accepted": pl.Boolean,
-                "energy": pl.Float64, "inconsistent": pl.Int64, "labelled": pl.Int64, "gold_agreement": pl.Float64}
-ZERO_SHOT_SCHEMA = {"variant": pl.String, "country": pl.String, "claim_id": pl.String, "logprob_true": pl.Float64,
-                    "logprob_false": pl.Float64, "predicted_label": pl.Int64, "label": pl.Int64, "correct": pl.Boolean}
-CHAT_SCHEMA = {"variant": pl.String, "country": pl.String, "claim_id": pl.String, "method": pl.String,
-               "repeat": pl.Int64, "answered_by": pl.String, "reply": pl.String, "predicted_label": pl.Int64,
-               "label": pl.Int64, "correct": pl.Boolean, "parse_failed": pl.Boolean}
-FEW_SHOT_SCHEMA = {"variant": pl.String, "country": pl.String, "method": pl.String, "k": pl.Int64, "repeat": pl.Int64,
-                   "claim_id": pl.String, "margin": pl.Float64, "predicted_label": pl.Int64, "label": pl.Int64,
-                   "correct": pl.Boolean}
+LABEL_SCHEMA = {
+    "variant": pl.String,
+    "country": pl.String,
+    "position": pl.Int64,
+    "claim_id": pl.String,
+    "question_id": pl.String,
+    "question": pl.String,
+    "option": pl.String,
+    "icm_label": pl.Int64,
+    "label": pl.Int64,
+}
+TRACE_SCHEMA = {
+    "variant": pl.String,
+    "country": pl.String,
+    "iteration": pl.Int64,
+    "uid": pl.Int64,
+    "previous_label": pl.Int64,
+    "proposed_label": pl.Int64,
+    "temperature": pl.Float64,
+    "pool_order": pl.String,
+    "energy_before": pl.Float64,
+    "delta": pl.Float64,
+    "accepted": pl.Boolean,
+    "energy": pl.Float64,
+    "inconsistent": pl.Int64,
+    "labelled": pl.Int64,
+    "gold_agreement": pl.Float64,
+}
+ZERO_SHOT_SCHEMA = {
+    "variant": pl.String,
+    "country": pl.String,
+    "claim_id": pl.String,
+    "logprob_true": pl.Float64,
+    "logprob_false": pl.Float64,
+    "predicted_label": pl.Int64,
+    "label": pl.Int64,
+    "correct": pl.Boolean,
+}
+CHAT_SCHEMA = {
+    "variant": pl.String,
+    "country": pl.String,
+    "claim_id": pl.String,
+    "method": pl.String,
+    "repeat": pl.Int64,
+    "answered_by": pl.String,
+    "reply": pl.String,
+    "predicted_label": pl.Int64,
+    "label": pl.Int64,
+    "correct": pl.Boolean,
+    "parse_failed": pl.Boolean,
+}
+FEW_SHOT_SCHEMA = {
+    "variant": pl.String,
+    "country": pl.String,
+    "method": pl.String,
+    "k": pl.Int64,
+    "repeat": pl.Int64,
+    "claim_id": pl.String,
+    "margin": pl.Float64,
+    "predicted_label": pl.Int64,
+    "label": pl.Int64,
+    "correct": pl.Boolean,
+}
 SPLITS, CLAIMS, LABELS = "opinions.goqa_splits", "opinions.goqa_claims", "elicitation.icm_labels"
 
 
 def label_rows(train: pl.DataFrame, labels: Sequence[int | None], variant: str, country: str) -> list[dict]:
     """The ICM label (None: never labelled) of each train claim, beside its gold label."""
-    return [{"row_id": f"{variant}/{r['claim_id']}", "variant": variant, "country": country, "position": r["position"],
-             "claim_id": r["claim_id"], "question_id": r["question_id"], "question": r["question"],
-             "option": r["option"], "icm_label": label, "label": r["label"], "input_ids": [row_ref(SPLITS, r["row_id"])]}
-            for r, label in zip(train.iter_rows(named=True), labels, strict=True)]
+    return [
+        {
+            "row_id": f"{variant}/{r['claim_id']}",
+            "variant": variant,
+            "country": country,
+            "position": r["position"],
+            "claim_id": r["claim_id"],
+            "question_id": r["question_id"],
+            "question": r["question"],
+            "option": r["option"],
+            "icm_label": label,
+            "label": r["label"],
+            "input_ids": [row_ref(SPLITS, r["row_id"])],
+        }
+        for r, label in zip(train.iter_rows(named=True), labels, strict=True)
+    ]
 
 
 def trace_rows(trace: Sequence[dict], claim_ids: Sequence[str], variant: str, country: str) -> list[dict]:
     """One row per ICM iteration, pointing at the label it proposed to change."""
-    return [{"row_id": f"{variant}/{country}/{t['iteration']}", "variant": variant, "country": country, **t,
-             "input_ids": [row_ref(LABELS, f"{variant}/{claim_ids[t['uid']]}")]} for t in trace]
+    return [
+        {
+            "row_id": f"{variant}/{country}/{t['iteration']}",
+            "variant": variant,
+            "country": country,
+            **t,
+            "input_ids": [row_ref(LABELS, f"{variant}/{claim_ids[t['uid']]}")],
+        }
+        for t in trace
+    ]
 
 
 def _test_rows(test: pl.DataFrame) -> list[dict]:
@@ -98,44 +177,80 @@ def zero_shot_rows(test: pl.DataFrame, scores_by_claim: dict[str, Sequence[float
     for r in _test_rows(test):
         lp_true, lp_false = scores_by_claim[r["claim_id"]]
         predicted = predicted_label(lp_true, lp_false)
-        rows.append({"row_id": f"{r['variant']}/{r['claim_id']}", "variant": r["variant"], "country": r["country"],
-                     "claim_id": r["claim_id"], "logprob_true": lp_true, "logprob_false": lp_false,
-                     "predicted_label": predicted, "label": r["label"], "correct": predicted == r["label"],
-                     "input_ids": _test_refs(r)})
+        rows.append(
+            {
+                "row_id": f"{r['variant']}/{r['claim_id']}",
+                "variant": r["variant"],
+                "country": r["country"],
+                "claim_id": r["claim_id"],
+                "logprob_true": lp_true,
+                "logprob_false": lp_false,
+                "predicted_label": predicted,
+                "label": r["label"],
+                "correct": predicted == r["label"],
+                "input_ids": _test_refs(r),
+            }
+        )
     return rows
 
 
-def chat_rows(test: pl.DataFrame, claim_ids: list[str], replies: list[list[str]], predictions: list[list[int | None]],
-              method: str, answered_by: str) -> list[dict]:
+def chat_rows(
+    test: pl.DataFrame,
+    claim_ids: list[str],
+    replies: list[list[str]],
+    predictions: list[list[int | None]],
+    method: str,
+    answered_by: str,
+) -> list[dict]:
     """One row per (repeat, variant, test claim); replies and predictions are per repeat, in claim_ids order."""
     rows = []
     for repeat, (repeat_replies, repeat_predictions) in enumerate(zip(replies, predictions, strict=True)):
         by_claim = dict(zip(claim_ids, zip(repeat_replies, repeat_predictions, strict=True), strict=True))
         for r in _test_rows(test):
             reply, predicted = by_claim[r["claim_id"]]
-            rows.append({
-                "row_id": f"{r['variant']}/r{repeat}/{r['claim_id']}", "variant": r["variant"], "country": r["country"],
-                "claim_id": r["claim_id"], "method": method, "repeat": repeat, "answered_by": answered_by,
-                "reply": reply, "predicted_label": predicted, "label": r["label"],
-                "correct": None if predicted is None else predicted == r["label"], "parse_failed": predicted is None,
-                "input_ids": _test_refs(r),
-            })
+            rows.append(
+                {
+                    "row_id": f"{r['variant']}/r{repeat}/{r['claim_id']}",
+                    "variant": r["variant"],
+                    "country": r["country"],
+                    "claim_id": r["claim_id"],
+                    "method": method,
+                    "repeat": repeat,
+                    "answered_by": answered_by,
+                    "reply": reply,
+                    "predicted_label": predicted,
+                    "label": r["label"],
+                    "correct": None if predicted is None else predicted == r["label"],
+                    "parse_failed": predicted is None,
+                    "input_ids": _test_refs(r),
+                }
+            )
     return rows
 
 
-def few_shot_rows(engine: Engine, country: str, variant: str, tests: Sequence[TestClaim],
-                  conditions: Sequence[Condition]) -> list[dict]:
+def few_shot_rows(
+    engine: Engine, country: str, variant: str, tests: Sequence[TestClaim], conditions: Sequence[Condition]
+) -> list[dict]:
     """Every test claim's margin under every demonstration condition (method, k, repeat) of one country and variant."""
     rows = []
     for condition in conditions:
         demo_refs = [row_ref(LABELS, f"{variant}/{d}") for d in condition.demo_ids]
         for test, margin in zip(tests, condition_margins(engine, country, condition, tests), strict=True):
             predicted = int(margin > 0)
-            rows.append({
-                "row_id": f"{variant}/{condition.method}/k{condition.k}/r{condition.repeat}/{test.claim_id}",
-                "variant": variant, "country": country, "method": condition.method, "k": condition.k,
-                "repeat": condition.repeat, "claim_id": test.claim_id, "margin": margin, "predicted_label": predicted,
-                "label": test.label, "correct": predicted == test.label,
-                "input_ids": [row_ref(SPLITS, f"{variant}/{test.claim_id}"), *demo_refs],
-            })
+            rows.append(
+                {
+                    "row_id": f"{variant}/{condition.method}/k{condition.k}/r{condition.repeat}/{test.claim_id}",
+                    "variant": variant,
+                    "country": country,
+                    "method": condition.method,
+                    "k": condition.k,
+                    "repeat": condition.repeat,
+                    "claim_id": test.claim_id,
+                    "margin": margin,
+                    "predicted_label": predicted,
+                    "label": test.label,
+                    "correct": predicted == test.label,
+                    "input_ids": [row_ref(SPLITS, f"{variant}/{test.claim_id}"), *demo_refs],
+                }
+            )
     return rows

@@ -4,8 +4,7 @@ import polars as pl
 from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, asset
 from pydantic import Field
 
-from persona_platform.partitions import agents_partitions
-from persona_platform.partitions import AGENTS_BY_KEY
+from persona_platform.partitions import AGENTS_BY_KEY, agents_partitions
 from persona_platform.persona_assets.common import (
     AGENT_PARTITION,
     MODEL_KINDS,
@@ -37,16 +36,28 @@ from persona_platform.resources.artifacts import ArtifactStore
 from persona_platform.resources.llm.resource import LLMResource
 
 GROUP = "judging"
-SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=MODEL_KINDS, **gpu_step(),
-              partitions_def=agents_partitions, metadata=AGENT_PARTITION, backfill_policy=ONE_RUN_PER_BACKFILL)
-RESPONSES_IN = {"evaluation_items": AssetIn(key=["responses", "evaluation_items"]),
-                "task_responses": AssetIn(key=["responses", "task_responses"])}
+SHARED = dict(
+    key_prefix=GROUP,
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds=MODEL_KINDS,
+    **gpu_step(),
+    partitions_def=agents_partitions,
+    metadata=AGENT_PARTITION,
+    backfill_policy=ONE_RUN_PER_BACKFILL,
+)
+RESPONSES_IN = {
+    "evaluation_items": AssetIn(key=["responses", "evaluation_items"]),
+    "task_responses": AssetIn(key=["responses", "task_responses"]),
+}
 JUDGMENTS_VERSION = f"judgments-1-{JUDGE_HASH}"
 COMPARISONS_VERSION = f"comparisons-1-{PAIRWISE_HASH}"
 
 
 class JudgeConfig(Config):
-    explanation_chars: int = Field(default=300, description="Longest explanation or justification a reply may hold.")
+    explanation_chars: int = Field(
+        default=300, description="Longest explanation or justification a reply may hold."
+    )
     temperature: float = Field(default=0.0, description="0: greedy judging.")
     seed: int = Field(default=0)
 
@@ -56,72 +67,160 @@ def _speakers() -> dict[str, str]:
 
 
 @asset(**SHARED, ins=RESPONSES_IN, code_version=JUDGMENTS_VERSION)
-def judgments(context: AssetExecutionContext, config: JudgeConfig, judge_llm: LLMResource, evaluation_items: pl.DataFrame,
-              task_responses: pl.DataFrame) -> pl.DataFrame:
+def judgments(
+    context: AssetExecutionContext,
+    config: JudgeConfig,
+    judge_llm: LLMResource,
+    evaluation_items: pl.DataFrame,
+    task_responses: pl.DataFrame,
+) -> pl.DataFrame:
     """Every response of both systems scored 1-5 per aspect of its task (trait: alignment with the trait; completion:
     alignment, plausibility, tone; monologue: fit, style) by the judge model, as JSON-schema constrained output read
     by a strict parser of the reply alone. A reply that still fails is a row with a `failure` and no score."""
     items = judge_items(evaluation_items, _speakers())
     with model_step(context, judge_llm, JUDGE_HASH) as step:
-        rows = score_responses(step.engine, items, task_responses.sort("row_id").to_dicts(), config.explanation_chars,
-                               config.temperature, config.seed)
+        rows = score_responses(
+            step.engine,
+            items,
+            task_responses.sort("row_id").to_dicts(),
+            config.explanation_chars,
+            config.temperature,
+            config.seed,
+        )
         frame = step.frame(rows, JUDGMENT_SCHEMA)
     context.add_output_metadata(failure_metadata(frame, JUDGMENT_FAILURES))
     return frame
 
 
 @asset(**SHARED, ins=RESPONSES_IN, code_version=COMPARISONS_VERSION)
-def pairwise_comparisons(context: AssetExecutionContext, config: JudgeConfig, judge_llm: LLMResource,
-                         evaluation_items: pl.DataFrame, task_responses: pl.DataFrame) -> pl.DataFrame:
+def pairwise_comparisons(
+    context: AssetExecutionContext,
+    config: JudgeConfig,
+    judge_llm: LLMResource,
+    evaluation_items: pl.DataFrame,
+    task_responses: pl.DataFrame,
+) -> pl.DataFrame:
     """The agent's sample i against the baseline's sample i of the same item and setting (no best-of-n), judged
     against the reference in both orders (agent as A, then baseline as A). `outcome` is the winner when both orders
     agree, `tie`, `inconsistent` when they disagree, or `failed` when either reply did not parse."""
     items = judge_items(evaluation_items, _speakers())
     with model_step(context, judge_llm, PAIRWISE_HASH) as step:
-        rows = compare_pairs(step.engine, items, task_responses.to_dicts(), config.explanation_chars,
-                             config.temperature, config.seed)
+        rows = compare_pairs(
+            step.engine,
+            items,
+            task_responses.to_dicts(),
+            config.explanation_chars,
+            config.temperature,
+            config.seed,
+        )
         frame = step.frame(rows, COMPARISON_SCHEMA)
     outcomes = frame.group_by("outcome").len().sort("outcome")
-    context.add_output_metadata({**failure_metadata(frame, COMPARISON_FAILURES),
-                                 "outcomes": markdown_table(["outcome", "pairs"], outcomes.rows())})
+    context.add_output_metadata(
+        {
+            **failure_metadata(frame, COMPARISON_FAILURES),
+            "outcomes": markdown_table(["outcome", "pairs"], outcomes.rows()),
+        }
+    )
     return frame
 
 
 SUMMARY_VERSION = "judging-summary-2"
 
 
-@asset(key_prefix=GROUP, group_name="reports", owners=OWNERS, kinds=TABLE_KINDS | {"matplotlib"}, pool=WAREHOUSE_POOL,
-       code_version=SUMMARY_VERSION,
-       ins={"judgments": AssetIn(key=[GROUP, "judgments"]), "pairwise_comparisons": AssetIn(key=[GROUP, "pairwise_comparisons"])})
-def judging_summary(context: AssetExecutionContext, artifacts: ArtifactStore, judgments: pl.DataFrame,
-                    pairwise_comparisons: pl.DataFrame) -> pl.DataFrame:
+@asset(
+    key_prefix=GROUP,
+    group_name="reports",
+    owners=OWNERS,
+    kinds=TABLE_KINDS | {"matplotlib"},
+    pool=WAREHOUSE_POOL,
+    code_version=SUMMARY_VERSION,
+    ins={
+        "judgments": AssetIn(key=[GROUP, "judgments"]),
+        "pairwise_comparisons": AssetIn(key=[GROUP, "pairwise_comparisons"]),
+    },
+)
+def judging_summary(
+    context: AssetExecutionContext,
+    artifacts: ArtifactStore,
+    judgments: pl.DataFrame,
+    pairwise_comparisons: pl.DataFrame,
+) -> pl.DataFrame:
     """Win rates of agent over baseline (order-consistent and raw), mean judge scores of both systems and their
     paired difference, per agent, task and sampling setting, each with its n and a 95% BCa cluster-bootstrap
     interval over evaluation items (null where undefined); score violins and judge failure rates."""
     frame = asset_frame(context, summary_rows(judgments, pairwise_comparisons), SUMMARY_SCHEMA)
     violins = score_violins("Judge scores, every sample (no best-of-n)", score_groups(judgments))
     per_agent = frame.filter(pl.col("scope") == "agent x task")
-    bars = win_rate_bars("Agent vs persona baseline, order-consistent wins",
-                         [f"{r['agent']}/{r['task']}" for r in per_agent.iter_rows(named=True)],
-                         [(r["consistent_rate"], r["consistent_low"], r["consistent_high"]) for r in per_agent.iter_rows(named=True)])
-    plots = [saved_plot(artifacts, png, "judging", name) for name, png in (("score-violins", violins), ("win-rates", bars))]
-    failure_rates = [["judging.judgments", judgments.height, failure_rate(judgments, JUDGMENT_FAILURES)[1]],
-                     ["judging.pairwise_comparisons", pairwise_comparisons.height,
-                      failure_rate(pairwise_comparisons, COMPARISON_FAILURES)[1]]]
+    bars = win_rate_bars(
+        "Agent vs persona baseline, order-consistent wins",
+        [f"{r['agent']}/{r['task']}" for r in per_agent.iter_rows(named=True)],
+        [
+            (r["consistent_rate"], r["consistent_low"], r["consistent_high"])
+            for r in per_agent.iter_rows(named=True)
+        ],
+    )
+    plots = [
+        saved_plot(artifacts, png, "judging", name)
+        for name, png in (("score-violins", violins), ("win-rates", bars))
+    ]
+    failure_rates = [
+        ["judging.judgments", judgments.height, failure_rate(judgments, JUDGMENT_FAILURES)[1]],
+        [
+            "judging.pairwise_comparisons",
+            pairwise_comparisons.height,
+            failure_rate(pairwise_comparisons, COMPARISON_FAILURES)[1],
+        ],
+    ]
 
     rows = frame.iter_rows(named=True)
-    context.add_output_metadata({
-        "win_rates": markdown_table(
-            ["agent", "task", "setting", "items", "pairs", "agent", "baseline", "tie", "inconsistent", "failed",
-             "consistent win %", "raw win %", "score pairs", "agent score", "baseline score", "agent - baseline"],
-            [[r["agent"], r["task"], r["setting"], r["items"], r["pairs"], r["agent_wins"], r["baseline_wins"], r["ties"],
-              r["inconsistent"], r["failed"], shown(r["consistent_rate"], r["consistent_low"], r["consistent_high"], 100, 0),
-              shown(r["raw_rate"], r["raw_low"], r["raw_high"], 100, 0), r["score_pairs"],
-              shown(r["agent_mean_score"], r["agent_score_low"], r["agent_score_high"]),
-              shown(r["baseline_mean_score"], r["baseline_score_low"], r["baseline_score_high"]),
-              shown(r["score_difference"], r["score_difference_low"], r["score_difference_high"])] for r in rows]),
-        "interval_method": interval_method("evaluation items"),
-        "judge_failure_rates": markdown_table(["table", "rows", "failure rate"], [[t, n, f"{rate:.3f}"] for t, n, rate in failure_rates]),
-        "plots": MetadataValue.md("\n\n".join(plots)),
-    })
+    context.add_output_metadata(
+        {
+            "win_rates": markdown_table(
+                [
+                    "agent",
+                    "task",
+                    "setting",
+                    "items",
+                    "pairs",
+                    "agent",
+                    "baseline",
+                    "tie",
+                    "inconsistent",
+                    "failed",
+                    "consistent win %",
+                    "raw win %",
+                    "score pairs",
+                    "agent score",
+                    "baseline score",
+                    "agent - baseline",
+                ],
+                [
+                    [
+                        r["agent"],
+                        r["task"],
+                        r["setting"],
+                        r["items"],
+                        r["pairs"],
+                        r["agent_wins"],
+                        r["baseline_wins"],
+                        r["ties"],
+                        r["inconsistent"],
+                        r["failed"],
+                        shown(r["consistent_rate"], r["consistent_low"], r["consistent_high"], 100, 0),
+                        shown(r["raw_rate"], r["raw_low"], r["raw_high"], 100, 0),
+                        r["score_pairs"],
+                        shown(r["agent_mean_score"], r["agent_score_low"], r["agent_score_high"]),
+                        shown(r["baseline_mean_score"], r["baseline_score_low"], r["baseline_score_high"]),
+                        shown(r["score_difference"], r["score_difference_low"], r["score_difference_high"]),
+                    ]
+                    for r in rows
+                ],
+            ),
+            "interval_method": interval_method("evaluation items"),
+            "judge_failure_rates": markdown_table(
+                ["table", "rows", "failure rate"], [[t, n, f"{rate:.3f}"] for t, n, rate in failure_rates]
+            ),
+            "plots": MetadataValue.md("\n\n".join(plots)),
+        }
+    )
     return frame

@@ -3,7 +3,11 @@
 import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, asset_check
 
-from persona_platform.persona_assets.judging.tables import COMPARISON_FAILURES, JUDGMENT_FAILURES, failure_metadata
+from persona_platform.persona_assets.judging.tables import (
+    COMPARISON_FAILURES,
+    JUDGMENT_FAILURES,
+    failure_metadata,
+)
 from persona_platform.resources.settings import load_settings
 
 GROUP = "judging"
@@ -12,17 +16,26 @@ GROUP = "judging"
 def _check_failure_rate(frame: pl.DataFrame, failure_columns: list[str]) -> AssetCheckResult:
     limit = load_settings().judge_max_failure_rate
     metadata = failure_metadata(frame, failure_columns)
-    return AssetCheckResult(passed=metadata["judge_failure_rate"] <= limit, severity=AssetCheckSeverity.ERROR,
-                            metadata={**metadata, "threshold (PERSONA_JUDGE_MAX_FAILURE_RATE)": limit, "rows": frame.height})
+    return AssetCheckResult(
+        passed=metadata["judge_failure_rate"] <= limit,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={**metadata, "threshold (PERSONA_JUDGE_MAX_FAILURE_RATE)": limit, "rows": frame.height},
+    )
 
 
-@asset_check(asset=[GROUP, "judgments"], blocking=True,
-             description="The share of judgments whose reply failed to parse is at most PERSONA_JUDGE_MAX_FAILURE_RATE.")
+@asset_check(
+    asset=[GROUP, "judgments"],
+    blocking=True,
+    description="The share of judgments whose reply failed to parse is at most PERSONA_JUDGE_MAX_FAILURE_RATE.",
+)
 def judgments_failure_rate(judgments: pl.DataFrame) -> AssetCheckResult:
     return _check_failure_rate(judgments, JUDGMENT_FAILURES)
 
 
-@asset_check(asset=[GROUP, "pairwise_comparisons"], blocking=True,
-             description="The share of pairs with a failed verdict is at most PERSONA_JUDGE_MAX_FAILURE_RATE.")
+@asset_check(
+    asset=[GROUP, "pairwise_comparisons"],
+    blocking=True,
+    description="The share of pairs with a failed verdict is at most PERSONA_JUDGE_MAX_FAILURE_RATE.",
+)
 def pairwise_failure_rate(pairwise_comparisons: pl.DataFrame) -> AssetCheckResult:
     return _check_failure_rate(pairwise_comparisons, COMPARISON_FAILURES)

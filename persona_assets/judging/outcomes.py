@@ -21,7 +21,11 @@ ORDERS = (AGENT_FIRST, BASELINE_FIRST)
 
 def flatten(messages: Sequence[Sequence[str]], speaker: str) -> str:
     """A chat as the judge reads it: user turns already name their speakers; assistant turns are the speaker's."""
-    return "\n".join(content if role == "user" else f"{speaker}: {content}" for role, content in messages if role != "system")
+    return "\n".join(
+        content if role == "user" else f"{speaker}: {content}"
+        for role, content in messages
+        if role != "system"
+    )
 
 
 def ordered(order: str, agent_text: str, baseline_text: str) -> tuple[str, str]:
@@ -64,8 +68,13 @@ class WinRates:
     raw_high: float | None
 
 
-def win_rates(items: Sequence[str], outcomes: Sequence[str], agent_first: Sequence[str | None],
-              baseline_first: Sequence[str | None], seed: int = SEED) -> WinRates:
+def win_rates(
+    items: Sequence[str],
+    outcomes: Sequence[str],
+    agent_first: Sequence[str | None],
+    baseline_first: Sequence[str | None],
+    seed: int = SEED,
+) -> WinRates:
     """One entry per pair in each sequence: its evaluation item, its outcome and its two single-order verdicts
     (None where the reply failed).
 
@@ -74,10 +83,28 @@ def win_rates(items: Sequence[str], outcomes: Sequence[str], agent_first: Sequen
     intervals from a cluster bootstrap over items: the samples and settings of one item answer the same prompt, so
     they are not independent evidence (see persona_assets.statistics). None where undefined."""
     consistent = ratio_interval(items, [o == AGENT for o in outcomes], [o != FAILED for o in outcomes], seed)
-    raw = ratio_interval(items, [(a == AGENT) + (b == AGENT) for a, b in zip(agent_first, baseline_first, strict=True)],
-                         [(a is not None) + (b is not None) for a, b in zip(agent_first, baseline_first, strict=True)], seed)
+    raw = ratio_interval(
+        items,
+        [(a == AGENT) + (b == AGENT) for a, b in zip(agent_first, baseline_first, strict=True)],
+        [(a is not None) + (b is not None) for a, b in zip(agent_first, baseline_first, strict=True)],
+        seed,
+    )
     parsed = [v for v in (*agent_first, *baseline_first) if v is not None]
-    return WinRates(len(outcomes), len(set(items)), sum(o != FAILED for o in outcomes), outcomes.count(AGENT),
-                    outcomes.count(BASELINE), outcomes.count(TIE), outcomes.count(INCONSISTENT), outcomes.count(FAILED),
-                    parsed.count(AGENT), len(parsed), consistent.estimate, consistent.low, consistent.high,
-                    raw.estimate, raw.low, raw.high)
+    return WinRates(
+        len(outcomes),
+        len(set(items)),
+        sum(o != FAILED for o in outcomes),
+        outcomes.count(AGENT),
+        outcomes.count(BASELINE),
+        outcomes.count(TIE),
+        outcomes.count(INCONSISTENT),
+        outcomes.count(FAILED),
+        parsed.count(AGENT),
+        len(parsed),
+        consistent.estimate,
+        consistent.low,
+        consistent.high,
+        raw.estimate,
+        raw.low,
+        raw.high,
+    )

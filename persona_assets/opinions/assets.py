@@ -17,7 +17,6 @@ from persona_platform.persona_assets.common import (
     table_metadata,
 )
 from persona_platform.persona_assets.opinions.claims import UNUSABLE_REASONS
-from persona_platform.resources.inputs.survey import is_number
 from persona_platform.persona_assets.opinions.splits import SplitRules
 from persona_platform.persona_assets.opinions.tables import (
     CLAIMS_SCHEMA,
@@ -32,22 +31,34 @@ from persona_platform.persona_assets.opinions.tables import (
     survey_rows,
 )
 from persona_platform.persona_assets.steps import asset_frame
+from persona_platform.resources.inputs.survey import is_number
 from persona_platform.resources.sources import GoqaSource
 
 GROUP = "opinions"
 CODE_VERSION = "opinions-1"
-SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=TABLE_KINDS, pool=WAREHOUSE_POOL, code_version=CODE_VERSION)
+SHARED = dict(
+    key_prefix=GROUP,
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds=TABLE_KINDS,
+    pool=WAREHOUSE_POOL,
+    code_version=CODE_VERSION,
+)
 BY_COUNTRY = dict(
     partitions_def=countries_partitions, metadata=COUNTRY_PARTITION, backfill_policy=ONE_RUN_PER_BACKFILL
 )
 
 
 class ClaimsConfig(Config):
-    seed: int = Field(default=42, description="Seeds the choice of the negative option per (question, country).")
+    seed: int = Field(
+        default=42, description="Seeds the choice of the negative option per (question, country)."
+    )
 
 
 class SplitConfig(Config):
-    seed: int = Field(default=733244742, description="Seeds the question permutation shared by all countries.")
+    seed: int = Field(
+        default=733244742, description="Seeds the question permutation shared by all countries."
+    )
     train_fraction: float = Field(default=0.75, description="Share of questions that may go to train.")
     train_cap: int = Field(default=125, description="Most train claims per country (whole question groups).")
     test_cap: int = Field(default=50, description="Most test claims per country (whole question groups).")
@@ -74,7 +85,9 @@ def goqa_countries(context: AssetExecutionContext, goqa_source: GoqaSource) -> p
             **_source_metadata(source),
             "countries": len(source.country_names),
             "renamed_for_partition_keys": sum(k != n for k, n in source.country_names.items()),
-            "countries_table": table_metadata(columns | {r: "int" for r in UNUSABLE_REASONS}, frame.to_dicts()),
+            "countries_table": table_metadata(
+                columns | {r: "int" for r in UNUSABLE_REASONS}, frame.to_dicts()
+            ),
         }
     )
     return frame
@@ -109,12 +122,16 @@ def goqa_survey(context: AssetExecutionContext, goqa_source: GoqaSource) -> pl.D
 
 
 @asset(**SHARED, **BY_COUNTRY, ins={"goqa_survey": AssetIn(key=[GROUP, "goqa_survey"])})
-def goqa_claims(context: AssetExecutionContext, config: ClaimsConfig, goqa_survey: pl.DataFrame) -> pl.DataFrame:
+def goqa_claims(
+    context: AssetExecutionContext, config: ClaimsConfig, goqa_survey: pl.DataFrame
+) -> pl.DataFrame:
     """Binary claims: the most chosen option labelled 1 and one seeded random other option labelled 0.
     Survey rows that cannot make a claim (see `goqa_survey.unusable_reason`) are left out and counted."""
     rows, excluded = claim_rows(goqa_survey, config.seed)
     frame = asset_frame(context, rows, CLAIMS_SCHEMA)
-    per_country = frame.group_by("country").agg(pl.len().alias("claims"), pl.col("label").mean().alias("positive"))
+    per_country = frame.group_by("country").agg(
+        pl.len().alias("claims"), pl.col("label").mean().alias("positive")
+    )
     reasons = Counter(reason for _, _, reason in excluded)
     context.add_output_metadata(
         {
@@ -133,16 +150,27 @@ def goqa_claims(context: AssetExecutionContext, config: ClaimsConfig, goqa_surve
 @asset(
     **SHARED,
     **BY_COUNTRY,
-    ins={"goqa_claims": AssetIn(key=[GROUP, "goqa_claims"]), "goqa_questions": AssetIn(key=[GROUP, "goqa_questions"])},
+    ins={
+        "goqa_claims": AssetIn(key=[GROUP, "goqa_claims"]),
+        "goqa_questions": AssetIn(key=[GROUP, "goqa_questions"]),
+    },
 )
 def goqa_splits(
-    context: AssetExecutionContext, config: SplitConfig, goqa_claims: pl.DataFrame, goqa_questions: pl.DataFrame
+    context: AssetExecutionContext,
+    config: SplitConfig,
+    goqa_claims: pl.DataFrame,
+    goqa_questions: pl.DataFrame,
 ) -> pl.DataFrame:
     """Train/test split per country and variant (all, binary), decided on question identity."""
     rules = SplitRules(config.seed, config.train_fraction, config.train_cap, config.test_cap)
-    frame = asset_frame(context, split_rows(goqa_claims, goqa_questions, context.partition_keys, rules), SPLITS_SCHEMA)
+    frame = asset_frame(
+        context, split_rows(goqa_claims, goqa_questions, context.partition_keys, rules), SPLITS_SCHEMA
+    )
     sizes = frame.group_by("country", "variant", "split").agg(pl.len()).sort("country", "variant", "split")
     context.add_output_metadata(
-        {"seed": config.seed, "sizes": markdown_table(["country", "variant", "split", "claims"], sizes.rows())}
+        {
+            "seed": config.seed,
+            "sizes": markdown_table(["country", "variant", "split", "claims"], sizes.rows()),
+        }
     )
     return frame

@@ -20,7 +20,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 # Why a survey row makes no claim: a short code (stored) and what it means.
-NO_DISTRIBUTION, TOO_FEW_OPTIONS, NO_ANSWERS, TIED = "no_distribution", "too_few_options", "no_answers", "tied"
+NO_DISTRIBUTION, TOO_FEW_OPTIONS, NO_ANSWERS, TIED = (
+    "no_distribution",
+    "too_few_options",
+    "no_answers",
+    "tied",
+)
 UNUSABLE_REASONS = {
     NO_DISTRIBUTION: "the source gives only a mean ordinal position, not the share of each option",
     TOO_FEW_OPTIONS: "fewer than 2 options",
@@ -66,7 +71,9 @@ def unusable_reason(n_options: int, distribution: tuple[float, ...] | None) -> s
     return None
 
 
-def build_claims(answers: Iterable[SurveyAnswer], seed: int) -> tuple[list[Claim], list[tuple[str, str, str]]]:
+def build_claims(
+    answers: Iterable[SurveyAnswer], seed: int
+) -> tuple[list[Claim], list[tuple[str, str, str]]]:
     """Return the claims and the (question_id, country, reason) groups left out."""
     claims: list[Claim] = []
     excluded: list[tuple[str, str, str]] = []

@@ -6,10 +6,16 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from persona_platform.persona_assets.opinions.claims import UNUSABLE_REASONS, Claim, SurveyAnswer, build_claims, unusable_reason
-from persona_platform.resources.inputs.survey import SurveySource, question_id
+from persona_platform.persona_assets.opinions.claims import (
+    UNUSABLE_REASONS,
+    Claim,
+    SurveyAnswer,
+    build_claims,
+    unusable_reason,
+)
 from persona_platform.persona_assets.opinions.splits import VARIANTS, SplitRules, split_country
 from persona_platform.persona_assets.provenance import file_ref, row_ref
+from persona_platform.resources.inputs.survey import SurveySource, question_id
 
 COUNTRIES_TABLE = "opinions.goqa_countries"
 QUESTIONS_TABLE = "opinions.goqa_questions"
@@ -104,7 +110,9 @@ def country_rows(source: SurveySource) -> list[dict]:
                 "survey_rows": len(reasons),
                 "usable_rows": reasons.count(None),
                 **{reason: reasons.count(reason) for reason in UNUSABLE_REASONS},
-                "input_ids": list(dict.fromkeys(file_ref(source.sha256, r.row) for r in source.records_for(country))),
+                "input_ids": list(
+                    dict.fromkeys(file_ref(source.sha256, r.row) for r in source.records_for(country))
+                ),
             }
         )
     return rows
@@ -164,7 +172,9 @@ def claim_rows(survey: pl.DataFrame, seed: int) -> tuple[list[dict], list[tuple[
     return rows, excluded
 
 
-def split_rows(claims: pl.DataFrame, questions: pl.DataFrame, countries: Sequence[str], rules: SplitRules) -> list[dict]:
+def split_rows(
+    claims: pl.DataFrame, questions: pl.DataFrame, countries: Sequence[str], rules: SplitRules
+) -> list[dict]:
     ordered = questions.sort("question_index")
     question_order = list(zip(ordered["question_id"], ordered["n_options"], strict=True))
     rows = []

@@ -23,11 +23,15 @@ SUMMARY_VERSION = "accuracy-summary-2"
 DIFFERENCES_VERSION = "method-differences-1"
 # Both reports read every prediction table of the elicitation methods.
 REPORT = dict(
-    key_prefix="elicitation", group_name="reports", owners=OWNERS, pool=WAREHOUSE_POOL,
-    ins={name: AssetIn(key=["elicitation", name])
-         for name in ("zero_shot_base_predictions", "zero_shot_chat_predictions", "few_shot_predictions")},
+    key_prefix="elicitation",
+    group_name="reports",
+    owners=OWNERS,
+    pool=WAREHOUSE_POOL,
+    ins={
+        name: AssetIn(key=["elicitation", name])
+        for name in ("zero_shot_base_predictions", "zero_shot_chat_predictions", "few_shot_predictions")
+    },
 )
-
 
 
 @asset(**REPORT, kinds=TABLE_KINDS | {"matplotlib"}, code_version=SUMMARY_VERSION)
@@ -42,20 +46,36 @@ def accuracy_summary(
     cluster-bootstrap interval over questions, n questions and claims), and aggregated over countries
     weighted by test size (k = -1 there: each country's own M); bar and accuracy-vs-examples plots per
     country and for the aggregate, with those intervals."""
-    rows = summary_rows(method_scores(zero_shot_base_predictions, zero_shot_chat_predictions, few_shot_predictions))
+    rows = summary_rows(
+        method_scores(zero_shot_base_predictions, zero_shot_chat_predictions, few_shot_predictions)
+    )
     frame = asset_frame(context, rows, SUMMARY_SCHEMA)
     sections = []
-    for (scope, variant), part in sorted(frame.group_by("scope", "variant"), key=lambda g: (g[0][0] == AGGREGATE, g[0])):
+    for (scope, variant), part in sorted(
+        frame.group_by("scope", "variant"), key=lambda g: (g[0][0] == AGGREGATE, g[0])
+    ):
         headline = {r["method"]: r for r in part.filter(pl.col("headline")).iter_rows(named=True)}
         bars = [Bar(m, *plotted(headline[m])) for m in BAR_METHODS if m in headline]
-        curves = {m: [(r["k"], *plotted(r)) for r in part.filter((pl.col("method") == m) & (pl.col("k") > 0)).iter_rows(named=True)]
-                  for m in CURVE_METHODS}
+        curves = {
+            m: [
+                (r["k"], *plotted(r))
+                for r in part.filter((pl.col("method") == m) & (pl.col("k") > 0)).iter_rows(named=True)
+            ]
+            for m in CURVE_METHODS
+        }
         for kind, png in (
             ("accuracy", accuracy_bars(f"Test accuracy - {scope} ({variant})", bars)),
-            ("examples", accuracy_curves(f"Test accuracy vs examples - {scope} ({variant})", {m: c for m, c in curves.items() if c})),
+            (
+                "examples",
+                accuracy_curves(
+                    f"Test accuracy vs examples - {scope} ({variant})", {m: c for m, c in curves.items() if c}
+                ),
+            ),
         ):
-            sections.append(f"### {scope} ({variant}): {kind}\n"
-                            + saved_plot(artifacts, png, "elicitation", f"{scope}-{variant}-{kind}"))
+            sections.append(
+                f"### {scope} ({variant}): {kind}\n"
+                + saved_plot(artifacts, png, "elicitation", f"{scope}-{variant}-{kind}")
+            )
     context.add_output_metadata({"plots": MetadataValue.md("\n\n".join(sections))})
     return frame
 
@@ -72,7 +92,15 @@ def method_differences(
     accuracy, 95% cluster-bootstrap interval, sign-flip permutation p-value, n questions."""
     scores = method_scores(zero_shot_base_predictions, zero_shot_chat_predictions, few_shot_predictions)
     frame = asset_frame(context, difference_rows(scores), DIFFERENCES_SCHEMA)
-    columns = {"scope": "string", "variant": "string", "comparison": "string", "mean_difference": "float",
-               "ci_low": "float", "ci_high": "float", "p_value": "float", "n_questions": "int"}
+    columns = {
+        "scope": "string",
+        "variant": "string",
+        "comparison": "string",
+        "mean_difference": "float",
+        "ci_low": "float",
+        "ci_high": "float",
+        "p_value": "float",
+        "n_questions": "int",
+    }
     context.add_output_metadata({"differences": table_metadata(columns, frame.to_dicts())})
     return frame

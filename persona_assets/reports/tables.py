@@ -56,9 +56,16 @@ DIFFERENCES_SCHEMA = {
     "interval": pl.String,
 }
 # (a, b): a - b on the same test questions, each few-shot method at its headline k (every ICM-labelled claim).
-COMPARISONS = (("icm", "gold"), ("icm", "zero_shot_base"), ("gold", "random_matched"), ("icm", "zero_shot_chat"))
+COMPARISONS = (
+    ("icm", "gold"),
+    ("icm", "zero_shot_base"),
+    ("gold", "random_matched"),
+    ("icm", "zero_shot_chat"),
+)
 
 Key = tuple  # (country, variant, method, k or None)
+
+
 @dataclass(frozen=True)
 class MethodScores:
     scores: QuestionScores
@@ -66,21 +73,29 @@ class MethodScores:
     unparsed: int
 
 
-def method_scores(zero_base: pl.DataFrame, zero_chat: pl.DataFrame, few_shot: pl.DataFrame) -> dict[Key, MethodScores]:
+def method_scores(
+    zero_base: pl.DataFrame, zero_chat: pl.DataFrame, few_shot: pl.DataFrame
+) -> dict[Key, MethodScores]:
     """Per (country, variant, method, k): per-question scores and the prediction rows they come from.
     A chat reply that did not parse counts as wrong, and is counted apart."""
     out = {}
     no_k = pl.lit(None, pl.Int64).alias("k")
-    sources = ((zero_base.with_columns(pl.lit(0).alias("repeat"), pl.lit("zero_shot_base").alias("method"), no_k),
-                "elicitation.zero_shot_base_predictions"),
-               (zero_chat.with_columns(no_k), "elicitation.zero_shot_chat_predictions"),
-               (few_shot, "elicitation.few_shot_predictions"))
+    sources = (
+        (
+            zero_base.with_columns(pl.lit(0).alias("repeat"), pl.lit("zero_shot_base").alias("method"), no_k),
+            "elicitation.zero_shot_base_predictions",
+        ),
+        (zero_chat.with_columns(no_k), "elicitation.zero_shot_chat_predictions"),
+        (few_shot, "elicitation.few_shot_predictions"),
+    )
     for frame, table in sources:
         for (country, variant, name, k), part in frame.group_by("country", "variant", "method", "k"):
             rows = zip(part["repeat"], part["claim_id"], part["correct"].fill_null(False), strict=True)
-            out[(country, variant, name, k)] = MethodScores(question_scores(list(rows)),
-                                                            [row_ref(table, i) for i in part["row_id"]],
-                                                            part["correct"].null_count())
+            out[(country, variant, name, k)] = MethodScores(
+                question_scores(list(rows)),
+                [row_ref(table, i) for i in part["row_id"]],
+                part["correct"].null_count(),
+            )
     return out
 
 
@@ -108,33 +123,69 @@ def summary_rows(scores: Mapping[Key, MethodScores]) -> list[dict]:
     headlines = headline_keys(scores)
 
     def add(scope, variant, method, k, headline, estimate: Estimate, std, repeats, n_test, unparsed, inputs):
-        rows.append({
-            "row_id": summary_row_id(scope, variant, method, k), "scope": scope, "variant": variant, "method": method,
-            "k": k, "headline": headline, "mean": estimate.mean, "std": std, "ci_low": estimate.ci_low,
-            "ci_high": estimate.ci_high, "se": estimate.se, "interval": estimate.interval, "repeats": repeats,
-            "n_questions": estimate.n_questions, "n_test": n_test, "n_unparsed": unparsed,
-            "partition_key": None if scope == AGGREGATE else scope, "input_ids": inputs,
-        })
+        rows.append(
+            {
+                "row_id": summary_row_id(scope, variant, method, k),
+                "scope": scope,
+                "variant": variant,
+                "method": method,
+                "k": k,
+                "headline": headline,
+                "mean": estimate.mean,
+                "std": std,
+                "ci_low": estimate.ci_low,
+                "ci_high": estimate.ci_high,
+                "se": estimate.se,
+                "interval": estimate.interval,
+                "repeats": repeats,
+                "n_questions": estimate.n_questions,
+                "n_test": n_test,
+                "n_unparsed": unparsed,
+                "partition_key": None if scope == AGGREGATE else scope,
+                "input_ids": inputs,
+            }
+        )
 
     for key, m in sorted(scores.items(), key=lambda i: str(i[0])):
         country, variant, method, k = key
-        add(country, variant, method, k, headlines.get((country, variant, method)) == key, accuracy(m.scores),
-            repeat_std(m.scores), len(m.scores.per_repeat), m.scores.n_claims, m.unparsed, m.refs)
+        add(
+            country,
+            variant,
+            method,
+            k,
+            headlines.get((country, variant, method)) == key,
+            accuracy(m.scores),
+            repeat_std(m.scores),
+            len(m.scores.per_repeat),
+            m.scores.n_claims,
+            m.unparsed,
+            m.refs,
+        )
     countries = sorted({c for c, *_ in scores})
     for variant, method in sorted({(v, m) for _, v, m, _ in scores}):
         groups = [([headlines.get((c, variant, method)) for c in countries], True)]
         ks = sorted({k for _, v, m, k in scores if v == variant and m == method and k is not None})
         groups += [([(c, variant, method, k) for c in countries], False) for k in ks]
         for keys, headline in groups:
-            if not all(key in scores for key in keys) or (not headline and all(k == headlines[k[:3]] for k in keys)):
+            if not all(key in scores for key in keys) or (
+                not headline and all(k == headlines[k[:3]] for k in keys)
+            ):
                 continue
             parts = [scores[key].scores for key in keys]
             k = keys[0][3] if not headline or keys[0][3] is None else -1
-            add(AGGREGATE, variant, method, k, headline, weighted_accuracy(parts),
+            add(
+                AGGREGATE,
+                variant,
+                method,
+                k,
+                headline,
+                weighted_accuracy(parts),
                 float(np.std([np.mean(p.per_repeat) for p in parts], ddof=1)) if len(parts) > 1 else 0.0,
-                min(len(p.per_repeat) for p in parts), sum(p.n_claims for p in parts),
+                min(len(p.per_repeat) for p in parts),
+                sum(p.n_claims for p in parts),
                 sum(scores[key].unparsed for key in keys),
-                [row_ref("elicitation.accuracy_summary", summary_row_id(*key)) for key in keys])
+                [row_ref("elicitation.accuracy_summary", summary_row_id(*key)) for key in keys],
+            )
     return rows
 
 
@@ -144,21 +195,51 @@ def difference_rows(scores: Mapping[Key, MethodScores]) -> list[dict]:
     rows = []
     for variant in sorted({v for _, v, _, _ in scores}):
         for a, b in COMPARISONS:
-            pairs = {c: (headlines[(c, variant, a)], headlines[(c, variant, b)]) for c, v, _, _ in scores
-                     if v == variant and (c, variant, a) in headlines and (c, variant, b) in headlines}
+            pairs = {
+                c: (headlines[(c, variant, a)], headlines[(c, variant, b)])
+                for c, v, _, _ in scores
+                if v == variant and (c, variant, a) in headlines and (c, variant, b) in headlines
+            }
             for scope, keys in sorted(pairs.items()):
-                rows.append(_difference_row(scope, variant, a, b, difference(scores[keys[0]].scores, scores[keys[1]].scores),
-                                            [summary_row_id(*key) for key in keys]))
+                rows.append(
+                    _difference_row(
+                        scope,
+                        variant,
+                        a,
+                        b,
+                        difference(scores[keys[0]].scores, scores[keys[1]].scores),
+                        [summary_row_id(*key) for key in keys],
+                    )
+                )
             if pairs:
                 both = [(scores[ka].scores, scores[kb].scores) for ka, kb in pairs.values()]
-                rows.append(_difference_row(AGGREGATE, variant, a, b, weighted_difference(both),
-                                            [summary_row_id(*key) for keys in pairs.values() for key in keys]))
+                rows.append(
+                    _difference_row(
+                        AGGREGATE,
+                        variant,
+                        a,
+                        b,
+                        weighted_difference(both),
+                        [summary_row_id(*key) for keys in pairs.values() for key in keys],
+                    )
+                )
     return rows
 
 
 def _difference_row(scope, variant, a, b, d: Difference, summary_ids: list[str]) -> dict:
-    return {"row_id": f"{scope}/{variant}/{a}-{b}", "scope": scope, "variant": variant, "comparison": f"{a} − {b}",
-            "method_a": a, "method_b": b, "mean_difference": d.mean, "ci_low": d.ci_low, "ci_high": d.ci_high,
-            "p_value": d.p_value, "n_questions": d.n_questions, "interval": d.interval,
-            "partition_key": None if scope == AGGREGATE else scope,
-            "input_ids": [row_ref("elicitation.accuracy_summary", i) for i in summary_ids]}
+    return {
+        "row_id": f"{scope}/{variant}/{a}-{b}",
+        "scope": scope,
+        "variant": variant,
+        "comparison": f"{a} − {b}",
+        "method_a": a,
+        "method_b": b,
+        "mean_difference": d.mean,
+        "ci_low": d.ci_low,
+        "ci_high": d.ci_high,
+        "p_value": d.p_value,
+        "n_questions": d.n_questions,
+        "interval": d.interval,
+        "partition_key": None if scope == AGGREGATE else scope,
+        "input_ids": [row_ref("elicitation.accuracy_summary", i) for i in summary_ids],
+    }

@@ -16,21 +16,37 @@ from persona_platform.persona_assets.common import (
     gpu_step,
     markdown_table,
 )
-from persona_platform.persona_assets.responses.tables import ITEM_SCHEMA, RESPONSE_SCHEMA, item_rows, response_plan, response_row
+from persona_platform.persona_assets.responses.tables import (
+    ITEM_SCHEMA,
+    RESPONSE_SCHEMA,
+    item_rows,
+    response_plan,
+    response_row,
+)
 from persona_platform.persona_assets.responses.tasks import PROMPT_HASH, UPSTREAM_GRID, SamplingSetting
 from persona_platform.persona_assets.steps import asset_frame, model_step
 from persona_platform.resources.llm.resource import LLMResource
 
 GROUP = "responses"
-SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, partitions_def=agents_partitions,
-              metadata=AGENT_PARTITION, backfill_policy=ONE_RUN_PER_BACKFILL)
+SHARED = dict(
+    key_prefix=GROUP,
+    group_name=GROUP,
+    owners=OWNERS,
+    partitions_def=agents_partitions,
+    metadata=AGENT_PARTITION,
+    backfill_policy=ONE_RUN_PER_BACKFILL,
+)
 ITEMS_VERSION = "items-1"
 RESPONSES_VERSION = f"responses-1-{PROMPT_HASH}"
 
 
 class ItemConfig(Config):
-    max_per_trait: int = Field(default=25, description="Probe questions answered per agent and trait (upstream: 25).")
-    max_completions: int = Field(default=20, description="Held-out completion prompts per agent (upstream: 20).")
+    max_per_trait: int = Field(
+        default=25, description="Probe questions answered per agent and trait (upstream: 25)."
+    )
+    max_completions: int = Field(
+        default=20, description="Held-out completion prompts per agent (upstream: 20)."
+    )
     max_monologues: int = Field(default=20, description="Monologue prompts per agent (upstream: 20).")
 
 
@@ -38,36 +54,76 @@ class ResponseConfig(Config):
     grid: list[str] = Field(
         default=[s.label for s in UPSTREAM_GRID],
         description="Sampling settings as T<temperature>_P<top_p>_K<top_k>_R<repetition penalty>; every item is "
-                    "answered under each (default: the upstream four).")
-    samples: int = Field(default=3, description="Samples per item, setting and system (the same for both systems).")
-    max_new_tokens: dict[str, int] = Field(default={"trait": 500, "completion": 150, "monologue": 250},
-                                           description="New tokens per task (upstream: 500, 150, 250).")
+        "answered under each (default: the upstream four).",
+    )
+    samples: int = Field(
+        default=3, description="Samples per item, setting and system (the same for both systems)."
+    )
+    max_new_tokens: dict[str, int] = Field(
+        default={"trait": 500, "completion": 150, "monologue": 250},
+        description="New tokens per task (upstream: 500, 150, 250).",
+    )
     seed: int = Field(default=0)
 
 
-@asset(**SHARED, kinds=TABLE_KINDS, pool=WAREHOUSE_POOL, code_version=ITEMS_VERSION,
-       ins={"probe_questions": AssetIn(key=["traits", "probe_questions"]),
-            "completion_examples": AssetIn(key=["agents", "completion_examples"]),
-            "monologue_prompts": AssetIn(key=["traits", "monologue_prompts"])})
-def evaluation_items(context: AssetExecutionContext, config: ItemConfig, probe_questions: pl.DataFrame,
-                     completion_examples: pl.DataFrame, monologue_prompts: pl.DataFrame) -> pl.DataFrame:
+@asset(
+    **SHARED,
+    kinds=TABLE_KINDS,
+    pool=WAREHOUSE_POOL,
+    code_version=ITEMS_VERSION,
+    ins={
+        "probe_questions": AssetIn(key=["traits", "probe_questions"]),
+        "completion_examples": AssetIn(key=["agents", "completion_examples"]),
+        "monologue_prompts": AssetIn(key=["traits", "monologue_prompts"]),
+    },
+)
+def evaluation_items(
+    context: AssetExecutionContext,
+    config: ItemConfig,
+    probe_questions: pl.DataFrame,
+    completion_examples: pl.DataFrame,
+    monologue_prompts: pl.DataFrame,
+) -> pl.DataFrame:
     """What each agent is evaluated on, with the reference a judge compares against: probe questions (reference:
     the trait summary), held-out completion contexts (what the agent said next), monologue prompts (the monologue)."""
-    rows = [row for agent in context.partition_keys
-            for row in item_rows(agent, probe_questions, completion_examples, monologue_prompts,
-                                 config.max_per_trait, config.max_completions, config.max_monologues)]
+    rows = [
+        row
+        for agent in context.partition_keys
+        for row in item_rows(
+            agent,
+            probe_questions,
+            completion_examples,
+            monologue_prompts,
+            config.max_per_trait,
+            config.max_completions,
+            config.max_monologues,
+        )
+    ]
     frame = asset_frame(context, rows, ITEM_SCHEMA)
     counts = frame.group_by("agent", "task").len().sort("agent", "task")
     context.add_output_metadata({"items": markdown_table(["agent", "task", "items"], counts.rows())})
     return frame
 
 
-@asset(**SHARED, kinds=MODEL_KINDS, **gpu_step(), code_version=RESPONSES_VERSION,
-       ins={"evaluation_items": AssetIn(key=[GROUP, "evaluation_items"]),
-            "lora_adapters": AssetIn(key=["agents", "lora_adapters"]),
-            "agent_profiles": AssetIn(key=["traits", "agent_profiles"])})
-def task_responses(context: AssetExecutionContext, config: ResponseConfig, llm: LLMResource, evaluation_items: pl.DataFrame,
-                   lora_adapters: pl.DataFrame, agent_profiles: pl.DataFrame) -> pl.DataFrame:
+@asset(
+    **SHARED,
+    kinds=MODEL_KINDS,
+    **gpu_step(),
+    code_version=RESPONSES_VERSION,
+    ins={
+        "evaluation_items": AssetIn(key=[GROUP, "evaluation_items"]),
+        "lora_adapters": AssetIn(key=["agents", "lora_adapters"]),
+        "agent_profiles": AssetIn(key=["traits", "agent_profiles"]),
+    },
+)
+def task_responses(
+    context: AssetExecutionContext,
+    config: ResponseConfig,
+    llm: LLMResource,
+    evaluation_items: pl.DataFrame,
+    lora_adapters: pl.DataFrame,
+    agent_profiles: pl.DataFrame,
+) -> pl.DataFrame:
     """Every item answered by both systems under every sampling setting, `samples` times each with seeds shared
     by the systems: the agent's adapter, and the base model told the agent's persona profile (the baseline).
     Both answer the same turns through the model's own template: the adapter exactly as laid out in its training
@@ -75,14 +131,28 @@ def task_responses(context: AssetExecutionContext, config: ResponseConfig, llm: 
     grid = [SamplingSetting.parse(label) for label in config.grid]
     profiles = dict(zip(agent_profiles["agent"], agent_profiles["profile"], strict=True))
     names = {key: agent.display_name for key, agent in AGENTS_BY_KEY.items()}
-    plan = response_plan(evaluation_items.sort("agent", "row_id").to_dicts(), names, profiles, grid, config.samples,
-                         config.max_new_tokens, config.seed)
+    plan = response_plan(
+        evaluation_items.sort("agent", "row_id").to_dicts(),
+        names,
+        profiles,
+        grid,
+        config.samples,
+        config.max_new_tokens,
+        config.seed,
+    )
     with model_step(context, llm, PROMPT_HASH) as step:
         serve_adapters(step.engine, lora_adapters)
         replies = step.engine.generate([planned.request for planned in plan])
-        frame = step.frame([response_row(planned, reply) for planned, reply in zip(plan, replies, strict=True)],
-                           RESPONSE_SCHEMA)
+        frame = step.frame(
+            [response_row(planned, reply) for planned, reply in zip(plan, replies, strict=True)],
+            RESPONSE_SCHEMA,
+        )
     counts = frame.group_by("agent", "task", "system").len().sort("agent", "task", "system")
-    context.add_output_metadata({"settings": [s.label for s in grid],
-                                 "samples": config.samples, "responses": markdown_table(counts.columns, counts.rows())})
+    context.add_output_metadata(
+        {
+            "settings": [s.label for s in grid],
+            "samples": config.samples,
+            "responses": markdown_table(counts.columns, counts.rows()),
+        }
+    )
     return frame

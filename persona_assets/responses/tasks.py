@@ -46,8 +46,10 @@ class SamplingSetting:
     def parse(cls, label: str) -> SamplingSetting:
         match = SETTING_LABEL.fullmatch(label.strip())
         if not match:
-            raise ValueError(f"sampling setting {label!r}: expected T<temperature>_P<top_p>_K<top_k>_R<repetition "
-                             "penalty>, e.g. T0.7_P0.8_K100_R1.2")
+            raise ValueError(
+                f"sampling setting {label!r}: expected T<temperature>_P<top_p>_K<top_k>_R<repetition "
+                "penalty>, e.g. T0.7_P0.8_K100_R1.2"
+            )
         t, p, k, r = match.groups()
         return cls(float(t), float(p), int(k), float(r))
 
@@ -86,8 +88,9 @@ def system_chat(system: str, name: str, profile: str, messages: Messages) -> Cha
 
 # What each system is shown, built by the code above with placeholders: a change of a template or of the
 # layout (a system turn added or removed) changes the hash, hence the prompt_hash and code version.
-PROMPT_HASH = text_hash(repr([system_chat(s, "{name}", "{profile}", question_messages("{question}")).messages
-                              for s in SYSTEMS]))
+PROMPT_HASH = text_hash(
+    repr([system_chat(s, "{name}", "{profile}", question_messages("{question}")).messages for s in SYSTEMS])
+)
 
 
 def sample_seed(base_seed: int, setting_index: int, sample: int) -> int:

@@ -27,7 +27,6 @@ from persona_platform.persona_assets.traits.extraction import (
 )
 from persona_platform.persona_assets.traits.tables import (
     MONOLOGUE_PROMPT_SCHEMA,
-    MONOLOGUES,
     PROBE_SCHEMA,
     PROFILE_SCHEMA,
     SCREENING_SCHEMA,
@@ -44,15 +43,26 @@ from persona_platform.resources.llm.resource import LLMResource
 from persona_platform.resources.warehouse import WarehouseResource
 
 GROUP = "traits"
-SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, kinds=MODEL_KINDS, **gpu_step(),
-              partitions_def=agents_partitions, metadata=AGENT_PARTITION, backfill_policy=ONE_RUN_PER_BACKFILL)
+SHARED = dict(
+    key_prefix=GROUP,
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds=MODEL_KINDS,
+    **gpu_step(),
+    partitions_def=agents_partitions,
+    metadata=AGENT_PARTITION,
+    backfill_policy=ONE_RUN_PER_BACKFILL,
+)
 MONOLOGUES_IN = {"monologues": AssetIn(key=["agents", "monologues"])}
 REVIEWS = AssetKey([GROUP, REVIEW_TABLE])
 
 question_reviews = AssetSpec(
-    REVIEWS, group_name=GROUP, owners=OWNERS, kinds={"duckdb"},
+    REVIEWS,
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"duckdb"},
     description="People's reviews of probe questions and monologue prompts (keep, edit, drop), written by "
-                "`persona review-questions --kind traits|monologues`; applied when those assets next materialize.",
+    "`persona review-questions --kind traits|monologues`; applied when those assets next materialize.",
 )
 
 
@@ -64,7 +74,9 @@ class SamplingConfig(Config):
 
 class ScreeningConfig(SamplingConfig):
     chunk_words: int = Field(default=200, description="Monologues are cut into chunks of this many words.")
-    max_items_per_trait: int = Field(default=25, description="Relevant items kept per agent and trait (the cap holds).")
+    max_items_per_trait: int = Field(
+        default=25, description="Relevant items kept per agent and trait (the cap holds)."
+    )
     summary_chars: int = Field(default=300, description="Longest summary a screening reply may hold.")
 
 
@@ -73,12 +85,16 @@ class QuestionConfig(SamplingConfig):
 
 
 class MonologuePromptConfig(QuestionConfig):
-    max_monologues: int = Field(default=20, description="Monologues per agent that get a prompt (upstream: 20).")
+    max_monologues: int = Field(
+        default=20, description="Monologues per agent that get a prompt (upstream: 20)."
+    )
 
 
 class ProfileConfig(Config):
     longest_monologues: int = Field(default=20, description="The longest monologues read for the profile.")
-    block_chars: int = Field(default=5000, description="Monologues are packed into blocks of at most this many characters.")
+    block_chars: int = Field(
+        default=5000, description="Monologues are packed into blocks of at most this many characters."
+    )
     partial_tokens: int = Field(default=500, description="New tokens for each block's partial profile.")
     profile_tokens: int = Field(default=700, description="New tokens for the consolidated profile.")
     interview_questions: int = Field(default=10, description="Interview questions per agent.")
@@ -90,8 +106,9 @@ def _sampling(config: SamplingConfig) -> dict:
 
 
 @asset(**SHARED, ins=MONOLOGUES_IN, code_version=f"screenings-1-{prompts.TRAIT_HASH}")
-def trait_screenings(context: AssetExecutionContext, config: ScreeningConfig, llm: LLMResource,
-                     monologues: pl.DataFrame) -> pl.DataFrame:
+def trait_screenings(
+    context: AssetExecutionContext, config: ScreeningConfig, llm: LLMResource, monologues: pl.DataFrame
+) -> pl.DataFrame:
     """Each monologue chunk screened for each trait (belief, memory, personality): a verdict and a summary,
     as constrained JSON. Chunks are screened in order until an agent has its cap of relevant items per trait;
     `kept` marks the first ones up to the cap. Replies that fail to parse are rows with a `failure`."""
@@ -103,7 +120,9 @@ def trait_screenings(context: AssetExecutionContext, config: ScreeningConfig, ll
             schema = prompts.screening_schema(config.summary_chars)
 
             def screen(batch, name=name, schema=schema):
-                chats = [ChatPrompt(prompts.screening_messages(trait, name, chunk.text)) for trait, chunk in batch]
+                chats = [
+                    ChatPrompt(prompts.screening_messages(trait, name, chunk.text)) for trait, chunk in batch
+                ]
                 return ask_structured(step.engine, chats, schema, config.summary_chars, **_sampling(config))
 
             made = screen_until_cap(chunks, prompts.TRAITS, config.max_items_per_trait, screen)
@@ -111,25 +130,51 @@ def trait_screenings(context: AssetExecutionContext, config: ScreeningConfig, ll
                 kept_ids = {screening_id(s) for s in kept(screenings, config.max_items_per_trait)}
                 rows += screening_rows(agent, screenings, kept_ids)
         frame = step.frame(rows, SCREENING_SCHEMA)
-    counts = frame.group_by("agent", "trait").agg(
-        pl.len().alias("screened"), pl.col("relevant").sum().alias("relevant"), pl.col("kept").sum().alias("kept"),
-        pl.col("failure").is_not_null().sum().alias("failed")).sort("agent", "trait")
-    context.add_output_metadata({"failures": int(frame["failure"].is_not_null().sum()),
-                                 "per_agent_and_trait": markdown_table(counts.columns, counts.rows())})
+    counts = (
+        frame.group_by("agent", "trait")
+        .agg(
+            pl.len().alias("screened"),
+            pl.col("relevant").sum().alias("relevant"),
+            pl.col("kept").sum().alias("kept"),
+            pl.col("failure").is_not_null().sum().alias("failed"),
+        )
+        .sort("agent", "trait")
+    )
+    context.add_output_metadata(
+        {
+            "failures": int(frame["failure"].is_not_null().sum()),
+            "per_agent_and_trait": markdown_table(counts.columns, counts.rows()),
+        }
+    )
     return frame
 
 
-@asset(**SHARED, ins={"trait_screenings": AssetIn(key=[GROUP, "trait_screenings"])}, deps=[REVIEWS],
-       code_version=f"probe-questions-1-{prompts.TRAIT_HASH}")
-def probe_questions(context: AssetExecutionContext, config: QuestionConfig, llm: LLMResource,
-                    warehouse: WarehouseResource, trait_screenings: pl.DataFrame) -> pl.DataFrame:
+@asset(
+    **SHARED,
+    ins={"trait_screenings": AssetIn(key=[GROUP, "trait_screenings"])},
+    deps=[REVIEWS],
+    code_version=f"probe-questions-1-{prompts.TRAIT_HASH}",
+)
+def probe_questions(
+    context: AssetExecutionContext,
+    config: QuestionConfig,
+    llm: LLMResource,
+    warehouse: WarehouseResource,
+    trait_screenings: pl.DataFrame,
+) -> pl.DataFrame:
     """One probe question per kept trait item, generated from its summary; the reviewed text replaces it where
     a person reviewed it (`persona review-questions --kind traits`) and a dropped question is left out."""
     reviews = warehouse.read_optional(GROUP, REVIEW_TABLE)
-    items = trait_screenings.filter(pl.col("kept") & pl.col("agent").is_in(context.partition_keys)).sort("agent", "trait", "chunk_id")
+    items = trait_screenings.filter(pl.col("kept") & pl.col("agent").is_in(context.partition_keys)).sort(
+        "agent", "trait", "chunk_id"
+    )
     schema = prompts.question_schema(config.question_chars)
-    chats = [ChatPrompt(prompts.question_messages(r["trait"], AGENTS_BY_KEY[r["agent"]].display_name, r["summary"]))
-             for r in items.iter_rows(named=True)]
+    chats = [
+        ChatPrompt(
+            prompts.question_messages(r["trait"], AGENTS_BY_KEY[r["agent"]].display_name, r["summary"])
+        )
+        for r in items.iter_rows(named=True)
+    ]
     with model_step(context, llm, prompts.TRAIT_HASH) as step:
         answers = ask_structured(step.engine, chats, schema, config.question_chars, **_sampling(config))
         rows, dropped = probe_rows(items, answers, reviews, f"{GROUP}.probe_questions")
@@ -138,16 +183,29 @@ def probe_questions(context: AssetExecutionContext, config: QuestionConfig, llm:
     return frame
 
 
-@asset(**SHARED, ins=MONOLOGUES_IN, deps=[REVIEWS], code_version=f"monologue-prompts-1-{prompts.MONOLOGUE_HASH}")
-def monologue_prompts(context: AssetExecutionContext, config: MonologuePromptConfig, llm: LLMResource,
-                      warehouse: WarehouseResource, monologues: pl.DataFrame) -> pl.DataFrame:
+@asset(
+    **SHARED, ins=MONOLOGUES_IN, deps=[REVIEWS], code_version=f"monologue-prompts-1-{prompts.MONOLOGUE_HASH}"
+)
+def monologue_prompts(
+    context: AssetExecutionContext,
+    config: MonologuePromptConfig,
+    llm: LLMResource,
+    warehouse: WarehouseResource,
+    monologues: pl.DataFrame,
+) -> pl.DataFrame:
     """For each monologue (up to the per-agent limit), the open question that would draw it out: the monologue
     task's prompt, with the monologue as its reference. Reviewed like probe questions (`--kind monologues`)."""
     reviews = warehouse.read_optional(GROUP, REVIEW_TABLE)
-    items = [(agent, mid, text) for agent in context.partition_keys
-             for mid, text in monologues_of(monologues, agent)[: config.max_monologues]]
+    items = [
+        (agent, mid, text)
+        for agent in context.partition_keys
+        for mid, text in monologues_of(monologues, agent)[: config.max_monologues]
+    ]
     schema = prompts.question_schema(config.question_chars)
-    chats = [ChatPrompt(prompts.monologue_messages(AGENTS_BY_KEY[agent].display_name, text)) for agent, _, text in items]
+    chats = [
+        ChatPrompt(prompts.monologue_messages(AGENTS_BY_KEY[agent].display_name, text))
+        for agent, _, text in items
+    ]
     with model_step(context, llm, prompts.MONOLOGUE_HASH) as step:
         answers = ask_structured(step.engine, chats, schema, config.question_chars, **_sampling(config))
         rows, dropped = monologue_prompt_rows(items, answers, reviews, f"{GROUP}.monologue_prompts")
@@ -157,20 +215,35 @@ def monologue_prompts(context: AssetExecutionContext, config: MonologuePromptCon
 
 
 @asset(**SHARED, ins=MONOLOGUES_IN, code_version=f"profiles-1-{prompts.PROFILE_HASH}")
-def agent_profiles(context: AssetExecutionContext, config: ProfileConfig, llm: LLMResource,
-                   monologues: pl.DataFrame) -> pl.DataFrame:
+def agent_profiles(
+    context: AssetExecutionContext, config: ProfileConfig, llm: LLMResource, monologues: pl.DataFrame
+) -> pl.DataFrame:
     """A consolidated persona profile per agent from its longest monologues (partial profiles of packed blocks,
     merged; greedy), with interview questions that test adherence to it. The persona baseline is prompted with it."""
-    used = {agent: longest_first(monologues_of(monologues, agent), config.longest_monologues)
-            for agent in context.partition_keys}
-    people = [(AGENTS_BY_KEY[agent].display_name, pack_remarks([text for _, text in used[agent]], config.block_chars))
-              for agent in context.partition_keys]
+    used = {
+        agent: longest_first(monologues_of(monologues, agent), config.longest_monologues)
+        for agent in context.partition_keys
+    }
+    people = [
+        (
+            AGENTS_BY_KEY[agent].display_name,
+            pack_remarks([text for _, text in used[agent]], config.block_chars),
+        )
+        for agent in context.partition_keys
+    ]
     with model_step(context, llm, prompts.PROFILE_HASH) as step:
-        profiles = build_profiles(step.engine, people, partial_tokens=config.partial_tokens,
-                                  profile_tokens=config.profile_tokens, interview_questions=config.interview_questions,
-                                  question_chars=config.question_chars)
-        rows = [profile_row(agent, profile, [mid for mid, _ in used[agent]])
-                for agent, profile in zip(context.partition_keys, profiles, strict=True)]
+        profiles = build_profiles(
+            step.engine,
+            people,
+            partial_tokens=config.partial_tokens,
+            profile_tokens=config.profile_tokens,
+            interview_questions=config.interview_questions,
+            question_chars=config.question_chars,
+        )
+        rows = [
+            profile_row(agent, profile, [mid for mid, _ in used[agent]])
+            for agent, profile in zip(context.partition_keys, profiles, strict=True)
+        ]
         frame = step.frame(rows, PROFILE_SCHEMA)
     context.add_output_metadata({"failures": int(frame["failure"].is_not_null().sum())})
     return frame

@@ -24,7 +24,11 @@ def word_chunks(text: str, words: int) -> list[str]:
 
 def monologue_chunks(monologues: Sequence[tuple[str, str]], words: int) -> list[Chunk]:
     """``(monologue row id, text)`` pairs, in order, cut into chunks of at most ``words`` words."""
-    return [Chunk(f"{mid}#{i}", mid, piece) for mid, text in monologues for i, piece in enumerate(word_chunks(text, words))]
+    return [
+        Chunk(f"{mid}#{i}", mid, piece)
+        for mid, text in monologues
+        for i, piece in enumerate(word_chunks(text, words))
+    ]
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,9 @@ class Screening:
 Screener = Callable[[list[tuple[str, Chunk]]], list[tuple[str, Parsed]]]
 
 
-def screen_until_cap(chunks: Sequence[Chunk], traits: Sequence[str], cap: int, screen: Screener) -> dict[str, list[Screening]]:
+def screen_until_cap(
+    chunks: Sequence[Chunk], traits: Sequence[str], cap: int, screen: Screener
+) -> dict[str, list[Screening]]:
     """Screen chunks in order, for every trait at once, in rounds of ``cap`` chunks per trait,
     until a trait has ``cap`` relevant items or no chunks left. Returns every screening made."""
     made: dict[str, list[Screening]] = {t: [] for t in traits}
@@ -91,25 +97,74 @@ class Profile:
     failure: str | None
 
 
-def build_profiles(engine: Engine, people: Sequence[tuple[str, list[str]]], *, partial_tokens: int, profile_tokens: int,
-                   interview_questions: int, question_chars: int) -> list[Profile]:
+def build_profiles(
+    engine: Engine,
+    people: Sequence[tuple[str, list[str]]],
+    *,
+    partial_tokens: int,
+    profile_tokens: int,
+    interview_questions: int,
+    question_chars: int,
+) -> list[Profile]:
     """One profile per ``(name, remark blocks)``, every stage batched across people: a partial profile per block
     (greedy), the partials merged, then interview questions as constrained JSON. No blocks: no profile, a failure."""
     asked = [i for i, (_, blocks) in enumerate(people) if blocks]
     partial_requests = [(i, block) for i in asked for block in people[i][1]]
-    partial_texts = engine.generate([
-        GenerateRequest(ChatPrompt((("user", prompts.PARTIAL_PROFILE_TEMPLATE.format(name=people[i][0], remarks=block)),)),
-                        max_new_tokens=partial_tokens) for i, block in partial_requests])
+    partial_texts = engine.generate(
+        [
+            GenerateRequest(
+                ChatPrompt(
+                    (("user", prompts.PARTIAL_PROFILE_TEMPLATE.format(name=people[i][0], remarks=block)),)
+                ),
+                max_new_tokens=partial_tokens,
+            )
+            for i, block in partial_requests
+        ]
+    )
     partials: dict[int, list[str]] = {}
     for (i, _), text in zip(partial_requests, partial_texts, strict=True):
         partials.setdefault(i, []).append(text)
-    merged = engine.generate([
-        GenerateRequest(ChatPrompt((("user", prompts.CONSOLIDATE_TEMPLATE.format(
-            name=people[i][0], partials="\n\n".join(partials[i]))),)), max_new_tokens=profile_tokens) for i in asked])
+    merged = engine.generate(
+        [
+            GenerateRequest(
+                ChatPrompt(
+                    (
+                        (
+                            "user",
+                            prompts.CONSOLIDATE_TEMPLATE.format(
+                                name=people[i][0], partials="\n\n".join(partials[i])
+                            ),
+                        ),
+                    )
+                ),
+                max_new_tokens=profile_tokens,
+            )
+            for i in asked
+        ]
+    )
     schema = prompts.interview_schema(interview_questions, question_chars)
-    answers = ask_structured(engine, [
-        ChatPrompt(prompts.chat(prompts.INTERVIEW_TEMPLATE.format(name=people[i][0], profile=text, count=interview_questions)))
-        for i, text in zip(asked, merged, strict=True)], schema, interview_questions * question_chars)
-    built = {i: Profile(text.strip(), tuple(partials[i]), tuple(parsed.value["questions"]) if parsed.ok else (), parsed.failure)
-             for i, text, (_, parsed) in zip(asked, merged, answers, strict=True)}
+    answers = ask_structured(
+        engine,
+        [
+            ChatPrompt(
+                prompts.chat(
+                    prompts.INTERVIEW_TEMPLATE.format(
+                        name=people[i][0], profile=text, count=interview_questions
+                    )
+                )
+            )
+            for i, text in zip(asked, merged, strict=True)
+        ],
+        schema,
+        interview_questions * question_chars,
+    )
+    built = {
+        i: Profile(
+            text.strip(),
+            tuple(partials[i]),
+            tuple(parsed.value["questions"]) if parsed.ok else (),
+            parsed.failure,
+        )
+        for i, text, (_, parsed) in zip(asked, merged, answers, strict=True)
+    }
     return [built.get(i, Profile("", (), (), "no monologues")) for i in range(len(people))]

@@ -6,8 +6,8 @@ from dagster import AssetExecutionContext, AssetIn, AssetKey, AssetSpec, Metadat
 from persona_platform.partitions import AGENTS, AGENTS_BY_KEY, agents_partitions
 from persona_platform.persona_assets.agents.adapters import serve_adapters
 from persona_platform.persona_assets.common import (
-    BOARD_INPUT,
     AGENT_PARTITION,
+    BOARD_INPUT,
     MODEL_KINDS,
     ONE_RUN_PER_BACKFILL,
     OWNERS,
@@ -20,7 +20,15 @@ from persona_platform.persona_assets.plots import confusion_matrix, saved_plot
 from persona_platform.persona_assets.review import REVIEW_TABLE, reviewed
 from persona_platform.persona_assets.statistics import interval_method, shown
 from persona_platform.persona_assets.steps import asset_frame, model_step
-from persona_platform.persona_assets.votes.prediction import ANSWER_PREFIX, LABELS, METRIC_SCHEMA, UNKNOWN, VOTE_HASH, formal_question, metric_rows
+from persona_platform.persona_assets.votes.prediction import (
+    ANSWER_PREFIX,
+    LABELS,
+    METRIC_SCHEMA,
+    UNKNOWN,
+    VOTE_HASH,
+    formal_question,
+    metric_rows,
+)
 from persona_platform.persona_assets.votes.tables import (
     MOTION_SCHEMA,
     PREDICTION_SCHEMA,
@@ -43,13 +51,23 @@ SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS)
 REVIEWS = AssetKey([GROUP, REVIEW_TABLE])
 
 question_reviews = AssetSpec(
-    REVIEWS, group_name=GROUP, owners=OWNERS, kinds={"duckdb"},
+    REVIEWS,
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"duckdb"},
     description="People's reviews of the generated vote questions (keep, edit, drop), written by "
-                "`persona review-questions --kind votes`; motions apply them when they next materialize.",
+    "`persona review-questions --kind votes`; motions apply them when they next materialize.",
 )
 
 
-@asset(**SHARED, kinds=TABLE_KINDS, pool=WAREHOUSE_POOL, code_version=VERSION, deps=[REVIEWS], tags=dict([BOARD_INPUT]))
+@asset(
+    **SHARED,
+    kinds=TABLE_KINDS,
+    pool=WAREHOUSE_POOL,
+    code_version=VERSION,
+    deps=[REVIEWS],
+    tags=dict([BOARD_INPUT]),
+)
 def motions(context: AssetExecutionContext, board: BoardSource, warehouse: WarehouseResource) -> pl.DataFrame:
     """Each vote record's motion, with the formal yes/no question a member answers: the reviewed
     text where a person reviewed it (a dropped question leaves its motion out), else the generated one."""
@@ -60,33 +78,54 @@ def motions(context: AssetExecutionContext, board: BoardSource, warehouse: Wareh
         return reviewed(f"votes.motions:{motion.motion_id}", generated, reviews, f"votes.{REVIEW_TABLE}")
 
     rows, dropped = motion_rows(votes, formal_question, review)
-    context.add_output_metadata({"reviewed": sum(r["review"] is not None for r in rows), "dropped_by_review": dropped})
+    context.add_output_metadata(
+        {"reviewed": sum(r["review"] is not None for r in rows), "dropped_by_review": dropped}
+    )
     return asset_frame(context, rows, MOTION_SCHEMA)
 
 
-@asset(**SHARED, kinds=TABLE_KINDS, pool=WAREHOUSE_POOL, code_version=VERSION, ins={"motions": AssetIn(key=[GROUP, "motions"])},
-       tags=dict([BOARD_INPUT]))
+@asset(
+    **SHARED,
+    kinds=TABLE_KINDS,
+    pool=WAREHOUSE_POOL,
+    code_version=VERSION,
+    ins={"motions": AssetIn(key=[GROUP, "motions"])},
+    tags=dict([BOARD_INPUT]),
+)
 def vote_records(context: AssetExecutionContext, motions: pl.DataFrame) -> pl.DataFrame:
     """One row per (motion, voter): the agent the name resolves to through the registry's aliases, or
     null for a name that matches no agent (kept, reported in metadata and by a check)."""
     rows, unknown = record_rows(motions, alias_table(AGENTS))
     frame = asset_frame(context, rows, RECORD_SCHEMA)
     counts = frame.filter(pl.col("agent").is_not_null()).group_by("agent", "vote").len().sort("agent", "vote")
-    context.add_output_metadata({
-        "unknown_names": MetadataValue.json(sorted({name for _, name in unknown})),
-        "votes_per_agent": markdown_table(["agent", "vote", "motions"], counts.rows()),
-    })
+    context.add_output_metadata(
+        {
+            "unknown_names": MetadataValue.json(sorted({name for _, name in unknown})),
+            "votes_per_agent": markdown_table(["agent", "vote", "motions"], counts.rows()),
+        }
+    )
     return frame
 
 
 @asset(
-    **SHARED, kinds=MODEL_KINDS, **gpu_step(), code_version=PREDICTION_VERSION, partitions_def=agents_partitions,
-    metadata=AGENT_PARTITION, backfill_policy=ONE_RUN_PER_BACKFILL,
-    ins={"motions": AssetIn(key=[GROUP, "motions"]), "vote_records": AssetIn(key=[GROUP, "vote_records"]),
-         "lora_adapters": AssetIn(key=["agents", "lora_adapters"])},
+    **SHARED,
+    kinds=MODEL_KINDS,
+    **gpu_step(),
+    code_version=PREDICTION_VERSION,
+    partitions_def=agents_partitions,
+    metadata=AGENT_PARTITION,
+    backfill_policy=ONE_RUN_PER_BACKFILL,
+    ins={
+        "motions": AssetIn(key=[GROUP, "motions"]),
+        "vote_records": AssetIn(key=[GROUP, "vote_records"]),
+        "lora_adapters": AssetIn(key=["agents", "lora_adapters"]),
+    },
 )
 def vote_predictions(
-    context: AssetExecutionContext, llm: LLMResource, motions: pl.DataFrame, vote_records: pl.DataFrame,
+    context: AssetExecutionContext,
+    llm: LLMResource,
+    motions: pl.DataFrame,
+    vote_records: pl.DataFrame,
     lora_adapters: pl.DataFrame,
 ) -> pl.DataFrame:
     """Each agent's adapter votes on the motions it voted on, two ways: by scoring 'Final Vote: Aye'
@@ -95,42 +134,87 @@ def vote_predictions(
     questions = dict(zip(motions["row_id"], motions["question"], strict=True))
     with model_step(context, llm, VOTE_HASH) as step:
         serve_adapters(step.engine, lora_adapters)
-        rows = prediction_rows(step.engine, context.partition_keys, lambda a: AGENTS_BY_KEY[a].display_name, questions,
-                               vote_records)
+        rows = prediction_rows(
+            step.engine,
+            context.partition_keys,
+            lambda a: AGENTS_BY_KEY[a].display_name,
+            questions,
+            vote_records,
+        )
         frame = step.frame(rows, PREDICTION_SCHEMA)
-    context.add_output_metadata({"answer_prefix": ANSWER_PREFIX,
-                                 "unknown_generations": int((frame["predicted"] == UNKNOWN).sum())})
+    context.add_output_metadata(
+        {"answer_prefix": ANSWER_PREFIX, "unknown_generations": int((frame["predicted"] == UNKNOWN).sum())}
+    )
     return frame
 
 
 METRICS_VERSION = "vote-metrics-2"
 
 
-@asset(key_prefix=GROUP, group_name="reports", owners=OWNERS, kinds=TABLE_KINDS | {"matplotlib"}, pool=WAREHOUSE_POOL,
-       code_version=METRICS_VERSION, ins={"vote_predictions": AssetIn(key=[GROUP, "vote_predictions"])})
-def vote_metrics_summary(context: AssetExecutionContext, artifacts: ArtifactStore, vote_predictions: pl.DataFrame) -> pl.DataFrame:
+@asset(
+    key_prefix=GROUP,
+    group_name="reports",
+    owners=OWNERS,
+    kinds=TABLE_KINDS | {"matplotlib"},
+    pool=WAREHOUSE_POOL,
+    code_version=METRICS_VERSION,
+    ins={"vote_predictions": AssetIn(key=[GROUP, "vote_predictions"])},
+)
+def vote_metrics_summary(
+    context: AssetExecutionContext, artifacts: ArtifactStore, vote_predictions: pl.DataFrame
+) -> pl.DataFrame:
     """Accuracy, balanced accuracy, macro-F1 and, beside them, the majority-class baseline, each with a 95% BCa
     cluster-bootstrap interval over motions (null where undefined), the Unknown rate, n votes and motions, per
     method, per agent and overall, with confusion matrices."""
     rows, sections = metric_rows(vote_predictions), []
     for method in sorted(vote_predictions["method"].unique()):
         part = vote_predictions.filter(pl.col("method") == method)
-        png = confusion_matrix(f"Vote prediction ({method})", part["truth"].to_list(), part["predicted"].to_list(),
-                               list(LABELS), [*LABELS, UNKNOWN])
+        png = confusion_matrix(
+            f"Vote prediction ({method})",
+            part["truth"].to_list(),
+            part["predicted"].to_list(),
+            list(LABELS),
+            [*LABELS, UNKNOWN],
+        )
         sections.append(f"### {method}\n" + saved_plot(artifacts, png, "votes", f"confusion-{method}"))
     frame = asset_frame(context, rows, METRIC_SCHEMA)
 
     def metric(r, name):
         return shown(r[name], r[f"{name}_low"], r[f"{name}_high"])
 
-    context.add_output_metadata({
-        "metrics": markdown_table(["method", "scope", "n", "motions", "accuracy", "balanced", "macro-F1", "majority",
-                                   "majority class", "unknown"],
-                                  [[r["method"], r["scope"], r["n"], r["motions"], metric(r, "accuracy"),
-                                    metric(r, "balanced_accuracy"), metric(r, "macro_f1"), metric(r, "majority_baseline"),
-                                    r["majority_class"], "n/a" if r["unknown_rate"] is None else f"{r['unknown_rate']:.2f}"]
-                                   for r in rows]),
-        "interval_method": interval_method("motions"),
-        "confusion_matrices": MetadataValue.md("\n\n".join(sections)),
-    })
+    context.add_output_metadata(
+        {
+            "metrics": markdown_table(
+                [
+                    "method",
+                    "scope",
+                    "n",
+                    "motions",
+                    "accuracy",
+                    "balanced",
+                    "macro-F1",
+                    "majority",
+                    "majority class",
+                    "unknown",
+                ],
+                [
+                    [
+                        r["method"],
+                        r["scope"],
+                        r["n"],
+                        r["motions"],
+                        metric(r, "accuracy"),
+                        metric(r, "balanced_accuracy"),
+                        metric(r, "macro_f1"),
+                        metric(r, "majority_baseline"),
+                        r["majority_class"],
+                        "n/a" if r["unknown_rate"] is None else f"{r['unknown_rate']:.2f}",
+                    ]
+                    for r in rows
+                ],
+            ),
+            "interval_method": interval_method("motions"),
+            "confusion_matrices": MetadataValue.md("\n\n".join(sections)),
+        }
+    )
     return frame

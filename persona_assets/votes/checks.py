@@ -8,11 +8,16 @@ from persona_platform.persona_assets.common import schema_change_checks
 GROUP = "votes"
 
 
-@asset_check(asset=[GROUP, "vote_records"], description="Every voter name resolves to an agent of the registry.")
+@asset_check(
+    asset=[GROUP, "vote_records"], description="Every voter name resolves to an agent of the registry."
+)
 def unknown_voter_names(vote_records: pl.DataFrame) -> AssetCheckResult:
     unknown = sorted(set(vote_records.filter(pl.col("agent").is_null())["name_as_written"]))
-    return AssetCheckResult(passed=not unknown, severity=AssetCheckSeverity.WARN,
-                            metadata={"unknown_names": MetadataValue.json(unknown), "count": len(unknown)})
+    return AssetCheckResult(
+        passed=not unknown,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"unknown_names": MetadataValue.json(unknown), "count": len(unknown)},
+    )
 
 
 schema_checks = schema_change_checks([GROUP, "vote_predictions"])

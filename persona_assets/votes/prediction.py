@@ -11,7 +11,12 @@ import polars as pl
 
 from persona_platform.persona_assets.agents.corpora import adapter_prompt
 from persona_platform.persona_assets.provenance import row_ref, text_hash
-from persona_platform.persona_assets.statistics import SEED, cluster_bootstrap, cluster_totals, interval_method
+from persona_platform.persona_assets.statistics import (
+    SEED,
+    cluster_bootstrap,
+    cluster_totals,
+    interval_method,
+)
 from persona_platform.resources.inputs.votes import AYE, NAYE
 from persona_platform.resources.llm.engine import ChatPrompt
 
@@ -73,7 +78,11 @@ def accuracy(counts: np.ndarray) -> np.ndarray:
 def _per_label(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(recorded votes, predictions, hits) per label; Unknown is never a hit."""
     matrix = _matrix(counts)
-    return matrix.sum(axis=-1), matrix[..., : len(LABELS)].sum(axis=-2), np.einsum("...ii->...i", matrix[..., : len(LABELS)])
+    return (
+        matrix.sum(axis=-1),
+        matrix[..., : len(LABELS)].sum(axis=-2),
+        np.einsum("...ii->...i", matrix[..., : len(LABELS)]),
+    )
 
 
 def _mean_over_recorded(values: np.ndarray, recorded: np.ndarray) -> np.ndarray:
@@ -84,7 +93,9 @@ def _mean_over_recorded(values: np.ndarray, recorded: np.ndarray) -> np.ndarray:
 
 def balanced_accuracy(counts: np.ndarray) -> np.ndarray:
     recorded, _, hits = _per_label(counts)
-    return _mean_over_recorded(np.divide(hits, recorded, out=np.zeros_like(hits), where=recorded > 0), recorded)
+    return _mean_over_recorded(
+        np.divide(hits, recorded, out=np.zeros_like(hits), where=recorded > 0), recorded
+    )
 
 
 def macro_f1(counts: np.ndarray) -> np.ndarray:
@@ -96,9 +107,11 @@ def macro_f1(counts: np.ndarray) -> np.ndarray:
 
 def label_share(label: str):
     """The accuracy of always predicting ``label``: its share of the recorded votes."""
+
     def share(counts: np.ndarray) -> np.ndarray:
         recorded, _, _ = _per_label(counts)
         return recorded[..., LABELS.index(label)] / recorded.sum(axis=-1)
+
     return share
 
 
@@ -122,7 +135,9 @@ class VoteMetrics:
     majority_class: str
 
 
-def vote_metrics(truth: Sequence[str], predicted: Sequence[str], motions: Sequence[str], seed: int = SEED) -> VoteMetrics:
+def vote_metrics(
+    truth: Sequence[str], predicted: Sequence[str], motions: Sequence[str], seed: int = SEED
+) -> VoteMetrics:
     """Unknown predictions count as wrong; balanced accuracy and macro-F1 average over Aye and Naye. The majority
     baseline always predicts the class most often recorded here (ties: Aye); its accuracy is that class's share.
 
@@ -132,22 +147,50 @@ def vote_metrics(truth: Sequence[str], predicted: Sequence[str], motions: Sequen
     baseline is resampled the same way with its class fixed, so the two intervals are comparable side by side."""
     counts = cluster_totals(motions, confusion_rows(truth, predicted))
     recorded = counts.sum(axis=0).reshape(len(LABELS), len(PREDICTED)).sum(axis=1)
-    majority = LABELS[int(np.argmax(recorded))]  # argmax takes the first of equal counts, as max() over LABELS did
-    metrics = {name: cluster_bootstrap(counts, statistic, seed)
-               for name, statistic in (("accuracy", accuracy), ("balanced_accuracy", balanced_accuracy),
-                                       ("macro_f1", macro_f1), ("majority_baseline", label_share(majority)))}
-    intervals = {f"{name}{suffix}": getattr(interval, field) for name, interval in metrics.items()
-                 for suffix, field in (("", "estimate"), ("_low", "low"), ("_high", "high"))}
+    majority = LABELS[
+        int(np.argmax(recorded))
+    ]  # argmax takes the first of equal counts, as max() over LABELS did
+    metrics = {
+        name: cluster_bootstrap(counts, statistic, seed)
+        for name, statistic in (
+            ("accuracy", accuracy),
+            ("balanced_accuracy", balanced_accuracy),
+            ("macro_f1", macro_f1),
+            ("majority_baseline", label_share(majority)),
+        )
+    }
+    intervals = {
+        f"{name}{suffix}": getattr(interval, field)
+        for name, interval in metrics.items()
+        for suffix, field in (("", "estimate"), ("_low", "low"), ("_high", "high"))
+    }
     n = len(truth)
-    return VoteMetrics(n=n, motions=len(counts), unknown_rate=sum(p == UNKNOWN for p in predicted) / n if n else None,
-                       majority_class=majority if n else "", **intervals)
+    return VoteMetrics(
+        n=n,
+        motions=len(counts),
+        unknown_rate=sum(p == UNKNOWN for p in predicted) / n if n else None,
+        majority_class=majority if n else "",
+        **intervals,
+    )
 
 
-METRIC_SCHEMA = {"method": pl.String, "scope": pl.String, "n": pl.Int64, "motions": pl.Int64,
-                 **{f"{name}{suffix}": pl.Float64 for name in ("accuracy", "balanced_accuracy", "macro_f1")
-                    for suffix in ("", "_low", "_high")},
-                 "unknown_rate": pl.Float64, "majority_baseline": pl.Float64, "majority_baseline_low": pl.Float64,
-                 "majority_baseline_high": pl.Float64, "majority_class": pl.String, "interval_method": pl.String}
+METRIC_SCHEMA = {
+    "method": pl.String,
+    "scope": pl.String,
+    "n": pl.Int64,
+    "motions": pl.Int64,
+    **{
+        f"{name}{suffix}": pl.Float64
+        for name in ("accuracy", "balanced_accuracy", "macro_f1")
+        for suffix in ("", "_low", "_high")
+    },
+    "unknown_rate": pl.Float64,
+    "majority_baseline": pl.Float64,
+    "majority_baseline_low": pl.Float64,
+    "majority_baseline_high": pl.Float64,
+    "majority_class": pl.String,
+    "interval_method": pl.String,
+}
 
 
 def metric_rows(predictions: pl.DataFrame, seed: int = SEED) -> list[dict]:
@@ -155,12 +198,24 @@ def metric_rows(predictions: pl.DataFrame, seed: int = SEED) -> list[dict]:
     rows = []
     for method in sorted(predictions["method"].unique()):
         part = predictions.filter(pl.col("method") == method)
-        scopes = [(a, part.filter(pl.col("agent") == a)) for a in sorted(part["agent"].unique())] + [("overall", part)]
+        scopes = [(a, part.filter(pl.col("agent") == a)) for a in sorted(part["agent"].unique())] + [
+            ("overall", part)
+        ]
         for scope, data in scopes:
-            metrics = vote_metrics(data["truth"].to_list(), data["predicted"].to_list(), data["motion_id"].to_list(), seed)
-            rows.append({"row_id": f"{method}/{scope}", "method": method, "scope": scope, **vars(metrics),
-                         "interval_method": interval_method("motions", seed), "partition_key": None,
-                         "input_ids": [row_ref("votes.vote_predictions", i) for i in data["row_id"]]})
+            metrics = vote_metrics(
+                data["truth"].to_list(), data["predicted"].to_list(), data["motion_id"].to_list(), seed
+            )
+            rows.append(
+                {
+                    "row_id": f"{method}/{scope}",
+                    "method": method,
+                    "scope": scope,
+                    **vars(metrics),
+                    "interval_method": interval_method("motions", seed),
+                    "partition_key": None,
+                    "input_ids": [row_ref("votes.vote_predictions", i) for i in data["row_id"]],
+                }
+            )
     return rows
 
 

@@ -51,7 +51,9 @@ def agent_registry(path: Path) -> list[Agent]:
         try:
             key = entry["key"]
             if not isinstance(key, str) or not AGENT_KEY.match(key):
-                raise RegistryError(f"{path}: agent {row}, field 'key': {key!r} must match {AGENT_KEY.pattern}")
+                raise RegistryError(
+                    f"{path}: agent {row}, field 'key': {key!r} must match {AGENT_KEY.pattern}"
+                )
             if key in seen:
                 raise RegistryError(f"{path}: agent {row}, field 'key': duplicate {key!r}")
             seen.add(key)

@@ -103,7 +103,9 @@ class SurveySource:
         records = self._by_country.get(country)
         if not records:
             raise SurveyFormatError(
-                self.path, None, "country",
+                self.path,
+                None,
+                "country",
                 f"unknown country {country!r}; the file has {', '.join(self.countries)}",
             )
         return records
@@ -131,7 +133,9 @@ def read_survey(path: Path | str) -> SurveySource:
         else:
             missing = sorted({"question", "selections", "options"} - set(header))
             raise SurveyFormatError(
-                path, 1, "header",
+                path,
+                1,
+                "header",
                 f"not a known GlobalOpinionQA format: missing columns {', '.join(missing)} "
                 "(Hugging Face CSV) and no leading 'Country' column (wide CSV)",
             )
@@ -193,7 +197,9 @@ def _read_hf_csv(path: Path, header: list[str], body: list[list[str]]):
 
 
 def _record(question, options, source_options, name, distribution, mean_position, row) -> SurveyRecord:
-    return SurveyRecord(question, options, country_key(name), distribution, mean_position, row, name, source_options)
+    return SurveyRecord(
+        question, options, country_key(name), distribution, mean_position, row, name, source_options
+    )
 
 
 def _parse_options(path: Path, row: int, text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -275,9 +281,7 @@ def _check_distribution(path, row, label, values, options) -> tuple[float, ...]:
     if not isinstance(values, list | tuple) or not values:
         raise SurveyFormatError(path, row, label, "empty selection: expected one probability per option")
     if len(values) != len(options):
-        raise SurveyFormatError(
-            path, row, label, f"{len(values)} probabilities for {len(options)} options"
-        )
+        raise SurveyFormatError(path, row, label, f"{len(values)} probabilities for {len(options)} options")
     out = []
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
@@ -320,7 +324,9 @@ def _parse_wide_header(path: Path, column: int, cell: str) -> tuple[str, tuple[s
         if match and (options or question_lines):
             expected = chr(ord("A") + len(options))
             if match.group(1) != expected:
-                raise SurveyFormatError(path, 1, f"column {column + 1}", f"option {line!r} should be {expected}.")
+                raise SurveyFormatError(
+                    path, 1, f"column {column + 1}", f"option {line!r} should be {expected}."
+                )
             options.append(match.group(2).strip())
         elif options:
             raise SurveyFormatError(path, 1, f"column {column + 1}", f"text after the options: {line!r}")
@@ -329,7 +335,9 @@ def _parse_wide_header(path: Path, column: int, cell: str) -> tuple[str, tuple[s
     if not question_lines:
         raise SurveyFormatError(path, 1, f"column {column + 1}", "no question text")
     if len(options) < 2:
-        raise SurveyFormatError(path, 1, f"column {column + 1}", "a question header needs 'A. ...' and 'B. ...' option lines")
+        raise SurveyFormatError(
+            path, 1, f"column {column + 1}", "a question header needs 'A. ...' and 'B. ...' option lines"
+        )
     return " ".join(question_lines), tuple(options)
 
 
@@ -366,7 +374,9 @@ def _check_country_keys(path: Path, records: list[SurveyRecord]) -> None:
         if _normalized_name(seen.country_name) == _normalized_name(r.country_name):
             continue
         raise SurveyFormatError(
-            path, r.row, "country",
+            path,
+            r.row,
+            "country",
             f"{r.country_name!r} and {seen.country_name!r} (row {seen.row}) would share the partition key {r.country!r}",
         )
 
@@ -383,7 +393,9 @@ def _check_unique(path: Path, records: list[SurveyRecord]) -> None:
         key = (normalize_question(r.question), r.options, r.country)
         if key in seen:
             raise SurveyFormatError(
-                path, r.row, "question",
+                path,
+                r.row,
+                "question",
                 f"duplicate of row {seen[key]}: same question, options and country {r.country!r}",
             )
         seen[key] = r.row

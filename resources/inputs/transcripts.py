@@ -9,10 +9,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from persona_platform.resources.inputs.registry import Agent
 from persona_platform.resources.inputs.errors import InputFileError, PersonaInputError
+from persona_platform.resources.inputs.registry import Agent
 
-HONORIFICS = re.compile(r"^(mr|mrs|ms|miss|dr|prof|chair|vice chair|chairman|chairwoman|supervisor)\.?\s+", re.I)
+HONORIFICS = re.compile(
+    r"^(mr|mrs|ms|miss|dr|prof|chair|vice chair|chairman|chairwoman|supervisor)\.?\s+", re.I
+)
 
 
 class TranscriptError(InputFileError):
@@ -74,7 +76,9 @@ def alias_table(agents: Sequence[Agent]) -> dict[str, str]:
         for name in (agent.key, agent.display_name, *agent.aliases):
             normalized = normalize_name(name)
             if table.get(normalized, agent.key) != agent.key:
-                raise PersonaInputError(f"agent registry: alias {name!r} names both {table[normalized]} and {agent.key}")
+                raise PersonaInputError(
+                    f"agent registry: alias {name!r} names both {table[normalized]} and {agent.key}"
+                )
             table[normalized] = agent.key
     return table
 

@@ -9,8 +9,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from persona_platform.resources.inputs.transcripts import speaker_agent
 from persona_platform.resources.inputs.errors import InputFileError
+from persona_platform.resources.inputs.transcripts import speaker_agent
 
 COLUMNS = ("Context", "Ayes", "Nayes")
 AYE, NAYE = "Aye", "Naye"

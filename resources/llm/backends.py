@@ -49,31 +49,66 @@ def model_path(model: str, models_dir: str, corpus_dir: str) -> str:
     return model
 
 
-def _transformers(model: str, models_dir: str, corpus_dir: str, device: str, dtype: str, max_batch_tokens: int) -> Engine:
+def _transformers(
+    model: str, models_dir: str, corpus_dir: str, device: str, dtype: str, max_batch_tokens: int
+) -> Engine:
     from persona_platform.resources.llm.transformers_backend import load_transformers_engine
 
-    return load_transformers_engine(model, model_path(model, models_dir, corpus_dir), device, dtype, max_batch_tokens)
+    return load_transformers_engine(
+        model, model_path(model, models_dir, corpus_dir), device, dtype, max_batch_tokens
+    )
 
 
-def _vllm(model: str, models_dir: str, corpus_dir: str, dtype: str, tensor_parallel_size: int, quantization: str,
-          max_model_len: int, max_batch_tokens: int, gpu_memory_utilization: float, max_lora_rank: int) -> Engine:
+def _vllm(
+    model: str,
+    models_dir: str,
+    corpus_dir: str,
+    dtype: str,
+    tensor_parallel_size: int,
+    quantization: str,
+    max_model_len: int,
+    max_batch_tokens: int,
+    gpu_memory_utilization: float,
+    max_lora_rank: int,
+) -> Engine:
     from persona_platform.resources.llm.vllm_backend import load_vllm_engine
 
-    return load_vllm_engine(model, model_path(model, models_dir, corpus_dir), dtype=dtype,
-                            tensor_parallel_size=tensor_parallel_size, quantization=quantization,
-                            max_model_len=max_model_len, max_num_batched_tokens=max_batch_tokens,
-                            gpu_memory_utilization=gpu_memory_utilization, max_lora_rank=max_lora_rank)
+    return load_vllm_engine(
+        model,
+        model_path(model, models_dir, corpus_dir),
+        dtype=dtype,
+        tensor_parallel_size=tensor_parallel_size,
+        quantization=quantization,
+        max_model_len=max_model_len,
+        max_num_batched_tokens=max_batch_tokens,
+        gpu_memory_utilization=gpu_memory_utilization,
+        max_lora_rank=max_lora_rank,
+    )
 
 
-def _openai(model: str, base_url: str, api_key_variables: tuple[str, ...], timeout_s: float, max_retries: int,
-            max_concurrency: int) -> Engine:
+def _openai(
+    model: str,
+    base_url: str,
+    api_key_variables: tuple[str, ...],
+    timeout_s: float,
+    max_retries: int,
+    max_concurrency: int,
+) -> Engine:
     from persona_platform.resources.llm.openai_backend import OpenAIEngine
 
     if not base_url:
-        raise ValueError("the openai backend needs base_url, the server (PERSONA_ENGINE_BASE_URL, or the chat or judge "
-                         "role's own PERSONA_CHAT_BASE_URL, PERSONA_JUDGE_BASE_URL)")
-    return OpenAIEngine(model_id=model, base_url=base_url, api_key_variables=tuple(api_key_variables),
-                        timeout_s=timeout_s, max_retries=max_retries, max_concurrency=max_concurrency)
+        raise ValueError(
+            "the openai backend needs base_url, the server (PERSONA_ENGINE_BASE_URL, or the chat or judge "
+            "role's own PERSONA_CHAT_BASE_URL, PERSONA_JUDGE_BASE_URL)"
+        )
+    return OpenAIEngine(
+        model_id=model,
+        base_url=base_url,
+        api_key_variables=tuple(api_key_variables),
+        timeout_s=timeout_s,
+        max_retries=max_retries,
+        max_concurrency=max_concurrency,
+    )
 
 
 def _simulated(model: str) -> Engine:
@@ -83,23 +118,43 @@ def _simulated(model: str) -> Engine:
     return PlantedSignalEngine(model_id=f"simulated:{spec.label()}", spec=spec)
 
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (
-    Backend("transformers", "Hugging Face transformers on this machine (CPU, or the GPU where present): exact scoring, "
-                            "LoRA adapters served, trained and merged", _transformers),
-    Backend("vllm", "one in-process vLLM engine on CUDA GPUs (the gpu extra): exact scoring, adapters served",
-            _vllm),
-    Backend("openai", "an OpenAI-compatible server at base_url serving the model by name (scoring needs prompt "
-                      "log-probabilities, as vLLM's server returns); adapters are served models", _openai),
-    Backend("simulated", "a planted-signal learner that only scores True/False claims; the model names its worlds, "
-                         "e.g. seed=3,countries=2", _simulated),
-)}
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend(
+            "transformers",
+            "Hugging Face transformers on this machine (CPU, or the GPU where present): exact scoring, "
+            "LoRA adapters served, trained and merged",
+            _transformers,
+        ),
+        Backend(
+            "vllm",
+            "one in-process vLLM engine on CUDA GPUs (the gpu extra): exact scoring, adapters served",
+            _vllm,
+        ),
+        Backend(
+            "openai",
+            "an OpenAI-compatible server at base_url serving the model by name (scoring needs prompt "
+            "log-probabilities, as vLLM's server returns); adapters are served models",
+            _openai,
+        ),
+        Backend(
+            "simulated",
+            "a planted-signal learner that only scores True/False claims; the model names its worlds, "
+            "e.g. seed=3,countries=2",
+            _simulated,
+        ),
+    )
+}
 
 
 def backend(name: str) -> Backend:
     try:
         return BACKENDS[name]
     except KeyError:
-        raise UnknownBackendError(f"unknown engine backend {name!r}; registered: {', '.join(BACKENDS)}") from None
+        raise UnknownBackendError(
+            f"unknown engine backend {name!r}; registered: {', '.join(BACKENDS)}"
+        ) from None
 
 
 def split_backend(text: str) -> tuple[str | None, str]:

@@ -34,7 +34,9 @@ def prompt_ids(tokenizer, prompt: Prompt, encode: Callable[[str, bool], list[int
     return ids
 
 
-def chat_tokens(tokenizer, messages: Sequence[tuple[str, str]], counted_role: str = "assistant") -> tuple[list[int], list[bool]]:
+def chat_tokens(
+    tokenizer, messages: Sequence[tuple[str, str]], counted_role: str = "assistant"
+) -> tuple[list[int], list[bool]]:
     """Ids of the rendered chat and, per token, whether it is content of ``counted_role``.
 
     Each message's text is the difference between the template rendered with and

@@ -32,8 +32,9 @@ class JsonSchemaGrammars:
         from xgrammar.contrib.hf import LogitsProcessor
 
         if self._compiler is None:
-            info = xgrammar.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.vocab_size,
-                                                           stop_token_ids=list(self.stop_token_ids))
+            info = xgrammar.TokenizerInfo.from_huggingface(
+                self.tokenizer, vocab_size=self.vocab_size, stop_token_ids=list(self.stop_token_ids)
+            )
             self._compiler = xgrammar.GrammarCompiler(info)
         grammar = self._compiled.get(schema_text)
         if grammar is None:

@@ -156,20 +156,29 @@ class Engine(ABC):
         """Serve a LoRA adapter under ``name`` beside the base model (reloaded when the fingerprint changes)."""
         raise self.refusal("serve adapters", "the agent assets")
 
-    def training_examples(self, chats: Sequence[Sequence[tuple[str, str]]],
-                          counted_role: str = "assistant") -> list[Example]:
+    def training_examples(
+        self, chats: Sequence[Sequence[tuple[str, str]]], counted_role: str = "assistant"
+    ) -> list[Example]:
         """Each chat ``(role, content)...`` as the model's token ids, laid out by its own chat template, and per
         token whether the loss counts it (the content of ``counted_role``'s turns and their end-of-turn marker)."""
         raise self.refusal("prepare training examples", "lora_training")
 
-    def train_adapter(self, name: str, examples: Sequence[Example], settings: LoraTraining, checkpoint_path: Path,
-                      adapter_dir: Path, log: Callable[[str], None] = lambda message: None) -> TrainingOutcome:
+    def train_adapter(
+        self,
+        name: str,
+        examples: Sequence[Example],
+        settings: LoraTraining,
+        checkpoint_path: Path,
+        adapter_dir: Path,
+        log: Callable[[str], None] = lambda message: None,
+    ) -> TrainingOutcome:
         """Train a LoRA adapter ``name`` on ``examples`` (from ``training_examples``), resuming from
         ``checkpoint_path`` when it exists, save it in ``adapter_dir`` and serve it from then on."""
         raise self.refusal("train adapters", "lora_training")
 
-    def merge_adapter(self, name: str, out_dir: Path, check_texts: Sequence[str],
-                      max_check_tokens: int = 128) -> tuple[str, list[float]]:
+    def merge_adapter(
+        self, name: str, out_dir: Path, check_texts: Sequence[str], max_check_tokens: int = 128
+    ) -> tuple[str, list[float]]:
         """Save the base with adapter ``name`` merged in (plain weights and the tokenizer) in ``out_dir``; return
         the files' fingerprint and, per check text (its first ``max_check_tokens`` tokens), the largest
         |logit difference| between the merged model and base + adapter."""
@@ -178,5 +187,7 @@ class Engine(ABC):
     def refusal(self, what: str, purpose: str) -> EngineCapabilityError:
         """The error for a capability this backend lacks; ``purpose``: what needs it (an asset, an operation)."""
         backend = self.backend or type(self).__name__
-        return EngineCapabilityError(f"the {backend} backend cannot {what} (model {self.model_id}); "
-                                     f"use the transformers backend for {purpose}")
+        return EngineCapabilityError(
+            f"the {backend} backend cannot {what} (model {self.model_id}); "
+            f"use the transformers backend for {purpose}"
+        )

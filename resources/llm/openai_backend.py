@@ -48,7 +48,9 @@ class EngineRequestError(RuntimeError):
 @dataclass
 class OpenAIEngine(Engine):
     backend: ClassVar[str] = "openai"
-    scores_chat_prompts: ClassVar[bool] = False  # the server applies the chat template: its tokens are unknown here
+    scores_chat_prompts: ClassVar[bool] = (
+        False  # the server applies the chat template: its tokens are unknown here
+    )
 
     base_url: str = ""
     # Environment variables that may hold the key, first set one wins (a judge may fall back to the engine's key).
@@ -66,7 +68,9 @@ class OpenAIEngine(Engine):
         if self._client is None:
             # Retries are ours (below), so that malformed bodies are retried too and every attempt is counted.
             # The key travels per call (see _auth), never held by the client.
-            self._client = OpenAI(base_url=self.base_url, api_key="unused", timeout=self.timeout_s, max_retries=0)
+            self._client = OpenAI(
+                base_url=self.base_url, api_key="unused", timeout=self.timeout_s, max_retries=0
+            )
         return self._client
 
     # -- the interface ---------------------------------------------------------
@@ -92,8 +96,13 @@ class OpenAIEngine(Engine):
         return adapter or self.model_id
 
     def _generate_one(self, request: GenerateRequest) -> str:
-        options = {"model": self._model(request.adapter), "max_tokens": request.max_new_tokens,
-                   "temperature": request.temperature, "top_p": request.top_p, "seed": request.seed}
+        options = {
+            "model": self._model(request.adapter),
+            "max_tokens": request.max_new_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "seed": request.seed,
+        }
         extra = {}
         if request.top_k > 0:
             extra["top_k"] = request.top_k
@@ -103,24 +112,46 @@ class OpenAIEngine(Engine):
             options["extra_body"] = extra  # vLLM's sampling parameters beyond the OpenAI ones
         if isinstance(request.prompt, ChatPrompt):
             if request.json_schema is not None:
-                options["response_format"] = {"type": "json_schema", "json_schema": {
-                    "name": "reply", "schema": json.loads(request.json_schema), "strict": True}}
+                options["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": "reply",
+                        "schema": json.loads(request.json_schema),
+                        "strict": True,
+                    },
+                }
             messages = [{"role": role, "content": content} for role, content in request.prompt.messages]
-            response = self._call(lambda auth: self.client().chat.completions.create(messages=messages, **options, **auth))
+            response = self._call(
+                lambda auth: self.client().chat.completions.create(messages=messages, **options, **auth)
+            )
             return response.choices[0].message.content or ""
         if request.json_schema is not None:
             options.setdefault("extra_body", {})["guided_json"] = json.loads(request.json_schema)
-        response = self._call(lambda auth: self.client().completions.create(prompt=_text(request.prompt), **options, **auth))
+        response = self._call(
+            lambda auth: self.client().completions.create(prompt=_text(request.prompt), **options, **auth)
+        )
         return response.choices[0].text or ""
 
-    def _prompt_logprobs(self, text: str, adapter: str | None) -> tuple[list[str], list[float | None], list[int]]:
-        response = self._call(lambda auth: self.client().completions.create(
-            model=self._model(adapter), prompt=text, max_tokens=0, echo=True, logprobs=0, temperature=0.0, **auth))
+    def _prompt_logprobs(
+        self, text: str, adapter: str | None
+    ) -> tuple[list[str], list[float | None], list[int]]:
+        response = self._call(
+            lambda auth: self.client().completions.create(
+                model=self._model(adapter),
+                prompt=text,
+                max_tokens=0,
+                echo=True,
+                logprobs=0,
+                temperature=0.0,
+                **auth,
+            )
+        )
         logprobs = response.choices[0].logprobs
         if logprobs is None or not logprobs.token_logprobs or logprobs.text_offset is None:
             raise EngineRequestError(
                 f"{self.base_url} returned no prompt log-probabilities (completions with echo and logprobs): "
-                "score and loglikelihood need a server that returns them, such as vLLM's OpenAI server")
+                "score and loglikelihood need a server that returns them, such as vLLM's OpenAI server"
+            )
         return list(logprobs.tokens), list(logprobs.token_logprobs), list(logprobs.text_offset)
 
     def _continuation_logprob(self, request: ScoreRequest, candidate: str) -> float:
@@ -128,8 +159,10 @@ class OpenAIEngine(Engine):
         _, values, offsets = self._prompt_logprobs(prompt + candidate, request.adapter)
         picked = [v for v, o in zip(values, offsets, strict=True) if o >= len(prompt)]
         if not picked or any(v is None for v in picked):
-            raise EngineRequestError(f"candidate {candidate!r} shares a token with the end of its prompt on this server's "
-                                     "tokenizer; end the prompt where a token ends (e.g. before the space)")
+            raise EngineRequestError(
+                f"candidate {candidate!r} shares a token with the end of its prompt on this server's "
+                "tokenizer; end the prompt where a token ends (e.g. before the space)"
+            )
         return float(sum(picked))
 
     def _loglikelihood_one(self, request: LoglikelihoodRequest) -> TokenLogprobs:
@@ -140,8 +173,10 @@ class OpenAIEngine(Engine):
             text += piece_text
             position += len(piece_text)
         tokens, values, offsets = self._prompt_logprobs(text, request.adapter)
-        counted = tuple(index > 0 and any(start <= o < end and c for start, end, c in spans)
-                        for index, o in enumerate(offsets))
+        counted = tuple(
+            index > 0 and any(start <= o < end and c for start, end, c in spans)
+            for index, o in enumerate(offsets)
+        )
         return TokenLogprobs(tuple(range(len(tokens))), tuple(v or 0.0 for v in values), counted)
 
     # -- retries and concurrency -----------------------------------------------
@@ -176,11 +211,19 @@ class OpenAIEngine(Engine):
                     raise EngineRequestError(f"{self.base_url}: {reason}: {_message(exc)}") from None
             except (openai.APITimeoutError, openai.APIConnectionError) as exc:
                 reason = type(exc).__name__
-            except (_Malformed, openai.APIResponseValidationError, json.JSONDecodeError, AttributeError, TypeError) as exc:
+            except (
+                _Malformed,
+                openai.APIResponseValidationError,
+                json.JSONDecodeError,
+                AttributeError,
+                TypeError,
+            ) as exc:
                 reason = f"malformed response ({exc})"
             attempt += 1
             if attempt > self.max_retries:
-                raise EngineRequestError(f"{self.base_url}: gave up after {attempt} attempts; last: {reason}") from None
+                raise EngineRequestError(
+                    f"{self.base_url}: gave up after {attempt} attempts; last: {reason}"
+                ) from None
             self.sleep(self.backoff_s * 2 ** (attempt - 1) * (1 + random.random() / 4))
 
 
@@ -198,6 +241,8 @@ def _message(exc) -> str:
 
 def _text(prompt: Prompt) -> str:
     if isinstance(prompt, ChatPrompt):
-        raise EngineRequestError("a chat prompt cannot be scored through an OpenAI-compatible API: its template is "
-                                 "applied on the server, so the prompt's tokens are unknown here; use a text prompt")
+        raise EngineRequestError(
+            "a chat prompt cannot be scored through an OpenAI-compatible API: its template is "
+            "applied on the server, so the prompt's tokens are unknown here; use a text prompt"
+        )
     return prompt if isinstance(prompt, str) else "".join(prompt)

@@ -33,28 +33,40 @@ def process_usage() -> EngineUsage:
     """What every engine loaded in this process has done so far."""
     total = EngineUsage()
     for engine in list(_ENGINES.values()):
-        total = EngineUsage(*(a + b for a, b in zip(vars(total).values(), vars(engine.usage).values(), strict=True)))
+        total = EngineUsage(
+            *(a + b for a, b in zip(vars(total).values(), vars(engine.usage).values(), strict=True))
+        )
     return total
 
 
 class LLMResource(ConfigurableResource):
     """The engine behind ``score``, ``generate`` and ``loglikelihood`` (and, where the backend can, adapters)."""
 
-    model: str = Field(default=TINY, description="'tiny' (embedded), a Hugging Face id or local path, or the model "
-                                                 "name an OpenAI-compatible server serves.")
-    backend: str = Field(default="transformers", description="; ".join(f"{b.name}: {b.description}"
-                                                                         for b in BACKENDS.values()))
+    model: str = Field(
+        default=TINY,
+        description="'tiny' (embedded), a Hugging Face id or local path, or the model "
+        "name an OpenAI-compatible server serves.",
+    )
+    backend: str = Field(
+        default="transformers", description="; ".join(f"{b.name}: {b.description}" for b in BACKENDS.values())
+    )
     base_url: str = Field(default="", description="openai backend: the server, e.g. http://host:8000/v1.")
-    api_key_variables: list[str] = Field(default=["PERSONA_ENGINE_API_KEY"],
-                                         description="openai backend: environment variables that may hold the key, "
-                                                     "first set one wins (read at each call, never stored).")
+    api_key_variables: list[str] = Field(
+        default=["PERSONA_ENGINE_API_KEY"],
+        description="openai backend: environment variables that may hold the key, "
+        "first set one wins (read at each call, never stored).",
+    )
     max_concurrency: int = Field(default=8, description="openai backend: calls in flight at once.")
-    max_retries: int = Field(default=5, description="openai backend: retries on 429, 5xx, timeouts and malformed bodies.")
+    max_retries: int = Field(
+        default=5, description="openai backend: retries on 429, 5xx, timeouts and malformed bodies."
+    )
     timeout_s: float = Field(default=120.0, description="openai backend: seconds per call.")
     tensor_parallel_size: int = Field(default=1, description="vllm backend: GPUs one model is split over.")
     quantization: str = Field(default="", description="vllm backend: e.g. awq, gptq, fp8; empty for none.")
     max_model_len: int = Field(default=0, description="vllm backend: longest sequence; 0 = the model's own.")
-    gpu_memory_utilization: float = Field(default=0.85, description="vllm backend: share of GPU memory it may take.")
+    gpu_memory_utilization: float = Field(
+        default=0.85, description="vllm backend: share of GPU memory it may take."
+    )
     max_lora_rank: int = Field(default=16, description="vllm backend: the largest adapter rank it serves.")
     device: str = Field(default="auto", description="transformers backend: 'auto', 'cpu' or 'cuda[:n]'.")
     dtype: str = Field(default="auto", description="'auto', 'float32', 'bfloat16' or 'float16'.")
@@ -98,7 +110,14 @@ class LLMResource(ConfigurableResource):
 def role_resources(settings: Settings) -> dict[str, LLMResource]:
     """The three model roles as resources: the generator (``llm``), the chat baseline's model (``chat_llm``) and the
     judge (``judge_llm``). Roles naming the same model share one loaded engine (see ``LLMResource._key``)."""
-    return {name: LLMResource(model=role.model, backend=role.backend, base_url=role.base_url,
-                              api_key_variables=list(role.api_key_variables), models_dir=str(settings.models_dir),
-                              corpus_dir=str(DATA_DIR))
-            for name, role in settings.roles().items()}
+    return {
+        name: LLMResource(
+            model=role.model,
+            backend=role.backend,
+            base_url=role.base_url,
+            api_key_variables=list(role.api_key_variables),
+            models_dir=str(settings.models_dir),
+            corpus_dir=str(DATA_DIR),
+        )
+        for name, role in settings.roles().items()
+    }

@@ -36,8 +36,12 @@ import numpy as np
 from persona_platform.resources.llm.engine import ChatPrompt, Engine, EngineUsage, ScoreRequest
 
 # The claim lines of the elicitation prompts (few-shot, zero-shot) and of the chat baseline's prompt.
-CLAIM_LINE = re.compile(r'Q: "(?P<q>[^"\n]*)" \| Op: "(?P<o>[^"\n]*)" \| Is Most Popular Opinion in (?P<c>[^:\n]*):(?P<label> True| False)?')
-CHAT_CLAIM = re.compile(r'people in (?P<c>[^\n]*?) for the survey question\.[\s\S]*Question: "(?P<q>[^"\n]*)"\nOpinion: "(?P<o>[^"\n]*)"')
+CLAIM_LINE = re.compile(
+    r'Q: "(?P<q>[^"\n]*)" \| Op: "(?P<o>[^"\n]*)" \| Is Most Popular Opinion in (?P<c>[^:\n]*):(?P<label> True| False)?'
+)
+CHAT_CLAIM = re.compile(
+    r'people in (?P<c>[^\n]*?) for the survey question\.[\s\S]*Question: "(?P<q>[^"\n]*)"\nOpinion: "(?P<o>[^"\n]*)"'
+)
 TRUE_CANDIDATES = {(" True", " False"), ("True", "False")}
 
 
@@ -61,7 +65,9 @@ class WorldSpec:
         for part in filter(None, (p.strip() for p in text.split(","))):
             name, _, value = part.partition("=")
             if name not in types:
-                raise ValueError(f"simulated engine model {text!r}: unknown field {name!r}; known: {', '.join(types)}")
+                raise ValueError(
+                    f"simulated engine model {text!r}: unknown field {name!r}; known: {', '.join(types)}"
+                )
             values[name] = int(value) if types[name] == "int" else float(value)
         return cls(**values)
 
@@ -115,7 +121,9 @@ def build_worlds(spec: WorldSpec) -> list[World]:
     return [build_world(spec, i) for i in range(spec.countries)]
 
 
-def world_survey(spec: WorldSpec, top_share: float = 0.7) -> list[tuple[str, tuple[str, str], dict[str, list[float]]]]:
+def world_survey(
+    spec: WorldSpec, top_share: float = 0.7
+) -> list[tuple[str, tuple[str, str], dict[str, list[float]]]]:
     """The survey the worlds stand for, as (question, options, {country: shares}): the gold option most chosen.
     Read as a GlobalOpinionQA file, it makes exactly the worlds' claims, so the whole elicitation graph can run on it."""
     survey = []
@@ -135,8 +143,11 @@ class PlantedSignalEngine(Engine):
 
     def __post_init__(self):
         self.worlds = build_worlds(self.spec)
-        self.index = {(c.country, c.question, c.option): (w, i)
-                      for w, world in enumerate(self.worlds) for i, c in enumerate(world.claims)}
+        self.index = {
+            (c.country, c.question, c.option): (w, i)
+            for w, world in enumerate(self.worlds)
+            for i, c in enumerate(world.claims)
+        }
         # concept x claim, as +1 (the concept says True) / -1, for one vectorised posterior per request
         self.signs = [np.array(world.concepts, dtype=float) * 2 - 1 for world in self.worlds]
         self.leans = [np.array([c.lean for c in world.claims]) for world in self.worlds]
@@ -145,7 +156,9 @@ class PlantedSignalEngine(Engine):
         out = []
         for request in requests:
             if tuple(request.candidates) not in TRUE_CANDIDATES:
-                raise ValueError(f"the simulated engine scores True/False claims only, not {request.candidates!r}")
+                raise ValueError(
+                    f"the simulated engine scores True/False claims only, not {request.candidates!r}"
+                )
             p_true = self.p_true(request.prompt)
             out.append([math.log(p_true), math.log1p(-p_true)])
         self.usage.requests += len(requests)
@@ -161,7 +174,9 @@ class PlantedSignalEngine(Engine):
             indices, labels = zip(*demos, strict=True)
             positions = np.arange(1, len(demos) + 1)
             weights = self.spec.strength * (1.0 + self.spec.recency * positions / len(demos))
-            agreement = signs[:, list(indices)] * (np.array(labels, dtype=float) * 2 - 1)  # +1 where a concept agrees
+            agreement = signs[:, list(indices)] * (
+                np.array(labels, dtype=float) * 2 - 1
+            )  # +1 where a concept agrees
             log_weights = log_weights + agreement @ weights
         posterior = np.exp(log_weights - log_weights.max())
         posterior /= posterior.sum()
@@ -175,7 +190,11 @@ class PlantedSignalEngine(Engine):
             if not match:
                 raise ValueError("the simulated engine found no claim in the chat prompt")
             return (*self._claim(match["c"], match["q"], match["o"]), [])
-        lines = [line for segment in ((prompt,) if isinstance(prompt, str) else prompt) for line in _claim_lines(segment)]
+        lines = [
+            line
+            for segment in ((prompt,) if isinstance(prompt, str) else prompt)
+            for line in _claim_lines(segment)
+        ]
         if not lines or lines[-1][3] is not None:
             raise ValueError("the simulated engine found no unlabelled query line in the prompt")
         world, query = self._claim(*lines[-1][:3])
@@ -189,9 +208,11 @@ class PlantedSignalEngine(Engine):
     def _claim(self, country: str, question: str, option: str) -> tuple[int, int]:
         known = self.index.get((country, question, option))
         if known is None:
-            raise ValueError(f"the simulated engine's worlds ({self.spec.label()}) hold no claim "
-                             f"{question!r} / {option!r} for {country!r}: point the survey source at its world "
-                             "(`persona world FILE` with the same settings)")
+            raise ValueError(
+                f"the simulated engine's worlds ({self.spec.label()}) hold no claim "
+                f"{question!r} / {option!r} for {country!r}: point the survey source at its world "
+                "(`persona world FILE` with the same settings)"
+            )
         return known
 
     def generate(self, requests):
@@ -204,8 +225,10 @@ class PlantedSignalEngine(Engine):
 @lru_cache(maxsize=1 << 16)
 def _claim_lines(text: str) -> tuple[tuple[str, str, str, int | None], ...]:
     """(country, question, option, label or None) of every claim line; a prompt's segments repeat, hence the cache."""
-    return tuple((m["c"], m["q"], m["o"], None if m["label"] is None else int(m["label"] == " True"))
-                 for m in CLAIM_LINE.finditer(text))
+    return tuple(
+        (m["c"], m["q"], m["o"], None if m["label"] is None else int(m["label"] == " True"))
+        for m in CLAIM_LINE.finditer(text)
+    )
 
 
 def _sigmoid(x: float) -> float:

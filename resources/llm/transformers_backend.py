@@ -27,8 +27,8 @@ import torch
 from transformers.utils import logging as transformers_logging
 
 from persona_platform.resources import training
-from persona_platform.resources.llm.constrained import JsonSchemaGrammars
 from persona_platform.resources.llm.chat import chat_tokens, prompt_ids
+from persona_platform.resources.llm.constrained import JsonSchemaGrammars
 from persona_platform.resources.llm.engine import (
     Engine,
     GenerateRequest,
@@ -85,13 +85,21 @@ def load_transformers_engine(
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
     except (OSError, ValueError) as exc:
-        where = "local directory" if Path(model_path).exists() else "Hugging Face id (is it in the local cache?)"
+        where = (
+            "local directory" if Path(model_path).exists() else "Hugging Face id (is it in the local cache?)"
+        )
         raise ModelLoadError(f"PERSONA_MODEL={model_id!r}: cannot load it as a {where}: {exc}") from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
-    engine = TransformersEngine(model_id=model_id, model=model, tokenizer=tokenizer, model_path=model_path, device=device,
-                                max_batch_tokens=max_batch_tokens)
+    engine = TransformersEngine(
+        model_id=model_id,
+        model=model,
+        tokenizer=tokenizer,
+        model_path=model_path,
+        device=device,
+        max_batch_tokens=max_batch_tokens,
+    )
     engine.usage.model_loads += 1
     return engine
 
@@ -112,7 +120,9 @@ class TransformersEngine(Engine):
 
     def __post_init__(self) -> None:
         if self.grammars is None and self.tokenizer is not None:
-            self.grammars = JsonSchemaGrammars(self.tokenizer, self.model.config.vocab_size, stop_token_ids(self.model, self.tokenizer))
+            self.grammars = JsonSchemaGrammars(
+                self.tokenizer, self.model.config.vocab_size, stop_token_ids(self.model, self.tokenizer)
+            )
 
     # -- adapters --------------------------------------------------------------
 
@@ -148,13 +158,20 @@ class TransformersEngine(Engine):
 
     # -- training (the capabilities only this backend has) ---------------------
 
-    def training_examples(self, chats: Sequence[Sequence[tuple[str, str]]],
-                          counted_role: str = "assistant") -> list[training.Example]:
+    def training_examples(
+        self, chats: Sequence[Sequence[tuple[str, str]]], counted_role: str = "assistant"
+    ) -> list[training.Example]:
         return [chat_tokens(self.tokenizer, list(chat), counted_role) for chat in chats]
 
-    def train_adapter(self, name: str, examples: Sequence[training.Example], settings: training.LoraTraining,
-                      checkpoint_path: Path, adapter_dir: Path,
-                      log: Callable[[str], None] = lambda message: None) -> training.TrainingOutcome:
+    def train_adapter(
+        self,
+        name: str,
+        examples: Sequence[training.Example],
+        settings: training.LoraTraining,
+        checkpoint_path: Path,
+        adapter_dir: Path,
+        log: Callable[[str], None] = lambda message: None,
+    ) -> training.TrainingOutcome:
         training.prepare_run(name, examples, settings)
         torch.manual_seed(settings.seed)  # the LoRA initialisation
         if settings.quantization == "4bit":
@@ -164,9 +181,18 @@ class TransformersEngine(Engine):
         else:
             internal = self.new_trainable_adapter(name, settings.lora_config())
             model = self.model
-        outcome = training.train_lora(model, internal, name, examples, settings, pad_id=self.tokenizer.pad_token_id,
-                                      cpu=self.device == "cpu", checkpoint_path=checkpoint_path,
-                                      adapter_dir=adapter_dir, log=log)
+        outcome = training.train_lora(
+            model,
+            internal,
+            name,
+            examples,
+            settings,
+            pad_id=self.tokenizer.pad_token_id,
+            cpu=self.device == "cpu",
+            checkpoint_path=checkpoint_path,
+            adapter_dir=adapter_dir,
+            log=log,
+        )
         if settings.quantization == "4bit":
             del model  # the 4-bit copy; the adapter is served on the full-precision base
             torch.cuda.empty_cache()
@@ -175,17 +201,21 @@ class TransformersEngine(Engine):
             self.register_adapter(name, internal, outcome.fingerprint)
         return outcome
 
-    def merge_adapter(self, name: str, out_dir: Path, check_texts: Sequence[str],
-                      max_check_tokens: int = 128) -> tuple[str, list[float]]:
+    def merge_adapter(
+        self, name: str, out_dir: Path, check_texts: Sequence[str], max_check_tokens: int = 128
+    ) -> tuple[str, list[float]]:
         # With no check input nothing would be compared, so that is refused before anything is written.
         if not check_texts:
-            raise training.TrainingError(f"{name}: no sample to check the merged model against base + adapter on")
+            raise training.TrainingError(
+                f"{name}: no sample to check the merged model against base + adapter on"
+            )
         if name not in self.adapters:
             raise KeyError(f"adapter {name!r} is not loaded; known: {', '.join(self.adapters) or 'none'}")
         check_inputs = [self.tokenizer(text)["input_ids"][:max_check_tokens] for text in check_texts]
         with self.using_adapter(name):
-            return training.merge_lora(self.model, self.adapters[name][0], self.tokenizer, out_dir, check_inputs,
-                                       self.device)
+            return training.merge_lora(
+                self.model, self.adapters[name][0], self.tokenizer, out_dir, check_inputs, self.device
+            )
 
     @contextmanager
     def using_adapter(self, name: str | None):
@@ -241,7 +271,9 @@ class TransformersEngine(Engine):
         self.usage.requests += len(requests)
         if reuse_prefix is None:
             reuse_prefix = prefix_saving([item.ids for item in items]) >= PREFIX_REUSE_MIN_SAVING
-        values_per_item = self._shared_prefix_logprobs(items) if reuse_prefix else self._target_logprobs(items)
+        values_per_item = (
+            self._shared_prefix_logprobs(items) if reuse_prefix else self._target_logprobs(items)
+        )
         results = [[0.0] * len(r.candidates) for r in requests]
         for item_owners, values in zip(owners, values_per_item, strict=True):
             for (r_index, c), value in zip(item_owners, values, strict=True):
@@ -277,8 +309,15 @@ class TransformersEngine(Engine):
         outputs: list[str] = [""] * len(requests)
         groups: dict[tuple, list[int]] = {}
         for index, request in enumerate(requests):
-            params = (request.max_new_tokens, request.temperature, request.top_p, request.top_k,
-                      request.repetition_penalty, request.seed, request.json_schema)
+            params = (
+                request.max_new_tokens,
+                request.temperature,
+                request.top_p,
+                request.top_k,
+                request.repetition_penalty,
+                request.seed,
+                request.json_schema,
+            )
             groups.setdefault(params, []).append(index)
         for params, indices in groups.items():
             encoded = [self._encode_prompt(requests[i].prompt) for i in indices]
@@ -333,8 +372,12 @@ class TransformersEngine(Engine):
             if not keep.any():
                 continue
             logits = self.model(
-                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), logits_to_keep=keep.to(self.device)
-            ).logits.reshape(-1, self.model.config.vocab_size)  # kept positions, row by row, in position order
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention.to(self.device),
+                logits_to_keep=keep.to(self.device),
+            ).logits.reshape(
+                -1, self.model.config.vocab_size
+            )  # kept positions, row by row, in position order
             self.usage.forward_passes += 1
             self.usage.tokens_computed += int(attention.sum())
             offset = 0
@@ -355,7 +398,9 @@ class TransformersEngine(Engine):
     def _cache_argument(self) -> str:
         """transformers 5.x renamed the key/value cache ``past_key_values`` -> ``cache`` (the old name warns on every
         call); the range in pyproject admits both, so ask the model which it takes."""
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # under a PEFT wrapper
+        base = (
+            self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        )  # under a PEFT wrapper
         return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
     @torch.inference_mode()
@@ -375,7 +420,9 @@ class TransformersEngine(Engine):
             new_ids = item.ids[keep:]
             wanted = sorted({ctx - 1 - keep for ctx, _ in item.targets})
             out = self.model(
-                input_ids=torch.tensor([new_ids], device=self.device), **{self._cache_argument: cache}, use_cache=True,
+                input_ids=torch.tensor([new_ids], device=self.device),
+                **{self._cache_argument: cache},
+                use_cache=True,
                 logits_to_keep=torch.tensor(wanted, device=self.device),
             )
             cache, cached = getattr(out, self._cache_argument), list(item.ids)
@@ -383,7 +430,9 @@ class TransformersEngine(Engine):
             self.usage.tokens_computed += len(new_ids)
             self.usage.tokens_reused += keep
             at = {p: j for j, p in enumerate(wanted)}
-            positions = torch.tensor([at[ctx - 1 - keep] for ctx, _ in item.targets], device=out.logits.device)
+            positions = torch.tensor(
+                [at[ctx - 1 - keep] for ctx, _ in item.targets], device=out.logits.device
+            )
             tokens = torch.tensor([tok for _, tok in item.targets], device=out.logits.device)
             rows = torch.log_softmax(out.logits[0, positions].float(), dim=-1)
             results[i] = rows.gather(1, tokens[:, None]).squeeze(1).tolist()
@@ -396,8 +445,12 @@ class TransformersEngine(Engine):
         input_ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded])
         attention = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
         sampling = params.temperature > 0
-        options = {"do_sample": sampling, "max_new_tokens": params.max_new_tokens, "pad_token_id": pad,
-                   "repetition_penalty": params.repetition_penalty}
+        options = {
+            "do_sample": sampling,
+            "max_new_tokens": params.max_new_tokens,
+            "pad_token_id": pad,
+            "repetition_penalty": params.repetition_penalty,
+        }
         if sampling:
             options.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
             torch.manual_seed(params.seed)

@@ -34,17 +34,37 @@ from persona_platform.resources.llm.engine import (
 )
 
 
-def load_vllm_engine(model_id: str, model_path: str, *, dtype: str = "auto", tensor_parallel_size: int = 1,
-                     quantization: str = "", max_model_len: int = 0, max_num_batched_tokens: int = 16384,
-                     gpu_memory_utilization: float = 0.85, max_lora_rank: int = 16, max_loras: int = 8) -> VllmEngine:
+def load_vllm_engine(
+    model_id: str,
+    model_path: str,
+    *,
+    dtype: str = "auto",
+    tensor_parallel_size: int = 1,
+    quantization: str = "",
+    max_model_len: int = 0,
+    max_num_batched_tokens: int = 16384,
+    gpu_memory_utilization: float = 0.85,
+    max_lora_rank: int = 16,
+    max_loras: int = 8,
+) -> VllmEngine:
     try:
         from vllm import LLM
     except ImportError as exc:
-        raise RuntimeError("the vllm backend needs the gpu extra (pip install -e '.[gpu]') on a CUDA machine") from exc
+        raise RuntimeError(
+            "the vllm backend needs the gpu extra (pip install -e '.[gpu]') on a CUDA machine"
+        ) from exc
 
-    options = dict(model=model_path, dtype=dtype, tensor_parallel_size=tensor_parallel_size, enable_prefix_caching=True,
-                   max_num_batched_tokens=max_num_batched_tokens, gpu_memory_utilization=gpu_memory_utilization,
-                   enable_lora=True, max_lora_rank=max_lora_rank, max_loras=max_loras)
+    options = dict(
+        model=model_path,
+        dtype=dtype,
+        tensor_parallel_size=tensor_parallel_size,
+        enable_prefix_caching=True,
+        max_num_batched_tokens=max_num_batched_tokens,
+        gpu_memory_utilization=gpu_memory_utilization,
+        enable_lora=True,
+        max_lora_rank=max_lora_rank,
+        max_loras=max_loras,
+    )
     if quantization:
         options["quantization"] = quantization
     if max_model_len:
@@ -90,7 +110,10 @@ class VllmEngine(Engine):
             for candidate in request.candidates:
                 candidate_ids = self._encode(candidate, first=False)
                 items.append((prompt_ids + candidate_ids, len(prompt_ids), request.adapter))
-        totals = [sum(values[start:]) for values, start in zip(self._prompt_logprobs(items), (i[1] for i in items), strict=True)]
+        totals = [
+            sum(values[start:])
+            for values, start in zip(self._prompt_logprobs(items), (i[1] for i in items), strict=True)
+        ]
         return per_request(totals, requests)
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[TokenLogprobs]:
@@ -105,16 +128,24 @@ class VllmEngine(Engine):
                 counted[0] = False
             encoded.append((ids, counted, request.adapter))
         values = self._prompt_logprobs([(ids, 1, adapter) for ids, _, adapter in encoded])
-        return [TokenLogprobs(tuple(ids), tuple(v), tuple(counted)) for (ids, counted, _), v in zip(encoded, values, strict=True)]
+        return [
+            TokenLogprobs(tuple(ids), tuple(v), tuple(counted))
+            for (ids, counted, _), v in zip(encoded, values, strict=True)
+        ]
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
         from vllm import SamplingParams
 
         prompts, params, loras = [], [], []
         for request in requests:
-            options = dict(max_tokens=request.max_new_tokens, temperature=request.temperature, top_p=request.top_p,
-                           top_k=request.top_k if request.top_k > 0 else -1,
-                           repetition_penalty=request.repetition_penalty, seed=request.seed)
+            options = dict(
+                max_tokens=request.max_new_tokens,
+                temperature=request.temperature,
+                top_p=request.top_p,
+                top_k=request.top_k if request.top_k > 0 else -1,
+                repetition_penalty=request.repetition_penalty,
+                seed=request.seed,
+            )
             if request.json_schema is not None:
                 options.update(_structured(json.loads(request.json_schema)))
             prompts.append(self._tokens(self._encode_prompt(request.prompt)))
@@ -131,8 +162,12 @@ class VllmEngine(Engine):
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
-        outputs = self.llm.generate([self._tokens(ids) for ids, _, _ in items], params,
-                                    lora_request=[self._lora(adapter) for _, _, adapter in items], use_tqdm=False)
+        outputs = self.llm.generate(
+            [self._tokens(ids) for ids, _, _ in items],
+            params,
+            lora_request=[self._lora(adapter) for _, _, adapter in items],
+            use_tqdm=False,
+        )
         self._count(outputs, generated=False)
         values = []
         for (ids, _, _), output in zip(items, outputs, strict=True):

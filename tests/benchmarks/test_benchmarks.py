@@ -27,7 +27,9 @@ def test_the_run_summary_is_parsed():
 
 def test_a_survey_of_ten_thousand_countries_is_read(tmp_path):
     synthetic_survey(tmp_path / "s.csv", 10_000)
-    assert len(read_survey(tmp_path / "s.csv").countries) == 10_000  # one cell larger than csv's default limit
+    assert (
+        len(read_survey(tmp_path / "s.csv").countries) == 10_000
+    )  # one cell larger than csv's default limit
 
 
 def test_every_way_of_scoring_gives_the_same_margins(tiny_engine, monkeypatch):

@@ -2,12 +2,24 @@ import json
 import shutil
 
 import pytest
-from dagster import DagsterInstance, PartitionKeyRange, SkipReason, build_schedule_context, build_sensor_context
+from dagster import (
+    DagsterInstance,
+    PartitionKeyRange,
+    build_schedule_context,
+    build_sensor_context,
+)
 
 from persona_platform.partitions import AGENTS, COUNTRIES, agent_country_partitions
-from persona_platform.persona_assets.automation import AGENT_COUNTRY_JOB, COUNTRY_JOB, country_run_requests, input_sensors
-from persona_platform.persona_assets.opinions.checks import groups_without_one_positive, questions_in_train_and_test
+from persona_platform.persona_assets.automation import (
+    AGENT_COUNTRY_JOB,
+    COUNTRY_JOB,
+    input_sensors,
+)
 from persona_platform.persona_assets.definitions import PARTITION_JOBS, defs
+from persona_platform.persona_assets.opinions.checks import (
+    groups_without_one_positive,
+    questions_in_train_and_test,
+)
 from persona_platform.persona_assets.runner import RANGE_END, RANGE_START
 from persona_platform.resources.settings import SAMPLE_BOARD_DIR, SAMPLE_GOQA_SOURCE
 
@@ -30,13 +42,21 @@ def test_a_country_schedule_backfills_exactly_that_country():
     for schedule in defs.schedules:
         if schedule.name.startswith(f"{country.lower()}_"):
             with DagsterInstance.ephemeral() as instance:
-                data = schedule.evaluate_tick(build_schedule_context(instance=instance, repository_def=defs.get_repository_def()))
+                data = schedule.evaluate_tick(
+                    build_schedule_context(instance=instance, repository_def=defs.get_repository_def())
+                )
             requests += data.run_requests
     assert sorted(r.job_name for r in requests) == sorted([AGENT_COUNTRY_JOB, COUNTRY_JOB])
     pairs = set().union(*(covered(r) for r in requests))
-    country_assets = {k.to_user_string() for k in defs.resolve_job_def(COUNTRY_JOB).asset_layer.executable_asset_keys}
-    multi_assets = {k.to_user_string() for k in defs.resolve_job_def(AGENT_COUNTRY_JOB).asset_layer.executable_asset_keys}
-    expected = {(k, country) for k in country_assets} | {(k, f"{a.key}|{country}") for k in multi_assets for a in AGENTS}
+    country_assets = {
+        k.to_user_string() for k in defs.resolve_job_def(COUNTRY_JOB).asset_layer.executable_asset_keys
+    }
+    multi_assets = {
+        k.to_user_string() for k in defs.resolve_job_def(AGENT_COUNTRY_JOB).asset_layer.executable_asset_keys
+    }
+    expected = {(k, country) for k in country_assets} | {
+        (k, f"{a.key}|{country}") for k in multi_assets for a in AGENTS
+    }
     assert pairs == expected
     assert "opinions/goqa_survey" in country_assets and "alignment/agent_opinions" in multi_assets
 
@@ -79,21 +99,32 @@ def test_the_board_sensor_asks_for_the_agents_of_a_changed_meeting(tmp_path):
     turns = [t for t in turns if t["speaker"] in ("Theodore Quist", "Public speaker")]
     meeting.write_text(json.dumps(turns))
     requests, _, _ = evaluate(board_sensor, cursor)
-    assert [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in requests] == [("theodorequist", "theodorequist")]
+    assert [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in requests] == [
+        ("theodorequist", "theodorequist")
+    ]
 
 
 def test_check_logic_finds_broken_groups_and_leaks():
     import polars as pl
 
-    claims = pl.DataFrame({"question_id": ["q1", "q1", "q2", "q2"], "country": ["X"] * 4, "label": [1, 1, 1, 0]})
+    claims = pl.DataFrame(
+        {"question_id": ["q1", "q1", "q2", "q2"], "country": ["X"] * 4, "label": [1, 1, 1, 0]}
+    )
     assert groups_without_one_positive(claims)["question_id"].to_list() == ["q1"]
-    splits = pl.DataFrame({"variant": ["all"] * 3, "question_id": ["q1", "q1", "q2"], "split": ["train", "test", "train"]})
+    splits = pl.DataFrame(
+        {"variant": ["all"] * 3, "question_id": ["q1", "q1", "q2"], "split": ["train", "test", "train"]}
+    )
     assert questions_in_train_and_test(splits)["question_id"].to_list() == ["q1"]
 
 
 def test_key_tables_have_checks():
     checked = {k.asset_key.to_user_string() for k in defs.resolve_asset_graph().asset_check_keys}
-    assert {"opinions/goqa_claims", "opinions/goqa_splits", "votes/vote_records", "agents/perplexity_matrix"} <= checked
+    assert {
+        "opinions/goqa_claims",
+        "opinions/goqa_splits",
+        "votes/vote_records",
+        "agents/perplexity_matrix",
+    } <= checked
 
 
 @pytest.mark.parametrize("cron", ["every monday", "0 3 * *"])

@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_committed_catalogue_is_what_the_command_writes():
     assert CATALOGUE.is_file(), "docs/catalogue.md is missing: run `persona catalogue`"
-    assert CATALOGUE.read_text(encoding="utf-8") == catalogue_markdown(defs), \
+    assert CATALOGUE.read_text(encoding="utf-8") == catalogue_markdown(defs), (
         "docs/catalogue.md is stale: run `persona catalogue` and commit the file"
+    )
 
 
 def test_every_asset_check_and_table_is_in_the_catalogue():
@@ -39,13 +40,22 @@ def test_every_asset_check_and_table_is_in_the_catalogue():
 
 
 def test_declared_columns_partitions_and_checks_are_rendered():
-    schema = TableSchema(columns=[TableColumn("country", "string", description="The partition key.\n\nMore."),
-                                  TableColumn("share", "float")])
+    schema = TableSchema(
+        columns=[
+            TableColumn("country", "string", description="The partition key.\n\nMore."),
+            TableColumn("share", "float"),
+        ]
+    )
 
-    @asset(key=["demo", "shares"], group_name="demo", kinds={"polars"}, code_version="demo-1",
-           partitions_def=countries_partitions,
-           metadata={"partition_expr": "country", "dagster/column_schema": schema},
-           description="Shares per country.\n\nA second paragraph the catalogue leaves out.")
+    @asset(
+        key=["demo", "shares"],
+        group_name="demo",
+        kinds={"polars"},
+        code_version="demo-1",
+        partitions_def=countries_partitions,
+        metadata={"partition_expr": "country", "dagster/column_schema": schema},
+        description="Shares per country.\n\nA second paragraph the catalogue leaves out.",
+    )
     def shares():
         return None
 
@@ -64,8 +74,10 @@ def test_declared_columns_partitions_and_checks_are_rendered():
     assert "- upstream: [`demo/shares`](#demoshares)" in text
     assert "  - `shares_sum_to_one` (blocking): Shares sum to one." in text
     assert "1 of 2 assets declare their columns" in text
-    assert ("| `demo.shares` | [`demo/shares`](#demoshares) | countries | `country` | "
-            "`country` (string): The partition key.; `share` (float) |") in text
+    assert (
+        "| `demo.shares` | [`demo/shares`](#demoshares) | countries | `country` | "
+        "`country` (string): The partition key.; `share` (float) |"
+    ) in text
     assert "| `demo.summary` | [`demo/summary`](#demosummary) | none | — | not declared |" in text
 
 
@@ -85,10 +97,23 @@ def test_check_names_the_stale_file_and_the_command(tmp_path, monkeypatch, capsy
 def test_the_catalogue_does_not_depend_on_the_settings(tmp_path):
     # Another survey (one country), Kubernetes, another model and warehouse: the same file.
     records = list(read_survey(SAMPLE_GOQA_SOURCE).records)
-    source = write_flat_json([r for r in records if r.country == records[0].country], tmp_path / "survey.json")
-    env = {**os.environ, "PERSONA_HOME": str(tmp_path / "home"), "PERSONA_GOQA_SOURCE": str(source),
-           "PERSONA_DEPLOYMENT": "k8s", "PERSONA_MODEL": "meta-llama/Llama-3.1-8B",
-           "PERSONA_WAREHOUSE": str(tmp_path / "elsewhere.duckdb")}
-    result = subprocess.run([sys.executable, "-m", "persona_platform.persona_assets.cli", "catalogue", "--check"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    source = write_flat_json(
+        [r for r in records if r.country == records[0].country], tmp_path / "survey.json"
+    )
+    env = {
+        **os.environ,
+        "PERSONA_HOME": str(tmp_path / "home"),
+        "PERSONA_GOQA_SOURCE": str(source),
+        "PERSONA_DEPLOYMENT": "k8s",
+        "PERSONA_MODEL": "meta-llama/Llama-3.1-8B",
+        "PERSONA_WAREHOUSE": str(tmp_path / "elsewhere.duckdb"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "persona_platform.persona_assets.cli", "catalogue", "--check"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

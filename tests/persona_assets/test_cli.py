@@ -44,7 +44,9 @@ def test_persona_run_materializes_everything_and_prints_a_summary(sample_run):
 
 def test_run_limited_to_a_country_of_a_json_source(tmp_path):
     source = write_flat_json(list(read_survey(SAMPLE_GOQA_SOURCE).records), tmp_path / "survey.json")
-    result = persona(tmp_path / "home", "run", "--countries", "Caldera", "--select", "group:opinions", source=source)
+    result = persona(
+        tmp_path / "home", "run", "--countries", "Caldera", "--select", "group:opinions", source=source
+    )
     assert result.returncode == 0, result.stderr
     assert countries_in(tmp_path / "home", "opinions.goqa_claims") == {"Caldera"}
     assert countries_in(tmp_path / "home", "opinions.goqa_splits") == {"Caldera"}
@@ -52,7 +54,9 @@ def test_run_limited_to_a_country_of_a_json_source(tmp_path):
 
 
 def test_run_on_the_real_wide_csv_writes_that_country(tmp_path, real_wide_csv):
-    result = persona(tmp_path, "run", "--countries", "Japan", "--select", "group:opinions", source=real_wide_csv)
+    result = persona(
+        tmp_path, "run", "--countries", "Japan", "--select", "group:opinions", source=real_wide_csv
+    )
     assert result.returncode == 0, result.stderr
     assert countries_in(tmp_path, "opinions.goqa_claims") == {"Japan"}
     counts = row_counts(tmp_path)
@@ -70,9 +74,9 @@ def test_unknown_country_is_refused_before_anything_runs(tmp_path):
 def test_bad_source_names_file_row_and_field_and_writes_nothing(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text(
-        'question,selections,options,source\n'
-        '"Q?","defaultdict(<class \'list\'>, {\'Aldoria\': [0.2, 0.8]})","[\'Yes\', \'No\']",x\n'
-        '"R?","defaultdict(<class \'list\'>, {\'Aldoria\': [0.2, 0.3, 0.5]})","[\'Yes\', \'No\']",x\n'
+        "question,selections,options,source\n"
+        "\"Q?\",\"defaultdict(<class 'list'>, {'Aldoria': [0.2, 0.8]})\",\"['Yes', 'No']\",x\n"
+        "\"R?\",\"defaultdict(<class 'list'>, {'Aldoria': [0.2, 0.3, 0.5]})\",\"['Yes', 'No']\",x\n"
     )
     result = persona(tmp_path / "home", "run", source=bad)
     assert result.returncode == 2

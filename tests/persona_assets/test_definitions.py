@@ -41,7 +41,10 @@ def test_dagster_validates_the_workspace():
     dagster = Path(sys.executable).with_name("dagster")
     result = subprocess.run(
         [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -50,4 +53,6 @@ def test_the_asset_graph_matches_its_snapshot():
     # After an intended change to assets, checks, jobs, schedules or sensors: python -m tests.graph_snapshot
     from tests.graph_snapshot import SNAPSHOT, graph_snapshot, render
 
-    assert render(graph_snapshot()) == SNAPSHOT.read_text(), "the graph changed: run `python -m tests.graph_snapshot`"
+    assert render(graph_snapshot()) == SNAPSHOT.read_text(), (
+        "the graph changed: run `python -m tests.graph_snapshot`"
+    )

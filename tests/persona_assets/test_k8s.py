@@ -67,8 +67,14 @@ def _env(tmp_path: Path, deployment: str) -> dict:
 @pytest.fixture(scope="module")
 def k8s_code_location(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("k8s")
-    result = subprocess.run([sys.executable, "-c", DUMP_OPS], cwd=ROOT, env=_env(tmp, "k8s"),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", DUMP_OPS],
+        cwd=ROOT,
+        env=_env(tmp, "k8s"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -103,21 +109,41 @@ def step_job_manifest(op_name: str, op_tags: dict) -> dict:
     server receives it."""
     launcher = _instance_run_launcher()
     deployment = _user_deployment()
-    context = K8sContainerContext(
-        image_pull_policy=launcher["image_pull_policy"], namespace=launcher["job_namespace"],
-        service_account_name=launcher["service_account_name"],
-    ).merge(K8sContainerContext(
-        env=[{"name": k, "value": v} for k, v in deployment["env"].items()],
-        volumes=deployment["volumes"], volume_mounts=deployment["volumeMounts"],
-    )).merge(K8sContainerContext(run_k8s_config=get_user_defined_k8s_config(op_tags)))
+    context = (
+        K8sContainerContext(
+            image_pull_policy=launcher["image_pull_policy"],
+            namespace=launcher["job_namespace"],
+            service_account_name=launcher["service_account_name"],
+        )
+        .merge(
+            K8sContainerContext(
+                env=[{"name": k, "value": v} for k, v in deployment["env"].items()],
+                volumes=deployment["volumes"],
+                volume_mounts=deployment["volumeMounts"],
+            )
+        )
+        .merge(K8sContainerContext(run_k8s_config=get_user_defined_k8s_config(op_tags)))
+    )
     code_server_image = f"{deployment['image']['repository']}:{deployment['image']['tag']}"
-    job_config = context.get_k8s_job_config(code_server_image, SimpleNamespace(job_image=None, **{
-        k: launcher.get(k) for k in ("dagster_home", "instance_config_map", "postgres_password_secret")}))
+    job_config = context.get_k8s_job_config(
+        code_server_image,
+        SimpleNamespace(
+            job_image=None,
+            **{
+                k: launcher.get(k)
+                for k in ("dagster_home", "instance_config_map", "postgres_password_secret")
+            },
+        ),
+    )
     run_id = "0f8b1c7e-2d7a-4c55-9a0e-4b1f0c2e9d11"
     job_name = f"dagster-step-{get_k8s_job_name(run_id, op_name)}"
     job = construct_dagster_k8s_job(
-        job_config=job_config, args=["dagster", "api", "execute_step"], job_name=job_name, pod_name=job_name,
-        component="step_worker", user_defined_k8s_config=context.run_k8s_config,
+        job_config=job_config,
+        args=["dagster", "api", "execute_step"],
+        job_name=job_name,
+        pod_name=job_name,
+        component="step_worker",
+        user_defined_k8s_config=context.run_k8s_config,
         labels={"dagster/op": op_name, "dagster/run-id": run_id},
         env_vars=[{"name": "DAGSTER_RUN_STEP_KEY", "value": op_name}],
     )
@@ -130,6 +156,7 @@ def _gpu_ops(ops: dict) -> dict:
 
 # --- settings and profiles (pure) -------------------------------------------------------------------
 
+
 def test_deployment_setting_defaults_to_local_and_rejects_unknown_values():
     assert load_deployment({}).kind == "local"
     assert load_deployment({"PERSONA_DEPLOYMENT": "K8s "}).on_k8s
@@ -140,16 +167,22 @@ def test_deployment_setting_defaults_to_local_and_rejects_unknown_values():
         load_deployment({"PERSONA_DEPLOYMENT": "k8s", "PERSONA_K8S_GPU_IMAGE": "my image"})
 
 
-@pytest.mark.parametrize("fields, field", [
-    ({"gpus": 0}, "gpus"),
-    ({"gpus": 1.5}, "gpus"),
-    ({"memory": "64 GB"}, "memory"),
-    ({"shm": "64Gi"}, "shm"),
-    ({"gpu_type": "A100 80GB"}, "gpu_type"),
-    ({"tolerations": ({"key": GPU_RESOURCE, "operator": "Has"},)}, "tolerations"),
-    ({"tolerations": ({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoRun"},)}, r"tolerations\[0\]\.effect"),
-    ({"node_selector": {GPU_PRODUCT_LABEL: "x"}}, "node_selector"),
-])
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"gpus": 0}, "gpus"),
+        ({"gpus": 1.5}, "gpus"),
+        ({"memory": "64 GB"}, "memory"),
+        ({"shm": "64Gi"}, "shm"),
+        ({"gpu_type": "A100 80GB"}, "gpu_type"),
+        ({"tolerations": ({"key": GPU_RESOURCE, "operator": "Has"},)}, "tolerations"),
+        (
+            {"tolerations": ({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoRun"},)},
+            r"tolerations\[0\]\.effect",
+        ),
+        ({"node_selector": {GPU_PRODUCT_LABEL: "x"}}, "node_selector"),
+    ],
+)
 def test_bad_profile_fields_are_named(fields, field):
     with pytest.raises(SettingsError, match=rf"GpuProfile 'bad'\.{field}"):
         GpuProfile(name="bad", **fields)
@@ -165,7 +198,9 @@ def test_quantities_follow_kubernetes_suffixes():
 
 def test_the_tag_is_the_one_dagster_k8s_reads_and_its_value_parses():
     assert K8S_CONFIG_TAG == USER_DEFINED_K8S_CONFIG_KEY
-    config = get_user_defined_k8s_config({K8S_CONFIG_TAG: json.dumps(step_pod_config(TRAINING_PROFILE, "img:1"))})
+    config = get_user_defined_k8s_config(
+        {K8S_CONFIG_TAG: json.dumps(step_pod_config(TRAINING_PROFILE, "img:1"))}
+    )
     assert config.container_config["resources"]["limits"][GPU_RESOURCE] == str(TRAINING_PROFILE.gpus)
     assert config.pod_spec_config["node_selector"][GPU_PRODUCT_LABEL] == TRAINING_PROFILE.gpu_type
 
@@ -177,6 +212,7 @@ def test_executor_config_is_valid_for_k8s_job_executor():
 
 # --- the code location in both deployments -----------------------------------------------------------
 
+
 def test_local_definitions_have_no_k8s_executor_or_op_tags(local_code_location):
     defs, ops = local_code_location
     assert defs.executor is None
@@ -184,7 +220,9 @@ def test_local_definitions_have_no_k8s_executor_or_op_tags(local_code_location):
     assert not [name for name, op in ops.items() if K8S_CONFIG_TAG in op.tags]
 
 
-def test_k8s_definitions_put_every_gpu_step_and_only_those_in_a_gpu_pod(k8s_code_location, local_code_location):
+def test_k8s_definitions_put_every_gpu_step_and_only_those_in_a_gpu_pod(
+    k8s_code_location, local_code_location
+):
     ops = k8s_code_location["ops"]
     assert k8s_code_location["executor"] == k8s_job_executor.name
     # The same ops are GPU steps in both deployments: the deployment changes where they run, not which.
@@ -201,12 +239,17 @@ def test_dagster_validates_the_k8s_code_location(tmp_path):
     dagster = Path(sys.executable).with_name("dagster")
     result = subprocess.run(
         [str(dagster), "definitions", "validate", "-m", "persona_platform.persona_assets.definitions"],
-        cwd=ROOT, env=_env(tmp_path, "k8s"), capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=_env(tmp_path, "k8s"),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- step job manifests --------------------------------------------------------------------------------
+
 
 def test_every_gpu_step_job_is_a_valid_kubernetes_job_with_its_gpu(k8s_code_location):
     gpu_ops = _gpu_ops(k8s_code_location["ops"])
@@ -248,6 +291,7 @@ def test_the_manifest_validator_rejects_a_broken_gpu_pod(k8s_code_location):
 
 # --- instance, Helm values, other manifests ------------------------------------------------------------
 
+
 def test_instance_config_passes_dagsters_own_schemas(tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_PG_PASSWORD", "not-a-real-password")
     shutil.copy(K8S / "dagster.yaml", tmp_path / "dagster.yaml")
@@ -260,23 +304,33 @@ def test_instance_config_passes_dagsters_own_schemas(tmp_path, monkeypatch):
 def test_helm_values_agree_with_the_instance_and_the_code_location():
     values, instance = _load_yaml("values.yaml"), _load_yaml("dagster.yaml")
     assert values["runLauncher"]["type"] == instance["run_launcher"]["class"] == "K8sRunLauncher"
-    helm_launcher, launcher = values["runLauncher"]["config"]["k8sRunLauncher"], instance["run_launcher"]["config"]
+    helm_launcher, launcher = (
+        values["runLauncher"]["config"]["k8sRunLauncher"],
+        instance["run_launcher"]["config"],
+    )
     assert helm_launcher["imagePullPolicy"] == launcher["image_pull_policy"]
     assert helm_launcher["loadInclusterConfig"] == launcher["load_incluster_config"]
     pg = instance["storage"]["postgres"]["postgres_db"]
     assert (values["postgresql"]["postgresqlUsername"], values["postgresql"]["postgresqlDatabase"]) == (
-        pg["username"], pg["db_name"])
+        pg["username"],
+        pg["db_name"],
+    )
     pools = values["concurrency"]["pools"]
     assert values["concurrency"]["enabled"]
-    assert (pools["granularity"], pools["defaultLimit"]) == (instance["concurrency"]["pools"]["granularity"],
-                                                            instance["concurrency"]["pools"]["default_limit"])
+    assert (pools["granularity"], pools["defaultLimit"]) == (
+        instance["concurrency"]["pools"]["granularity"],
+        instance["concurrency"]["pools"]["default_limit"],
+    )
     assert values["telemetry"]["enabled"] == instance["telemetry"]["enabled"]
 
     deployment = _user_deployment()
     workspace = yaml.safe_load((ROOT / "workspace.yaml").read_text())["load_from"][0]["python_module"]
     (server,) = values["dagsterWebserver"]["workspace"]["servers"]
     assert (server["host"], server["port"], server["name"]) == (
-        deployment["name"], deployment["port"], workspace["location_name"])
+        deployment["name"],
+        deployment["port"],
+        workspace["location_name"],
+    )
     args = deployment["dagsterApiGrpcArgs"]
     assert args[args.index("--module-name") + 1] == workspace["module_name"]
     assert args[args.index("--location-name") + 1] == workspace["location_name"]
@@ -288,11 +342,23 @@ def test_helm_values_agree_with_the_instance_and_the_code_location():
 def test_kubernetes_parts_of_the_values_and_the_volume_claim_are_valid():
     deployment = _user_deployment()
     # The chart copies these fields into the code server's pod spec; validate them in one.
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": deployment["name"]}, "spec": {
-        "containers": [{"name": "dagster", "image": "persona-platform:0.1.0", "resources": deployment["resources"],
-                        "env": [{"name": k, "value": v} for k, v in deployment["env"].items()],
-                        "volumeMounts": deployment["volumeMounts"]}],
-        "volumes": deployment["volumes"]}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": deployment["name"]},
+        "spec": {
+            "containers": [
+                {
+                    "name": "dagster",
+                    "image": "persona-platform:0.1.0",
+                    "resources": deployment["resources"],
+                    "env": [{"name": k, "value": v} for k, v in deployment["env"].items()],
+                    "volumeMounts": deployment["volumeMounts"],
+                }
+            ],
+            "volumes": deployment["volumes"],
+        },
+    }
     kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
     claim = _load_yaml("persona-home-pvc.yaml")
     kubernetes_validate.validate(claim, KUBERNETES_VERSION, strict=True)

@@ -6,7 +6,7 @@ import duckdb
 import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
-from persona_platform.persona_assets.lineage import lineage_graph, render, source_files
+from persona_platform.persona_assets.lineage import lineage_graph, source_files
 from tests.conftest import local_resources, persona
 
 pytestmark = pytest.mark.slow
@@ -24,16 +24,26 @@ def test_an_icm_accuracy_row_reaches_the_survey_file(sample_run):
     nodes, files = reachable_files(sample_run.home, "elicitation.accuracy_summary", "aggregate/all/icm/-1")
     assert any(f.endswith("sample_global_opinions.csv") for f in files)
     tables = {ref.split(":")[0] for ref in nodes}
-    assert {"elicitation.accuracy_summary", "elicitation.few_shot_predictions", "elicitation.icm_labels",
-            "opinions.goqa_splits", "opinions.goqa_claims", "opinions.goqa_survey"} <= tables
+    assert {
+        "elicitation.accuracy_summary",
+        "elicitation.few_shot_predictions",
+        "elicitation.icm_labels",
+        "opinions.goqa_splits",
+        "opinions.goqa_claims",
+        "opinions.goqa_survey",
+    } <= tables
     few_shot = next(n for ref, n in nodes.items() if ref.startswith("elicitation.few_shot_predictions:"))
     assert few_shot.details["model"] == "tiny" and few_shot.details["prompt"] and few_shot.details["run"]
 
 
 def test_a_vote_prediction_row_reaches_vote_records_and_transcripts(sample_run):
     with duckdb.connect(str(sample_run.home / "warehouse.duckdb"), read_only=True) as con:
-        (row_id,) = con.execute("select row_id from votes.vote_predictions where method = 'generate' limit 1").fetchone()
-        edges = con.execute("select count(*) from lineage.chain('votes.vote_predictions', ?)", [row_id]).fetchone()[0]
+        (row_id,) = con.execute(
+            "select row_id from votes.vote_predictions where method = 'generate' limit 1"
+        ).fetchone()
+        edges = con.execute(
+            "select count(*) from lineage.chain('votes.vote_predictions', ?)", [row_id]
+        ).fetchone()[0]
     assert edges > 10  # the same chain as a SQL table macro over the lineage.edges view
     nodes, files = reachable_files(sample_run.home, "votes.vote_predictions", row_id)
     assert any(f.endswith("votes.csv") for f in files)
@@ -45,7 +55,9 @@ def test_the_lineage_command_prints_the_chain(sample_run):
     result = persona(sample_run.home, "lineage", "alignment.opinion_alignment", "base/Aldoria")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("alignment.opinion_alignment:base/Aldoria")
-    assert "alignment.base_opinions:" in result.stdout and "file " in result.stdout and "sha256" in result.stdout
+    assert (
+        "alignment.base_opinions:" in result.stdout and "file " in result.stdout and "sha256" in result.stdout
+    )
     missing = persona(sample_run.home, "lineage", "votes.vote_predictions", "no-such-row")
     assert missing.returncode == 2 and "no row" in missing.stderr
 
@@ -55,7 +67,8 @@ def test_changing_a_prompt_template_marks_downstream_assets_stale(tmp_path, tiny
     from dagster._core.definitions.data_version import StaleStatus
     from dagster._utils.test.data_versions import get_stale_status_resolver
 
-    from persona_platform.persona_assets.elicitation import assets as elicitation, prompts
+    from persona_platform.persona_assets.elicitation import assets as elicitation
+    from persona_platform.persona_assets.elicitation import prompts
     from persona_platform.persona_assets.opinions import assets as opinions
 
     upstream = [opinions.goqa_questions, opinions.goqa_survey, opinions.goqa_claims, opinions.goqa_splits]
@@ -63,9 +76,13 @@ def test_changing_a_prompt_template_marks_downstream_assets_stale(tmp_path, tiny
     instance = DagsterInstance.ephemeral()
     resources = local_resources(tmp_path, tiny_llm)
     graph = [*upstream, elicitation.zero_shot_base_predictions]
-    assert materialize(graph, resources=resources, instance=instance, selection=[AssetKey(["opinions", "goqa_questions"])]).success
+    assert materialize(
+        graph, resources=resources, instance=instance, selection=[AssetKey(["opinions", "goqa_questions"])]
+    ).success
     selection = [AssetKey(["opinions", k]) for k in ("goqa_survey", "goqa_claims", "goqa_splits")] + [target]
-    assert materialize(graph, resources=resources, instance=instance, selection=selection, partition_key="Aldoria").success
+    assert materialize(
+        graph, resources=resources, instance=instance, selection=selection, partition_key="Aldoria"
+    ).success
 
     def status(assets):
         return get_stale_status_resolver(instance, assets).get_status(target, "Aldoria")
@@ -87,13 +104,19 @@ def test_every_table_row_carries_provenance_and_its_inputs_exist(sample_run):
     from persona_platform.persona_assets.provenance import PROVENANCE_SCHEMA
 
     with duckdb.connect(str(sample_run.home / "warehouse.duckdb"), read_only=True) as con:
-        tables = [f"{s}.{t}" for s, t in con.execute(
-            "select schema_name, table_name from duckdb_tables() where schema_name != 'lineage'").fetchall()]
+        tables = [
+            f"{s}.{t}"
+            for s, t in con.execute(
+                "select schema_name, table_name from duckdb_tables() where schema_name != 'lineage'"
+            ).fetchall()
+        ]
         assert len(tables) >= 30
         row_ids = {}
         for table in tables:
             columns = {c for (c,) in con.execute(f"select column_name from (describe {table})").fetchall()}
-            assert {"row_id", *PROVENANCE_SCHEMA} <= columns, f"{table} lacks {set(PROVENANCE_SCHEMA) - columns}"
+            assert {"row_id", *PROVENANCE_SCHEMA} <= columns, (
+                f"{table} lacks {set(PROVENANCE_SCHEMA) - columns}"
+            )
             ids = [r for (r,) in con.execute(f"select row_id from {table}").fetchall()]
             assert len(ids) == len(set(ids)) and None not in ids, f"{table}: row ids not unique"
             row_ids[table] = set(ids)

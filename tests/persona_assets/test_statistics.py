@@ -4,7 +4,14 @@ degenerate inputs, reproducibility."""
 import numpy as np
 import pytest
 
-from persona_platform.persona_assets.statistics import cluster_bootstrap, cluster_totals, interval_method, mean_interval, ratio_interval, shown
+from persona_platform.persona_assets.statistics import (
+    cluster_bootstrap,
+    cluster_totals,
+    interval_method,
+    mean_interval,
+    ratio_interval,
+    shown,
+)
 
 
 def clustered_wins(rng, items=40, samples=8, rate=0.6, spread=1.0):
@@ -31,9 +38,13 @@ def test_the_cluster_interval_covers_the_true_rate_where_a_per_sample_one_does_n
     for _ in range(40):
         items, wins = clustered_wins(rng)
         clustered += (i := mean_interval(items, wins)).low <= 0.6 <= i.high
-        naive += (i := mean_interval(range(len(wins)), wins)).low <= 0.6 <= i.high  # every sample its own unit
+        naive += (
+            (i := mean_interval(range(len(wins)), wins)).low <= 0.6 <= i.high
+        )  # every sample its own unit
     assert clustered >= 34  # nominal 95% of 40 = 38
-    assert naive <= 30  # over samples: about 2x too narrow here (design effect 1 + 7 / 2), covering about 2 in 3
+    assert (
+        naive <= 30
+    )  # over samples: about 2x too narrow here (design effect 1 + 7 / 2), covering about 2 in 3
 
 
 def test_perfectly_correlated_samples_widen_the_interval_by_about_the_root_of_the_cluster_size():
@@ -83,6 +94,9 @@ def test_any_statistic_of_summed_totals_can_be_bootstrapped():
 
 
 def test_reports_name_the_method_and_show_nulls_plainly():
-    assert interval_method("evaluation items", 3) == "95% BCa cluster bootstrap over evaluation items, 9999 resamples, seed 3"
+    assert (
+        interval_method("evaluation items", 3)
+        == "95% BCa cluster bootstrap over evaluation items, 9999 resamples, seed 3"
+    )
     assert shown(0.625, 0.5, 0.75, 100, 0) == "62 [50, 75]"
     assert shown(3.0, None, None) == "3.00 [no interval]" and shown(None, None, None) == "n/a"

@@ -11,22 +11,25 @@ from persona_platform.resources.llm import ChatPrompt, GenerateRequest
 SCHEMA = judgment_schema(80)
 
 
-@pytest.mark.parametrize("reply, reason", [
-    ('{"explanation": "fine", "score": 4', "not JSON"),  # truncated
-    ('{"explanation": "fine", "score": "4"}', "score"),  # wrong type
-    ('{"explanation": "fine", "score": 4.5}', "score"),
-    ('{"explanation": "fine", "score": true}', "score"),  # a boolean is not an integer
-    ('{"explanation": "fine", "score": 6}', "score"),  # out of range
-    ('{"explanation": "fine", "score": 0}', "score"),
-    ('{"explanation": "fine"}', "score"),  # missing
-    ('{"explanation": "fine", "score": 3, "confidence": 1}', "Additional properties"),
-    ('{"explanation": "", "score": 3}', "explanation"),
-    ('Score: 4. The answer fits.', "not JSON"),  # prose: nothing is searched for
-    ('```json\n{"explanation": "fine", "score": 4}\n```', "not JSON"),  # nothing is repaired either
-    ('{"explanation": "fine", "score": 4} {"explanation": "again", "score": 2}', "not JSON"),
-    ("", "empty reply"),
-    (None, "empty reply"),
-])
+@pytest.mark.parametrize(
+    "reply, reason",
+    [
+        ('{"explanation": "fine", "score": 4', "not JSON"),  # truncated
+        ('{"explanation": "fine", "score": "4"}', "score"),  # wrong type
+        ('{"explanation": "fine", "score": 4.5}', "score"),
+        ('{"explanation": "fine", "score": true}', "score"),  # a boolean is not an integer
+        ('{"explanation": "fine", "score": 6}', "score"),  # out of range
+        ('{"explanation": "fine", "score": 0}', "score"),
+        ('{"explanation": "fine"}', "score"),  # missing
+        ('{"explanation": "fine", "score": 3, "confidence": 1}', "Additional properties"),
+        ('{"explanation": "", "score": 3}', "explanation"),
+        ("Score: 4. The answer fits.", "not JSON"),  # prose: nothing is searched for
+        ('```json\n{"explanation": "fine", "score": 4}\n```', "not JSON"),  # nothing is repaired either
+        ('{"explanation": "fine", "score": 4} {"explanation": "again", "score": 2}', "not JSON"),
+        ("", "empty reply"),
+        (None, "empty reply"),
+    ],
+)
 def test_a_bad_reply_is_a_failure_with_its_reason(reply, reason):
     parsed = parse_reply(reply, SCHEMA)
     assert not parsed.ok and parsed.value is None
@@ -65,9 +68,12 @@ def test_constrained_decoding_yields_schema_valid_json_from_the_tiny_model(tiny_
 def test_constrained_and_free_requests_share_a_batch_call(tiny_engine):
     schema = schema_text(SCHEMA)
     chat = ChatPrompt((("user", "Say something."),))
-    free, constrained = tiny_engine.generate([GenerateRequest(chat, max_new_tokens=24, temperature=1.0, seed=1),
-                                              GenerateRequest(chat, max_new_tokens=400, temperature=1.0, seed=1,
-                                                              json_schema=schema)])
+    free, constrained = tiny_engine.generate(
+        [
+            GenerateRequest(chat, max_new_tokens=24, temperature=1.0, seed=1),
+            GenerateRequest(chat, max_new_tokens=400, temperature=1.0, seed=1, json_schema=schema),
+        ]
+    )
     assert parse_reply(constrained, SCHEMA).ok and free != constrained
 
 

@@ -11,7 +11,9 @@ SURVEY = ["opinions", "goqa_survey"]
 
 
 def launch(port: int, partition: str) -> str:
-    launched = graphql(port, """
+    launched = graphql(
+        port,
+        """
         mutation Launch($params: ExecutionParams!) {
           launchRun(executionParams: $params) {
             __typename
@@ -19,12 +21,20 @@ def launch(port: int, partition: str) -> str:
             ... on PythonError { message }
             ... on RunConfigValidationInvalid { errors { message } }
           }
-        }""", {"params": {
-            "selector": {"repositoryLocationName": LOCATION, "repositoryName": "__repository__", "jobName": "opinions_job",
-                         "assetSelection": [{"path": SURVEY}]},
-            "runConfigData": {},
-            "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
-        }})["launchRun"]
+        }""",
+        {
+            "params": {
+                "selector": {
+                    "repositoryLocationName": LOCATION,
+                    "repositoryName": "__repository__",
+                    "jobName": "opinions_job",
+                    "assetSelection": [{"path": SURVEY}],
+                },
+                "runConfigData": {},
+                "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
+            }
+        },
+    )["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     return launched["run"]["runId"]
 
@@ -33,20 +43,28 @@ def test_launch_a_partition_over_graphql_and_read_metadata_and_lineage(ui):
     run_id = launch(ui, "Caldera")
     status = wait_for_run(ui, run_id)
     assert status == "SUCCESS"
-    asset = graphql(ui, """
+    asset = graphql(
+        ui,
+        """
         query($key: AssetKeyInput!) {
           assetOrError(assetKey: $key) { ... on Asset {
             assetMaterializations(limit: 1) { runId partition metadataEntries { label ... on IntMetadataEntry { intValue } } }
           } }
-        }""", {"key": {"path": SURVEY}})["assetOrError"]
+        }""",
+        {"key": {"path": SURVEY}},
+    )["assetOrError"]
     materialization = asset["assetMaterializations"][0]
     assert materialization["runId"] == run_id and materialization["partition"] == "Caldera"
     counts = {e["label"]: e.get("intValue") for e in materialization["metadataEntries"]}
     assert counts["dagster/row_count"] == 32
-    nodes = graphql(ui, """
+    nodes = graphql(
+        ui,
+        """
         query($keys: [AssetKeyInput!]) {
           assetNodes(assetKeys: $keys) { dependencyKeys { path } dependedByKeys { path } partitionDefinition { description } }
-        }""", {"keys": [{"path": SURVEY}]})["assetNodes"][0]
+        }""",
+        {"keys": [{"path": SURVEY}]},
+    )["assetNodes"][0]
     assert ["opinions", "goqa_claims"] in [k["path"] for k in nodes["dependedByKeys"]]
     assert ["alignment", "agent_opinions"] in [k["path"] for k in nodes["dependedByKeys"]]
     assert "Caldera" in nodes["partitionDefinition"]["description"]
@@ -55,10 +73,16 @@ def test_launch_a_partition_over_graphql_and_read_metadata_and_lineage(ui):
 def test_two_runs_launched_at_once_both_complete_one_at_a_time_in_the_warehouse_pool(ui, tmp_path):
     runs = [launch(ui, "Aldoria"), launch(ui, "Borvania")]
     assert [wait_for_run(ui, r) for r in runs] == ["SUCCESS", "SUCCESS"]
-    times = [graphql(ui, "query($id: ID!) { runOrError(runId: $id) { ... on Run { startTime endTime } } }",
-                     {"id": r})["runOrError"] for r in runs]
+    times = [
+        graphql(
+            ui, "query($id: ID!) { runOrError(runId: $id) { ... on Run { startTime endTime } } }", {"id": r}
+        )["runOrError"]
+        for r in runs
+    ]
     first, second = sorted(times, key=lambda t: t["startTime"])
     assert second["startTime"] >= first["endTime"]  # the pool "warehouse" (limit 1) held the second run back
     with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
-        counts = dict(con.execute("select country, count(*) from opinions.goqa_survey group by all").fetchall())
+        counts = dict(
+            con.execute("select country, count(*) from opinions.goqa_survey group by all").fetchall()
+        )
     assert counts == {"Aldoria": 32, "Borvania": 32}

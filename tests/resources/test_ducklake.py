@@ -16,19 +16,32 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pytest
-from dagster import AssetExecutionContext, DagsterInstance, EnvVar, StaticPartitionsDefinition, asset, materialize
+from dagster import (
+    AssetExecutionContext,
+    DagsterInstance,
+    EnvVar,
+    StaticPartitionsDefinition,
+    asset,
+    materialize,
+)
 from dagster._serdes import serialize_value
 
 from persona_platform.benchmarks.postgres import PostgresServer, PostgresUnavailable
-from persona_platform.resources.settings import SettingsError, load_settings
 from persona_platform.resources import lake as lake_module
 from persona_platform.resources.lineage import refresh_lineage_view
+from persona_platform.resources.settings import SettingsError, load_settings
 from persona_platform.resources.warehouse import Warehouse, WarehouseError, WarehouseIOManager
 
 SCHEMA = {"country": pl.String, "value": pl.Int64}
 TYPED = {
-    "country": pl.String, "n": pl.Int64, "small": pl.Int32, "x": pl.Float64, "ok": pl.Boolean,
-    "input_ids": pl.List(pl.String), "at": pl.Datetime("us"), "day": pl.Date,
+    "country": pl.String,
+    "n": pl.Int64,
+    "small": pl.Int32,
+    "x": pl.Float64,
+    "ok": pl.Boolean,
+    "input_ids": pl.List(pl.String),
+    "at": pl.Datetime("us"),
+    "day": pl.Date,
     "detail": pl.Struct({"a": pl.Int64, "b": pl.String}),
 }
 WRITERS = 8
@@ -73,14 +86,21 @@ def test_the_default_warehouse_is_the_duckdb_file_under_home(tmp_path):
     settings = load_settings({"PERSONA_HOME": str(tmp_path)})
     assert not settings.warehouse_is_lake
     assert settings.warehouse_path == tmp_path.resolve() / "warehouse.duckdb"
-    elsewhere = load_settings({"PERSONA_HOME": str(tmp_path), "PERSONA_WAREHOUSE": str(tmp_path / "x.duckdb")})
+    elsewhere = load_settings(
+        {"PERSONA_HOME": str(tmp_path), "PERSONA_WAREHOUSE": str(tmp_path / "x.duckdb")}
+    )
     assert elsewhere.warehouse_path == tmp_path.resolve() / "x.duckdb"
 
 
 def test_a_ducklake_setting_is_read_and_shown_without_its_password(tmp_path):
     location = f"ducklake:postgres:dbname=lake host=db.internal user=persona password={SECRET}"
-    settings = load_settings({"PERSONA_HOME": str(tmp_path), "PERSONA_WAREHOUSE": location,
-                              "PERSONA_WAREHOUSE_DATA_PATH": "/mnt/lake"})
+    settings = load_settings(
+        {
+            "PERSONA_HOME": str(tmp_path),
+            "PERSONA_WAREHOUSE": location,
+            "PERSONA_WAREHOUSE_DATA_PATH": "/mnt/lake",
+        }
+    )
     assert settings.warehouse_is_lake and settings.warehouse == location
     assert SECRET not in settings.warehouse_label and "password=***" in settings.warehouse_label
     with pytest.raises(SettingsError, match="is the DuckLake") as error:
@@ -93,12 +113,25 @@ def test_a_ducklake_setting_is_read_and_shown_without_its_password(tmp_path):
     [
         ({"PERSONA_WAREHOUSE": "ducklake:postgres:dbname=lake"}, "PERSONA_WAREHOUSE_DATA_PATH is not set"),
         ({"PERSONA_WAREHOUSE_DATA_PATH": "/mnt/lake"}, "not a DuckLake"),
-        ({"PERSONA_WAREHOUSE": "ducklake:metadata.ducklake", "PERSONA_WAREHOUSE_DATA_PATH": "/x"},
-         "catalog must be PostgreSQL"),
-        ({"PERSONA_WAREHOUSE": "ducklake:postgres:", "PERSONA_WAREHOUSE_DATA_PATH": "/x"}, "names no database"),
-        ({"PERSONA_WAREHOUSE": f"ducklake:postgres:dbname=lake password={SECRET} oops", "PERSONA_WAREHOUSE_DATA_PATH": "/x"},
-         "cannot read the connection string at 'oops'"),
-        ({"PERSONA_WAREHOUSE": f"postgresql://u:{SECRET}@db/lake"}, "neither a DuckDB file path nor a DuckLake"),
+        (
+            {"PERSONA_WAREHOUSE": "ducklake:metadata.ducklake", "PERSONA_WAREHOUSE_DATA_PATH": "/x"},
+            "catalog must be PostgreSQL",
+        ),
+        (
+            {"PERSONA_WAREHOUSE": "ducklake:postgres:", "PERSONA_WAREHOUSE_DATA_PATH": "/x"},
+            "names no database",
+        ),
+        (
+            {
+                "PERSONA_WAREHOUSE": f"ducklake:postgres:dbname=lake password={SECRET} oops",
+                "PERSONA_WAREHOUSE_DATA_PATH": "/x",
+            },
+            "cannot read the connection string at 'oops'",
+        ),
+        (
+            {"PERSONA_WAREHOUSE": f"postgresql://u:{SECRET}@db/lake"},
+            "neither a DuckDB file path nor a DuckLake",
+        ),
     ],
 )
 def test_bad_warehouse_settings_name_the_setting_and_hide_the_password(tmp_path, env, message):
@@ -131,8 +164,21 @@ def test_typed_empty_partitions_round_trip(lake):
     import datetime as dt
 
     row = pl.DataFrame(
-        [("A", 1, 2, 1.5, True, ["file:ab:1"], dt.datetime(2026, 1, 2, 3, 4, 5), dt.date(2026, 1, 2), {"a": 1, "b": "q"})],
-        schema=TYPED, orient="row",
+        [
+            (
+                "A",
+                1,
+                2,
+                1.5,
+                True,
+                ["file:ab:1"],
+                dt.datetime(2026, 1, 2, 3, 4, 5),
+                dt.date(2026, 1, 2),
+                {"a": 1, "b": "q"},
+            )
+        ],
+        schema=TYPED,
+        orient="row",
     )
     lake.replace("s", "typed", row, ["country"], [("A",)])
     assert lake.read("s", "typed").equals(row)
@@ -144,7 +190,9 @@ def test_typed_empty_partitions_round_trip(lake):
 def test_replace_touches_only_the_written_partitions_and_reads_select_them(lake):
     lake.replace("s", "t", frame([("A", 1), ("B", 2), ("C", 3)]), ["country"], [("A",), ("B",), ("C",)])
     lake.replace("s", "t", frame([("A", 10), ("A", 11)]), ["country"], [("A",)])
-    lake.replace("s", "t", frame([("A", 10), ("A", 11)]), ["country"], [("A",)])  # the same rewrite again: no duplicates
+    lake.replace(
+        "s", "t", frame([("A", 10), ("A", 11)]), ["country"], [("A",)]
+    )  # the same rewrite again: no duplicates
     assert sorted(lake.read("s", "t").rows()) == [("A", 10), ("A", 11), ("B", 2), ("C", 3)]
     assert sorted(lake.read("s", "t", ["country"], [("B",), ("C",)]).rows()) == [("B", 2), ("C", 3)]
     lake.replace("s", "t", frame([("Z", 0)]))  # unpartitioned: the whole table
@@ -156,7 +204,9 @@ def test_replace_touches_only_the_written_partitions_and_reads_select_them(lake)
 def test_a_failed_write_leaves_the_previous_rows(lake):
     lake.replace("s", "t", frame([("A", 1), ("B", 2)]), ["country"], [("A",), ("B",)])
     with pytest.raises(duckdb.Error):
-        lake.replace("s", "t", pl.DataFrame({"country": ["A"], "value": ["not a number"]}), ["country"], [("A",)])
+        lake.replace(
+            "s", "t", pl.DataFrame({"country": ["A"], "value": ["not a number"]}), ["country"], [("A",)]
+        )
     with pytest.raises(WarehouseError, match="outside this run"):
         lake.replace("s", "t", frame([("A", 5), ("C", 6)]), ["country"], [("A",)])
     assert sorted(lake.read("s", "t").rows()) == [("A", 1), ("B", 2)]
@@ -165,7 +215,9 @@ def test_a_failed_write_leaves_the_previous_rows(lake):
 @pytest.mark.slow
 def test_new_columns_are_added_and_missing_tables_named(lake):
     lake.replace("s", "t", frame([("A", 1)]), ["country"], [("A",)])
-    lake.replace("s", "t", pl.DataFrame({"country": ["B"], "value": [2], "note": ["new"]}), ["country"], [("B",)])
+    lake.replace(
+        "s", "t", pl.DataFrame({"country": ["B"], "value": [2], "note": ["new"]}), ["country"], [("B",)]
+    )
     assert sorted(lake.read("s", "t").rows()) == [("A", 1, None), ("B", 2, "new")]
     with pytest.raises(WarehouseError, match="s.nothing does not exist"):
         lake.read("s", "nothing")
@@ -219,10 +271,18 @@ def test_a_conflict_past_the_deadline_fails_and_writes_nothing(location, tmp_pat
 
 
 def provenance_frame(ids: list[str], inputs: list[str]) -> pl.DataFrame:
-    return pl.DataFrame({
-        "row_id": ids, "input_ids": [[i] for i in inputs], "run_id": "r", "code_version": "v",
-        "model_id": "m", "adapter": None, "prompt_hash": None,
-    }, schema_overrides={"adapter": pl.String, "prompt_hash": pl.String})
+    return pl.DataFrame(
+        {
+            "row_id": ids,
+            "input_ids": [[i] for i in inputs],
+            "run_id": "r",
+            "code_version": "v",
+            "model_id": "m",
+            "adapter": None,
+            "prompt_hash": None,
+        },
+        schema_overrides={"adapter": pl.String, "prompt_hash": pl.String},
+    )
 
 
 @pytest.mark.slow
@@ -257,9 +317,12 @@ def test_writes_that_add_no_table_leave_the_lineage_view_alone(lake):
     lake.replace("s", "a", provenance_frame(["a2"], ["file:f00d:2"]))
     lake.replace("s", "z", frame([("A", 1)]))  # no provenance columns: not in the view either
     with lake.connect() as con:
-        changes = [c for (c,) in con.execute(
-            "SELECT changes FROM lake.snapshots() WHERE snapshot_id > ? ORDER BY snapshot_id", [before]
-        ).fetchall()]
+        changes = [
+            c
+            for (c,) in con.execute(
+                "SELECT changes FROM lake.snapshots() WHERE snapshot_id > ? ORDER BY snapshot_id", [before]
+            ).fetchall()
+        ]
     assert len(changes) == 2
     assert not [kind for change in changes for kind in change if "view" in kind], changes
 
@@ -268,7 +331,9 @@ def test_writes_that_add_no_table_leave_the_lineage_view_alone(lake):
 
 
 @pytest.mark.slow
-def test_a_password_in_the_location_reaches_neither_the_instance_nor_errors(postgres, location, tmp_path, monkeypatch):
+def test_a_password_in_the_location_reaches_neither_the_instance_nor_errors(
+    postgres, location, tmp_path, monkeypatch
+):
     # Trust authentication ignores the password, so the location still connects.
     monkeypatch.setenv("PERSONA_WAREHOUSE", f"{location} password={SECRET}")
     parts = StaticPartitionsDefinition(["A", "B"])
@@ -284,8 +349,12 @@ def test_a_password_in_the_location_reaches_neither_the_instance_nor_errors(post
     instance = DagsterInstance.ephemeral()
     io_manager = WarehouseIOManager(database=EnvVar("PERSONA_WAREHOUSE"), data_path=str(tmp_path / "files"))
     for key in ("A", "B"):
-        assert materialize([table], partition_key=key, instance=instance, resources={"io_manager": io_manager}).success
-    result = materialize([table.to_source_asset(), total], instance=instance, resources={"io_manager": io_manager})
+        assert materialize(
+            [table], partition_key=key, instance=instance, resources={"io_manager": io_manager}
+        ).success
+    result = materialize(
+        [table.to_source_asset(), total], instance=instance, resources={"io_manager": io_manager}
+    )
     assert result.output_for_node("demo__total").item() == 2
     shown = result.asset_materializations_for_node("demo__total")[0].metadata["warehouse"].value
     assert "password=***" in shown
@@ -314,21 +383,39 @@ def _writer(location: str, data_path: str, home: str, countries: list[str], barr
         for round_no in (1, 2):
             partitions = StaticPartitionsDefinition(COUNTRIES)
 
-            @asset(key_prefix="many", name="writes", partitions_def=partitions, metadata={"partition_expr": "country"})
+            @asset(
+                key_prefix="many",
+                name="writes",
+                partitions_def=partitions,
+                metadata={"partition_expr": "country"},
+            )
             def writes(context: AssetExecutionContext) -> pl.DataFrame:
                 key, n = context.partition_key, ROWS[round_no]
-                return pl.DataFrame({
-                    "country": [key] * n, "i": list(range(n)), "round": [round_no] * n,
-                    "row_id": [f"{key}/{i}" for i in range(n)], "input_ids": [[f"file:f00d:{i}"] for i in range(n)],
-                    "run_id": context.run.run_id, "code_version": "v", "model_id": "m",
-                    "adapter": None, "prompt_hash": None,
-                }, schema_overrides={"adapter": pl.String, "prompt_hash": pl.String})
+                return pl.DataFrame(
+                    {
+                        "country": [key] * n,
+                        "i": list(range(n)),
+                        "round": [round_no] * n,
+                        "row_id": [f"{key}/{i}" for i in range(n)],
+                        "input_ids": [[f"file:f00d:{i}"] for i in range(n)],
+                        "run_id": context.run.run_id,
+                        "code_version": "v",
+                        "model_id": "m",
+                        "adapter": None,
+                        "prompt_hash": None,
+                    },
+                    schema_overrides={"adapter": pl.String, "prompt_hash": pl.String},
+                )
 
             io_manager = WarehouseIOManager(database=location, data_path=data_path, lock_timeout_s=240)
             barrier.wait(timeout=240)  # every writer starts each round at the same moment
             for key in countries:
                 result = materialize([writes], partition_key=key, resources={"io_manager": io_manager})
-                attempts.append(result.asset_materializations_for_node("many__writes")[0].metadata["warehouse_attempts"].value)
+                attempts.append(
+                    result.asset_materializations_for_node("many__writes")[0]
+                    .metadata["warehouse_attempts"]
+                    .value
+                )
         results.put(("ok", countries, attempts))
     except BaseException:
         results.put(("error", countries, traceback.format_exc()))
@@ -355,8 +442,10 @@ def test_eight_writer_processes_materialize_partitions_of_one_table(location, tm
     errors = [detail for status, _, detail in outcomes if status != "ok"]
     assert not errors, errors[0]
     attempts = [a for _, _, per_writer in outcomes for a in per_writer]
-    print(f"\n{WRITERS} writers, {len(attempts)} materializations: {sum(a > 1 for a in attempts)} ran again after "
-          f"a conflict (attempts: max {max(attempts)}, total {sum(attempts)})")
+    print(
+        f"\n{WRITERS} writers, {len(attempts)} materializations: {sum(a > 1 for a in attempts)} ran again after "
+        f"a conflict (attempts: max {max(attempts)}, total {sum(attempts)})"
+    )
 
     rows = Warehouse(location, data_path=data_path).read("many", "writes")
     # Every partition holds exactly its rewrite: nothing lost, nothing twice, nothing left of the first write.
@@ -367,7 +456,10 @@ def test_eight_writer_processes_materialize_partitions_of_one_table(location, tm
     assert per_country == {c: ROWS[2] for c in COUNTRIES}
     assert sorted(rows.filter(pl.col("country") == "C05")["i"]) == list(range(ROWS[2]))
     with Warehouse(location, data_path=data_path).connect() as con:
-        assert con.execute("SELECT count(*) FROM lineage.edges WHERE table_name = 'many.writes'").fetchone()[0] == rows.height
+        assert (
+            con.execute("SELECT count(*) FROM lineage.edges WHERE table_name = 'many.writes'").fetchone()[0]
+            == rows.height
+        )
     assert list(Path(data_path).rglob("*.parquet"))
     # The extensions came from the pip packages: nothing was installed into the home directory.
     assert not (home / ".duckdb").exists()

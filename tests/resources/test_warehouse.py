@@ -70,13 +70,19 @@ def test_io_manager_with_multi_partitions_and_ranges(tmp_path):
     countries = StaticPartitionsDefinition(["X", "Y"])
     multi = MultiPartitionsDefinition({"agent": agents, "country": countries})
 
-    @asset(key_prefix="demo", partitions_def=multi, metadata={"partition_expr": {"agent": "agent", "country": "country"}})
+    @asset(
+        key_prefix="demo",
+        partitions_def=multi,
+        metadata={"partition_expr": {"agent": "agent", "country": "country"}},
+    )
     def pairs(context: AssetExecutionContext) -> pl.DataFrame:
         rows = []
         for key in context.partition_keys:
             dims = multi.get_partition_key_from_str(key).keys_by_dimension
             rows.append((dims["agent"], dims["country"], context.run.run_id))
-        return pl.DataFrame(rows, schema={"agent": pl.String, "country": pl.String, "run": pl.String}, orient="row")
+        return pl.DataFrame(
+            rows, schema={"agent": pl.String, "country": pl.String, "run": pl.String}, orient="row"
+        )
 
     @asset(key_prefix="demo", deps=[])
     def summary(pairs: pl.DataFrame) -> pl.DataFrame:
@@ -84,8 +90,11 @@ def test_io_manager_with_multi_partitions_and_ranges(tmp_path):
 
     database = str(tmp_path / "w.duckdb")
     resources = {"io_manager": WarehouseIOManager(database=database)}
-    first = materialize([pairs], resources=resources, tags={
-        "dagster/asset_partition_range_start": "a1|X", "dagster/asset_partition_range_end": "a3|Y"})
+    first = materialize(
+        [pairs],
+        resources=resources,
+        tags={"dagster/asset_partition_range_start": "a1|X", "dagster/asset_partition_range_end": "a3|Y"},
+    )
     assert first.success
     second = materialize([pairs], resources=resources, partition_key="a2|Y")
     assert second.success
@@ -107,8 +116,10 @@ def test_multi_partition_expr_must_cover_every_dimension(tmp_path):
         return pl.DataFrame({"agent": ["a"], "country": ["X"]})
 
     result = materialize(
-        [half], resources={"io_manager": WarehouseIOManager(database=str(tmp_path / "w.duckdb"))},
-        partition_key="a|X", raise_on_error=False,
+        [half],
+        resources={"io_manager": WarehouseIOManager(database=str(tmp_path / "w.duckdb"))},
+        partition_key="a|X",
+        raise_on_error=False,
     )
     assert not result.success
     assert "every dimension" in str(result.all_events)

@@ -19,7 +19,14 @@ from persona_platform.persona_assets.agents.tables import (
 )
 from persona_platform.persona_assets.alignment.similarity import opinion_prompt
 from persona_platform.persona_assets.responses.tables import item_rows, response_plan
-from persona_platform.persona_assets.responses.tasks import AGENT, BASELINE, COMPLETION, MONOLOGUE, TRAIT, SamplingSetting
+from persona_platform.persona_assets.responses.tasks import (
+    AGENT,
+    BASELINE,
+    COMPLETION,
+    MONOLOGUE,
+    TRAIT,
+    SamplingSetting,
+)
 from persona_platform.persona_assets.votes.prediction import vote_prompt
 from persona_platform.resources.llm.chat import chat_tokens
 from persona_platform.resources.training import IGNORED, TrainingError, _collate, loss_labels
@@ -43,8 +50,12 @@ def engine(tiny_llm):
     from persona_platform.resources.llm.transformers_backend import load_transformers_engine
 
     engine = load_transformers_engine("tiny", tiny_llm.model_path(), device="cpu", dtype="float32")
-    internal = engine.new_trainable_adapter(NAME, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
-                                                             target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    internal = engine.new_trainable_adapter(
+        NAME,
+        LoraConfig(
+            r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
+        ),
+    )
     torch.manual_seed(0)
     with torch.no_grad():
         for name, parameter in engine.model.named_parameters():
@@ -55,8 +66,20 @@ def engine(tiny_llm):
 
 
 def board_turns(split: str) -> pl.DataFrame:
-    rows = [{"meeting_id": "m1", "turn": i, "speaker": s, "agent": a, "text": t, "words": len(t.split()), "split": split,
-             "source_file": "m1.json", "source_sha256": "0" * 64} for i, (s, a, t) in enumerate(MEETING)]
+    rows = [
+        {
+            "meeting_id": "m1",
+            "turn": i,
+            "speaker": s,
+            "agent": a,
+            "text": t,
+            "words": len(t.split()),
+            "split": split,
+            "source_file": "m1.json",
+            "source_sha256": "0" * 64,
+        }
+        for i, (s, a, t) in enumerate(MEETING)
+    ]
     return pl.DataFrame(rows, schema=TURN_SCHEMA)
 
 
@@ -78,13 +101,35 @@ def heldout_example() -> pl.DataFrame:
 
 def planned_chats(completions: pl.DataFrame) -> dict:
     """Both systems' requests for the completion item, planned by the responses code."""
-    empty_probes = pl.DataFrame(schema={"row_id": pl.String, "agent": pl.String, "trait": pl.String,
-                                        "chunk_id": pl.String, "question": pl.String, "summary": pl.String})
-    empty_prompts = pl.DataFrame(schema={"row_id": pl.String, "agent": pl.String, "monologue_id": pl.String,
-                                         "question": pl.String, "monologue": pl.String})
+    empty_probes = pl.DataFrame(
+        schema={
+            "row_id": pl.String,
+            "agent": pl.String,
+            "trait": pl.String,
+            "chunk_id": pl.String,
+            "question": pl.String,
+            "summary": pl.String,
+        }
+    )
+    empty_prompts = pl.DataFrame(
+        schema={
+            "row_id": pl.String,
+            "agent": pl.String,
+            "monologue_id": pl.String,
+            "question": pl.String,
+            "monologue": pl.String,
+        }
+    )
     items = item_rows(NAME, empty_probes, completions, empty_prompts, 5, 5, 5)
-    plan = response_plan(items, {NAME: "Marisol Vega"}, {NAME: "Chairs firmly; budget first."},
-                         [SamplingSetting(1.0, 0.95, 50, 1.1)], 1, {TRAIT: 8, COMPLETION: 8, MONOLOGUE: 8}, 0)
+    plan = response_plan(
+        items,
+        {NAME: "Marisol Vega"},
+        {NAME: "Chairs firmly; budget first."},
+        [SamplingSetting(1.0, 0.95, 50, 1.1)],
+        1,
+        {TRAIT: 8, COMPLETION: 8, MONOLOGUE: 8},
+        0,
+    )
     return {p.system: p.request for p in plan}
 
 
@@ -113,14 +158,20 @@ def test_perplexity_scores_the_training_ids_of_the_held_out_turn(engine):
     assert [i for i, counted in enumerate(result.counted) if counted] == list(range(start, end))
 
 
-@pytest.mark.parametrize("prompt", [
-    vote_prompt("Marisol Vega", "Should the board fund the roof repairs this year?"),
-    opinion_prompt("How important is religion in your life?", ["Very", "Somewhat", "Not at all"]),
-], ids=["vote", "survey"])
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        vote_prompt("Marisol Vega", "Should the board fund the roof repairs this year?"),
+        opinion_prompt("How important is religion in your life?", ["Very", "Somewhat", "Not at all"]),
+    ],
+    ids=["vote", "survey"],
+)
 def test_votes_and_survey_answers_are_laid_out_as_a_training_chat(engine, prompt):
     assert {role for role, _ in prompt.messages} <= {"user", "assistant"}  # the roles of the training chats
     reply = "Final Vote: Aye"
-    ((ids, mask),) = engine.training_examples([training_chat(json.dumps([*prompt.messages, ("assistant", reply)]))])
+    ((ids, mask),) = engine.training_examples(
+        [training_chat(json.dumps([*prompt.messages, ("assistant", reply)]))]
+    )
     start = mask.index(True)
     assert engine.tokenizer.decode(ids[start:]) == reply + "<|eot_id|>"
     assert engine._encode_prompt(prompt) == ids[:start]
@@ -144,14 +195,22 @@ def test_labels_keep_counted_ids_and_ignore_the_rest():
 def test_labels_of_a_chat_with_several_agent_turns(tiny_engine):
     tokenizer = tiny_engine.tokenizer
     turns = ["Let's keep us on track.", "For the record, yes.", "Noted."]
-    messages = [("user", "Public: Is the budget ready?"), ("assistant", turns[0]), ("user", "Mr. Quist: Bottom line?"),
-                ("assistant", turns[1]), ("user", "Public: Anything else?\nMr. Quist: Quickly."), ("assistant", turns[2])]
+    messages = [
+        ("user", "Public: Is the budget ready?"),
+        ("assistant", turns[0]),
+        ("user", "Mr. Quist: Bottom line?"),
+        ("assistant", turns[1]),
+        ("user", "Public: Anything else?\nMr. Quist: Quickly."),
+        ("assistant", turns[2]),
+    ]
     ids, mask = chat_tokens(tokenizer, messages)
     labels = loss_labels(ids, mask)
     assert len(labels) == len(ids)
     kept = [label for label in labels if label != IGNORED]
     # The agent's content and the end-of-turn marker after it (so the model learns to stop), turn by turn.
-    expected = [t for turn in turns for t in tokenizer(turn + "<|eot_id|>", add_special_tokens=False)["input_ids"]]
+    expected = [
+        t for turn in turns for t in tokenizer(turn + "<|eot_id|>", add_special_tokens=False)["input_ids"]
+    ]
     assert kept == expected
     assert all(label in (IGNORED, token) for label, token in zip(labels, ids, strict=True))
     # Nothing of the other speakers, the role headers or the begin-of-text is learned.
@@ -161,13 +220,16 @@ def test_labels_of_a_chat_with_several_agent_turns(tiny_engine):
 
 
 def test_labels_of_a_chat_without_the_agent_are_all_ignored(tiny_engine):
-    ids, mask = chat_tokens(tiny_engine.tokenizer, [("user", "Public: Is the budget ready?\nMr. Quist: Not yet.")])
+    ids, mask = chat_tokens(
+        tiny_engine.tokenizer, [("user", "Public: Is the budget ready?\nMr. Quist: Not yet.")]
+    )
     assert ids and set(loss_labels(ids, mask)) == {IGNORED}
 
 
 def test_a_batch_pads_and_truncates_with_ignored_labels():
-    input_ids, attention, labels = _collate([([1, 2, 3, 4], [False, True, True, True]), ([5, 6], [False, True])],
-                                            pad_id=0, max_length=3)
+    input_ids, attention, labels = _collate(
+        [([1, 2, 3, 4], [False, True, True, True]), ([5, 6], [False, True])], pad_id=0, max_length=3
+    )
     assert input_ids.tolist() == [[1, 2, 3], [5, 6, 0]]
     assert attention.tolist() == [[1, 1, 1], [1, 1, 0]]
     assert labels.tolist() == [[IGNORED, 2, 3], [IGNORED, 6, IGNORED]]

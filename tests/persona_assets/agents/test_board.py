@@ -3,10 +3,23 @@ import json
 import pytest
 
 from persona_platform.partitions import AGENTS
-from persona_platform.persona_assets.agents.corpora import SpeakerTurn, as_messages, completions, conversation_windows, monologues, split_meetings
-from persona_platform.resources.inputs.transcripts import TranscriptError, alias_table, read_meeting, read_meetings, speaker_agent
-from persona_platform.resources.settings import SAMPLE_BOARD_DIR
+from persona_platform.persona_assets.agents.corpora import (
+    SpeakerTurn,
+    as_messages,
+    completions,
+    conversation_windows,
+    monologues,
+    split_meetings,
+)
+from persona_platform.resources.inputs.transcripts import (
+    TranscriptError,
+    alias_table,
+    read_meeting,
+    read_meetings,
+    speaker_agent,
+)
 from persona_platform.resources.llm.chat import chat_tokens
+from persona_platform.resources.settings import SAMPLE_BOARD_DIR
 
 
 def test_sample_board_resolves_every_member():
@@ -19,9 +32,16 @@ def test_sample_board_resolves_every_member():
     assert resolved["Superintendent Okafor"] is None
 
 
-@pytest.mark.parametrize("name, agent", [("Ms. Vega", "marisolvega"), ("chair  vega", "marisolvega"),
-                                         ("Dr. Brandt", "annikabrandt"), ("Ted Quist", "theodorequist"),
-                                         ("Mr. Nobody", None)])
+@pytest.mark.parametrize(
+    "name, agent",
+    [
+        ("Ms. Vega", "marisolvega"),
+        ("chair  vega", "marisolvega"),
+        ("Dr. Brandt", "annikabrandt"),
+        ("Ted Quist", "theodorequist"),
+        ("Mr. Nobody", None),
+    ],
+)
 def test_aliases_with_honorifics(name, agent):
     assert speaker_agent(name, alias_table(AGENTS)) == agent
 
@@ -67,16 +87,28 @@ def turns(*spec):
 
 
 def test_messages_merge_other_speakers_and_keep_the_agent_as_assistant():
-    sample = turns(("Public", None, "One."), ("Okafor", None, "Two."), ("Ms. Vega", "marisolvega", "Mine."),
-                   ("Mr. Quist", "theodorequist", "His."))
+    sample = turns(
+        ("Public", None, "One."),
+        ("Okafor", None, "Two."),
+        ("Ms. Vega", "marisolvega", "Mine."),
+        ("Mr. Quist", "theodorequist", "His."),
+    )
     assert as_messages(sample, "marisolvega") == [
-        ("user", "Public: One.\nOkafor: Two."), ("assistant", "Mine."), ("user", "Mr. Quist: His.")]
+        ("user", "Public: One.\nOkafor: Two."),
+        ("assistant", "Mine."),
+        ("user", "Mr. Quist: His."),
+    ]
 
 
 def test_windows_completions_and_monologues():
     long_text = " ".join(["word"] * 160)
-    sample = turns(("Public", None, "a b c"), ("Ms. Vega", "marisolvega", "d e f g h i j k l m n o p"),
-                   ("Public", None, "q r s"), ("Ms. Vega", "marisolvega", long_text), ("Public", None, "t u v"))
+    sample = turns(
+        ("Public", None, "a b c"),
+        ("Ms. Vega", "marisolvega", "d e f g h i j k l m n o p"),
+        ("Public", None, "q r s"),
+        ("Ms. Vega", "marisolvega", long_text),
+        ("Public", None, "t u v"),
+    )
     windows = conversation_windows(sample, "marisolvega", max_words=20)
     assert all(any(t.agent == "marisolvega" for t in w) for w in windows)
     assert sum(len(w) for w in windows) <= len(sample)
@@ -87,11 +119,16 @@ def test_windows_completions_and_monologues():
 
 
 def test_chat_tokens_count_only_the_assistant_content(tiny_engine):
-    messages = [("user", "Public: Is the budget ready?"), ("assistant", "Let's keep us on track."),
-                ("user", "Mr. Quist: Bottom line?"), ("assistant", "For the record, yes.")]
+    messages = [
+        ("user", "Public: Is the budget ready?"),
+        ("assistant", "Let's keep us on track."),
+        ("user", "Mr. Quist: Bottom line?"),
+        ("assistant", "For the record, yes."),
+    ]
     ids, mask = chat_tokens(tiny_engine.tokenizer, messages)
     assert ids == tiny_engine.tokenizer.apply_chat_template(
-        [{"role": r, "content": c} for r, c in messages], tokenize=True, return_dict=False)
+        [{"role": r, "content": c} for r, c in messages], tokenize=True, return_dict=False
+    )
     counted = tiny_engine.tokenizer.decode([t for t, m in zip(ids, mask) if m])
     assert counted == "Let's keep us on track.<|eot_id|>For the record, yes.<|eot_id|>"
 
@@ -105,5 +142,10 @@ def test_qlora_is_refused_clearly_without_a_gpu(tiny_engine, tmp_path):
         pytest.skip("a GPU is present")
     settings = LoraTraining(rank=4, alpha=8, dropout=0.0, target_modules=("q_proj",), quantization="4bit")
     with pytest.raises(TrainingError, match="needs a CUDA GPU"):
-        tiny_engine.train_adapter("marisolvega", [([1, 2, 3], [False, True, True])], settings,
-                                  tmp_path / "checkpoint.pt", tmp_path / "adapter")
+        tiny_engine.train_adapter(
+            "marisolvega",
+            [([1, 2, 3], [False, True, True])],
+            settings,
+            tmp_path / "checkpoint.pt",
+            tmp_path / "adapter",
+        )

@@ -7,8 +7,8 @@ from dagster import AssetKey, DagsterInstance, materialize
 from persona_platform.partitions import COUNTRIES
 from persona_platform.persona_assets.definitions import ALL_ASSETS
 from persona_platform.persona_assets.runner import RANGE_END, RANGE_START
-from persona_platform.resources.settings import DATA_DIR
 from persona_platform.resources.llm.resource import LLMResource
+from persona_platform.resources.settings import DATA_DIR
 from persona_platform.resources.warehouse import Warehouse
 from tests.conftest import local_resources
 
@@ -23,13 +23,22 @@ def warehouse_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def resources(warehouse_path, models_dir):
     # Its own engine key (batch size), so this module sees the load even if other tests loaded the model.
-    llm = LLMResource(models_dir=str(models_dir), corpus_dir=str(DATA_DIR), device="cpu", dtype="float32",
-                      max_batch_tokens=8191)
+    llm = LLMResource(
+        models_dir=str(models_dir),
+        corpus_dir=str(DATA_DIR),
+        device="cpu",
+        dtype="float32",
+        max_batch_tokens=8191,
+    )
     return local_resources(warehouse_path.parent, llm)
 
 
-SMALL_ICM = {"ops": {"icm_search": {"config": {"iterations": 8, "variants": ["binary"], "checkpoint_every": 4}},
-                     "elicitation__few_shot_predictions": {"config": {"repeats": 2, "example_counts": [4]}}}}
+SMALL_ICM = {
+    "ops": {
+        "icm_search": {"config": {"iterations": 8, "variants": ["binary"], "checkpoint_every": 4}},
+        "elicitation__few_shot_predictions": {"config": {"repeats": 2, "example_counts": [4]}},
+    }
+}
 
 
 def assets():
@@ -43,10 +52,13 @@ def materialization(result, key):
 @pytest.fixture(scope="module")
 def first_runs(resources):
     instance = DagsterInstance.ephemeral()
-    questions = materialize(assets(), resources=resources, instance=instance,
-                            selection=[AssetKey(["opinions", "goqa_questions"])])
+    questions = materialize(
+        assets(), resources=resources, instance=instance, selection=[AssetKey(["opinions", "goqa_questions"])]
+    )
     countries = materialize(
-        assets(), resources=resources, instance=instance,
+        assets(),
+        resources=resources,
+        instance=instance,
         selection='(group:opinions and not key:"opinions/goqa_questions") or group:elicitation',
         tags={RANGE_START: COUNTRIES[0], RANGE_END: COUNTRIES[2]},
         run_config=SMALL_ICM,
@@ -64,8 +76,13 @@ def test_a_range_of_countries_is_one_run_with_one_model_load(first_runs, resourc
     assert sum(m["engine/model_loads"].value for m in engine_events) == 1
     assert all(m["engine/requests"].value > 0 for m in engine_events)
     # Another run in the same process reuses the loaded model.
-    again = materialize(assets(), resources=resources, selection=[ZERO_SHOT], partition_key=COUNTRIES[3],
-                        instance=DagsterInstance.ephemeral())
+    again = materialize(
+        assets(),
+        resources=resources,
+        selection=[ZERO_SHOT],
+        partition_key=COUNTRIES[3],
+        instance=DagsterInstance.ephemeral(),
+    )
     assert materialization(again, ZERO_SHOT).materialization.metadata["engine/model_loads"].value == 0
 
 
@@ -74,7 +91,9 @@ def test_each_partition_of_a_range_reports_its_own_row_count(first_runs, warehou
     for key in ("goqa_survey", "goqa_claims", "zero_shot_base_predictions"):
         schema = "elicitation" if key.startswith("zero") else "opinions"
         table = Warehouse(str(warehouse_path)).read(schema, key)
-        events = [e for e in countries.get_asset_materialization_events() if e.asset_key == AssetKey([schema, key])]
+        events = [
+            e for e in countries.get_asset_materialization_events() if e.asset_key == AssetKey([schema, key])
+        ]
         counts = {e.partition: e.materialization.metadata["dagster/row_count"].value for e in events}
         assert counts == {c: table.filter(pl.col("country") == c).height for c in COUNTRIES[:3]}, key
         assert sum(counts.values()) == table.height
@@ -100,8 +119,16 @@ def test_predictions_cover_every_test_claim_once_per_variant(first_runs, warehou
     splits = wh.read("opinions", "goqa_splits").filter(pl.col("split") == "test")
     predictions = wh.read("elicitation", "zero_shot_base_predictions")
     for country in COUNTRIES[:3]:
-        expected = splits.filter(pl.col("country") == country).select("variant", "claim_id").sort("variant", "claim_id")
-        got = predictions.filter(pl.col("country") == country).select("variant", "claim_id").sort("variant", "claim_id")
+        expected = (
+            splits.filter(pl.col("country") == country)
+            .select("variant", "claim_id")
+            .sort("variant", "claim_id")
+        )
+        got = (
+            predictions.filter(pl.col("country") == country)
+            .select("variant", "claim_id")
+            .sort("variant", "claim_id")
+        )
         assert expected.equals(got)
     correct = predictions["correct"] == (predictions["predicted_label"] == predictions["label"])
     assert correct.all()
@@ -126,39 +153,67 @@ def test_icm_search_writes_labels_trace_and_plots(first_runs, warehouse_path):
     assert labels["icm_label"].drop_nulls().is_in([0, 1]).all()
     trace = Warehouse(warehouse_path).read("elicitation", "icm_search_trace")
     assert trace.group_by("country").len().sort("country")["len"].to_list() == [8, 8, 8]
-    metadata = materialization(countries, AssetKey(["elicitation", "icm_search_trace"])).materialization.metadata
+    metadata = materialization(
+        countries, AssetKey(["elicitation", "icm_search_trace"])
+    ).materialization.metadata
     assert "data:image/png;base64," in metadata["trace_plots"].value
     predictions = Warehouse(warehouse_path).read("elicitation", "few_shot_predictions")
     assert set(predictions["method"]) == {"gold", "icm", "random_matched"}
 
 
 def test_accuracy_summary_has_every_country_the_aggregate_and_plots(first_runs, resources, warehouse_path):
-    result = materialize(assets(), resources=resources, selection=[AssetKey(["elicitation", "accuracy_summary"])],
-                         instance=DagsterInstance.ephemeral())
+    result = materialize(
+        assets(),
+        resources=resources,
+        selection=[AssetKey(["elicitation", "accuracy_summary"])],
+        instance=DagsterInstance.ephemeral(),
+    )
     summary = Warehouse(warehouse_path).read("elicitation", "accuracy_summary")
     assert set(summary["scope"]) >= {*COUNTRIES[:3], "aggregate"}
     headline = summary.filter(pl.col("headline") & (pl.col("scope") == "aggregate"))
     # No instruction model is configured: the chat-template baseline is the base model and says so.
-    assert set(headline["method"]) == {"zero_shot_base", "zero_shot_base_chat_template", "icm", "gold", "random_matched"}
+    assert set(headline["method"]) == {
+        "zero_shot_base",
+        "zero_shot_base_chat_template",
+        "icm",
+        "gold",
+        "random_matched",
+    }
     assert ((summary["ci_low"] <= summary["mean"]) & (summary["mean"] <= summary["ci_high"])).all()
-    assert (summary["n_questions"] * 2 == summary["n_test"]).all() and summary["interval"].str.contains("bootstrap").all()
-    plots = materialization(result, AssetKey(["elicitation", "accuracy_summary"])).materialization.metadata["plots"].value
+    assert (summary["n_questions"] * 2 == summary["n_test"]).all() and summary["interval"].str.contains(
+        "bootstrap"
+    ).all()
+    plots = (
+        materialization(result, AssetKey(["elicitation", "accuracy_summary"]))
+        .materialization.metadata["plots"]
+        .value
+    )
     for scope in (*COUNTRIES[:3], "aggregate"):
         assert f"### {scope} (binary): accuracy" in plots and f"### {scope} (binary): examples" in plots
 
 
 def test_method_differences_are_paired_on_the_same_questions(first_runs, resources, warehouse_path):
-    result = materialize(assets(), resources=resources, selection=[AssetKey(["elicitation", "method_differences"])],
-                         instance=DagsterInstance.ephemeral())
+    result = materialize(
+        assets(),
+        resources=resources,
+        selection=[AssetKey(["elicitation", "method_differences"])],
+        instance=DagsterInstance.ephemeral(),
+    )
     assert result.success
     differences = Warehouse(warehouse_path).read("elicitation", "method_differences")
     summary = Warehouse(warehouse_path).read("elicitation", "accuracy_summary")
     assert set(differences["comparison"]) == {"icm − gold", "icm − zero_shot_base", "gold − random_matched"}
     assert set(differences["scope"]) >= {*COUNTRIES[:3], "aggregate"}
     for row in differences.filter(pl.col("scope") != "aggregate").iter_rows(named=True):
-        means = {r["method"]: r["mean"] for r in summary.filter((pl.col("scope") == row["scope"]) & pl.col("headline")
-                                                                 & (pl.col("variant") == row["variant"])).iter_rows(named=True)}
+        means = {
+            r["method"]: r["mean"]
+            for r in summary.filter(
+                (pl.col("scope") == row["scope"]) & pl.col("headline") & (pl.col("variant") == row["variant"])
+            ).iter_rows(named=True)
+        }
         assert row["mean_difference"] == pytest.approx(means[row["method_a"]] - means[row["method_b"]])
         assert row["n_questions"] > 0 and 0 <= row["p_value"] <= 1
-    metadata = materialization(result, AssetKey(["elicitation", "method_differences"])).materialization.metadata
+    metadata = materialization(
+        result, AssetKey(["elicitation", "method_differences"])
+    ).materialization.metadata
     assert len(metadata["differences"].value.records) == differences.height

@@ -1,6 +1,5 @@
-import pytest
-
 import numpy as np
+import pytest
 
 from persona_platform.persona_assets.elicitation.accuracy import (
     QuestionScores,
@@ -10,14 +9,27 @@ from persona_platform.persona_assets.elicitation.accuracy import (
     weighted_accuracy,
     weighted_difference,
 )
-from persona_platform.persona_assets.elicitation.evaluation import DemoClaim, build_conditions, example_counts, question_of
+from persona_platform.persona_assets.elicitation.evaluation import (
+    DemoClaim,
+    build_conditions,
+    example_counts,
+    question_of,
+)
 from persona_platform.persona_assets.elicitation.prompts import parse_true_false
 
 
 def pool(n=30, wrong_every=4):
     """Two claims (options) per question, as the splits give them: ids '<question>/<country>/<option>'."""
-    return [DemoClaim(f"q{i // 2}/Aldoria/{i % 2}", f"question {i // 2}", f"option {i % 2}", i % 2,
-                      (i % 2) ^ (i % wrong_every == 0)) for i in range(n)]
+    return [
+        DemoClaim(
+            f"q{i // 2}/Aldoria/{i % 2}",
+            f"question {i // 2}",
+            f"option {i % 2}",
+            i % 2,
+            (i % 2) ^ (i % wrong_every == 0),
+        )
+        for i in range(n)
+    ]
 
 
 def test_example_counts_always_end_at_the_pool_size():
@@ -55,12 +67,18 @@ def test_conditions_are_seeded():
 
 
 def scores(per_question: list[float], repeats=(0.5,), claims_per_question=2) -> QuestionScores:
-    return QuestionScores({f"q{i}": v for i, v in enumerate(per_question)}, list(repeats), claims_per_question * len(per_question))
+    return QuestionScores(
+        {f"q{i}": v for i, v in enumerate(per_question)},
+        list(repeats),
+        claims_per_question * len(per_question),
+    )
 
 
 def test_accuracy_is_over_questions_with_a_cluster_bootstrap_interval():
     rng = np.random.default_rng(1)
-    rows = [(r, f"q{q}/A/{o}", bool(rng.random() < 0.7)) for r in range(3) for q in range(40) for o in range(2)]
+    rows = [
+        (r, f"q{q}/A/{o}", bool(rng.random() < 0.7)) for r in range(3) for q in range(40) for o in range(2)
+    ]
     s = question_scores(rows)
     assert s.n_questions == 40 and s.n_claims == 80 and len(s.per_repeat) == 3
     estimate = accuracy(s)
@@ -83,7 +101,10 @@ def test_fewer_than_two_questions_have_no_interval():
 
 
 def test_weighted_aggregate_and_its_standard_error():
-    small, large = scores([0.5] * 10 + [1.0] * 10, claims_per_question=1), scores([1.0] * 60, claims_per_question=1)
+    small, large = (
+        scores([0.5] * 10 + [1.0] * 10, claims_per_question=1),
+        scores([1.0] * 60, claims_per_question=1),
+    )
     estimate = weighted_accuracy([small, large])
     assert estimate.mean == pytest.approx((0.75 * 20 + 1.0 * 60) / 80)
     assert estimate.se > 0 and estimate.n_questions == 80 and "stratified" in estimate.interval

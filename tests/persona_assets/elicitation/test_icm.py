@@ -6,7 +6,15 @@ import pytest
 from scipy import stats
 
 from persona_platform.benchmarks.icm_recovery import run_world, summarize_cell
-from persona_platform.persona_assets.elicitation.icm import ClaimScorer, IcmClaim, IcmParams, IcmSearch, SearchState, naive_order, tree_order
+from persona_platform.persona_assets.elicitation.icm import (
+    ClaimScorer,
+    IcmClaim,
+    IcmParams,
+    IcmSearch,
+    SearchState,
+    naive_order,
+    tree_order,
+)
 from persona_platform.persona_assets.elicitation.prompts import CANDIDATES, few_shot_prompt
 from persona_platform.resources.llm import ScoreRequest
 from persona_platform.resources.llm.simulated import WorldSpec
@@ -75,9 +83,16 @@ def test_other_consistency_modes_recover_the_salient_truth(consistency):
 def test_tree_and_naive_order_reach_the_same_agreement():
     # With a recency-weighted learner (the last demonstration weighs 1.5 times the first) the order
     # of demonstrations changes every answer; `persona bench icm-recovery` also reports recency 1.
-    tree = [run_world(WorldSpec(seed=s, recency=0.5), pool_order="tree", modes=("exactly_one",)) for s in range(8)]
-    naive = [run_world(WorldSpec(seed=s, recency=0.5), pool_order="naive", modes=("exactly_one",)) for s in range(8)]
-    difference = np.array([t["icm_exactly_one"] - n["icm_exactly_one"] for t, n in zip(tree, naive, strict=True)])
+    tree = [
+        run_world(WorldSpec(seed=s, recency=0.5), pool_order="tree", modes=("exactly_one",)) for s in range(8)
+    ]
+    naive = [
+        run_world(WorldSpec(seed=s, recency=0.5), pool_order="naive", modes=("exactly_one",))
+        for s in range(8)
+    ]
+    difference = np.array(
+        [t["icm_exactly_one"] - n["icm_exactly_one"] for t, n in zip(tree, naive, strict=True)]
+    )
     assert abs(difference.mean()) <= 0.05
 
 
@@ -89,7 +104,9 @@ def siblings_right_before(scorer, claims):
 def test_tree_order_rarely_puts_a_sibling_right_before_its_query():
     claims = [IcmClaim(i, f"g{i // 2}", f"question {i // 2}", f"option {i % 2}", i % 2) for i in range(124)]
     tree, naive = ClaimScorer(None, "A", claims, "tree", 0), ClaimScorer(None, "A", claims, "naive")
-    unshuffled = sum(claims[d[-1]].group == claims[q].group for q, d in tree_order(list(range(124))) if d) / 124
+    unshuffled = (
+        sum(claims[d[-1]].group == claims[q].group for q, d in tree_order(list(range(124))) if d) / 124
+    )
     assert unshuffled > 0.4  # what split order gave before the seeded leaf order
     assert siblings_right_before(tree, claims) <= 0.10
     assert siblings_right_before(naive, claims) <= 0.05
@@ -118,8 +135,10 @@ def test_same_seed_same_labels_other_seed_other_path():
 def test_consistency_modes_count_the_pairs_they_forbid():
     claims, hidden = make_claims(groups=3)
     labels = [1, 1, 0, 0, 1, 0]  # group 0 both True, group 1 both False, group 2 fine
-    counts = {mode: len(search(claims, hidden, consistency=mode)[0].inconsistent_pairs(labels))
-              for mode in ("exactly_one", "at_most_one", "none")}
+    counts = {
+        mode: len(search(claims, hidden, consistency=mode)[0].inconsistent_pairs(labels))
+        for mode in ("exactly_one", "at_most_one", "none")
+    }
     assert counts == {"exactly_one": 2, "at_most_one": 1, "none": 0}
     unlabelled = [1, None, None, 0, None, None]
     assert search(claims, hidden, consistency="exactly_one")[0].inconsistent_pairs(unlabelled) == []
@@ -152,9 +171,13 @@ def test_metropolis_never_overflows_and_accepts_improvements():
     params = IcmParams(initial_temperature=1e-300, final_temperature=1e-300)
     assert params.temperature(10**9) == 1e-300  # a tiny T: exp(-delta/T) would overflow if ever taken
     claims, hidden = make_claims(groups=6)
-    icm, _ = search(claims, hidden, iterations=40, seed=2, initial_temperature=1e-300, final_temperature=1e-300)
+    icm, _ = search(
+        claims, hidden, iterations=40, seed=2, initial_temperature=1e-300, final_temperature=1e-300
+    )
     state = icm.run()
-    assert all(t["accepted"] == (t["delta"] >= 0) for t in state.trace if t["proposed_label"] != t["previous_label"])
+    assert all(
+        t["accepted"] == (t["delta"] >= 0) for t in state.trace if t["proposed_label"] != t["previous_label"]
+    )
 
 
 def test_temperature_schedule():
@@ -179,7 +202,9 @@ def test_a_killed_search_resumes_to_the_same_labels():
             raise Killed
 
     with pytest.raises(Killed):
-        search(claims, hidden, iterations=60, seed=11)[0].run(checkpoint=checkpoint_then_die, checkpoint_every=10)
+        search(claims, hidden, iterations=60, seed=11)[0].run(
+            checkpoint=checkpoint_then_die, checkpoint_every=10
+        )
     restored = SearchState.from_json(saved["json"])
     assert restored.iteration == 30
     resumed = search(claims, hidden, iterations=60, seed=11)[0].run(restored)
@@ -218,13 +243,18 @@ def test_tree_order_prompts_share_prefixes():
 
 
 def test_tree_scores_equal_the_same_prompts_scored_independently(tiny_engine):
-    claims = [IcmClaim(i, f"g{i // 2}", f"Should question number {i // 2} pass?", ["Yes", "No"][i % 2], i % 2)
-              for i in range(24)]
+    claims = [
+        IcmClaim(i, f"g{i // 2}", f"Should question number {i // 2} pass?", ["Yes", "No"][i % 2], i % 2)
+        for i in range(24)
+    ]
     labels = [c.gold for c in claims]
     requests = [
         ScoreRequest(
-            few_shot_prompt("Aldoria", [(claims[d].question, claims[d].option, labels[d]) for d in demos],
-                            (claims[q].question, claims[q].option)),
+            few_shot_prompt(
+                "Aldoria",
+                [(claims[d].question, claims[d].option, labels[d]) for d in demos],
+                (claims[q].question, claims[q].option),
+            ),
             CANDIDATES,
         )
         for q, demos in tree_order(list(range(len(claims))))

@@ -2,14 +2,25 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from persona_platform.persona_assets.opinions.claims import NO_ANSWERS, NO_DISTRIBUTION, TIED, TOO_FEW_OPTIONS, SurveyAnswer, build_claims, unusable_reason
-from persona_platform.resources.inputs.survey import question_id, read_survey
+from persona_platform.persona_assets.opinions.claims import (
+    NO_ANSWERS,
+    NO_DISTRIBUTION,
+    TIED,
+    TOO_FEW_OPTIONS,
+    SurveyAnswer,
+    build_claims,
+    unusable_reason,
+)
 from persona_platform.persona_assets.opinions.splits import SplitRules, split_country
+from persona_platform.resources.inputs.survey import question_id, read_survey
 from persona_platform.resources.settings import SAMPLE_GOQA_SOURCE
 
 
 def answers_of(source):
-    return [SurveyAnswer(question_id(r.question, r.options), r.country, r.options, r.distribution) for r in source.records]
+    return [
+        SurveyAnswer(question_id(r.question, r.options), r.country, r.options, r.distribution)
+        for r in source.records
+    ]
 
 
 def question_order(source):
@@ -43,8 +54,11 @@ def test_a_row_makes_a_claim_only_with_a_unique_largest_share():
 
 
 def test_shares_off_one_are_normalised_and_ties_left_out():
-    answers = [SurveyAnswer("q1", "X", ("a", "b", "c"), (0.2, 0.5, 0.31)), SurveyAnswer("q2", "X", ("a", "b"), (0.5, 0.5)),
-               SurveyAnswer("q3", "X", ("a", "b"), (0.0, 0.0))]
+    answers = [
+        SurveyAnswer("q1", "X", ("a", "b", "c"), (0.2, 0.5, 0.31)),
+        SurveyAnswer("q2", "X", ("a", "b"), (0.5, 0.5)),
+        SurveyAnswer("q3", "X", ("a", "b"), (0.0, 0.0)),
+    ]
     claims, excluded = build_claims(answers, seed=1)
     positive = next(c for c in claims if c.label == 1)
     assert (positive.question_id, positive.option_index) == ("q1", 1)
@@ -86,7 +100,10 @@ def test_negative_choice_is_seeded_and_independent_of_other_countries(sample):
 
 
 def test_groups_without_distribution_are_excluded_and_reported():
-    answers = [SurveyAnswer("q1", "X", ("a", "b", "c"), None), SurveyAnswer("q2", "X", ("a", "b"), (0.3, 0.7))]
+    answers = [
+        SurveyAnswer("q1", "X", ("a", "b", "c"), None),
+        SurveyAnswer("q2", "X", ("a", "b"), (0.3, 0.7)),
+    ]
     claims, excluded = build_claims(answers, seed=1)
     assert [c.question_id for c in claims] == ["q2", "q2"]
     assert [(q, c) for q, c, _ in excluded] == [("q1", "X")]
@@ -115,7 +132,9 @@ def test_every_country_gets_the_same_questions(sample, sample_claims, variant):
 
 def test_no_question_in_both_train_and_test(sample, sample_claims):
     for country in sample.countries:
-        by_split = questions_by_split(split_of(sample_claims, question_order(sample), country, "all", SplitRules()))
+        by_split = questions_by_split(
+            split_of(sample_claims, question_order(sample), country, "all", SplitRules())
+        )
         assert not set(by_split["train"]) & set(by_split["test"])
 
 
@@ -129,7 +148,9 @@ def test_same_seed_same_split_other_seed_other_split(sample, sample_claims):
 
 
 def test_splits_are_balanced_whole_groups_within_caps(sample, sample_claims):
-    rows = split_of(sample_claims, question_order(sample), "Dunmere", "all", SplitRules(train_cap=13, test_cap=6))
+    rows = split_of(
+        sample_claims, question_order(sample), "Dunmere", "all", SplitRules(train_cap=13, test_cap=6)
+    )
     for split, cap in (("train", 13), ("test", 6)):
         part = [r for r in rows if r.split == split]
         assert len(part) <= cap and len(part) % 2 == 0
@@ -144,12 +165,19 @@ def test_binary_variant_keeps_two_option_questions_only(sample, sample_claims):
 
 def test_sample_split_sizes(sample, sample_claims):
     sizes = Counter(
-        (r.variant, r.split) for r in split_of(sample_claims, question_order(sample), "Aldoria", "all", SplitRules())
+        (r.variant, r.split)
+        for r in split_of(sample_claims, question_order(sample), "Aldoria", "all", SplitRules())
     ) + Counter(
-        (r.variant, r.split) for r in split_of(sample_claims, question_order(sample), "Aldoria", "binary", SplitRules())
+        (r.variant, r.split)
+        for r in split_of(sample_claims, question_order(sample), "Aldoria", "binary", SplitRules())
     )
     # 32 questions (14 with two options); 75% of questions may go to train.
-    assert sizes == {("all", "train"): 48, ("all", "test"): 16, ("binary", "train"): 20, ("binary", "test"): 8}
+    assert sizes == {
+        ("all", "train"): 48,
+        ("all", "test"): 16,
+        ("binary", "train"): 20,
+        ("binary", "test"): 8,
+    }
 
 
 def test_real_data_split_sizes_and_shared_questions(real_wide_csv):

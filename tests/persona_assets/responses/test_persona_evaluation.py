@@ -23,21 +23,33 @@ def test_the_chain_runs_in_the_main_run_and_every_judgment_is_schema_valid(sampl
     assert sample_run.returncode == 0, sample_run.stderr[-3000:]
     home = sample_run.home
     judgments = frame(home, "select * from judging.judgments")
-    assert judgments.height > 0 and judgments["failure"].null_count() == judgments.height  # constrained: none failed
+    assert (
+        judgments.height > 0 and judgments["failure"].null_count() == judgments.height
+    )  # constrained: none failed
     assert judgments["score"].is_between(1, 5).all()
     comparisons = frame(home, "select * from judging.pairwise_comparisons")
     assert comparisons.height > 0
-    assert comparisons["reply_agent_first"].null_count() == 0 and comparisons["reply_baseline_first"].null_count() == 0
+    assert (
+        comparisons["reply_agent_first"].null_count() == 0
+        and comparisons["reply_baseline_first"].null_count() == 0
+    )
     assert set(comparisons["outcome"]) <= {"agent", "baseline", "tie", "inconsistent"}
     # the same samples for both systems: every (item, setting, sample) answered once by each
     responses = frame(home, "select * from responses.task_responses")
-    per_system = responses.group_by("item_id", "setting", "sample").agg(pl.col("system").sort().alias("systems"))
+    per_system = responses.group_by("item_id", "setting", "sample").agg(
+        pl.col("system").sort().alias("systems")
+    )
     assert per_system["systems"].to_list() == [["agent", "baseline"]] * per_system.height
     assert comparisons.height == per_system.height
     items = frame(home, "select * from responses.evaluation_items")
     assert set(items["task"]) == {"trait", "completion", "monologue"}
-    assert (items["reference"].str.strip_chars().str.len_chars() > 0).all()  # every judged item has its reference
-    screenings = frame(home, "select agent, trait, count(*) filter (where kept) as kept from traits.trait_screenings group by all")
+    assert (
+        items["reference"].str.strip_chars().str.len_chars() > 0
+    ).all()  # every judged item has its reference
+    screenings = frame(
+        home,
+        "select agent, trait, count(*) filter (where kept) as kept from traits.trait_screenings group by all",
+    )
     assert screenings["kept"].max() <= 3  # the embedded profile's cap
     summary = frame(home, "select * from judging.judging_summary where scope = 'task'")
     assert set(summary["task"]) == {"trait", "completion", "monologue"}
@@ -46,12 +58,20 @@ def test_the_chain_runs_in_the_main_run_and_every_judgment_is_schema_valid(sampl
 
 @pytest.mark.slow
 def test_a_judgment_row_reaches_the_transcript_rows(sample_run):
-    (row_id,) = frame(sample_run.home, "select row_id from judging.judgments where task = 'monologue' limit 1").row(0)
+    (row_id,) = frame(
+        sample_run.home, "select row_id from judging.judgments where task = 'monologue' limit 1"
+    ).row(0)
     with duckdb.connect(str(sample_run.home / "warehouse.duckdb"), read_only=True) as con:
         nodes = lineage_graph(con, "judging.judgments", row_id)
     tables = {ref.split(":")[0] for ref in nodes}
-    assert {"responses.task_responses", "responses.evaluation_items", "traits.monologue_prompts", "agents.monologues",
-            "agents.board_turns", "agents.lora_adapters"} <= tables
+    assert {
+        "responses.task_responses",
+        "responses.evaluation_items",
+        "traits.monologue_prompts",
+        "agents.monologues",
+        "agents.board_turns",
+        "agents.lora_adapters",
+    } <= tables
     assert any(ref.startswith("file:") for node in nodes.values() for ref in node.inputs)
 
 
@@ -62,7 +82,9 @@ def test_the_judge_failure_rate_check_holds_the_threshold(monkeypatch):
     monkeypatch.setenv("PERSONA_JUDGE_MAX_FAILURE_RATE", "0.25")
     result = judgments_failure_rate(rows)
     assert result.passed and result.metadata["judge_failures"].value == 1
-    pairs = pl.DataFrame({"failure_agent_first": [None, None], "failure_baseline_first": [None, "schema: winner"]})
+    pairs = pl.DataFrame(
+        {"failure_agent_first": [None, None], "failure_baseline_first": [None, "schema: winner"]}
+    )
     assert not pairwise_failure_rate(pairs).passed  # 1 of 2 pairs: a pair fails when either order failed
 
 
@@ -73,19 +95,37 @@ def test_reviewed_probe_questions_change_the_evaluation_items_and_show_in_lineag
     assert first.returncode == 0, first.stderr[-3000:]
     before = frame(tmp_path, "select row_id, question from traits.probe_questions order by row_id")
     typed = "e\nWhat did the facilities vote teach you?\nd\nq\n"
-    result = subprocess.run([PERSONA, "review-questions", "--kind", "traits"], input=typed, text=True, capture_output=True,
-                            env={**os.environ, "PERSONA_HOME": str(tmp_path)}, timeout=300)
+    result = subprocess.run(
+        [PERSONA, "review-questions", "--kind", "traits"],
+        input=typed,
+        text=True,
+        capture_output=True,
+        env={**os.environ, "PERSONA_HOME": str(tmp_path)},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert f"[1/{before.height}]" in result.stdout and "2 reviewed in this session" in result.stdout
-    again = persona(tmp_path, "run", "--select", 'key:"traits/probe_questions" or key:"responses/evaluation_items"')
+    again = persona(
+        tmp_path, "run", "--select", 'key:"traits/probe_questions" or key:"responses/evaluation_items"'
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     after = frame(tmp_path, "select row_id, question, review from traits.probe_questions order by row_id")
     edited, dropped = before["row_id"][0], before["row_id"][1]
-    assert after.filter(pl.col("row_id") == edited).row(0)[1:] == ("What did the facilities vote teach you?", "edit")
+    assert after.filter(pl.col("row_id") == edited).row(0)[1:] == (
+        "What did the facilities vote teach you?",
+        "edit",
+    )
     assert dropped not in after["row_id"].to_list() and after.height == before.height - 1
-    item = frame(tmp_path, f"select row_id, messages from responses.evaluation_items where row_id = 'trait/{edited}'")
+    item = frame(
+        tmp_path, f"select row_id, messages from responses.evaluation_items where row_id = 'trait/{edited}'"
+    )
     assert "What did the facilities vote teach you?" in item["messages"][0]
-    assert frame(tmp_path, f"select count(*) as n from responses.evaluation_items where row_id = 'trait/{dropped}'")["n"][0] == 0
+    assert (
+        frame(
+            tmp_path, f"select count(*) as n from responses.evaluation_items where row_id = 'trait/{dropped}'"
+        )["n"][0]
+        == 0
+    )
     with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
         nodes = lineage_graph(con, "responses.evaluation_items", f"trait/{edited}")
     assert any(ref.startswith("traits.question_reviews:") for ref in nodes)

@@ -30,8 +30,11 @@ def screener(relevant, calls):
             if verdict is None:
                 out.append(("garbage", Parsed(None, "not JSON")))
             else:
-                out.append(("{}", Parsed({"relevant": verdict, "summary": f"{trait} {chunk.chunk_id}"}, None)))
+                out.append(
+                    ("{}", Parsed({"relevant": verdict, "summary": f"{trait} {chunk.chunk_id}"}, None))
+                )
         return out
+
     return screen
 
 
@@ -47,9 +50,15 @@ def test_the_cap_holds_and_screening_stops_once_it_is_reached():
 def test_rounds_continue_until_enough_relevant_items_or_no_chunks():
     chunks = monologue_chunks([(f"a/m/{i}", f"text {i}") for i in range(30)], 200)
     # belief: every third chunk relevant; memory: none; personality: every chunk, but some replies fail
-    rule = {"belief": lambda i: i % 3 == 0, "memory": lambda i: False, "personality": lambda i: None if i % 4 == 0 else True}
+    rule = {
+        "belief": lambda i: i % 3 == 0,
+        "memory": lambda i: False,
+        "personality": lambda i: None if i % 4 == 0 else True,
+    }
     calls = []
-    made = screen_until_cap(chunks, TRAITS, 4, screener(lambda t, c: rule[t](int(c.monologue_id.split("/")[-1])), calls))
+    made = screen_until_cap(
+        chunks, TRAITS, 4, screener(lambda t, c: rule[t](int(c.monologue_id.split("/")[-1])), calls)
+    )
     belief = kept(made["belief"], 4)
     assert [s.chunk.monologue_id for s in belief] == ["a/m/0", "a/m/3", "a/m/6", "a/m/9"]
     assert len(made["memory"]) == 30 and kept(made["memory"], 4) == []  # screened everything, found nothing

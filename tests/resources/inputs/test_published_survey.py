@@ -5,7 +5,12 @@ from collections import Counter
 import duckdb
 import pytest
 
-from persona_platform.benchmarks.survey_generator import expected_cells, generate_survey, write_flat_json, write_hf_csv
+from persona_platform.benchmarks.survey_generator import (
+    expected_cells,
+    generate_survey,
+    write_flat_json,
+    write_hf_csv,
+)
 from persona_platform.resources.inputs.survey import read_survey
 from tests.conftest import persona
 
@@ -20,7 +25,10 @@ def survey():
 def test_the_slice_holds_every_quirk(survey, tmp_path):
     cells = expected_cells(survey)
     assert {"usable", "no_answers", "tied"} == {outcome for outcome, _ in cells.values()}
-    assert any(any(isinstance(o, float) for o in q.options) and any(isinstance(o, str) for o in q.options) for q in survey)
+    assert any(
+        any(isinstance(o, float) for o in q.options) and any(isinstance(o, str) for o in q.options)
+        for q in survey
+    )
     assert max(len(q.options) for q in survey) > 10
     texts = Counter(q.question for q in survey)
     assert any(n > 1 for n in texts.values())  # one text, two option lists
@@ -28,7 +36,8 @@ def test_the_slice_holds_every_quirk(survey, tmp_path):
     assert any(not q.question.isascii() for q in survey)
     assert any(abs(sum(s) - 1) > 1e-3 and sum(s) > 0 for q in survey for s in q.selections.values())
     assert {"Bosnia and Herzegovina", "Côte d'Ivoire", "Great Britain", "Congo (Kinshasa)"} <= {
-        c for q in survey for c in q.selections}
+        c for q in survey for c in q.selections
+    }
 
 
 @pytest.mark.parametrize("writer", [write_hf_csv, write_flat_json], ids=["hf_csv", "flat_json"])
@@ -46,10 +55,16 @@ def test_every_country_through_the_opinions_group(survey, tmp_path, writer):
     assert result.returncode == 0, result.stderr
     cells = expected_cells(survey)
     with duckdb.connect(str(tmp_path / "home" / "warehouse.duckdb"), read_only=True) as con:
-        rows = con.execute("SELECT question, options, country_name, usable, unusable_reason, question_id, country "
-                           "FROM opinions.goqa_survey").fetchall()
-        positives = con.execute("SELECT question_id, country, option_index FROM opinions.goqa_claims WHERE label = 1").fetchall()
-        groups = con.execute("SELECT count(*), sum(label) FROM opinions.goqa_claims GROUP BY question_id, country").fetchall()
+        rows = con.execute(
+            "SELECT question, options, country_name, usable, unusable_reason, question_id, country "
+            "FROM opinions.goqa_survey"
+        ).fetchall()
+        positives = con.execute(
+            "SELECT question_id, country, option_index FROM opinions.goqa_claims WHERE label = 1"
+        ).fetchall()
+        groups = con.execute(
+            "SELECT count(*), sum(label) FROM opinions.goqa_claims GROUP BY question_id, country"
+        ).fetchall()
         countries = dict(con.execute("SELECT country, country_name FROM opinions.goqa_countries").fetchall())
     # Every record is in the survey table; usable exactly where the numbers allow a claim, the reason otherwise.
     assert len(rows) == len(cells)
@@ -69,8 +84,15 @@ def test_every_country_through_the_opinions_group(survey, tmp_path, writer):
 @pytest.mark.slow
 def test_countries_by_name_with_spaces_accents_and_parentheses(survey, tmp_path):
     path = write_hf_csv(survey, tmp_path / "survey.csv")
-    result = persona(tmp_path / "home", "run", "--countries", "Côte d'Ivoire,Congo (Kinshasa)",
-                     "--select", 'key:"opinions/goqa_survey"', source=path)
+    result = persona(
+        tmp_path / "home",
+        "run",
+        "--countries",
+        "Côte d'Ivoire,Congo (Kinshasa)",
+        "--select",
+        'key:"opinions/goqa_survey"',
+        source=path,
+    )
     assert result.returncode == 0, result.stderr
     with duckdb.connect(str(tmp_path / "home" / "warehouse.duckdb"), read_only=True) as con:
         written = {r[0] for r in con.execute("SELECT DISTINCT country FROM opinions.goqa_survey").fetchall()}
@@ -83,7 +105,9 @@ def test_the_usable_rows_check_warns_and_counts_by_reason():
 
     from persona_platform.persona_assets.opinions.checks import survey_rows_usable
 
-    survey = pl.DataFrame({"usable": [True, False, False, False], "unusable_reason": [None, "tied", "no_answers", "tied"]})
+    survey = pl.DataFrame(
+        {"usable": [True, False, False, False], "unusable_reason": [None, "tied", "no_answers", "tied"]}
+    )
     result = survey_rows_usable(goqa_survey=survey)
     assert not result.passed and result.severity == AssetCheckSeverity.WARN
     assert result.metadata["unusable_by_reason"].value == {"no_answers": 1, "tied": 2}

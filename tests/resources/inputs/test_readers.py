@@ -18,7 +18,9 @@ from tests.survey_files import mean_position, write_flat_json, write_wide_csv
 HF_HEADER = "question,selections,options,source\n"
 
 
-def hf_row(question="Q?", selections="defaultdict(<class 'list'>, {'Aldoria': [0.6, 0.4]})", options="['Yes', 'No']"):
+def hf_row(
+    question="Q?", selections="defaultdict(<class 'list'>, {'Aldoria': [0.6, 0.4]})", options="['Yes', 'No']"
+):
     return f'"{question}","{selections}","{options}",test\n'
 
 
@@ -121,11 +123,21 @@ def test_missing_column(tmp_path):
 
 def test_distribution_length_differs_from_options(tmp_path):
     row = hf_row(selections="defaultdict(<class 'list'>, {'Aldoria': [0.5, 0.3, 0.2]})")
-    assert_error(write(tmp_path, HF_HEADER + hf_row() .replace("Q?", "Other?") + row), 3, "selections['Aldoria']", "3 probabilities for 2 options")
+    assert_error(
+        write(tmp_path, HF_HEADER + hf_row().replace("Q?", "Other?") + row),
+        3,
+        "selections['Aldoria']",
+        "3 probabilities for 2 options",
+    )
 
 
 def test_empty_selection(tmp_path):
-    assert_error(write(tmp_path, HF_HEADER + hf_row(selections="defaultdict(<class 'list'>, {})")), 2, "selections", "empty selection")
+    assert_error(
+        write(tmp_path, HF_HEADER + hf_row(selections="defaultdict(<class 'list'>, {})")),
+        2,
+        "selections",
+        "empty selection",
+    )
 
 
 def test_empty_country_list(tmp_path):
@@ -153,26 +165,42 @@ def write_hf(tmp_path, *rows):
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["question", "selections", "options", "source"])
-        writer.writerows([q, f"defaultdict(<class 'list'>, {sel!r})", repr(opts), "x"] for q, sel, opts in rows)
+        writer.writerows(
+            [q, f"defaultdict(<class 'list'>, {sel!r})", repr(opts), "x"] for q, sel, opts in rows
+        )
     return path
 
 
 def test_country_names_dagster_refuses_get_a_key_and_keep_their_name(tmp_path):
     selections = {"A|B": [0.6, 0.4], "Korea, South": [0.3, 0.7], "Côte d'Ivoire": [0.2, 0.8]}
     source = read_survey(write_hf(tmp_path, ("Q?", selections, ["Yes", "No"])))
-    assert source.country_names == {"A/B": "A|B", "Côte d'Ivoire": "Côte d'Ivoire", "Korea; South": "Korea, South"}
+    assert source.country_names == {
+        "A/B": "A|B",
+        "Côte d'Ivoire": "Côte d'Ivoire",
+        "Korea; South": "Korea, South",
+    }
     assert [r.country_name for r in source.records_for("Korea; South")] == ["Korea, South"]
 
 
 def test_country_key_is_stable_and_valid_for_dagster():
     from dagster import MultiPartitionsDefinition, StaticPartitionsDefinition
 
-    names = ["Bosnia and Herzegovina", "Côte d'Ivoire", "Great Britain", "Congo (Kinshasa)", "x...y", "a[1]", "tab\there"]
+    names = [
+        "Bosnia and Herzegovina",
+        "Côte d'Ivoire",
+        "Great Britain",
+        "Congo (Kinshasa)",
+        "x...y",
+        "a[1]",
+        "tab\there",
+    ]
     keys = [country_key(n) for n in names]
     assert keys[:4] == names[:4]
     assert keys[4:] == ["x\u2026y", "a(1)", "tab here"]
     assert country_key("Co\u0302te  d'Ivoire ") == "Côte d'Ivoire"  # decomposed accent, double space
-    MultiPartitionsDefinition({"agent": StaticPartitionsDefinition(["a"]), "country": StaticPartitionsDefinition(keys)})
+    MultiPartitionsDefinition(
+        {"agent": StaticPartitionsDefinition(["a"]), "country": StaticPartitionsDefinition(keys)}
+    )
 
 
 def test_two_names_with_one_key_are_refused(tmp_path):
@@ -182,10 +210,18 @@ def test_two_names_with_one_key_are_refused(tmp_path):
 
 def test_options_may_mix_text_and_numbers_in_every_format(tmp_path):
     ladder = "['Not important at all', 1.0, 2, 3.5, 'Very important']"
-    row = hf_row(selections="defaultdict(<class 'list'>, {'Aldoria': [0.1, 0.2, 0.3, 0.3, 0.1]})", options=ladder)
+    row = hf_row(
+        selections="defaultdict(<class 'list'>, {'Aldoria': [0.1, 0.2, 0.3, 0.3, 0.1]})", options=ladder
+    )
     hf = read_survey(write(tmp_path, HF_HEADER + row))
-    items = [{"country": "Aldoria", "question": "Q?", "options": ["Not important at all", 1.0, 2, 3.5, "Very important"],
-              "distribution": [0.1, 0.2, 0.3, 0.3, 0.1]}]
+    items = [
+        {
+            "country": "Aldoria",
+            "question": "Q?",
+            "options": ["Not important at all", 1.0, 2, 3.5, "Very important"],
+            "distribution": [0.1, 0.2, 0.3, 0.3, 0.1],
+        }
+    ]
     flat = read_survey(write(tmp_path, json.dumps(items), "s.json"))
     wide = read_survey(write(tmp_path, 'Country,"Q?\nA. 1.0\nB. 2\nC. 3.50\n"\nAldoria,0.4\n'))
     expected = ("Not important at all", "1", "2", "3.5", "Very important")
@@ -195,13 +231,22 @@ def test_options_may_mix_text_and_numbers_in_every_format(tmp_path):
         assert record.source_options == ("Not important at all", "1.0", "2", "3.5", "Very important")
     assert hf.records[0].options == flat.records[0].options
     assert question_id("Q?", hf.records[0].options) == question_id("Q?", flat.records[0].options)
-    assert wide.records[0].options == ("1", "2", "3.5") and wide.records[0].source_options == ("1.0", "2", "3.50")
+    assert wide.records[0].options == ("1", "2", "3.5") and wide.records[0].source_options == (
+        "1.0",
+        "2",
+        "3.50",
+    )
 
 
 def test_zero_and_off_one_distributions_are_read_as_written(tmp_path):
-    row = hf_row(selections="defaultdict(<class 'list'>, {'Aldoria': [0.0, 0.0], 'Borvania': [0.504, 0.504]})")
+    row = hf_row(
+        selections="defaultdict(<class 'list'>, {'Aldoria': [0.0, 0.0], 'Borvania': [0.504, 0.504]})"
+    )
     source = read_survey(write(tmp_path, HF_HEADER + row))
-    assert {r.country: r.distribution for r in source.records} == {"Aldoria": (0.0, 0.0), "Borvania": (0.504, 0.504)}
+    assert {r.country: r.distribution for r in source.records} == {
+        "Aldoria": (0.0, 0.0),
+        "Borvania": (0.504, 0.504),
+    }
 
 
 def test_text_with_newlines_quotes_and_accents_survives_csv(tmp_path):
@@ -212,7 +257,12 @@ def test_text_with_newlines_quotes_and_accents_survives_csv(tmp_path):
 
 @pytest.mark.parametrize("options", ["[None, 'b']", "[['a'], 'b']", "[True, 'b']", "[]"])
 def test_options_that_are_neither_text_nor_numbers_are_malformed(tmp_path, options):
-    assert_error(write(tmp_path, HF_HEADER + hf_row(options=options)), 2, "options", "texts or numbers" if options == "[]" else "text or a finite number")
+    assert_error(
+        write(tmp_path, HF_HEADER + hf_row(options=options)),
+        2,
+        "options",
+        "texts or numbers" if options == "[]" else "text or a finite number",
+    )
 
 
 def test_non_numeric_share_in_json_is_malformed(tmp_path):
@@ -246,7 +296,9 @@ def test_json_mismatched_distribution(tmp_path):
         {"country": "Aldoria", "question": "Q?", "options": ["a", "b"], "distribution": [0.5, 0.5]},
         {"country": "Aldoria", "question": "R?", "options": ["a", "b"], "distribution": [1.0]},
     ]
-    assert_error(write(tmp_path, json.dumps(items), "bad.json"), 2, "distribution", "1 probabilities for 2 options")
+    assert_error(
+        write(tmp_path, json.dumps(items), "bad.json"), 2, "distribution", "1 probabilities for 2 options"
+    )
 
 
 def test_wide_csv_wrong_type(tmp_path):

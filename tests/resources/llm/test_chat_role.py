@@ -20,6 +20,7 @@ from tests.conftest import local_resources
 
 SECRET = "sk-test-never-log-me"
 
+
 @pytest.fixture
 def server():
     FakeChatServer.calls, FakeChatServer.replies = [], ["True", "False", "I think so"]
@@ -32,7 +33,9 @@ def server():
 
 def chat_role(server, tmp_path, model="judge-7b"):
     """The chat_llm resource the code location builds from these settings."""
-    settings = load_settings({"PERSONA_HOME": str(tmp_path), "PERSONA_CHAT_BASE_URL": server, "PERSONA_CHAT_MODEL": model})
+    settings = load_settings(
+        {"PERSONA_HOME": str(tmp_path), "PERSONA_CHAT_BASE_URL": server, "PERSONA_CHAT_MODEL": model}
+    )
     return role_resources(settings)["chat_llm"]
 
 
@@ -44,9 +47,17 @@ def test_zero_shot_chat_through_the_api(server, tmp_path, monkeypatch, tiny_llm)
     assert (chat_llm.backend, chat_llm.model, chat_llm.base_url) == ("openai", "judge-7b", server)
     resources = local_resources(tmp_path, tiny_llm, chat_llm=chat_llm)
     instance = DagsterInstance.ephemeral()
-    assert materialize(ALL_ASSETS, resources=resources, instance=instance, selection=[AssetKey(["opinions", "goqa_questions"])]).success
+    assert materialize(
+        ALL_ASSETS,
+        resources=resources,
+        instance=instance,
+        selection=[AssetKey(["opinions", "goqa_questions"])],
+    ).success
     result = materialize(
-        ALL_ASSETS, resources=resources, instance=instance, partition_key="Caldera",
+        ALL_ASSETS,
+        resources=resources,
+        instance=instance,
+        partition_key="Caldera",
         selection=[AssetKey(["opinions", k]) for k in ("goqa_survey", "goqa_claims", "goqa_splits")]
         + [AssetKey(["elicitation", "zero_shot_chat_predictions"])],
         run_config={"ops": {"elicitation__zero_shot_chat_predictions": {"config": {"repeats": 2}}}},
@@ -57,15 +68,23 @@ def test_zero_shot_chat_through_the_api(server, tmp_path, monkeypatch, tiny_llm)
     assert len(FakeChatServer.calls) == 2 * distinct_claims + 1  # two repeats, one retry after the 429
     assert set(rows["method"]) == {"zero_shot_chat"} and set(rows["repeat"]) == {0, 1}
     bodies = [c["body"] for c in FakeChatServer.calls]
-    assert all(b["messages"][0]["content"].endswith("Answer:") and "Caldera" in b["messages"][0]["content"] for b in bodies)
-    assert all(c["path"] == "/v1/chat/completions" and c["auth"] == f"Bearer {SECRET}" for c in FakeChatServer.calls)
+    assert all(
+        b["messages"][0]["content"].endswith("Answer:") and "Caldera" in b["messages"][0]["content"]
+        for b in bodies
+    )
+    assert all(
+        c["path"] == "/v1/chat/completions" and c["auth"] == f"Bearer {SECRET}" for c in FakeChatServer.calls
+    )
     assert {b["temperature"] for b in bodies} == {0} and {b["model"] for b in bodies} == {"judge-7b"}
     assert set(rows["answered_by"]) == {"api:judge-7b"}
     failed = rows.filter(pl.col("parse_failed"))
     assert failed.height > 0 and failed["predicted_label"].null_count() == failed.height
     assert set(failed["reply"]) == {"I think so"}
-    metadata = next(e for e in result.get_asset_materialization_events()
-                    if e.asset_key == AssetKey(["elicitation", "zero_shot_chat_predictions"])).materialization.metadata
+    metadata = next(
+        e
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == AssetKey(["elicitation", "zero_shot_chat_predictions"])
+    ).materialization.metadata
     assert metadata["parse_failures"].value == failed.height
     assert metadata["answered_by"].value == "api:judge-7b" and metadata["repeats"].value == 2
     assert SECRET not in str(metadata) and SECRET not in str(rows.to_dicts())

@@ -4,7 +4,7 @@ import torch
 from persona_platform.resources.llm import GenerateRequest, LoglikelihoodRequest, ScoreRequest
 
 PROMPTS = [
-    "### COUNTRY OPINION DATABASE: ALDORIA ###\nQ: \"Should schools teach a second language?\" | Op: \"Yes\" | Is Most Popular Opinion in Aldoria:",
+    '### COUNTRY OPINION DATABASE: ALDORIA ###\nQ: "Should schools teach a second language?" | Op: "Yes" | Is Most Popular Opinion in Aldoria:',
     "Should voting be compulsory?",
     "How important is religion in your life? Answer:",
     "x",
@@ -38,11 +38,15 @@ def test_batched_equals_unbatched(tiny_engine):
     requests = [ScoreRequest(p, CANDIDATES) for p in PROMPTS]
     batched = tiny_engine.score(requests)
     one_by_one = [tiny_engine.score([r])[0] for r in requests]
-    assert [v for row in batched for v in row] == pytest.approx([v for row in one_by_one for v in row], abs=1e-5)
+    assert [v for row in batched for v in row] == pytest.approx(
+        [v for row in one_by_one for v in row], abs=1e-5
+    )
 
 
 def test_one_forward_pass_for_a_batch_of_single_token_candidates(tiny_engine):
-    single = tuple(c for c in CANDIDATES if len(tiny_engine.tokenizer(c, add_special_tokens=False)["input_ids"]) == 1)
+    single = tuple(
+        c for c in CANDIDATES if len(tiny_engine.tokenizer(c, add_special_tokens=False)["input_ids"]) == 1
+    )
     if not single:
         pytest.skip("no single-token candidate in this tokenizer")
     before = tiny_engine.usage.snapshot()
@@ -57,7 +61,9 @@ def test_loglikelihood_counts_only_masked_tokens_and_agrees_with_score(tiny_engi
     result = tiny_engine.loglikelihood([LoglikelihoodRequest(((context, False), (answer, True)))])[0]
     n_answer = len(tiny_engine.tokenizer(answer, add_special_tokens=False)["input_ids"])
     assert result.n_counted == n_answer
-    assert result.total == pytest.approx(tiny_engine.score([ScoreRequest(context, (answer,))])[0][0], abs=1e-5)
+    assert result.total == pytest.approx(
+        tiny_engine.score([ScoreRequest(context, (answer,))])[0][0], abs=1e-5
+    )
 
 
 def test_greedy_generation_is_deterministic_and_batch_independent(tiny_engine):
@@ -85,8 +91,8 @@ def test_unknown_model_path_is_a_clear_error(tmp_path):
 def test_tiny_model_is_built_deterministically(tmp_path):
     import hashlib
 
+    from persona_platform.resources.llm.tiny import _build, corpus_files
     from persona_platform.resources.settings import DATA_DIR
-    from persona_platform.resources.llm.tiny import corpus_files, _build
 
     digests = []
     for name in ("a", "b"):

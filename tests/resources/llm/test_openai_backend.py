@@ -54,18 +54,37 @@ class Server(BaseHTTPRequestHandler):
     def _payload(self, body):
         if self.path.endswith("/chat/completions"):
             message = {"role": "assistant", "content": type(self).answer(body)}
-            return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+            return {
+                "id": "c",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            }
         if body.get("echo"):
             # A character-level "tokenizer": token i is the prompt's i-th character, log-probability -(i+1)/10.
             text = body["prompt"]
-            logprobs = {"tokens": list(text), "text_offset": list(range(len(text))),
-                        "token_logprobs": [None] + [-(i + 1) / 10 for i in range(1, len(text))], "top_logprobs": None}
-            choice = {"index": 0, "text": text, "finish_reason": "length",
-                      "logprobs": logprobs if type(self).logprobs else None}
+            logprobs = {
+                "tokens": list(text),
+                "text_offset": list(range(len(text))),
+                "token_logprobs": [None] + [-(i + 1) / 10 for i in range(1, len(text))],
+                "top_logprobs": None,
+            }
+            choice = {
+                "index": 0,
+                "text": text,
+                "finish_reason": "length",
+                "logprobs": logprobs if type(self).logprobs else None,
+            }
         else:
             choice = {"index": 0, "text": type(self).answer(body), "finish_reason": "stop", "logprobs": None}
-        return {"id": "t", "object": "text_completion", "created": 0, "model": body["model"], "choices": [choice]}
+        return {
+            "id": "t",
+            "object": "text_completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [choice],
+        }
 
     def _send(self, status, data):
         self.send_response(status)
@@ -111,19 +130,39 @@ def test_it_gives_up_after_the_retries_and_does_not_retry_a_client_error(server)
 
 
 def test_json_schema_sampling_adapters_and_the_key_only_in_the_header(server):
-    schema = json.dumps({"type": "object", "properties": {"score": {"type": "integer"}}, "required": ["score"]})
+    schema = json.dumps(
+        {"type": "object", "properties": {"score": {"type": "integer"}}, "required": ["score"]}
+    )
     Server.answer = staticmethod(lambda body: '{"score": 3}')
     the_engine = engine(server)
-    replies = the_engine.generate([
-        GenerateRequest(ChatPrompt((("user", "judge"),)), max_new_tokens=20, temperature=0.7, top_p=0.9, top_k=50,
-                        repetition_penalty=1.2, seed=4, json_schema=schema),
-        GenerateRequest("Once upon", max_new_tokens=5, adapter="marisolvega"),
-    ])
+    replies = the_engine.generate(
+        [
+            GenerateRequest(
+                ChatPrompt((("user", "judge"),)),
+                max_new_tokens=20,
+                temperature=0.7,
+                top_p=0.9,
+                top_k=50,
+                repetition_penalty=1.2,
+                seed=4,
+                json_schema=schema,
+            ),
+            GenerateRequest("Once upon", max_new_tokens=5, adapter="marisolvega"),
+        ]
+    )
     assert replies == ['{"score": 3}', '{"score": 3}']
     chat = next(c["body"] for c in Server.calls if c["path"].endswith("/chat/completions"))
-    assert chat["response_format"] == {"type": "json_schema",
-                                       "json_schema": {"name": "reply", "schema": json.loads(schema), "strict": True}}
-    assert (chat["temperature"], chat["top_p"], chat["top_k"], chat["repetition_penalty"], chat["seed"]) == (0.7, 0.9, 50, 1.2, 4)
+    assert chat["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "reply", "schema": json.loads(schema), "strict": True},
+    }
+    assert (chat["temperature"], chat["top_p"], chat["top_k"], chat["repetition_penalty"], chat["seed"]) == (
+        0.7,
+        0.9,
+        50,
+        1.2,
+        4,
+    )
     text = next(c["body"] for c in Server.calls if c["path"].endswith("/v1/completions"))
     assert text["model"] == "marisolvega" and text["prompt"] == "Once upon"  # an adapter is a served model
     assert {c["auth"] for c in Server.calls} == {f"Bearer {SECRET}"}
@@ -157,11 +196,30 @@ def test_no_more_calls_in_flight_than_the_limit(server):
 
 def test_a_judge_served_by_an_api_judges_both_orders_through_the_resource(server, tmp_path):
     Server.answer = staticmethod(lambda body: json.dumps({"justification": "closer", "winner": "A"}))
-    resource = LLMResource(model="judge-70b", backend="openai", base_url=server, models_dir=str(tmp_path),
-                           corpus_dir=str(tmp_path), max_retries=1)
-    item = Item("monologue/a/m/1", "monologue", None, "Interviewer: why?", "Because of the data.", "the monologue")
-    responses = [{"row_id": f"r/{s}", "agent": "a", "item_id": item.item_id, "task": "monologue", "system": s,
-                  "setting": "T1", "sample": 0, "response": f"{s} says"} for s in ("agent", "baseline")]
+    resource = LLMResource(
+        model="judge-70b",
+        backend="openai",
+        base_url=server,
+        models_dir=str(tmp_path),
+        corpus_dir=str(tmp_path),
+        max_retries=1,
+    )
+    item = Item(
+        "monologue/a/m/1", "monologue", None, "Interviewer: why?", "Because of the data.", "the monologue"
+    )
+    responses = [
+        {
+            "row_id": f"r/{s}",
+            "agent": "a",
+            "item_id": item.item_id,
+            "task": "monologue",
+            "system": s,
+            "setting": "T1",
+            "sample": 0,
+            "response": f"{s} says",
+        }
+        for s in ("agent", "baseline")
+    ]
     with resource.metered() as (judge, meter):
         [row] = compare_pairs(judge, {item.item_id: item}, responses, 80)
     assert row["outcome"] == "inconsistent"  # always "A": a position-biased judge is caught

@@ -6,11 +6,17 @@ import duckdb
 import polars as pl
 import pytest
 
+from persona_platform.persona_assets.elicitation.prompts import (
+    CANDIDATES,
+    CHAT_CANDIDATES,
+    chat_messages,
+    few_shot_prompt,
+    zero_shot_prompt,
+)
 from persona_platform.persona_assets.instance import EMBEDDED_PROFILE
-from persona_platform.persona_assets.elicitation.prompts import CANDIDATES, CHAT_CANDIDATES, chat_messages, few_shot_prompt, zero_shot_prompt
 from persona_platform.resources.llm import ChatPrompt, ScoreRequest
-from persona_platform.resources.llm.simulated import PlantedSignalEngine, WorldSpec, world_survey
 from persona_platform.resources.llm.resource import LLMResource
+from persona_platform.resources.llm.simulated import PlantedSignalEngine, WorldSpec, world_survey
 from tests.conftest import persona
 
 
@@ -20,7 +26,7 @@ def engine():
 
 
 def margin(engine, prompt) -> float:
-    (lp_true, lp_false), = engine.score([ScoreRequest(prompt, CANDIDATES)])
+    ((lp_true, lp_false),) = engine.score([ScoreRequest(prompt, CANDIDATES)])
     assert math.exp(lp_true) + math.exp(lp_false) == pytest.approx(1.0)
     return lp_true - lp_false
 
@@ -42,7 +48,9 @@ def test_the_anchor_lines_and_other_worlds_carry_no_evidence(engine):
     query = world.claims[0]
     # few_shot_prompt opens with two anchor demonstrations the worlds do not hold
     anchors_only = margin(engine, few_shot_prompt(world.country, [], (query.question, query.option)))
-    assert anchors_only == pytest.approx(margin(engine, zero_shot_prompt(query.question, query.option, world.country)))
+    assert anchors_only == pytest.approx(
+        margin(engine, zero_shot_prompt(query.question, query.option, world.country))
+    )
 
 
 def test_a_claim_outside_its_worlds_is_refused_by_name(engine):
@@ -53,21 +61,32 @@ def test_a_claim_outside_its_worlds_is_refused_by_name(engine):
 def test_chat_prompts_are_answered_zero_shot(engine):
     world = engine.worlds[0]
     claim = world.claims[3]
-    (lp_true, lp_false), = engine.score([ScoreRequest(ChatPrompt(chat_messages(claim.question, claim.option, world.country)),
-                                                      CHAT_CANDIDATES)])
-    assert lp_true - lp_false == pytest.approx(margin(engine, zero_shot_prompt(claim.question, claim.option, world.country)))
+    ((lp_true, lp_false),) = engine.score(
+        [
+            ScoreRequest(
+                ChatPrompt(chat_messages(claim.question, claim.option, world.country)), CHAT_CANDIDATES
+            )
+        ]
+    )
+    assert lp_true - lp_false == pytest.approx(
+        margin(engine, zero_shot_prompt(claim.question, claim.option, world.country))
+    )
 
 
 def test_settings_are_read_from_the_model_name_and_bad_ones_named():
     assert WorldSpec.parse("seed=3, salience=0.5") == WorldSpec(seed=3, salience=0.5)
     with pytest.raises(ValueError, match="unknown field 'salt'"):
         WorldSpec.parse("salt=1")
-    engine = LLMResource(backend="simulated", model="seed=2,questions=4", models_dir="unused", corpus_dir="unused").engine()
+    engine = LLMResource(
+        backend="simulated", model="seed=2,questions=4", models_dir="unused", corpus_dir="unused"
+    ).engine()
     assert engine.model_id.startswith("simulated:seed=2,") and len(engine.worlds[0].claims) == 8
 
 
 def test_worlds_are_seeded():
-    first, again, other = (PlantedSignalEngine(model_id="s", spec=WorldSpec(seed=s)).worlds[0] for s in (1, 1, 2))
+    first, again, other = (
+        PlantedSignalEngine(model_id="s", spec=WorldSpec(seed=s)).worlds[0] for s in (1, 1, 2)
+    )
     assert first == again and first.concepts != other.concepts
 
 
@@ -77,7 +96,7 @@ def test_the_world_survey_makes_exactly_the_worlds_claims():
     survey = world_survey(spec)
     assert len(survey) == 10
     for question, options, selections in survey:
-        (country, shares), = selections.items()
+        ((country, shares),) = selections.items()
         top = options[shares.index(max(shares))]
         world = next(w for w in engine.worlds if w.country == country)
         assert {c.option for c in world.claims if c.question == question and c.gold} == {top}
@@ -90,13 +109,25 @@ def test_the_elicitation_graph_finds_the_planted_signal(tmp_path):
     written = persona(tmp_path, "world", str(survey), "--settings", settings)
     assert written.returncode == 0, written.stderr
     selection = 'group:opinions or group:elicitation or key:"elicitation/accuracy_summary"'
-    result = persona(tmp_path / "home", "run", "--config", str(EMBEDDED_PROFILE), "--select", selection, source=survey,
-                     extra_env={"PERSONA_ENGINE": "simulated", "PERSONA_MODEL": settings})
+    result = persona(
+        tmp_path / "home",
+        "run",
+        "--config",
+        str(EMBEDDED_PROFILE),
+        "--select",
+        selection,
+        source=survey,
+        extra_env={"PERSONA_ENGINE": "simulated", "PERSONA_MODEL": settings},
+    )
     assert result.returncode == 0, result.stderr
     with duckdb.connect(str(tmp_path / "home" / "warehouse.duckdb"), read_only=True) as con:
-        labels = con.sql("SELECT icm_label, label FROM elicitation.icm_labels WHERE icm_label IS NOT NULL").pl()
-        summary = con.sql("SELECT method, mean FROM elicitation.accuracy_summary WHERE scope = 'aggregate' AND headline "
-                          "AND variant = 'all'").pl()
+        labels = con.sql(
+            "SELECT icm_label, label FROM elicitation.icm_labels WHERE icm_label IS NOT NULL"
+        ).pl()
+        summary = con.sql(
+            "SELECT method, mean FROM elicitation.accuracy_summary WHERE scope = 'aggregate' AND headline "
+            "AND variant = 'all'"
+        ).pl()
     assert (labels["icm_label"] == labels["label"]).mean() >= 0.85
     means = dict(summary.iter_rows())
     assert means["icm"] >= 0.9 and means["gold"] >= 0.9 and "zero_shot_chat" not in means

@@ -9,8 +9,10 @@ from persona_platform.persona_assets.judging.rubrics import judgment_schema
 from persona_platform.persona_assets.structured_output import ask_structured
 from persona_platform.resources.llm import ChatPrompt, LoglikelihoodRequest, ScoreRequest
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None or not torch.cuda.is_available(),
-                                reason="vllm and a CUDA GPU are needed (pip install -e '.[gpu]' on a GPU machine)")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None or not torch.cuda.is_available(),
+    reason="vllm and a CUDA GPU are needed (pip install -e '.[gpu]' on a GPU machine)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +23,10 @@ def vllm_engine(tiny_llm):
 
 
 def test_scores_equal_the_transformers_backend(vllm_engine, tiny_engine):
-    requests = [ScoreRequest(("Claim: the budget passes.", " Answer:"), (" True", " False")),
-                ScoreRequest(ChatPrompt((("user", "Vote?"),)), ("Final Vote: Aye", "Final Vote: Naye"))]
+    requests = [
+        ScoreRequest(("Claim: the budget passes.", " Answer:"), (" True", " False")),
+        ScoreRequest(ChatPrompt((("user", "Vote?"),)), ("Final Vote: Aye", "Final Vote: Naye")),
+    ]
     for ours, reference in zip(vllm_engine.score(requests), tiny_engine.score(requests), strict=True):
         assert ours == pytest.approx(reference, abs=1e-3)
     [a] = vllm_engine.loglikelihood([LoglikelihoodRequest((("Some context.", False), (" The reply.", True)))])
