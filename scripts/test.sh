@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Command 2: set up (with the dev extra), then run the test suite.
+# Command 2: set up (with the dev extra), lint, then run the test suite.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/setup.sh" dev
 "$root/scripts/system-deps.sh"
 cd "$root"
+# Lint and format first: a style error fails in seconds, before the suite's minutes.
+"$root/.venv/bin/ruff" check .
+"$root/.venv/bin/ruff" format --check .
 exec "$root/.venv/bin/python" -m pytest "$@"
