@@ -49,9 +49,9 @@ def sample_claims(limit: int) -> list[IcmClaim]:
 
 
 def mean_line_tokens(engine: Engine, claims: list[IcmClaim]) -> float:
-    """Tokens per demonstration line as a prompt holds it (after other text): the counted tokens of a line that
-    follows an empty first segment (which holds only the begin-of-text token). Through the engine, which alone
-    holds the tokenizer; one batched pass over short lines."""
+    """Tokens per demonstration line as a prompt holds it (after other text): the counted tokens of a line
+    that follows an empty first segment (which holds only the begin-of-text token). Through the engine, which
+    alone holds the tokenizer; one batched pass over short lines."""
     lines = [
         DEMO_LINE.format(question=c.question, option=c.option, country=COUNTRY, label=FALSE) for c in claims
     ]
@@ -128,12 +128,14 @@ def markdown(report: dict) -> str:
     lines = [
         f"ICM pool evaluation on `{report['model']}`: tree order with prefix reuse vs naive leave-one-out.",
         "",
-        "| n | L | tree tokens | bound n·L·(log2 n+2) | naive tokens | tree s | naive s | tokens tree/naive | time tree/naive |",
+        "| n | L | tree tokens | bound n·L·(log2 n+2) | naive tokens | tree s | naive s "
+        "| tokens tree/naive | time tree/naive |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         lines.append(
-            f"| {r['n']} | {r['tokens_per_demo']} | {r['tree']['tokens_computed']:,} | {r['bound_tokens']:,} | "
+            f"| {r['n']} | {r['tokens_per_demo']} | {r['tree']['tokens_computed']:,} "
+            f"| {r['bound_tokens']:,} | "
             f"{r['naive']['tokens_computed']:,} | {r['tree']['seconds']} | {r['naive']['seconds']} | "
             f"{r['token_ratio']} | {r['time_ratio']} |"
         )
@@ -141,11 +143,13 @@ def markdown(report: dict) -> str:
         "",
         "What the order changes (same claims, same labels; energy = alpha x mean signed margin under gold):",
         "",
-        "| n | max abs(tree − naive) margin | mean abs(tree − naive) margin | energy tree − naive | sibling right before: tree | naive |",
+        "| n | max abs(tree − naive) margin | mean abs(tree − naive) margin | energy tree − naive "
+        "| sibling right before: tree | naive |",
         "|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['n']} | {r['margin_difference_max']} | {r['margin_difference_mean']} | {r['energy_difference']} "
+        f"| {r['n']} | {r['margin_difference_max']} | {r['margin_difference_mean']} "
+        f"| {r['energy_difference']} "
         f"| {r['tree']['sibling_right_before']:.1%} | {r['naive']['sibling_right_before']:.1%} |"
         for r in report["rows"]
     ]

@@ -44,8 +44,8 @@ WORLDS = 8
 TRAIN_QUESTIONS = 24
 TEST_QUESTIONS = 12
 ITERATIONS = 150
-RECENCIES = (0.5, 1.0)
-RECOVERED = 0.9  # mean agreement with gold at which a cell counts as recovering the truth  # the last demonstration weighs 1.5 or 2 times the first
+RECENCIES = (0.5, 1.0)  # the last demonstration weighs 1.5 or 2 times the first
+RECOVERED = 0.9  # mean agreement with gold at which a cell counts as recovering the truth
 
 
 def world_engine(spec: WorldSpec) -> PlantedSignalEngine:
@@ -193,12 +193,15 @@ def order_comparison(recency: float, worlds: int, iterations: int) -> dict:
 def markdown(report: dict) -> str:
     lines = [
         f"### ICM recovery on the planted-signal engine ({report['train_questions']} train questions, "
-        f"{report['test_questions']} test questions per world, K = {report['iterations']}, {report['seconds']} s)",
+        f"{report['test_questions']} test questions per world, K = {report['iterations']}, "
+        f"{report['seconds']} s)",
         "",
-        "Agreement with gold over train claims (mean over worlds); few-shot = test accuracy with every train claim "
-        "as a demonstration; ICM − argmax = ICM (exactly_one) minus zero-shot + per-question argmax, 95% t interval over worlds.",
+        "Agreement with gold over train claims (mean over worlds); "
+        "few-shot = test accuracy with every train claim as a demonstration; "
+        "ICM − argmax = ICM (exactly_one) minus zero-shot + per-question argmax, 95% t interval over worlds.",
         "",
-        "| salience | strength | worlds | ICM exactly_one | ICM at_most_one | ICM none | zero-shot | zero-shot + argmax | random "
+        "| salience | strength | worlds | ICM exactly_one | ICM at_most_one | ICM none "
+        "| zero-shot | zero-shot + argmax | random "
         "| energy gold | energy ICM | few-shot gold | few-shot ICM | few-shot random | ICM − argmax [95% CI] "
         "| recovers (≥ 0.9) | beats argmax |",
         "|" + "---|" * 17,
@@ -206,14 +209,18 @@ def markdown(report: dict) -> str:
     for c in report["cells"]:
         lo, hi = c["icm_minus_argmax_ci"]
         lines.append(
-            f"| {c['salience']} | {c['strength']} | {c['worlds']} | {c['icm_exactly_one']} | {c['icm_at_most_one']} | {c['icm_none']} "
-            f"| {c['zero_shot']} | {c['zero_shot_argmax']} | {c['random']} | {c['energy_gold']} | {c['energy_icm']} "
-            f"| {c['few_shot_gold']} | {c['few_shot_icm']} | {c['few_shot_random']} | {c['icm_minus_argmax']} [{lo}, {hi}] "
+            f"| {c['salience']} | {c['strength']} | {c['worlds']} "
+            f"| {c['icm_exactly_one']} | {c['icm_at_most_one']} | {c['icm_none']} "
+            f"| {c['zero_shot']} | {c['zero_shot_argmax']} | {c['random']} "
+            f"| {c['energy_gold']} | {c['energy_icm']} "
+            f"| {c['few_shot_gold']} | {c['few_shot_icm']} | {c['few_shot_random']} "
+            f"| {c['icm_minus_argmax']} [{lo}, {hi}] "
             f"| {'yes' if c['icm_recovers'] else 'no'} | {'yes' if c['icm_beats_argmax'] else 'no'} |"
         )
     lines += [
         "",
-        "Tree vs naive pool order, ICM exactly_one, paired by world (a recency-weighted learner, so order changes answers):",
+        "Tree vs naive pool order, ICM exactly_one, paired by world "
+        "(a recency-weighted learner, so order changes answers):",
         "",
         "| recency | worlds | tree | naive | tree − naive | worlds differing | paired t p |",
         "|---|---|---|---|---|---|---|",

@@ -1,7 +1,8 @@
 """Model loads for a full materialization of the sample graph vs the upstream pattern.
 
 Ours: `persona run` of every asset of the sample graph, in a fresh process and home,
-with the embedded run profile; the engine counts its loads and the run prints them. Upstream: one model load per agent x stage x sampling setting (and per country
+with the embedded run profile; the engine counts its loads and the run prints them.
+Upstream: one model load per agent x stage x sampling setting (and per country
 or agent x country for the survey stages), counted on the same graph: every asset
 that computes with a model (pool ``gpu``) costs one load per partition it covers,
 times the sampling settings for the stages that run per setting.
@@ -19,13 +20,15 @@ from pathlib import Path
 
 SUMMARY = re.compile(r"(?P<runs>\d+) of \d+ runs succeeded .*?model loads (?P<loads>\d+)")
 
-# The stages upstream ran once per sampling setting (responses, judging); perplexity loaded every model it compared.
+# The stages upstream ran once per sampling setting (responses, judging); perplexity loaded every model it
+# compared.
 PER_SETTING_STAGES = {"responses__task_responses", "judging__judgments", "judging__pairwise_comparisons"}
 PER_MODEL_STAGES = {"agents__perplexity_matrix"}
 
 
 def upstream_loads(defs, settings: int, agents: int) -> dict[str, int]:
-    """Loads per step (op) that computes with a model: one per partition, times the settings where it ran per setting."""
+    """Loads per step (op) that computes with a model: one per partition, times the settings where it ran
+    per setting."""
     graph = defs.resolve_asset_graph()
     loads = {}
     for key in graph.get_all_asset_keys():
@@ -85,7 +88,8 @@ def markdown(report: dict) -> str:
         "| | model loads |",
         "|---|---|",
         f"| this platform (one process, adapters on one base model) | {report['model_loads_ours']} |",
-        f"| upstream pattern (one per agent x stage x sampling setting) | {report['model_loads_upstream_pattern']} |",
+        "| upstream pattern (one per agent x stage x sampling setting) "
+        f"| {report['model_loads_upstream_pattern']} |",
         f"| ratio | {report['ratio_ours_vs_upstream']} |",
         "",
         "Upstream loads by step:",

@@ -31,7 +31,8 @@ from persona_platform.persona_assets.runner import plan_runs
 runs = plan_runs(defs, AssetSelection.all())
 planned = time.perf_counter()
 from persona_platform.partitions import COUNTRIES, agent_country_partitions
-print(json.dumps({"countries": len(COUNTRIES), "agent_country_partitions": len(agent_country_partitions.get_partition_keys()),
+print(json.dumps({"countries": len(COUNTRIES),
+                  "agent_country_partitions": len(agent_country_partitions.get_partition_keys()),
                   "runs": len(runs), "partitions_planned": sum(r.partition_count or 1 for r in runs),
                   "load_seconds": loaded - started, "plan_seconds": planned - loaded}))
 """
@@ -81,11 +82,13 @@ def markdown(report: dict) -> str:
     lines = [
         "### Definitions load and backfill planning",
         "",
-        "| countries | agent x country partitions | runs planned | partitions planned | load s | plan s | load / sample | plan / sample |",
+        "| countries | agent x country partitions | runs planned | partitions planned "
+        "| load s | plan s | load / sample | plan / sample |",
         "|---|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['countries']} | {r['agent_country_partitions']} | {r['runs']} | {r['partitions_planned']} | {r['load_seconds']} "
+        f"| {r['countries']} | {r['agent_country_partitions']} | {r['runs']} | {r['partitions_planned']} "
+        f"| {r['load_seconds']} "
         f"| {r['plan_seconds']} | {r['load_ratio_to_sample']} | {r['plan_ratio_to_sample']} |"
         for r in report["sizes"]
     ]

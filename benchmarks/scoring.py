@@ -57,11 +57,13 @@ def markdown(report: dict) -> str:
     s = report["seconds"]
     return "\n".join(
         [
-            f"### Test scoring: {report['test_prompts']} prompts, {report['demonstrations']} demonstrations each",
+            f"### Test scoring: {report['test_prompts']} prompts, "
+            f"{report['demonstrations']} demonstrations each",
             "",
             "| way | seconds | ratio to one at a time |",
             "|---|---|---|",
-            f"| batched, shared prefix once | {s['batched_shared_prefix']} | {report['ratio_batched_vs_one_at_a_time']} |",
+            f"| batched, shared prefix once | {s['batched_shared_prefix']} "
+            f"| {report['ratio_batched_vs_one_at_a_time']} |",
             f"| batched, padded | {s['batched_padded']} | {report['ratio_padded_vs_one_at_a_time']} |",
             f"| one at a time (upstream) | {s['one_at_a_time']} | 1.0 |",
             "",

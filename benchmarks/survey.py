@@ -120,17 +120,21 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['format']} | {r['megabytes']} | {r['records']:,} | {r['seconds']} | {r['records_per_second']:,} |"
+        f"| {r['format']} | {r['megabytes']} | {r['records']:,} | {r['seconds']} "
+        f"| {r['records_per_second']:,} |"
         for r in report["reads"]
     ]
     lines += [
         "",
         "| persona run | runs | s | peak RSS MiB | model loads | what |",
         "|---|---|---|---|---|---|",
-        f"| `--select group:opinions`, every country | {o['runs_succeeded']} of {o['runs_planned']} | {o['seconds']} | "
+        f"| `--select group:opinions`, every country | {o['runs_succeeded']} of {o['runs_planned']} "
+        f"| {o['seconds']} | "
         f"{o['peak_rss_mib']} | {o['model_loads']} | {o['survey_rows_per_second']:,} survey rows/s |",
-        f"| zero-shot base + ICM (embedded profile), {e['countries']} countries | {e['runs_succeeded']} of {e['runs_planned']} "
-        f"| {e['seconds']} | {e['peak_rss_mib']} | {e['model_loads']} | {e['seconds_per_country']} s per country |",
+        f"| zero-shot base + ICM (embedded profile), {e['countries']} countries "
+        f"| {e['runs_succeeded']} of {e['runs_planned']} "
+        f"| {e['seconds']} | {e['peak_rss_mib']} | {e['model_loads']} "
+        f"| {e['seconds_per_country']} s per country |",
         "",
         "Rows written: " + ", ".join(f"`{k}` {v:,}" for k, v in o["rows"].items()),
     ]

@@ -212,7 +212,8 @@ def expected_cells(
 
 
 def write_hf_csv(survey: list[SurveyQuestion], path: Path) -> Path:
-    """The Hugging Face CSV: ``selections`` as the string of a defaultdict, ``options`` as a Python list literal."""
+    """The Hugging Face CSV: ``selections`` as the string of a defaultdict, ``options`` as a Python list
+    literal."""
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["question", "selections", "options", "source"])

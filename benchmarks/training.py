@@ -71,7 +71,8 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|---|",
     ]
     lines += [
-        f"| {a['agent']} | {a['steps']} | {a['tokens_trained']:,} | {a['seconds']} | {a['tokens_per_second']} |"
+        f"| {a['agent']} | {a['steps']} | {a['tokens_trained']:,} | {a['seconds']} "
+        f"| {a['tokens_per_second']} |"
         for a in report["agents"]
     ]
     lines += [

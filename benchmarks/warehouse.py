@@ -139,11 +139,13 @@ def run() -> dict:
 
 def markdown(report: dict) -> str:
     lines = [
-        f"Warehouse writes: {report['partitions']} partitions x {report['rows_per_partition']:,} rows of one table, "
+        f"Warehouse writes: {report['partitions']} partitions x "
+        f"{report['rows_per_partition']:,} rows of one table, "
         f"each partition one `Warehouse.replace` transaction; writers are processes started together "
         f"(DuckLake: {report['postgres']} catalog on a Unix socket, Parquet files on local disk).",
         "",
-        "| store | writers | rows | seconds | rows/s written | rows/s read (whole table) | transactions | re-runs after a conflict | connect s |",
+        "| store | writers | rows | seconds | rows/s written | rows/s read (whole table) | transactions "
+        "| re-runs after a conflict | connect s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [

@@ -11,7 +11,8 @@ from persona_platform.resources.settings import load_settings
 
 _settings = load_settings()
 AGENT_REGISTRY_FILE = _settings.board_dir / "agents.json"
-# Partition key -> the country's name in the survey source (they differ only where Dagster refuses a character).
+# Partition key -> the country's name in the survey source (they differ only where Dagster refuses a
+# character).
 COUNTRY_NAMES: dict[str, str] = country_registry(_settings.goqa_source)
 COUNTRIES: list[str] = list(COUNTRY_NAMES)
 AGENTS: list[Agent] = agent_registry(AGENT_REGISTRY_FILE)

@@ -67,7 +67,8 @@ def check_location(location: str) -> None:
         kind = location[len(PREFIX) :].split(":", 1)[0] or "(nothing)"
         raise LakeLocationError(
             f"{redact(location)!r}: the catalog must be PostgreSQL, written ducklake:postgres:<connection>; "
-            f"{kind!r} catalogs (DuckDB, SQLite files) serve one machine, which the plain DuckDB file already does"
+            f"{kind!r} catalogs (DuckDB, SQLite files) serve one machine, "
+            "which the plain DuckDB file already does"
         )
     connection = location[len(POSTGRES_PREFIX) :].strip()
     if not connection:
@@ -83,7 +84,8 @@ def check_location(location: str) -> None:
         if not match or match.end() == position:
             raise LakeLocationError(
                 f"{redact(location)!r}: cannot read the connection string at "
-                f"{redact(connection[position:])!r}; write key=value pairs separated by spaces, or a postgresql:// URI"
+                f"{redact(connection[position:])!r}; "
+                "write key=value pairs separated by spaces, or a postgresql:// URI"
             )
         position = match.end()
 

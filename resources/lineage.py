@@ -30,17 +30,22 @@ def provenance_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [table for table, columns in rows if set(PROVENANCE_COLUMNS) <= set(columns)]
 
 
-CHAIN_MACRO = """
-    CREATE OR REPLACE MACRO lineage.chain(start_table, start_row) AS TABLE
-    WITH RECURSIVE walk(table_name, row_id, input_ref, run_id, code_version, model_id, adapter, prompt_hash) AS (
-        SELECT table_name, row_id, input_ref, run_id, code_version, model_id, adapter, prompt_hash
-        FROM lineage.edges WHERE table_name = start_table AND row_id = start_row
-        UNION
-        SELECT e.table_name, e.row_id, e.input_ref, e.run_id, e.code_version, e.model_id, e.adapter, e.prompt_hash
-        FROM walk w JOIN lineage.edges e ON e.table_name || ':' || e.row_id = w.input_ref
-    )
-    SELECT * FROM walk
-"""
+# One string, line by line: its text is part of the view's fingerprint (refresh_lineage_view), so it must not
+# change when its source is rewrapped.
+CHAIN_MACRO = (
+    "\n"
+    "    CREATE OR REPLACE MACRO lineage.chain(start_table, start_row) AS TABLE\n"
+    "    WITH RECURSIVE walk(table_name, row_id, input_ref, run_id, code_version, model_id, adapter, "
+    "prompt_hash) AS (\n"
+    "        SELECT table_name, row_id, input_ref, run_id, code_version, model_id, adapter, prompt_hash\n"
+    "        FROM lineage.edges WHERE table_name = start_table AND row_id = start_row\n"
+    "        UNION\n"
+    "        SELECT e.table_name, e.row_id, e.input_ref, e.run_id, e.code_version, e.model_id, e.adapter, "
+    "e.prompt_hash\n"
+    "        FROM walk w JOIN lineage.edges e ON e.table_name || ':' || e.row_id = w.input_ref\n"
+    "    )\n"
+    "    SELECT * FROM walk\n"
+)
 
 
 def refresh_lineage_view(con: duckdb.DuckDBPyConnection) -> None:
@@ -58,8 +63,8 @@ def refresh_lineage_view(con: duckdb.DuckDBPyConnection) -> None:
     if not tables:
         return
     parts = [
-        f"SELECT '{t}' AS table_name, row_id, unnest(input_ids) AS input_ref, run_id, code_version, model_id, "
-        f"adapter, prompt_hash FROM {t}"
+        f"SELECT '{t}' AS table_name, row_id, unnest(input_ids) AS input_ref, "
+        f"run_id, code_version, model_id, adapter, prompt_hash FROM {t}"
         for t in tables
     ]
     view = "CREATE OR REPLACE VIEW lineage.edges AS " + " UNION ALL ".join(parts)

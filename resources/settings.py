@@ -79,7 +79,8 @@ class ModelRole:
     backend: str
     model: str
     base_url: str = ""
-    # Environment variables that may hold the server's key, first set one wins (read at each call, never stored).
+    # Environment variables that may hold the server's key, first set one wins (read at each call, never
+    # stored).
     api_key_variables: tuple[str, ...] = ("PERSONA_ENGINE_API_KEY",)
 
     def __str__(self) -> str:
@@ -218,7 +219,8 @@ def load_roles(env: Mapping[str, str]) -> tuple[ModelRole, ModelRole, ModelRole]
     generator = _role(env, GENERATOR, ModelRole("transformers", TINY_MODEL))
     if (env.get(CHAT.base_url) or "").strip() and not (env.get(CHAT.model) or "").strip():
         raise SettingsError(f"{CHAT.base_url} is set but {CHAT.model} is not: name the chat model")
-    # A chat server without a backend prefix is an OpenAI-compatible API (what PERSONA_CHAT_BASE_URL has always meant).
+    # A chat server without a backend prefix is an OpenAI-compatible API (what PERSONA_CHAT_BASE_URL has
+    # always meant).
     chat = _role(env, CHAT, generator, url_backend="openai")
     return generator, chat, _role(env, JUDGE, generator)
 
@@ -264,14 +266,14 @@ def _warehouse(env: Mapping[str, str], home: Path) -> tuple[str, str]:
             raise SettingsError(f"PERSONA_WAREHOUSE: {exc}") from None
         if not data_path:
             raise SettingsError(
-                "PERSONA_WAREHOUSE is a DuckLake but PERSONA_WAREHOUSE_DATA_PATH is not set: name the directory "
-                "(mounted by every writer) or object-store URL for its data files"
+                "PERSONA_WAREHOUSE is a DuckLake but PERSONA_WAREHOUSE_DATA_PATH is not set: "
+                "name the directory (mounted by every writer) or object-store URL for its data files"
             )
         return text, data_path
     if data_path:
         raise SettingsError(
-            "PERSONA_WAREHOUSE_DATA_PATH is set but PERSONA_WAREHOUSE is not a DuckLake (ducklake:postgres:...): "
-            "a DuckDB file keeps its data in itself"
+            "PERSONA_WAREHOUSE_DATA_PATH is set but PERSONA_WAREHOUSE is not a DuckLake "
+            "(ducklake:postgres:...): a DuckDB file keeps its data in itself"
         )
     if "://" in text or text.lower().startswith(("postgres:", "postgresql:", "md:", "motherduck:")):
         raise SettingsError(

@@ -97,7 +97,8 @@ IGNORED = -100
 
 
 def loss_labels(ids: Sequence[int], mask: Sequence[bool]) -> list[int]:
-    """Training labels: a counted token's own id, ``IGNORED`` for every other token (other speakers, headers)."""
+    """Training labels: a counted token's own id, ``IGNORED`` for every other token (other speakers,
+    headers)."""
     return [token if counted else IGNORED for token, counted in zip(ids, mask, strict=True)]
 
 
@@ -115,8 +116,10 @@ def _collate(examples: Sequence[Example], pad_id: int, max_length: int):
 
 
 def prepare_run(name: str, examples: Sequence[Example], settings: LoraTraining) -> None:
-    """Refuse a run that could not train anything, before a model is touched; quiet a warning known to be harmless."""
-    # transformers 5 warns about a renamed attribute that PEFT and Accelerate still read, at every adapter they prepare.
+    """Refuse a run that could not train anything, before a model is touched; quiet a warning known to be
+    harmless."""
+    # transformers 5 warns about a renamed attribute that PEFT and Accelerate still read, at every adapter
+    # they prepare.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     if settings.quantization not in ("none", "4bit"):
         raise TrainingError(f"quantization must be none or 4bit, got {settings.quantization!r}")
@@ -139,8 +142,9 @@ def train_lora(
     adapter_dir: Path,
     log=lambda message: None,
 ) -> TrainingOutcome:
-    """Train the PEFT adapter ``internal`` of ``model`` (added and active; ``name`` is the public name, for messages)
-    on ``examples`` (loss on counted tokens only), resuming from ``checkpoint_path``; save it in ``adapter_dir``."""
+    """Train the PEFT adapter ``internal`` of ``model`` (added and active; ``name`` is the public name, for
+    messages) on ``examples`` (loss on counted tokens only), resuming from ``checkpoint_path``; save it in
+    ``adapter_dir``."""
     from accelerate import Accelerator
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import save_file
@@ -246,8 +250,9 @@ def quantized_for_training(model_path: str, name: str, settings: LoraTraining):
 def merge_lora(
     model, internal: str, tokenizer, out_dir: Path, check_inputs: Sequence[list[int]], device: str
 ) -> tuple[str, list[float]]:
-    """Save ``model`` (a PEFT model, adapter ``internal`` active) with that adapter merged into plain weights, with
-    the tokenizer; return (fingerprint, max |logit diff| per check input) between the merged copy and ``model``.
+    """Save ``model`` (a PEFT model, adapter ``internal`` active) with that adapter merged into plain
+    weights, with the tokenizer; return (fingerprint, max |logit diff| per check input) between the merged
+    copy and ``model``.
 
     The merge works on a copy, so ``model`` keeps serving the base and every adapter unmerged.
     """

@@ -47,7 +47,10 @@ from persona_platform.resources.lineage import refresh_lineage_view
 PartitionKeys = list[tuple[str, ...]]
 _LAKE_INSTANCES: dict[tuple[int, str, str], duckdb.DuckDBPyConnection] = {}
 
-DATABASE_DESCRIPTION = "Path of the DuckDB file, or a DuckLake: ducklake:postgres:<libpq connection string or postgresql:// URI>."
+DATABASE_DESCRIPTION = (
+    "Path of the DuckDB file, or a DuckLake: "
+    "ducklake:postgres:<libpq connection string or postgresql:// URI>."
+)
 DATA_PATH_DESCRIPTION = (
     "Where a DuckLake keeps its Parquet files (a shared directory or an object-store URL)."
 )
@@ -239,8 +242,8 @@ class Warehouse:
             return []
         with self.connect() as con:
             tables = con.execute(
-                "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = current_database() "
-                "ORDER BY schema_name, table_name"
+                "SELECT schema_name, table_name FROM duckdb_tables() "
+                "WHERE database_name = current_database() ORDER BY schema_name, table_name"
             ).fetchall()  # views such as lineage.edges are not tables
             return [(s, t, con.execute(f'SELECT count(*) FROM "{s}"."{t}"').fetchone()[0]) for s, t in tables]
 

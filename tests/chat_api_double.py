@@ -1,12 +1,13 @@
-"""A local stand-in for an OpenAI-compatible chat completions API, as strict as the real one: it refuses, with the
-real API's 400, every request parameter and message shape the real endpoint refuses."""
+"""A local stand-in for an OpenAI-compatible chat completions API, as strict as the real one: it refuses,
+with the real API's 400, every request parameter and message shape the real endpoint refuses."""
 
 import json
 import threading
 from http.server import BaseHTTPRequestHandler
 
 # The request parameters of the real chat completions endpoint; it answers anything else with a 400
-# ("Unrecognized request argument supplied"), as it does vLLM's extensions (top_k, repetition_penalty, guided_json).
+# ("Unrecognized request argument supplied"), as it does vLLM's extensions (top_k, repetition_penalty,
+# guided_json).
 CHAT_PARAMETERS = {
     "model",
     "messages",
@@ -68,7 +69,8 @@ def refusal(body: dict) -> str | None:
 
 
 class FakeChatServer(BaseHTTPRequestHandler):
-    """Chat completions only; the first call is rate limited (the client must retry), then ``replies`` in turn."""
+    """Chat completions only; the first call is rate limited (the client must retry), then ``replies`` in
+    turn."""
 
     calls: list = []
     replies: list = []

@@ -175,7 +175,8 @@ def ui(tmp_path):
 def materialize_report(
     report, inputs: dict[tuple[str, ...], object], artifacts_dir: Path
 ) -> tuple[object, dict]:
-    """A report asset materialized by Dagster on prepared upstream tables (no upstream run): its table and metadata."""
+    """A report asset materialized by Dagster on prepared upstream tables (no upstream run): its table and
+    metadata."""
     from dagster import AssetSpec, IOManager, materialize
 
     from persona_platform.resources.artifacts import ArtifactStore

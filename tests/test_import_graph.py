@@ -22,7 +22,8 @@ def layer(module: str) -> int:
 
 
 def imports_of(path: Path, modules: set[str]) -> set[str]:
-    """Our modules that ``path`` imports, anywhere in it; ``from a.b import c`` names a.b.c when that is a module."""
+    """Our modules that ``path`` imports, anywhere in it; ``from a.b import c`` names a.b.c when that is a
+    module."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):

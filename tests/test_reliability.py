@@ -1,4 +1,5 @@
-"""Faults and secrets: a process killed inside a warehouse write, bad settings, API keys kept out of every record."""
+"""Faults and secrets: a process killed inside a warehouse write, bad settings, API keys kept out of every
+record."""
 
 import os
 import signal

@@ -277,7 +277,8 @@ def country_key(name: str) -> str:
 
 
 def _check_distribution(path, row, label, values, options) -> tuple[float, ...]:
-    """Shares as given: all zeros and sums off 1 are well-formed (the claims stage decides what they can make)."""
+    """Shares as given: all zeros and sums off 1 are well-formed (the claims stage decides what they can
+    make)."""
     if not isinstance(values, list | tuple) or not values:
         raise SurveyFormatError(path, row, label, "empty selection: expected one probability per option")
     if len(values) != len(options):
@@ -367,7 +368,8 @@ def _read_wide_csv(path: Path, rows: list[list[str]]) -> list[SurveyRecord]:
 
 
 def _check_country_keys(path: Path, records: list[SurveyRecord]) -> None:
-    """Two different names must not share a key (names differing only in spacing or Unicode form are one country)."""
+    """Two different names must not share a key (names differing only in spacing or Unicode form are one
+    country)."""
     first: dict[str, SurveyRecord] = {}
     for r in records:
         seen = first.setdefault(r.country, r)
@@ -377,7 +379,8 @@ def _check_country_keys(path: Path, records: list[SurveyRecord]) -> None:
             path,
             r.row,
             "country",
-            f"{r.country_name!r} and {seen.country_name!r} (row {seen.row}) would share the partition key {r.country!r}",
+            f"{r.country_name!r} and {seen.country_name!r} (row {seen.row}) "
+            f"would share the partition key {r.country!r}",
         )
 
 

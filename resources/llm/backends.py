@@ -3,8 +3,9 @@
 A backend's loader is a function whose keyword parameters are the ``LLMResource`` fields it
 reads; the settings are taken from its signature, so the list cannot drift from what the
 loader uses. ``LLMResource`` loads through ``load_engine`` and keys its engine cache on exactly
-those settings; ``persona_platform.resources.settings`` validates engine names against ``BACKENDS``. Each loader
-imports its backend's module when called: torch, transformers and vllm load only where used.
+those settings; ``persona_platform.resources.settings`` validates engine names against
+``BACKENDS``. Each loader imports its backend's module when called: torch, transformers and
+vllm load only where used.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ class Backend:
 
 
 def model_path(model: str, models_dir: str, corpus_dir: str) -> str:
-    """Where the weights are: the embedded model is built (once) under ``models_dir``; anything else is a Hugging
-    Face id or a local path, passed through."""
+    """Where the weights are: the embedded model is built (once) under ``models_dir``; anything else is a
+    Hugging Face id or a local path, passed through."""
     if model == TINY:
         from persona_platform.resources.llm.tiny import tiny_model_dir
 
@@ -158,8 +159,8 @@ def backend(name: str) -> Backend:
 
 
 def split_backend(text: str) -> tuple[str | None, str]:
-    """``backend:model`` -> (backend, model); anything else -> (None, text). A prefix is a backend only when it is a
-    registered name, so a model name with a colon of its own is left whole."""
+    """``backend:model`` -> (backend, model); anything else -> (None, text). A prefix is a backend only when
+    it is a registered name, so a model name with a colon of its own is left whole."""
     prefix, colon, model = text.partition(":")
     if colon and prefix in BACKENDS:
         return prefix, model

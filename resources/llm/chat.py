@@ -20,7 +20,8 @@ def render(tokenizer, messages: Sequence[tuple[str, str]], generation_prompt: bo
 
 
 def prompt_ids(tokenizer, prompt: Prompt, encode: Callable[[str, bool], list[int]]) -> list[int]:
-    """Token ids of any prompt; ``encode(text, first)`` tokenizes a piece, with special tokens only when first.
+    """Token ids of any prompt; ``encode(text, first)`` tokenizes a piece, with special tokens only when
+    first.
 
     A chat goes through the model's template (which writes its own begin-of-text); segments are
     tokenized one by one, so prompts sharing leading segments share a token prefix."""

@@ -150,17 +150,19 @@ class Engine(ABC):
     @abstractmethod
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[TokenLogprobs]: ...
 
-    # -- capabilities: the base class refuses each by name ------------------------------------------------------
+    # -- capabilities: the base class refuses each by name -----------------------------------------------
 
     def add_adapter(self, name: str, path: str, fingerprint: str) -> None:
-        """Serve a LoRA adapter under ``name`` beside the base model (reloaded when the fingerprint changes)."""
+        """Serve a LoRA adapter under ``name`` beside the base model (reloaded when the fingerprint
+        changes)."""
         raise self.refusal("serve adapters", "the agent assets")
 
     def training_examples(
         self, chats: Sequence[Sequence[tuple[str, str]]], counted_role: str = "assistant"
     ) -> list[Example]:
-        """Each chat ``(role, content)...`` as the model's token ids, laid out by its own chat template, and per
-        token whether the loss counts it (the content of ``counted_role``'s turns and their end-of-turn marker)."""
+        """Each chat ``(role, content)...`` as the model's token ids, laid out by its own chat template, and
+        per token whether the loss counts it (the content of ``counted_role``'s turns and their end-of-turn
+        marker)."""
         raise self.refusal("prepare training examples", "lora_training")
 
     def train_adapter(
@@ -179,13 +181,14 @@ class Engine(ABC):
     def merge_adapter(
         self, name: str, out_dir: Path, check_texts: Sequence[str], max_check_tokens: int = 128
     ) -> tuple[str, list[float]]:
-        """Save the base with adapter ``name`` merged in (plain weights and the tokenizer) in ``out_dir``; return
-        the files' fingerprint and, per check text (its first ``max_check_tokens`` tokens), the largest
-        |logit difference| between the merged model and base + adapter."""
+        """Save the base with adapter ``name`` merged in (plain weights and the tokenizer) in ``out_dir``;
+        return the files' fingerprint and, per check text (its first ``max_check_tokens`` tokens), the
+        largest |logit difference| between the merged model and base + adapter."""
         raise self.refusal("merge adapters", "merged_models")
 
     def refusal(self, what: str, purpose: str) -> EngineCapabilityError:
-        """The error for a capability this backend lacks; ``purpose``: what needs it (an asset, an operation)."""
+        """The error for a capability this backend lacks; ``purpose``: what needs it (an asset, an
+        operation)."""
         backend = self.backend or type(self).__name__
         return EngineCapabilityError(
             f"the {backend} backend cannot {what} (model {self.model_id}); "

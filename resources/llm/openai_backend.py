@@ -53,7 +53,8 @@ class OpenAIEngine(Engine):
     )
 
     base_url: str = ""
-    # Environment variables that may hold the key, first set one wins (a judge may fall back to the engine's key).
+    # Environment variables that may hold the key, first set one wins (a judge may fall back to the
+    # engine's key).
     api_key_variables: tuple[str, ...] = ("PERSONA_ENGINE_API_KEY",)
     timeout_s: float = 120.0
     max_retries: int = 5
@@ -79,7 +80,8 @@ class OpenAIEngine(Engine):
         return self._each(requests, self._generate_one)
 
     def score(self, requests: Sequence[ScoreRequest], reuse_prefix: bool | None = None) -> list[list[float]]:
-        # The server caches shared prefixes itself (vLLM's prefix caching); reuse_prefix has nothing to choose here.
+        # The server caches shared prefixes itself (vLLM's prefix caching); reuse_prefix has nothing to
+        # choose here.
         pairs = [(r, c) for r in requests for c in r.candidates]
         totals = self._each(pairs, lambda pair: self._continuation_logprob(pair[0], pair[1]))
         return per_request(totals, requests)

@@ -40,7 +40,8 @@ def process_usage() -> EngineUsage:
 
 
 class LLMResource(ConfigurableResource):
-    """The engine behind ``score``, ``generate`` and ``loglikelihood`` (and, where the backend can, adapters)."""
+    """The engine behind ``score``, ``generate`` and ``loglikelihood`` (and, where the backend can,
+    adapters)."""
 
     model: str = Field(
         default=TINY,
@@ -80,8 +81,9 @@ class LLMResource(ConfigurableResource):
         return {name: tuple(value) if isinstance(value, list) else value for name, value in values.items()}
 
     def _key(self) -> tuple:
-        # Every setting the backend reads, and no other: two resources that would load the same engine share it
-        # (the generator and a judge on the same model), two that differ in anything it reads do not.
+        # Every setting the backend reads, and no other: two resources that would load the same engine
+        # share it (the generator and a judge on the same model), two that differ in anything it reads
+        # do not.
         return (self.backend, *sorted(self._settings().items()))
 
     def model_path(self) -> str:
@@ -108,8 +110,9 @@ class LLMResource(ConfigurableResource):
 
 
 def role_resources(settings: Settings) -> dict[str, LLMResource]:
-    """The three model roles as resources: the generator (``llm``), the chat baseline's model (``chat_llm``) and the
-    judge (``judge_llm``). Roles naming the same model share one loaded engine (see ``LLMResource._key``)."""
+    """The three model roles as resources: the generator (``llm``), the chat baseline's model
+    (``chat_llm``) and the judge (``judge_llm``). Roles naming the same model share one loaded engine
+    (see ``LLMResource._key``)."""
     return {
         name: LLMResource(
             model=role.model,

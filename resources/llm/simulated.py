@@ -37,10 +37,12 @@ from persona_platform.resources.llm.engine import ChatPrompt, Engine, EngineUsag
 
 # The claim lines of the elicitation prompts (few-shot, zero-shot) and of the chat baseline's prompt.
 CLAIM_LINE = re.compile(
-    r'Q: "(?P<q>[^"\n]*)" \| Op: "(?P<o>[^"\n]*)" \| Is Most Popular Opinion in (?P<c>[^:\n]*):(?P<label> True| False)?'
+    r'Q: "(?P<q>[^"\n]*)" \| Op: "(?P<o>[^"\n]*)" \| '
+    r"Is Most Popular Opinion in (?P<c>[^:\n]*):(?P<label> True| False)?"
 )
 CHAT_CLAIM = re.compile(
-    r'people in (?P<c>[^\n]*?) for the survey question\.[\s\S]*Question: "(?P<q>[^"\n]*)"\nOpinion: "(?P<o>[^"\n]*)"'
+    r"people in (?P<c>[^\n]*?) for the survey question\.[\s\S]*"
+    r'Question: "(?P<q>[^"\n]*)"\nOpinion: "(?P<o>[^"\n]*)"'
 )
 TRUE_CANDIDATES = {(" True", " False"), ("True", "False")}
 
@@ -124,8 +126,9 @@ def build_worlds(spec: WorldSpec) -> list[World]:
 def world_survey(
     spec: WorldSpec, top_share: float = 0.7
 ) -> list[tuple[str, tuple[str, str], dict[str, list[float]]]]:
-    """The survey the worlds stand for, as (question, options, {country: shares}): the gold option most chosen.
-    Read as a GlobalOpinionQA file, it makes exactly the worlds' claims, so the whole elicitation graph can run on it."""
+    """The survey the worlds stand for, as (question, options, {country: shares}): the gold option most
+    chosen. Read as a GlobalOpinionQA file, it makes exactly the worlds' claims, so the whole elicitation
+    graph can run on it."""
     survey = []
     for world in build_worlds(spec):
         for first, second in zip(world.claims[::2], world.claims[1::2], strict=True):
@@ -166,7 +169,8 @@ class PlantedSignalEngine(Engine):
         return out
 
     def p_true(self, prompt) -> float:
-        """P(True) for the prompt's query: the concepts' answers weighted by their posterior given its demonstrations."""
+        """P(True) for the prompt's query: the concepts' answers weighted by their posterior given its
+        demonstrations."""
         world, query, demos = self._read(prompt)
         signs = self.signs[world]
         log_weights = np.array(self.worlds[world].log_prior)
@@ -184,7 +188,8 @@ class PlantedSignalEngine(Engine):
         return float(np.clip(posterior @ answers, 1e-12, 1 - 1e-12))
 
     def _read(self, prompt) -> tuple[int, int, list[tuple[int, int]]]:
-        """The query's world and claim index, and the recognised demonstrations (claim index, label) in prompt order."""
+        """The query's world and claim index, and the recognised demonstrations (claim index, label) in
+        prompt order."""
         if isinstance(prompt, ChatPrompt):
             match = CHAT_CLAIM.search("\n".join(content for _, content in prompt.messages))
             if not match:
@@ -224,7 +229,8 @@ class PlantedSignalEngine(Engine):
 
 @lru_cache(maxsize=1 << 16)
 def _claim_lines(text: str) -> tuple[tuple[str, str, str, int | None], ...]:
-    """(country, question, option, label or None) of every claim line; a prompt's segments repeat, hence the cache."""
+    """(country, question, option, label or None) of every claim line; a prompt's segments repeat, hence
+    the cache."""
     return tuple(
         (m["c"], m["q"], m["o"], None if m["label"] is None else int(m["label"] == " True"))
         for m in CLAIM_LINE.finditer(text)

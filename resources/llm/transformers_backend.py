@@ -20,6 +20,7 @@ import inspect
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import ClassVar
 
@@ -396,8 +397,8 @@ class TransformersEngine(Engine):
 
     @functools.cached_property
     def _cache_argument(self) -> str:
-        """transformers 5.x renamed the key/value cache ``past_key_values`` -> ``cache`` (the old name warns on every
-        call); the range in pyproject admits both, so ask the model which it takes."""
+        """transformers 5.x renamed the key/value cache ``past_key_values`` -> ``cache`` (the old name warns
+        on every call); the range in pyproject admits both, so ask the model which it takes."""
         base = (
             self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         )  # under a PEFT wrapper
@@ -488,5 +489,5 @@ def prefix_saving(sequences: list[list[int]]) -> float:
     if not total:
         return 0.0
     ordered = sorted(sequences)
-    shared = sum(common_prefix_length(a, b) for a, b in zip(ordered, ordered[1:]))
+    shared = sum(common_prefix_length(a, b) for a, b in pairwise(ordered))
     return shared / total

@@ -158,7 +158,8 @@ class VllmEngine(Engine):
     # -- internals -------------------------------------------------------------
 
     def _prompt_logprobs(self, items: list[tuple[list[int], int, str | None]]) -> list[list[float]]:
-        """Per item (ids, first position wanted, adapter): log P(ids[i] | ids[:i]) for every i >= 1, with 0.0 at i = 0."""
+        """Per item (ids, first position wanted, adapter): log P(ids[i] | ids[:i]) for every i >= 1, with 0.0
+        at i = 0."""
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)

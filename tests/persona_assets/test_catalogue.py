@@ -1,4 +1,5 @@
-"""docs/catalogue.md, the generated catalogue of assets and tables: committed, current, and the same on every machine."""
+"""docs/catalogue.md, the generated catalogue of assets and tables: committed, current, and the same on
+every machine."""
 
 import os
 import subprocess

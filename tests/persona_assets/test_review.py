@@ -33,7 +33,8 @@ def session(answers, reviews=None):
 def test_keep_edit_drop_skip_and_quit():
     made, reviews, shown = session(["k", "e", "Should the board do the better thing?", "d", "s"])
     assert made == 3
-    decisions = dict(zip(reviews["question_ref"], zip(reviews["decision"], reviews["text"])))
+    answers = zip(reviews["decision"], reviews["text"], strict=True)
+    decisions = dict(zip(reviews["question_ref"], answers, strict=True))
     assert decisions == {
         "votes.motions:m0": (KEEP, "Should the board do thing 0?"),
         "votes.motions:m1": (EDIT, "Should the board do the better thing?"),

@@ -45,7 +45,8 @@ def test_a_valid_reply_parses_exactly():
 
 
 def test_the_parser_never_sees_the_prompt(tiny_engine):
-    """Upstream parsed prompt + reply, so a judge that wrote 'Score: 2' was recorded as the prompt's example score 4."""
+    """Upstream parsed prompt + reply, so a judge that wrote 'Score: 2' was recorded as the prompt's example
+    score 4."""
     example = '{"explanation": "...", "score": 4}'
     prompt = ChatPrompt((("user", f"Rate the answer. Reply like {example}."),))
     [reply] = tiny_engine.generate([GenerateRequest(prompt, max_new_tokens=40)])

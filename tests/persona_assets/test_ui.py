@@ -48,7 +48,9 @@ def test_launch_a_partition_over_graphql_and_read_metadata_and_lineage(ui):
         """
         query($key: AssetKeyInput!) {
           assetOrError(assetKey: $key) { ... on Asset {
-            assetMaterializations(limit: 1) { runId partition metadataEntries { label ... on IntMetadataEntry { intValue } } }
+            assetMaterializations(limit: 1) {
+              runId partition metadataEntries { label ... on IntMetadataEntry { intValue } }
+            }
           } }
         }""",
         {"key": {"path": SURVEY}},
@@ -61,7 +63,9 @@ def test_launch_a_partition_over_graphql_and_read_metadata_and_lineage(ui):
         ui,
         """
         query($keys: [AssetKeyInput!]) {
-          assetNodes(assetKeys: $keys) { dependencyKeys { path } dependedByKeys { path } partitionDefinition { description } }
+          assetNodes(assetKeys: $keys) {
+            dependencyKeys { path } dependedByKeys { path } partitionDefinition { description }
+          }
         }""",
         {"keys": [{"path": SURVEY}]},
     )["assetNodes"][0]

@@ -18,6 +18,7 @@ import polars as pl
 import pytest
 from dagster import (
     AssetExecutionContext,
+    AssetsDefinition,
     DagsterInstance,
     EnvVar,
     StaticPartitionsDefinition,
@@ -104,7 +105,7 @@ def test_a_ducklake_setting_is_read_and_shown_without_its_password(tmp_path):
     assert settings.warehouse_is_lake and settings.warehouse == location
     assert SECRET not in settings.warehouse_label and "password=***" in settings.warehouse_label
     with pytest.raises(SettingsError, match="is the DuckLake") as error:
-        settings.warehouse_path
+        _ = settings.warehouse_path
     assert SECRET not in str(error.value)
 
 
@@ -230,7 +231,7 @@ def test_the_data_files_are_parquet_under_the_data_path(lake):
     assert list(Path(lake.data_path).rglob("*.parquet"))
 
 
-# --- conflicts -----------------------------------------------------------------------------------------------
+# --- conflicts --------------------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
@@ -267,7 +268,7 @@ def test_a_conflict_past_the_deadline_fails_and_writes_nothing(location, tmp_pat
     assert sorted(impatient.read("s", "t").rows()) == [("A", 50), ("B", 2)]
 
 
-# --- lineage -------------------------------------------------------------------------------------------------
+# --- lineage ----------------------------------------------------------------------------------------------
 
 
 def provenance_frame(ids: list[str], inputs: list[str]) -> pl.DataFrame:
@@ -327,7 +328,7 @@ def test_writes_that_add_no_table_leave_the_lineage_view_alone(lake):
     assert not [kind for change in changes for kind in change if "view" in kind], changes
 
 
-# --- passwords -----------------------------------------------------------------------------------------------
+# --- passwords --------------------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
@@ -372,7 +373,39 @@ def test_a_password_in_the_location_reaches_neither_the_instance_nor_errors(
     assert SECRET not in "".join(traceback.format_exception(error.value))
 
 
-# --- many writers --------------------------------------------------------------------------------------------
+# --- many writers -----------------------------------------------------------------------------------------
+
+
+def _writes(round_no: int) -> AssetsDefinition:
+    """The asset every writer materializes in round ``round_no``, built per round so that it writes its own
+    round (not bound as a default argument: Dagster reads every parameter of an asset as an input)."""
+    partitions = StaticPartitionsDefinition(COUNTRIES)
+
+    @asset(
+        key_prefix="many",
+        name="writes",
+        partitions_def=partitions,
+        metadata={"partition_expr": "country"},
+    )
+    def writes(context: AssetExecutionContext) -> pl.DataFrame:
+        key, n = context.partition_key, ROWS[round_no]
+        return pl.DataFrame(
+            {
+                "country": [key] * n,
+                "i": list(range(n)),
+                "round": [round_no] * n,
+                "row_id": [f"{key}/{i}" for i in range(n)],
+                "input_ids": [[f"file:f00d:{i}"] for i in range(n)],
+                "run_id": context.run.run_id,
+                "code_version": "v",
+                "model_id": "m",
+                "adapter": None,
+                "prompt_hash": None,
+            },
+            schema_overrides={"adapter": pl.String, "prompt_hash": pl.String},
+        )
+
+    return writes
 
 
 def _writer(location: str, data_path: str, home: str, countries: list[str], barrier, results) -> None:
@@ -381,32 +414,7 @@ def _writer(location: str, data_path: str, home: str, countries: list[str], barr
     try:
         attempts = []
         for round_no in (1, 2):
-            partitions = StaticPartitionsDefinition(COUNTRIES)
-
-            @asset(
-                key_prefix="many",
-                name="writes",
-                partitions_def=partitions,
-                metadata={"partition_expr": "country"},
-            )
-            def writes(context: AssetExecutionContext) -> pl.DataFrame:
-                key, n = context.partition_key, ROWS[round_no]
-                return pl.DataFrame(
-                    {
-                        "country": [key] * n,
-                        "i": list(range(n)),
-                        "round": [round_no] * n,
-                        "row_id": [f"{key}/{i}" for i in range(n)],
-                        "input_ids": [[f"file:f00d:{i}"] for i in range(n)],
-                        "run_id": context.run.run_id,
-                        "code_version": "v",
-                        "model_id": "m",
-                        "adapter": None,
-                        "prompt_hash": None,
-                    },
-                    schema_overrides={"adapter": pl.String, "prompt_hash": pl.String},
-                )
-
+            writes = _writes(round_no)
             io_manager = WarehouseIOManager(database=location, data_path=data_path, lock_timeout_s=240)
             barrier.wait(timeout=240)  # every writer starts each round at the same moment
             for key in countries:
@@ -443,7 +451,8 @@ def test_eight_writer_processes_materialize_partitions_of_one_table(location, tm
     assert not errors, errors[0]
     attempts = [a for _, _, per_writer in outcomes for a in per_writer]
     print(
-        f"\n{WRITERS} writers, {len(attempts)} materializations: {sum(a > 1 for a in attempts)} ran again after "
+        f"\n{WRITERS} writers, {len(attempts)} materializations: "
+        f"{sum(a > 1 for a in attempts)} ran again after "
         f"a conflict (attempts: max {max(attempts)}, total {sum(attempts)})"
     )
 

@@ -43,8 +43,8 @@ MEETING = [  # (speaker, agent, text): the agent speaks twice, the second time l
 
 @pytest.fixture(scope="module")
 def engine(tiny_llm):
-    """The embedded model in an engine of its own, serving an adapter for the agent with non-zero weights (a fresh
-    LoRA adapter is the identity, which would make the merge check pass whatever it compared)."""
+    """The embedded model in an engine of its own, serving an adapter for the agent with non-zero weights (a
+    fresh LoRA adapter is the identity, which would make the merge check pass whatever it compared)."""
     from peft import LoraConfig
 
     from persona_platform.resources.llm.transformers_backend import load_transformers_engine
@@ -84,8 +84,8 @@ def board_turns(split: str) -> pl.DataFrame:
 
 
 def trained_on(engine) -> tuple[list[int], int, int]:
-    """The meeting as lora_training lays it out (through the engine): ids, and where the agent's last turn starts
-    and ends (its content and end-of-turn marker are the last counted run of the loss mask)."""
+    """The meeting as lora_training lays it out (through the engine): ids, and where the agent's last turn
+    starts and ends (its content and end-of-turn marker are the last counted run of the loss mask)."""
     (row,) = conversation_rows(board_turns("train"), [NAME], max_words=1000)
     ((ids, mask),) = engine.training_examples([training_chat(row["messages"])])
     start = max(i for i in range(1, len(mask)) if mask[i] and not mask[i - 1])

@@ -48,7 +48,8 @@ def test_each_adapter_is_best_on_its_own_held_out_set(sample_run):
 
 
 def recompute(model_dir, examples):
-    """Token-weighted perplexity of the targets with plain transformers forward passes, one example at a time."""
+    """Token-weighted perplexity of the targets with plain transformers forward passes, one example at a
+    time."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     nll, tokens = 0.0, 0
@@ -73,7 +74,8 @@ def test_a_perplexity_cell_recomputed_independently(sample_run):
     agent = "theodorequist"
     examples = query(
         home,
-        f"select context, target from agents.completion_examples where agent = '{agent}' and split = 'test' order by row_id",
+        "select context, target from agents.completion_examples "
+        f"where agent = '{agent}' and split = 'test' order by row_id",
     )
     (base_dir,) = [p for p in (home / "models").iterdir() if p.name.startswith("tiny-")]
     stored = dict(

@@ -129,7 +129,7 @@ def test_chat_tokens_count_only_the_assistant_content(tiny_engine):
     assert ids == tiny_engine.tokenizer.apply_chat_template(
         [{"role": r, "content": c} for r, c in messages], tokenize=True, return_dict=False
     )
-    counted = tiny_engine.tokenizer.decode([t for t, m in zip(ids, mask) if m])
+    counted = tiny_engine.tokenizer.decode([t for t, m in zip(ids, mask, strict=True) if m])
     assert counted == "Let's keep us on track.<|eot_id|>For the record, yes.<|eot_id|>"
 
 

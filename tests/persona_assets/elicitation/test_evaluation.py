@@ -49,14 +49,16 @@ def test_methods_share_claims_and_order_and_random_labels_match_icm_accuracy():
         icm = [label for _, _, label in methods["icm"].demos]
         random = [label for _, _, label in methods["random_matched"].demos]
         assert len(gold) == k
-        assert sum(a == b for a, b in zip(icm, gold)) == sum(a == b for a, b in zip(random, gold))
+        icm_agreement = sum(a == b for a, b in zip(icm, gold, strict=True))
+        random_agreement = sum(a == b for a, b in zip(random, gold, strict=True))
+        assert icm_agreement == random_agreement
 
 
 def test_demonstrations_are_drawn_by_question_both_options_together():
     for condition in build_conditions(pool(), [10, 20, 9], repeats=5, seed=7):
         questions = [question_of(i) for i in condition.demo_ids]
         assert all(questions.count(q) == 2 for q in questions)  # never one option of a question alone
-        for first, second in zip(questions[::2], questions[1::2]):
+        for first, second in zip(questions[::2], questions[1::2], strict=True):
             assert first == second  # and next to each other
         assert len(questions) == condition.k - condition.k % 2
 

@@ -132,7 +132,8 @@ def test_degenerate_win_rates_have_null_intervals():
 
 
 class ScriptedJudge(Engine):
-    """A judge whose preferences a test sets: the remote-model stand-in for behaviour the tiny model cannot show."""
+    """A judge whose preferences a test sets: the remote-model stand-in for behaviour the tiny model cannot
+    show."""
 
     def __init__(self, decide):
         super().__init__(model_id="scripted-judge")
@@ -236,8 +237,9 @@ def test_scores_are_stored_per_aspect_and_failures_have_no_score():
 
 
 def summary_inputs():
-    """Agent "a", monologue task, items i0..i5, settings T0 and T1, two samples each: the agent wins on even items
-    and loses on odd ones; it scores 4 against the baseline's 3 on every aspect, except a failed judgment."""
+    """Agent "a", monologue task, items i0..i5, settings T0 and T1, two samples each: the agent wins on even
+    items and loses on odd ones; it scores 4 against the baseline's 3 on every aspect, except a failed
+    judgment."""
     comparisons, judgments = [], []
     for item in range(6):
         for setting in ("T0", "T1"):

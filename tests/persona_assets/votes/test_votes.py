@@ -117,7 +117,8 @@ def test_metrics_against_the_majority_baseline():
 
 
 def test_votes_on_one_motion_are_resampled_together():
-    """Three members who vote alike on every motion, predicted alike: one motion's evidence, not three votes'."""
+    """Three members who vote alike on every motion, predicted alike: one motion's evidence, not three
+    votes'."""
     truth = [
         v
         for v in ["Aye", "Naye", "Aye", "Aye", "Naye", "Aye", "Naye", "Aye", "Aye", "Naye"]
@@ -159,7 +160,8 @@ def test_degenerate_vote_metrics_have_null_intervals():
 
 
 def predictions():
-    """Two agents on 8 motions; scoring always says Aye, generation is right on odd motions and Unknown on even ones."""
+    """Two agents on 8 motions; scoring always says Aye, generation is right on odd motions and Unknown on
+    even ones."""
     rows = []
     for motion in range(8):
         truth = "Aye" if motion % 3 else "Naye"
@@ -221,7 +223,8 @@ def test_the_summary_asset_shows_each_metric_beside_the_majority_baseline(tmp_pa
 def test_the_main_job_predicts_votes_for_every_agent(sample_run):
     with duckdb.connect(str(sample_run.home / "warehouse.duckdb"), read_only=True) as con:
         rows = con.execute(
-            "select method, count(*), count(distinct agent) from votes.vote_predictions group by method order by method"
+            "select method, count(*), count(distinct agent) from votes.vote_predictions "
+            "group by method order by method"
         ).fetchall()
         assert rows == [("generate", 30, 3), ("score", 30, 3)]
         scopes = con.execute(

@@ -1,4 +1,5 @@
-"""A survey with every quirk of the published GlobalOpinionQA, in both published formats, through `persona run`."""
+"""A survey with every quirk of the published GlobalOpinionQA, in both published formats, through
+`persona run`."""
 
 from collections import Counter
 
@@ -66,7 +67,8 @@ def test_every_country_through_the_opinions_group(survey, tmp_path, writer):
             "SELECT count(*), sum(label) FROM opinions.goqa_claims GROUP BY question_id, country"
         ).fetchall()
         countries = dict(con.execute("SELECT country, country_name FROM opinions.goqa_countries").fetchall())
-    # Every record is in the survey table; usable exactly where the numbers allow a claim, the reason otherwise.
+    # Every record is in the survey table; usable exactly where the numbers allow a claim, the reason
+    # otherwise.
     assert len(rows) == len(cells)
     by_key = {}
     for question, options, name, usable, reason, qid, country in rows:

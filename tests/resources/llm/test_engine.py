@@ -4,7 +4,8 @@ import torch
 from persona_platform.resources.llm import GenerateRequest, LoglikelihoodRequest, ScoreRequest
 
 PROMPTS = [
-    '### COUNTRY OPINION DATABASE: ALDORIA ###\nQ: "Should schools teach a second language?" | Op: "Yes" | Is Most Popular Opinion in Aldoria:',
+    "### COUNTRY OPINION DATABASE: ALDORIA ###\n"
+    'Q: "Should schools teach a second language?" | Op: "Yes" | Is Most Popular Opinion in Aldoria:',
     "Should voting be compulsory?",
     "How important is religion in your life? Answer:",
     "x",

@@ -1,6 +1,6 @@
-"""The engine interface as a whole: the backend registry, model roles from the settings (``backend:model``), the
-training capability (the transformers backend has it, the others refuse it by name) and an engine package that
-imports without Dagster."""
+"""The engine interface as a whole: the backend registry, model roles from the settings (``backend:model``),
+the training capability (the transformers backend has it, the others refuse it by name) and an engine package
+that imports without Dagster."""
 
 import subprocess
 import sys
@@ -17,7 +17,7 @@ from persona_platform.resources.settings import ModelRole, SettingsError, load_s
 from persona_platform.resources.training import LoraTraining
 from tests.conftest import PROJECT_ROOT
 
-# -- no Dagster below the assets ----------------------------------------------------------------------------------
+# -- no Dagster below the assets -----------------------------------------------------------------------------
 
 PURE_MODULES = [
     "persona_platform.resources.llm",
@@ -53,7 +53,7 @@ def test_the_engines_training_and_pure_logic_import_without_dagster():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-# -- the registry -------------------------------------------------------------------------------------------------
+# -- the registry --------------------------------------------------------------------------------------------
 
 
 def test_an_unknown_backend_is_one_line_naming_the_registered_ones(tmp_path):
@@ -111,7 +111,7 @@ def test_each_backend_reads_its_own_settings_and_the_cache_key_holds_every_one(t
     )
 
 
-# -- model roles --------------------------------------------------------------------------------------------------
+# -- model roles ---------------------------------------------------------------------------------------------
 
 
 def test_backend_prefixes_are_registered_names_only():
@@ -213,7 +213,7 @@ def test_the_three_role_resources_come_from_one_helper(tmp_path):
     )
 
 
-# -- the training capability ---------------------------------------------------------------------------------------
+# -- the training capability ---------------------------------------------------------------------------------
 
 SETTINGS = LoraTraining(
     rank=4,

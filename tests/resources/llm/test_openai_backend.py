@@ -62,7 +62,8 @@ class Server(BaseHTTPRequestHandler):
                 "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
             }
         if body.get("echo"):
-            # A character-level "tokenizer": token i is the prompt's i-th character, log-probability -(i+1)/10.
+            # A character-level "tokenizer": token i is the prompt's i-th character, log-probability
+            # -(i+1)/10.
             text = body["prompt"]
             logprobs = {
                 "tokens": list(text),

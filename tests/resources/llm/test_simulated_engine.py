@@ -1,4 +1,5 @@
-"""The planted-signal engine: what it reads from a prompt, what it answers, and the graph run on its worlds."""
+"""The planted-signal engine: what it reads from a prompt, what it answers, and the graph run on its
+worlds."""
 
 import math
 
