@@ -1,3 +1,4 @@
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,8 @@ from persona_platform.persona_assets.definitions import defs
 from persona_platform.resources.warehouse import partition_columns
 
 ROOT = Path(__file__).resolve().parents[2]
+# An asset function states what it computes; rows, plots and metadata tables are built in its domain's modules.
+MAX_ASSET_BODY_LINES = 30
 
 
 def all_assets():
@@ -56,3 +59,24 @@ def test_the_asset_graph_matches_its_snapshot():
     assert render(graph_snapshot()) == SNAPSHOT.read_text(), (
         "the graph changed: run `python -m tests.graph_snapshot`"
     )
+
+
+def asset_body_lengths(path: Path) -> dict[str, int]:
+    """Lines of each decorated function's body in an assets module, its docstring left out."""
+    lengths = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef) and node.decorator_list:
+            body = node.body[1:] if ast.get_docstring(node) is not None else node.body
+            lengths[node.name] = node.end_lineno - body[0].lineno + 1
+    return lengths
+
+
+def test_every_domain_has_one_assets_module_of_short_asset_functions():
+    domains = [d for d in sorted((ROOT / "persona_assets").iterdir()) if (d / "definitions.py").exists()]
+    assert {d.name for d in domains} >= {"opinions", "elicitation", "agents", "judging", "votes", "reports"}
+    too_long = []
+    for domain in domains:
+        lengths = asset_body_lengths(domain / "assets.py")
+        assert lengths, f"{domain.name}/assets.py defines no asset"
+        too_long += [f"{domain.name}.{name}: {n} lines" for name, n in lengths.items() if n > MAX_ASSET_BODY_LINES]
+    assert too_long == []
