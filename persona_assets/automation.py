@@ -100,7 +100,8 @@ def partition_jobs(assets_defs) -> list:
 
 
 def country_run_requests(country: str) -> list[RunRequest]:
-    """Every partition of one country: the country's partitions, then all agents x the country as one range."""
+    """Every partition of one country: the country's partitions, then all agents x the country
+    as one range."""
     agents = agents_partitions.get_partition_keys()
     return [
         RunRequest(job_name=COUNTRY_JOB, partition_key=country, tags={COUNTRY_TAG: country}),
@@ -184,7 +185,9 @@ def input_sensors(goqa_source: str, board_dir: str, jobs: list) -> list:
         name="board_sensor",
         jobs=[by_name[BOARD_JOB]],
         minimum_interval_seconds=60,
-        description="New or changed transcripts or vote records rematerialize the agents who speak or vote in them.",
+        description=(
+            "New or changed transcripts or vote records rematerialize the agents who speak or vote in them."
+        ),
     )
     def board_sensor(context: SensorEvaluationContext):
         board = Path(board_dir)

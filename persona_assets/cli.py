@@ -1,4 +1,5 @@
-"""The ``persona`` command: run the graph, open the UI, trace a row, review questions, run benchmarks, write the catalogue."""
+"""The ``persona`` command: run the graph, open the UI, trace a row, review questions, run benchmarks,
+write the catalogue."""
 
 from __future__ import annotations
 
@@ -199,17 +200,19 @@ def command_world(args: argparse.Namespace) -> int:
     survey = [SurveyQuestion(q, options, selections) for q, options, selections in world_survey(spec)]
     write_hf_csv(survey, args.file)
     print(
-        f"{args.file}: {len(survey)} questions in {spec.countries} countries of the planted-signal worlds {spec.label()}"
+        f"{args.file}: {len(survey)} questions in {spec.countries} countries "
+        f"of the planted-signal worlds {spec.label()}"
     )
     print(
-        f"Run on it:  PERSONA_ENGINE=simulated PERSONA_MODEL='{args.settings}' PERSONA_GOQA_SOURCE={args.file} "
-        "persona run --select 'group:opinions or group:elicitation'"
+        f"Run on it:  PERSONA_ENGINE=simulated PERSONA_MODEL='{args.settings}' "
+        f"PERSONA_GOQA_SOURCE={args.file} persona run --select 'group:opinions or group:elicitation'"
     )
     return 0
 
 
 def command_catalogue(args: argparse.Namespace) -> int:
-    """Write docs/catalogue.md from the Definitions, or with --check say whether the committed file is stale."""
+    """Write docs/catalogue.md from the Definitions, or with --check say whether the committed
+    file is stale."""
     from persona_platform.persona_assets.catalogue import (
         CATALOGUE,
         COMMAND,

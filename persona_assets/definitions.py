@@ -23,7 +23,8 @@ from persona_platform.resources.warehouse import WarehouseIOManager, WarehouseRe
 
 
 def domain_definitions() -> list[Definitions]:
-    """Every domain's own definitions: each subpackage of persona_assets with a definitions module is a domain."""
+    """Every domain's own definitions: each subpackage of persona_assets with a definitions
+    module is a domain."""
     return [
         importlib.import_module(f"persona_platform.persona_assets.{m.name}.definitions").defs
         for m in sorted(pkgutil.iter_modules(persona_assets.__path__), key=lambda m: m.name)
@@ -37,7 +38,8 @@ ALL_ASSETS = [
     a for domain in DOMAINS for a in domain.assets if isinstance(a, AssetsDefinition)
 ]  # the specs of review tables are not
 PARTITION_JOBS = partition_jobs(ALL_ASSETS)
-# On Kubernetes every step is its own pod (GPU steps in GPU pods, from their op tags); locally Dagster's default.
+# On Kubernetes every step is its own pod (GPU steps in GPU pods, from their op tags);
+# locally Dagster's default.
 EXECUTOR = k8s_job_executor.configured(K8S_EXECUTOR_CONFIG) if settings.deployment.on_k8s else None
 
 # A DuckLake location may hold a password. Resource config given as a value is part of the
@@ -55,8 +57,8 @@ defs = Definitions.merge(
         resources={
             "io_manager": WarehouseIOManager(database=WAREHOUSE, data_path=settings.warehouse_data_path),
             "warehouse": WarehouseResource(database=WAREHOUSE, data_path=settings.warehouse_data_path),
-            # llm (the generator), chat_llm (the zero-shot chat baseline's model), judge_llm: each role's model from
-            # the settings; roles on the same model share one loaded engine.
+            # llm (the generator), chat_llm (the zero-shot chat baseline's model), judge_llm: each role's
+            # model from the settings; roles on the same model share one loaded engine.
             **role_resources(settings),
             "goqa_source": GoqaSource(path=str(settings.goqa_source)),
             "board": BoardSource(path=str(settings.board_dir)),

@@ -20,8 +20,10 @@ class Node:
 def source_files(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
     """sha256 -> path, from every table that records its source file."""
     tables = con.execute(
-        "SELECT c.schema_name || '.' || c.table_name FROM duckdb_columns() c JOIN duckdb_tables() t ON t.table_oid = c.table_oid "
-        "WHERE c.column_name IN ('source_file', 'source_sha256') AND NOT t.temporary GROUP BY ALL HAVING count(*) = 2"
+        "SELECT c.schema_name || '.' || c.table_name "
+        "FROM duckdb_columns() c JOIN duckdb_tables() t ON t.table_oid = c.table_oid "
+        "WHERE c.column_name IN ('source_file', 'source_sha256') AND NOT t.temporary "
+        "GROUP BY ALL HAVING count(*) = 2"
     ).fetchall()
     files = {}
     for (table,) in tables:

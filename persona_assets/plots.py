@@ -65,7 +65,8 @@ def accuracy_bars(title: str, bars: Sequence[Bar]) -> bytes:
 
 
 def accuracy_curves(title: str, curves: dict[str, list[tuple[int, float, float, float]]]) -> bytes:
-    """Accuracy vs number of in-context examples with 95% intervals; curves[method] = [(k, mean, low, high)]."""
+    """Accuracy vs number of in-context examples with 95% intervals;
+    curves[method] = [(k, mean, low, high)]."""
     figure, axis = plt.subplots(figsize=(7, 4))
     for method, points in curves.items():
         points = sorted(points)
@@ -170,7 +171,8 @@ def confusion_matrix(
 
 
 def score_violins(title: str, groups: Sequence[tuple[str, Sequence[float], Sequence[float]]]) -> bytes:
-    """Per group (a task's aspect): the agent's and the baseline's score distributions side by side, every sample."""
+    """Per group (a task's aspect): the agent's and the baseline's score distributions
+    side by side, every sample."""
     figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4))
     for index, (_, agent, baseline) in enumerate(groups):
         for offset, values, color in ((-0.2, agent, "#58b6c0"), (0.2, baseline, "#9658ca")):
@@ -193,12 +195,13 @@ def score_violins(title: str, groups: Sequence[tuple[str, Sequence[float], Seque
 def win_rate_bars(
     title: str, labels: Sequence[str], rates: Sequence[tuple[float | None, float | None, float | None]]
 ) -> bytes:
-    """Order-consistent agent win rate per group with its 95% interval (no bar or whisker where it is null); 50% marked."""
+    """Order-consistent agent win rate per group with its 95% interval (no bar or whisker
+    where it is null); 50% marked."""
     figure, axis = plt.subplots(figsize=(max(6, 0.9 * len(labels)), 4))
     means = [100 * (r[0] if r[0] is not None and r[0] == r[0] else 0.0) for r in rates]
     errors = [
-        [0.0 if r[1] is None else max(0.0, m - 100 * r[1]) for m, r in zip(means, rates)],
-        [0.0 if r[2] is None else max(0.0, 100 * r[2] - m) for m, r in zip(means, rates)],
+        [0.0 if r[1] is None else max(0.0, m - 100 * r[1]) for m, r in zip(means, rates, strict=True)],
+        [0.0 if r[2] is None else max(0.0, 100 * r[2] - m) for m, r in zip(means, rates, strict=True)],
     ]
     axis.bar(range(len(labels)), means, yerr=errors, capsize=4, color="#58b6c0")
     axis.axhline(50, color="#888", linestyle="--", linewidth=1)
@@ -211,7 +214,8 @@ def win_rate_bars(
 
 
 def saved_plot(artifacts: ArtifactStore, png: bytes, folder: str, name: str, title: str = "") -> str:
-    """Store a plot as ``plots/<folder>/<name>.png`` and return its markdown: title, path, hash, the image inline."""
+    """Store a plot as ``plots/<folder>/<name>.png`` and return its markdown: title, path, hash,
+    the image inline."""
     path, sha = artifacts.write(png, "plots", folder, f"{name}.png")
     heading = f"**{title}** " if title else ""
     return f"{heading}`{path}` sha256 {sha[:12]}\n\n{inline(png, title or name)}"

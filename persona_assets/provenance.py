@@ -64,9 +64,9 @@ def result_frame(
     provenance: Provenance,
     partition_expr: PartitionExpr = None,
 ) -> pl.DataFrame:
-    """Rows (each with its ``input_ids``) plus the run's provenance; a row without its own ``partition_key`` gets
-    the one its partition columns name. A row may set its own ``adapter`` (a run over several agents serves
-    several adapters)."""
+    """Rows (each with its ``input_ids``) plus the run's provenance; a row without its own
+    ``partition_key`` gets the one its partition columns name. A row may set its own ``adapter`` (a run
+    over several agents serves several adapters)."""
     rows = [
         row if "partition_key" in row else {**row, "partition_key": partition_key_of(row, partition_expr)}
         for row in rows

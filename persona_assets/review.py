@@ -114,7 +114,8 @@ def run_review(
         save(result_frame(rows, REVIEW_SCHEMA, provenance))  # earlier rows keep their own run id
         made += 1
     say(
-        f"\n{made} reviewed in this session. Rematerialize the questions' assets (and downstream) to use them."
+        f"\n{made} reviewed in this session. "
+        "Rematerialize the questions' assets (and downstream) to use them."
     )
     return made
 

@@ -36,8 +36,9 @@ def asset_frame(
     model_id: str | None = None,
     prompt_hash: str | None = None,
 ) -> pl.DataFrame:
-    """``rows`` as the table of the asset (or of the multi-asset's ``output``): run id and code version from the
-    run and the definition, and each row's ``partition_key`` from the asset's partition columns unless it sets one."""
+    """``rows`` as the table of the asset (or of the multi-asset's ``output``): run id and code version from
+    the run and the definition, and each row's ``partition_key`` from the asset's partition columns unless
+    it sets one."""
     key = _asset_key(context, output)
     assets_def = context.assets_def
     provenance = Provenance(
@@ -52,8 +53,8 @@ def asset_frame(
 
 
 def _partition_row_counts(context: AssetExecutionContext, key: AssetKey, frame: pl.DataFrame) -> None:
-    """Each partition's own row count: a run over a range of partitions writes one frame, and without this every
-    partition would show the whole frame's count."""
+    """Each partition's own row count: a run over a range of partitions writes one frame, and without this
+    every partition would show the whole frame's count."""
     if context.assets_def.partitions_def is None:
         return
     counts = dict(frame.group_by("partition_key").len().iter_rows())
@@ -93,8 +94,8 @@ class ModelStep:
 def model_step(
     context: AssetExecutionContext, llm: LLMResource, prompt_hash: str | None = None
 ) -> Iterator[ModelStep]:
-    """The engine of ``llm`` for one step; when the block ends, what the step asked of it (model loads, forward
-    passes, tokens) becomes metadata of every asset the step materializes."""
+    """The engine of ``llm`` for one step; when the block ends, what the step asked of it (model loads,
+    forward passes, tokens) becomes metadata of every asset the step materializes."""
     with llm.metered() as (engine, meter):
         step = ModelStep(context, engine, meter, prompt_hash)
         yield step

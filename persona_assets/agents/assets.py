@@ -27,6 +27,7 @@ from persona_platform.persona_assets.agents.tables import (
     PERPLEXITY_SCHEMA,
     TURN_SCHEMA,
     adapter_row,
+    adapter_table,
     completion_rows,
     conversation_rows,
     loss_rows,
@@ -144,7 +145,8 @@ TURNS_IN = {"board_turns": AssetIn(key=[GROUP, "board_turns"])}
 def training_conversations(
     context: AssetExecutionContext, config: CorpusConfig, board_turns: pl.DataFrame
 ) -> pl.DataFrame:
-    """Training chats from train meetings: the agent's turns as assistant turns, everyone else's as user turns."""
+    """Training chats from train meetings: the agent's turns as assistant turns,
+    everyone else's as user turns."""
     rows = conversation_rows(board_turns, context.partition_keys, config.conversation_words)
     return asset_frame(context, rows, CONVERSATION_SCHEMA)
 
@@ -153,7 +155,8 @@ def training_conversations(
 def completion_examples(
     context: AssetExecutionContext, config: CorpusConfig, board_turns: pl.DataFrame
 ) -> pl.DataFrame:
-    """Each utterance of the agent with the turns before it, from train and test meetings (the held-out sets)."""
+    """Each utterance of the agent with the turns before it, from train and test meetings
+    (the held-out sets)."""
     rows = completion_rows(
         board_turns, context.partition_keys, config.context_turns, config.min_completion_words
     )
@@ -178,7 +181,8 @@ def train_agent(
     settings: LoraTraining,
     log,
 ) -> TrainingOutcome:
-    """Train (or resume) one agent's adapter; checkpoints and the adapter live under this exact run's fingerprint."""
+    """Train (or resume) one agent's adapter; checkpoints and the adapter live under this
+    exact run's fingerprint."""
     examples = engine.training_examples([training_chat(m) for m in conversations["messages"]])
     run = run_fingerprint(settings, examples, engine.model_id)
     return engine.train_adapter(
@@ -191,6 +195,13 @@ def train_agent(
     )
 
 
+def _loss_plot(artifacts: ArtifactStore, agent: str, outcome: TrainingOutcome) -> str:
+    """The agent's training loss per step, plotted and stored; its markdown."""
+    steps, losses = [p["step"] for p in outcome.losses], [p["loss"] for p in outcome.losses]
+    png = loss_curve(f"LoRA training - {agent}", steps, losses)
+    return saved_plot(artifacts, png, "training", agent, agent)
+
+
 @multi_asset(
     outs={
         "lora_adapters": AssetOut(
@@ -199,7 +210,10 @@ def train_agent(
             owners=OWNERS,
             kinds=MODEL_KINDS,
             code_version=VERSION,
-            description="A LoRA adapter per agent (PEFT + Accelerate, loss on the agent's tokens only): path, sha256, hyperparameters.",
+            description=(
+                "A LoRA adapter per agent (PEFT + Accelerate, loss on the agent's tokens only): "
+                "path, sha256, hyperparameters."
+            ),
         ),
         "training_loss": AssetOut(
             key=[GROUP, "training_loss"],
@@ -232,35 +246,11 @@ def lora_training(
             outcome = train_agent(step.engine, artifacts, agent, conversations, settings, context.log.info)
             adapters.append(adapter_row(agent, outcome, settings, conversations["row_id"].to_list()))
             losses += loss_rows(agent, outcome)
-            png = loss_curve(
-                f"LoRA training - {agent}",
-                [p["step"] for p in outcome.losses],
-                [p["loss"] for p in outcome.losses],
-            )
-            plots.append(saved_plot(artifacts, png, "training", agent, agent))
-        adapter_frame, loss_frame = (
-            step.frame(adapters, ADAPTER_SCHEMA, "lora_adapters"),
-            step.frame(losses, LOSS_SCHEMA, "training_loss"),
-        )
+            plots.append(_loss_plot(artifacts, agent, outcome))
+        adapter_frame = step.frame(adapters, ADAPTER_SCHEMA, "lora_adapters")
+        loss_frame = step.frame(losses, LOSS_SCHEMA, "training_loss")
     yield Output(
-        adapter_frame,
-        "lora_adapters",
-        metadata={
-            "adapters": markdown_table(
-                ["agent", "steps", "tokens", "tokens/s", "resumed from", "final loss"],
-                [
-                    [
-                        r["agent"],
-                        r["steps"],
-                        r["tokens_trained"],
-                        f"{r['tokens_per_second'] or 0:.0f}",
-                        r["resumed_from_step"],
-                        f"{r['final_loss']:.3f}",
-                    ]
-                    for r in adapters
-                ],
-            )
-        },
+        adapter_frame, "lora_adapters", metadata={"adapters": markdown_table(*adapter_table(adapters))}
     )
     yield Output(loss_frame, "training_loss", metadata={"loss_curves": MetadataValue.md("\n\n".join(plots))})
 
@@ -282,9 +272,9 @@ def merged_models(
     lora_adapters: pl.DataFrame,
     completion_examples: pl.DataFrame,
 ) -> pl.DataFrame:
-    """Base weights with the agent's adapter merged in, saved as safetensors with the tokenizer; the
-    merged model must give the logits of base + adapter (max |difference| <= 1e-4 in float32) on up to three of
-    the agent's utterances; an agent with none to compare on fails rather than passing unchecked."""
+    """Base weights with the agent's adapter merged in, saved as safetensors with the tokenizer; the merged
+    model must give the logits of base + adapter (max |difference| <= 1e-4 in float32) on up to three of the
+    agent's utterances; an agent with none to compare on fails rather than passing unchecked."""
     rows = []
     with model_step(context, llm) as step:
         serve_adapters(step.engine, lora_adapters)

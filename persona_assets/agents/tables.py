@@ -179,8 +179,9 @@ def perplexity(nll: float, tokens: int) -> float:
 
 
 def training_chat(messages_json: str) -> list[tuple[str, str]]:
-    """A training conversation row's messages as (role, content) pairs; the engine lays them out as token ids and the
-    loss mask (the agent's, i.e. assistant, turns) by the model's own template (``Engine.training_examples``)."""
+    """A training conversation row's messages as (role, content) pairs; the engine lays them out as token ids
+    and the loss mask (the agent's, i.e. assistant, turns) by the model's own template
+    (``Engine.training_examples``)."""
     return [(role, content) for role, content in json.loads(messages_json)]
 
 
@@ -291,6 +292,23 @@ def adapter_row(
         "final_loss": outcome.losses[-1]["loss"] if outcome.losses else None,
         "input_ids": [row_ref("agents.training_conversations", i) for i in conversation_ids],
     }
+
+
+def adapter_table(adapters: Sequence[dict]) -> tuple[list[str], list[list]]:
+    """Header and rows of the adapters' training summary (one row per adapter row)."""
+    header = ["agent", "steps", "tokens", "tokens/s", "resumed from", "final loss"]
+    rows = [
+        [
+            r["agent"],
+            r["steps"],
+            r["tokens_trained"],
+            f"{r['tokens_per_second'] or 0:.0f}",
+            r["resumed_from_step"],
+            f"{r['final_loss']:.3f}",
+        ]
+        for r in adapters
+    ]
+    return header, rows
 
 
 def loss_rows(agent: str, outcome: TrainingOutcome) -> list[dict]:

@@ -26,8 +26,8 @@ def opinion_messages(question: str, options: Sequence[str]) -> tuple[tuple[str, 
 
 
 def opinion_prompt(question: str, options: Sequence[str]) -> ChatPrompt:
-    """The chat every persona answers a survey question in: one user turn, no system turn, which is how an agent's
-    adapter was trained; the base model gets the very same prompt, so the personas compare."""
+    """The chat every persona answers a survey question in: one user turn, no system turn, which is how an
+    agent's adapter was trained; the base model gets the very same prompt, so the personas compare."""
     return adapter_prompt(opinion_messages(question, options))
 
 

@@ -28,8 +28,9 @@ SUMMARY_SCHEMA = {"persona": pl.String, "country": pl.String, "questions": pl.In
 def answer_rows(
     engine, survey: pl.DataFrame, pairs: list[tuple[str, str]], adapter_of
 ) -> tuple[list[dict], int]:
-    """For each (persona, country): the persona's letter distribution on every question with shares that sum above 0
-    (ties count: a distribution is compared whole) and options that can be lettered; the rest are counted."""
+    """For each (persona, country): the persona's letter distribution on every question with shares
+    that sum above 0 (ties count: a distribution is compared whole) and options that can be lettered;
+    the rest are counted."""
     rows, skipped = [], 0
     answerable = (pl.col("distribution").list.sum().fill_null(0) > 0) & (
         pl.col("options").list.len() <= len(LETTERS)

@@ -42,8 +42,10 @@ from persona_platform.persona_assets.elicitation.tables import (
     LABEL_SCHEMA,
     TRACE_SCHEMA,
     ZERO_SHOT_SCHEMA,
+    chat_metadata,
     chat_rows,
     demo_pool,
+    few_shot_accuracy_table,
     few_shot_rows,
     icm_claims,
     label_rows,
@@ -51,6 +53,7 @@ from persona_platform.persona_assets.elicitation.tables import (
     test_claims,
     test_split_claims,
     trace_rows,
+    zero_shot_accuracy_table,
     zero_shot_rows,
 )
 from persona_platform.persona_assets.opinions.splits import VARIANTS
@@ -130,8 +133,8 @@ def resumable_search(
     train: pl.DataFrame,
     config: IcmConfig,
 ) -> tuple[IcmSearch, SearchState, int | None]:
-    """Run (or resume from its checkpoint) one country's search over one variant's train claims; the search, its
-    final state and the iteration it resumed from."""
+    """Run (or resume from its checkpoint) one country's search over one variant's train claims; the search,
+    its final state and the iteration it resumed from."""
     params, claims = config.params(), icm_claims(train)
     search = IcmSearch(claims, params, ClaimScorer(engine, country, claims, params.pool_order, params.seed))
     name = checkpoint_name(country, variant, params, train["claim_id"].to_list(), engine.model_id)
@@ -154,13 +157,26 @@ def search_summary(search: IcmSearch, state: SearchState, resumed_at: int | None
     }
 
 
+def _trace_plot(artifacts: ArtifactStore, country: str, variant: str, state: SearchState) -> str:
+    """One search's energy and agreement with gold per iteration, plotted and stored; its markdown."""
+    png = search_trace(
+        f"ICM search - {country} ({variant})",
+        [t["iteration"] for t in state.trace],
+        [t["energy"] for t in state.trace],
+        [t["gold_agreement"] for t in state.trace],
+    )
+    return saved_plot(artifacts, png, "icm_trace", f"{country}-{variant}", f"{country} ({variant})")
+
+
 @multi_asset(
     outs={
         "icm_labels": AssetOut(
             key=[GROUP, "icm_labels"],
             code_version=ICM_VERSION,
             **COUNTRY_OUT,
-            description="ICM labels of each country's train claims (null = never labelled), beside the gold labels.",
+            description=(
+                "ICM labels of each country's train claims (null = never labelled), beside the gold labels."
+            ),
         ),
         "icm_search_trace": AssetOut(
             key=[GROUP, "icm_search_trace"],
@@ -195,35 +211,22 @@ def icm_search(
                 trace += trace_rows(state.trace, train["claim_id"].to_list(), variant, country)
                 summary[f"{country}/{variant}"] = search_summary(search, state, resumed_at)
                 context.log.info(f"ICM {country} ({variant}): {summary[f'{country}/{variant}']}")
-                png = search_trace(
-                    f"ICM search - {country} ({variant})",
-                    [t["iteration"] for t in state.trace],
-                    [t["energy"] for t in state.trace],
-                    [t["gold_agreement"] for t in state.trace],
-                )
-                plots.append(
-                    saved_plot(artifacts, png, "icm_trace", f"{country}-{variant}", f"{country} ({variant})")
-                )
-        label_frame, trace_frame = (
-            step.frame(labels, LABEL_SCHEMA, "icm_labels"),
-            step.frame(trace, TRACE_SCHEMA, "icm_search_trace"),
-        )
+                plots.append(_trace_plot(artifacts, country, variant, state))
+        label_frame = step.frame(labels, LABEL_SCHEMA, "icm_labels")
+        trace_frame = step.frame(trace, TRACE_SCHEMA, "icm_search_trace")
     params = MetadataValue.json(asdict(config.params()))
-    yield Output(
-        label_frame, "icm_labels", metadata={"params": params, "searches": MetadataValue.json(summary)}
-    )
-    yield Output(
-        trace_frame,
-        "icm_search_trace",
-        metadata={"params": params, "trace_plots": MetadataValue.md("\n\n".join(plots) or "no search ran")},
-    )
+    searches = MetadataValue.json(summary)
+    trace_plots = MetadataValue.md("\n\n".join(plots) or "no search ran")
+    yield Output(label_frame, "icm_labels", metadata={"params": params, "searches": searches})
+    yield Output(trace_frame, "icm_search_trace", metadata={"params": params, "trace_plots": trace_plots})
 
 
 @asset(key_prefix=GROUP, **BY_COUNTRY, **COUNTRY_OUT, code_version=ZERO_SHOT_VERSION, ins=SPLITS_IN)
 def zero_shot_base_predictions(
     context: AssetExecutionContext, llm: LLMResource, goqa_splits: pl.DataFrame, goqa_claims: pl.DataFrame
 ) -> pl.DataFrame:
-    """Zero-shot base-model baseline: log P(" True") vs log P(" False") for each test claim, no demonstrations."""
+    """Zero-shot base-model baseline: log P(" True") vs log P(" False") for each test claim,
+    no demonstrations."""
     test, claims = test_split_claims(goqa_splits, goqa_claims)
     requests = [
         ScoreRequest(zero_shot_prompt(r["question"], r["option"], r["country"]), CANDIDATES)
@@ -232,19 +235,7 @@ def zero_shot_base_predictions(
     with model_step(context, llm, ZERO_SHOT_HASH) as step:
         scores = dict(zip(claims["claim_id"], step.engine.score(requests), strict=True))
         frame = step.frame(zero_shot_rows(test, scores), ZERO_SHOT_SCHEMA)
-    accuracy = (
-        frame.group_by("country", "variant")
-        .agg(pl.len(), pl.col("correct").mean())
-        .sort("country", "variant")
-    )
-    context.add_output_metadata(
-        {
-            "accuracy": markdown_table(
-                ["country", "variant", "test claims", "accuracy"],
-                [[c, v, n, f"{a:.3f}"] for c, v, n, a in accuracy.iter_rows()],
-            )
-        }
-    )
+    context.add_output_metadata({"accuracy": markdown_table(*zero_shot_accuracy_table(frame))})
     return frame
 
 
@@ -287,19 +278,7 @@ def few_shot_predictions(
                     conditions = build_conditions(pool, config.example_counts, config.repeats, config.seed)
                     rows += few_shot_rows(step.engine, country, variant, tests, conditions)
         frame = step.frame(rows, FEW_SHOT_SCHEMA)
-    accuracy = (
-        frame.group_by("country", "variant", "method", "k")
-        .agg(pl.col("correct").mean().alias("accuracy"))
-        .sort("country", "variant", "k", "method")
-    )
-    context.add_output_metadata(
-        {
-            "accuracy_by_k": markdown_table(
-                ["country", "variant", "method", "k", "mean accuracy"],
-                [[c, v, m, k, f"{a:.3f}"] for c, v, m, k, a in accuracy.iter_rows()],
-            )
-        }
-    )
+    context.add_output_metadata({"accuracy_by_k": markdown_table(*few_shot_accuracy_table(frame))})
     return frame
 
 
@@ -320,13 +299,15 @@ def zero_shot_chat_predictions(
     goqa_splits: pl.DataFrame,
     goqa_claims: pl.DataFrame,
 ) -> pl.DataFrame:
-    """Zero-shot instruction-model baseline: asked in a chat whether each test claim is the most popular answer.
+    """Zero-shot instruction-model baseline: asked in a chat whether each test claim is the most
+    popular answer.
 
     The chat model (PERSONA_CHAT_MODEL) scores "True" against "False" after its chat template where its
     engine can (a local backend); an OpenAI-compatible API (PERSONA_CHAT_BASE_URL) applies the template
     itself, so there the reply is asked for, must be exactly True or False, and anything else is stored as a
-    parse failure, counted apart from wrong answers. With no chat model of its own, the base model answers
-    through a chat template, and the rows say so: method `zero_shot_base_chat_template`, never `zero_shot_chat`.
+    parse failure, counted apart from wrong answers. With no chat model of its own, the base model
+    answers through a chat template, and the rows say so: method `zero_shot_base_chat_template`,
+    never `zero_shot_chat`.
     """
     test, claims = test_split_claims(goqa_splits, goqa_claims)
     chats = [chat_messages(r["question"], r["option"], r["country"]) for r in claims.iter_rows(named=True)]
@@ -337,12 +318,5 @@ def zero_shot_chat_predictions(
             test, list(claims["claim_id"]), answers.replies, answers.predictions, method, answers.answered_by
         )
         frame = step.frame(rows, CHAT_SCHEMA)
-    context.add_output_metadata(
-        {
-            "method": method,
-            "answered_by": answers.answered_by,
-            "repeats": len(answers.replies),
-            "parse_failures": int(frame["parse_failed"].sum()),
-        }
-    )
+    context.add_output_metadata(chat_metadata(frame, method, answers))
     return frame

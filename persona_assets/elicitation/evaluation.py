@@ -119,9 +119,9 @@ class ChatAnswers:
 def chat_answers(engine: Engine, chats: Sequence[Sequence[tuple[str, str]]], repeats: int) -> ChatAnswers:
     """Ask each chat whether its claim is the most popular answer.
 
-    An engine that lays the chat out itself scores "True" against "False" after the template, exactly, once; an
-    API applies its template remotely, so there the reply is asked for (each repeat with its own seed: a server
-    that honours seeds still answers each repeat independently) and must be exactly True or False."""
+    An engine that lays the chat out itself scores "True" against "False" after the template, exactly, once;
+    an API applies its template remotely, so there the reply is asked for (each repeat with its own seed: a
+    server that honours seeds still answers each repeat independently) and must be exactly True or False."""
     if engine.scores_chat_prompts:
         scores = engine.score([ScoreRequest(ChatPrompt(tuple(m)), CHAT_CANDIDATES) for m in chats])
         predictions = [predicted_label(t, f) for t, f in scores]

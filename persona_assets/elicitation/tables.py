@@ -1,5 +1,5 @@
-"""The elicitation tables: claims read from the opinions tables for ICM and evaluation, and the rows of labels,
-search traces and predictions (no Dagster here)."""
+"""The elicitation tables: claims read from the opinions tables for ICM and evaluation, and the rows of
+labels, search traces and predictions (no Dagster here)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import polars as pl
 
 from persona_platform.persona_assets.elicitation.evaluation import (
+    ChatAnswers,
     Condition,
     DemoClaim,
     TestClaim,
@@ -194,6 +195,17 @@ def zero_shot_rows(test: pl.DataFrame, scores_by_claim: dict[str, Sequence[float
     return rows
 
 
+def zero_shot_accuracy_table(frame: pl.DataFrame) -> tuple[list[str], list[list]]:
+    """Header and rows of the zero-shot accuracy per country and variant."""
+    accuracy = (
+        frame.group_by("country", "variant")
+        .agg(pl.len(), pl.col("correct").mean())
+        .sort("country", "variant")
+    )
+    header = ["country", "variant", "test claims", "accuracy"]
+    return header, [[c, v, n, f"{a:.3f}"] for c, v, n, a in accuracy.iter_rows()]
+
+
 def chat_rows(
     test: pl.DataFrame,
     claim_ids: list[str],
@@ -202,7 +214,8 @@ def chat_rows(
     method: str,
     answered_by: str,
 ) -> list[dict]:
-    """One row per (repeat, variant, test claim); replies and predictions are per repeat, in claim_ids order."""
+    """One row per (repeat, variant, test claim); replies and predictions are per repeat,
+    in claim_ids order."""
     rows = []
     for repeat, (repeat_replies, repeat_predictions) in enumerate(zip(replies, predictions, strict=True)):
         by_claim = dict(zip(claim_ids, zip(repeat_replies, repeat_predictions, strict=True), strict=True))
@@ -228,18 +241,31 @@ def chat_rows(
     return rows
 
 
+def chat_metadata(frame: pl.DataFrame, method: str, answers: ChatAnswers) -> dict:
+    """The chat baseline's metadata: its method, who answered, its repeats, and how many replies failed
+    to parse."""
+    return {
+        "method": method,
+        "answered_by": answers.answered_by,
+        "repeats": len(answers.replies),
+        "parse_failures": int(frame["parse_failed"].sum()),
+    }
+
+
 def few_shot_rows(
     engine: Engine, country: str, variant: str, tests: Sequence[TestClaim], conditions: Sequence[Condition]
 ) -> list[dict]:
-    """Every test claim's margin under every demonstration condition (method, k, repeat) of one country and variant."""
+    """Every test claim's margin under every demonstration condition (method, k, repeat) of one country
+    and variant."""
     rows = []
     for condition in conditions:
+        condition_id = f"{variant}/{condition.method}/k{condition.k}/r{condition.repeat}"
         demo_refs = [row_ref(LABELS, f"{variant}/{d}") for d in condition.demo_ids]
         for test, margin in zip(tests, condition_margins(engine, country, condition, tests), strict=True):
             predicted = int(margin > 0)
             rows.append(
                 {
-                    "row_id": f"{variant}/{condition.method}/k{condition.k}/r{condition.repeat}/{test.claim_id}",
+                    "row_id": f"{condition_id}/{test.claim_id}",
                     "variant": variant,
                     "country": country,
                     "method": condition.method,
@@ -254,3 +280,14 @@ def few_shot_rows(
                 }
             )
     return rows
+
+
+def few_shot_accuracy_table(frame: pl.DataFrame) -> tuple[list[str], list[list]]:
+    """Header and rows of the mean few-shot accuracy per country, variant, method and k."""
+    accuracy = (
+        frame.group_by("country", "variant", "method", "k")
+        .agg(pl.col("correct").mean().alias("accuracy"))
+        .sort("country", "variant", "k", "method")
+    )
+    header = ["country", "variant", "method", "k", "mean accuracy"]
+    return header, [[c, v, m, k, f"{a:.3f}"] for c, v, m, k, a in accuracy.iter_rows()]

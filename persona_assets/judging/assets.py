@@ -23,14 +23,16 @@ from persona_platform.persona_assets.judging.tables import (
     JUDGMENT_FAILURES,
     JUDGMENT_SCHEMA,
     SUMMARY_SCHEMA,
+    agent_task_win_rates,
     failure_metadata,
-    failure_rate,
+    failure_rate_table,
     judge_items,
     score_groups,
     summary_rows,
+    win_rate_table,
 )
 from persona_platform.persona_assets.plots import saved_plot, score_violins, win_rate_bars
-from persona_platform.persona_assets.statistics import interval_method, shown
+from persona_platform.persona_assets.statistics import interval_method
 from persona_platform.persona_assets.steps import asset_frame, model_step
 from persona_platform.resources.artifacts import ArtifactStore
 from persona_platform.resources.llm.resource import LLMResource
@@ -74,9 +76,10 @@ def judgments(
     evaluation_items: pl.DataFrame,
     task_responses: pl.DataFrame,
 ) -> pl.DataFrame:
-    """Every response of both systems scored 1-5 per aspect of its task (trait: alignment with the trait; completion:
-    alignment, plausibility, tone; monologue: fit, style) by the judge model, as JSON-schema constrained output read
-    by a strict parser of the reply alone. A reply that still fails is a row with a `failure` and no score."""
+    """Every response of both systems scored 1-5 per aspect of its task (trait: alignment with the trait;
+    completion: alignment, plausibility, tone; monologue: fit, style) by the judge model, as JSON-schema
+    constrained output read by a strict parser of the reply alone. A reply that still fails is a row
+    with a `failure` and no score."""
     items = judge_items(evaluation_items, _speakers())
     with model_step(context, judge_llm, JUDGE_HASH) as step:
         rows = score_responses(
@@ -100,9 +103,10 @@ def pairwise_comparisons(
     evaluation_items: pl.DataFrame,
     task_responses: pl.DataFrame,
 ) -> pl.DataFrame:
-    """The agent's sample i against the baseline's sample i of the same item and setting (no best-of-n), judged
-    against the reference in both orders (agent as A, then baseline as A). `outcome` is the winner when both orders
-    agree, `tie`, `inconsistent` when they disagree, or `failed` when either reply did not parse."""
+    """The agent's sample i against the baseline's sample i of the same item and setting (no
+    best-of-n), judged against the reference in both orders (agent as A, then baseline as A).
+    `outcome` is the winner when both orders agree, `tie`, `inconsistent` when they disagree, or
+    `failed` when either reply did not parse."""
     items = judge_items(evaluation_items, _speakers())
     with model_step(context, judge_llm, PAIRWISE_HASH) as step:
         rows = compare_pairs(
@@ -145,81 +149,23 @@ def judging_summary(
     judgments: pl.DataFrame,
     pairwise_comparisons: pl.DataFrame,
 ) -> pl.DataFrame:
-    """Win rates of agent over baseline (order-consistent and raw), mean judge scores of both systems and their
-    paired difference, per agent, task and sampling setting, each with its n and a 95% BCa cluster-bootstrap
-    interval over evaluation items (null where undefined); score violins and judge failure rates."""
+    """Win rates of agent over baseline (order-consistent and raw), mean judge scores of both systems and
+    their paired difference, per agent, task and sampling setting, each with its n and a 95% BCa
+    cluster-bootstrap interval over evaluation items (null where undefined); score violins and judge
+    failure rates."""
     frame = asset_frame(context, summary_rows(judgments, pairwise_comparisons), SUMMARY_SCHEMA)
     violins = score_violins("Judge scores, every sample (no best-of-n)", score_groups(judgments))
-    per_agent = frame.filter(pl.col("scope") == "agent x task")
-    bars = win_rate_bars(
-        "Agent vs persona baseline, order-consistent wins",
-        [f"{r['agent']}/{r['task']}" for r in per_agent.iter_rows(named=True)],
-        [
-            (r["consistent_rate"], r["consistent_low"], r["consistent_high"])
-            for r in per_agent.iter_rows(named=True)
-        ],
-    )
+    labels, rates = agent_task_win_rates(frame)
+    bars = win_rate_bars("Agent vs persona baseline, order-consistent wins", labels, rates)
     plots = [
         saved_plot(artifacts, png, "judging", name)
         for name, png in (("score-violins", violins), ("win-rates", bars))
     ]
-    failure_rates = [
-        ["judging.judgments", judgments.height, failure_rate(judgments, JUDGMENT_FAILURES)[1]],
-        [
-            "judging.pairwise_comparisons",
-            pairwise_comparisons.height,
-            failure_rate(pairwise_comparisons, COMPARISON_FAILURES)[1],
-        ],
-    ]
-
-    rows = frame.iter_rows(named=True)
     context.add_output_metadata(
         {
-            "win_rates": markdown_table(
-                [
-                    "agent",
-                    "task",
-                    "setting",
-                    "items",
-                    "pairs",
-                    "agent",
-                    "baseline",
-                    "tie",
-                    "inconsistent",
-                    "failed",
-                    "consistent win %",
-                    "raw win %",
-                    "score pairs",
-                    "agent score",
-                    "baseline score",
-                    "agent - baseline",
-                ],
-                [
-                    [
-                        r["agent"],
-                        r["task"],
-                        r["setting"],
-                        r["items"],
-                        r["pairs"],
-                        r["agent_wins"],
-                        r["baseline_wins"],
-                        r["ties"],
-                        r["inconsistent"],
-                        r["failed"],
-                        shown(r["consistent_rate"], r["consistent_low"], r["consistent_high"], 100, 0),
-                        shown(r["raw_rate"], r["raw_low"], r["raw_high"], 100, 0),
-                        r["score_pairs"],
-                        shown(r["agent_mean_score"], r["agent_score_low"], r["agent_score_high"]),
-                        shown(r["baseline_mean_score"], r["baseline_score_low"], r["baseline_score_high"]),
-                        shown(r["score_difference"], r["score_difference_low"], r["score_difference_high"]),
-                    ]
-                    for r in rows
-                ],
-            ),
+            "win_rates": markdown_table(*win_rate_table(frame)),
             "interval_method": interval_method("evaluation items"),
-            "judge_failure_rates": markdown_table(
-                ["table", "rows", "failure rate"], [[t, n, f"{rate:.3f}"] for t, n, rate in failure_rates]
-            ),
+            "judge_failure_rates": markdown_table(*failure_rate_table(judgments, pairwise_comparisons)),
             "plots": MetadataValue.md("\n\n".join(plots)),
         }
     )

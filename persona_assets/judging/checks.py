@@ -26,7 +26,9 @@ def _check_failure_rate(frame: pl.DataFrame, failure_columns: list[str]) -> Asse
 @asset_check(
     asset=[GROUP, "judgments"],
     blocking=True,
-    description="The share of judgments whose reply failed to parse is at most PERSONA_JUDGE_MAX_FAILURE_RATE.",
+    description=(
+        "The share of judgments whose reply failed to parse is at most PERSONA_JUDGE_MAX_FAILURE_RATE."
+    ),
 )
 def judgments_failure_rate(judgments: pl.DataFrame) -> AssetCheckResult:
     return _check_failure_rate(judgments, JUDGMENT_FAILURES)

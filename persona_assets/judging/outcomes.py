@@ -20,7 +20,8 @@ ORDERS = (AGENT_FIRST, BASELINE_FIRST)
 
 
 def flatten(messages: Sequence[Sequence[str]], speaker: str) -> str:
-    """A chat as the judge reads it: user turns already name their speakers; assistant turns are the speaker's."""
+    """A chat as the judge reads it: user turns already name their speakers;
+    assistant turns are the speaker's."""
     return "\n".join(
         content if role == "user" else f"{speaker}: {content}"
         for role, content in messages
@@ -78,10 +79,11 @@ def win_rates(
     """One entry per pair in each sequence: its evaluation item, its outcome and its two single-order verdicts
     (None where the reply failed).
 
-    The consistent rate is agent wins over pairs judged in both orders (ties and inconsistent pairs count as not
-    won); the raw rate is agent verdicts over parsed single-order verdicts. Both are pooled over pairs, with 95%
-    intervals from a cluster bootstrap over items: the samples and settings of one item answer the same prompt, so
-    they are not independent evidence (see persona_assets.statistics). None where undefined."""
+    The consistent rate is agent wins over pairs judged in both orders (ties and inconsistent pairs
+    count as not won); the raw rate is agent verdicts over parsed single-order verdicts. Both are
+    pooled over pairs, with 95% intervals from a cluster bootstrap over items: the samples and settings
+    of one item answer the same prompt, so they are not independent evidence (see
+    persona_assets.statistics). None where undefined."""
     consistent = ratio_interval(items, [o == AGENT for o in outcomes], [o != FAILED for o in outcomes], seed)
     raw = ratio_interval(
         items,

@@ -1,4 +1,5 @@
-"""What the judges are asked: aspects per task, absolute and pairwise prompts, reply schemas (no Dagster here).
+"""What the judges are asked: aspects per task, absolute and pairwise prompts, reply schemas
+(no Dagster here).
 
 A reference-based aspect is never judged without its reference: building its
 prompt with an empty reference raises (upstream scored every monologue against
@@ -24,12 +25,18 @@ class Aspect:
 
 
 TRAIT_CRITERIA = {
-    "belief": "Does the response express the stance in the reference? 5 = strong alignment with those beliefs, "
-    "3 = partial alignment or ambiguity, 1 = contradiction.",
-    "personality": "Does the response show the personality in the reference? 5 = strong expression of the quality, "
-    "3 = some of it, 1 = absent or misrepresented.",
-    "memory": "Does the response extend or affirm the memory in the reference realistically? 5 = realistic extension "
-    "or affirmation, 3 = vague, 1 = ignores or contradicts it.",
+    "belief": (
+        "Does the response express the stance in the reference? "
+        "5 = strong alignment with those beliefs, 3 = partial alignment or ambiguity, 1 = contradiction."
+    ),
+    "personality": (
+        "Does the response show the personality in the reference? "
+        "5 = strong expression of the quality, 3 = some of it, 1 = absent or misrepresented."
+    ),
+    "memory": (
+        "Does the response extend or affirm the memory in the reference realistically? "
+        "5 = realistic extension or affirmation, 3 = vague, 1 = ignores or contradicts it."
+    ),
 }
 ASPECTS: dict[str, tuple[Aspect, ...]] = {
     "trait": (Aspect("trait", "alignment", "(per trait)"),),
@@ -113,8 +120,8 @@ def _setting(item: Item, with_reference: bool, what: str) -> str:
         return text
     if item.reference is None or not item.reference.strip():
         raise MissingReferenceError(
-            f"responses.evaluation_items row {item.item_id!r}, field 'reference': empty, so the {what} cannot be "
-            "judged against it; refusing rather than judging without a reference"
+            f"responses.evaluation_items row {item.item_id!r}, field 'reference': empty, "
+            f"so the {what} cannot be judged against it; refusing rather than judging without a reference"
         )
     return text + REFERENCE_TEMPLATE.format(reference_kind=item.reference_kind, reference=item.reference)
 

@@ -10,7 +10,7 @@ from persona_platform.persona_assets.judging.outcomes import combine, flatten, w
 from persona_platform.persona_assets.judging.rubrics import Aspect, Item
 from persona_platform.persona_assets.provenance import row_ref
 from persona_platform.persona_assets.responses.tasks import AGENT, BASELINE
-from persona_platform.persona_assets.statistics import SEED, interval_method, mean_interval
+from persona_platform.persona_assets.statistics import SEED, interval_method, mean_interval, shown
 from persona_platform.persona_assets.structured_output import Parsed
 
 ITEMS, RESPONSES = "responses.evaluation_items", "responses.task_responses"
@@ -49,7 +49,8 @@ COMPARISON_SCHEMA = {
 
 
 def judge_items(items: pl.DataFrame, speaker_of: dict[str, str]) -> dict[str, Item]:
-    """Evaluation items as the judge reads them, by row id; ``speaker_of`` maps agent keys to display names."""
+    """Evaluation items as the judge reads them, by row id;
+    ``speaker_of`` maps agent keys to display names."""
     return {
         r["row_id"]: Item(
             r["row_id"],
@@ -160,9 +161,10 @@ PAIRED_SCORE = [
 
 
 def score_means(scored: pl.DataFrame, seed: int = SEED) -> dict:
-    """Mean judge score of each system over its scored judgments, and the mean paired difference agent - baseline
-    over (item, setting, sample, aspect) that both systems have a score for; counts and cluster-bootstrap intervals
-    over items (the aspects, samples and settings of one item are judgments of answers to the same prompt)."""
+    """Mean judge score of each system over its scored judgments, and the mean paired difference
+    agent - baseline over (item, setting, sample, aspect) that both systems have a score for; counts and
+    cluster-bootstrap intervals over items (the aspects, samples and settings of one item are judgments
+    of answers to the same prompt)."""
     columns = {}
     for system in (AGENT, BASELINE):
         rows = scored.filter(pl.col("system") == system)
@@ -219,8 +221,8 @@ def _scopes(frame: pl.DataFrame) -> list[tuple[str, str, str, str, pl.Expr]]:
 
 
 def summary_rows(judgments: pl.DataFrame, comparisons: pl.DataFrame, seed: int = SEED) -> list[dict]:
-    """Per scope: pair outcomes, consistent and raw agent win rates, both systems' mean scores and their paired
-    difference, each with its n and a 95% cluster-bootstrap interval over evaluation items."""
+    """Per scope: pair outcomes, consistent and raw agent win rates, both systems' mean scores and their
+    paired difference, each with its n and a 95% cluster-bootstrap interval over evaluation items."""
     rows = []
     scored = judgments.filter(pl.col("score").is_not_null())
     for scope, agent, task, setting, where in _scopes(comparisons):
@@ -247,6 +249,60 @@ def summary_rows(judgments: pl.DataFrame, comparisons: pl.DataFrame, seed: int =
             }
         )
     return rows
+
+
+def win_rate_table(summary: pl.DataFrame) -> tuple[list[str], list[list]]:
+    """Header and rows of the judging summary as a report shows it: counts, win rates in percent and mean
+    scores, each estimate with its interval."""
+    header = [
+        "agent",
+        "task",
+        "setting",
+        "items",
+        "pairs",
+        "agent",
+        "baseline",
+        "tie",
+        "inconsistent",
+        "failed",
+        "consistent win %",
+        "raw win %",
+        "score pairs",
+        "agent score",
+        "baseline score",
+        "agent - baseline",
+    ]
+    rows = [
+        [
+            r["agent"],
+            r["task"],
+            r["setting"],
+            r["items"],
+            r["pairs"],
+            r["agent_wins"],
+            r["baseline_wins"],
+            r["ties"],
+            r["inconsistent"],
+            r["failed"],
+            shown(r["consistent_rate"], r["consistent_low"], r["consistent_high"], 100, 0),
+            shown(r["raw_rate"], r["raw_low"], r["raw_high"], 100, 0),
+            r["score_pairs"],
+            shown(r["agent_mean_score"], r["agent_score_low"], r["agent_score_high"]),
+            shown(r["baseline_mean_score"], r["baseline_score_low"], r["baseline_score_high"]),
+            shown(r["score_difference"], r["score_difference_low"], r["score_difference_high"]),
+        ]
+        for r in summary.iter_rows(named=True)
+    ]
+    return header, rows
+
+
+def agent_task_win_rates(summary: pl.DataFrame) -> tuple[list[str], list[tuple]]:
+    """The agent x task scopes of the summary: their labels ('agent/task') and their order-consistent win
+    rates as (rate, low, high)."""
+    per_agent = summary.filter(pl.col("scope") == "agent x task").rows(named=True)
+    labels = [f"{r['agent']}/{r['task']}" for r in per_agent]
+    rates = [(r["consistent_rate"], r["consistent_low"], r["consistent_high"]) for r in per_agent]
+    return labels, rates
 
 
 def score_groups(judgments: pl.DataFrame) -> list[tuple[str, list[float], list[float]]]:
@@ -281,3 +337,13 @@ def failure_rate(frame: pl.DataFrame, failure_columns: list[str]) -> tuple[int, 
 def failure_metadata(frame: pl.DataFrame, failure_columns: list[str]) -> dict:
     failed, rate = failure_rate(frame, failure_columns)
     return {"judge_failures": failed, "judge_failure_rate": rate}
+
+
+def failure_rate_table(judgments: pl.DataFrame, comparisons: pl.DataFrame) -> tuple[list[str], list[list]]:
+    """Header and rows of the judge's failure rate in each judging table."""
+    tables = [
+        ("judging.judgments", judgments, JUDGMENT_FAILURES),
+        ("judging.pairwise_comparisons", comparisons, COMPARISON_FAILURES),
+    ]
+    rows = [[name, frame.height, f"{failure_rate(frame, columns)[1]:.3f}"] for name, frame, columns in tables]
+    return ["table", "rows", "failure rate"], rows

@@ -112,7 +112,8 @@ def goqa_questions(context: AssetExecutionContext, goqa_source: GoqaSource) -> p
 
 @asset(**SHARED, **BY_COUNTRY)
 def goqa_survey(context: AssetExecutionContext, goqa_source: GoqaSource) -> pl.DataFrame:
-    """The country's answer distribution per question, one row per (question, country), with its source row."""
+    """The country's answer distribution per question, one row per (question, country),
+    with its source row."""
     source = goqa_source.load()
     frame = asset_frame(context, survey_rows(source, context.partition_keys), SURVEY_SCHEMA)
     context.add_output_metadata(

@@ -1,4 +1,5 @@
-"""Checks on the survey, claims and splits. Blocking where a failure makes every downstream result meaningless."""
+"""Checks on the survey, claims and splits. Blocking where a failure makes every downstream
+result meaningless."""
 
 import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetKey, MetadataValue, asset_check

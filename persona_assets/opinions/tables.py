@@ -98,7 +98,8 @@ def question_rows(source: SurveySource) -> list[dict]:
 
 
 def country_rows(source: SurveySource) -> list[dict]:
-    """One row per country: its partition key, its name in the file, and how many of its rows can make claims."""
+    """One row per country: its partition key, its name in the file, and how many of its rows
+    can make claims."""
     rows = []
     for country, name in source.country_names.items():
         reasons = [unusable_reason(len(r.options), r.distribution) for r in source.records_for(country)]

@@ -6,14 +6,11 @@ from dagster import AssetExecutionContext, AssetIn, MetadataValue, asset
 from persona_platform.persona_assets.common import OWNERS, TABLE_KINDS, WAREHOUSE_POOL, table_metadata
 from persona_platform.persona_assets.plots import Bar, accuracy_bars, accuracy_curves, saved_plot
 from persona_platform.persona_assets.reports.tables import (
-    AGGREGATE,
-    BAR_METHODS,
-    CURVE_METHODS,
     DIFFERENCES_SCHEMA,
     SUMMARY_SCHEMA,
     difference_rows,
     method_scores,
-    plotted,
+    plot_series,
     summary_rows,
 )
 from persona_platform.persona_assets.steps import asset_frame
@@ -51,31 +48,13 @@ def accuracy_summary(
     )
     frame = asset_frame(context, rows, SUMMARY_SCHEMA)
     sections = []
-    for (scope, variant), part in sorted(
-        frame.group_by("scope", "variant"), key=lambda g: (g[0][0] == AGGREGATE, g[0])
-    ):
-        headline = {r["method"]: r for r in part.filter(pl.col("headline")).iter_rows(named=True)}
-        bars = [Bar(m, *plotted(headline[m])) for m in BAR_METHODS if m in headline]
-        curves = {
-            m: [
-                (r["k"], *plotted(r))
-                for r in part.filter((pl.col("method") == m) & (pl.col("k") > 0)).iter_rows(named=True)
-            ]
-            for m in CURVE_METHODS
-        }
+    for scope, variant, bars, curves in plot_series(frame):
         for kind, png in (
-            ("accuracy", accuracy_bars(f"Test accuracy - {scope} ({variant})", bars)),
-            (
-                "examples",
-                accuracy_curves(
-                    f"Test accuracy vs examples - {scope} ({variant})", {m: c for m, c in curves.items() if c}
-                ),
-            ),
+            ("accuracy", accuracy_bars(f"Test accuracy - {scope} ({variant})", [Bar(*b) for b in bars])),
+            ("examples", accuracy_curves(f"Test accuracy vs examples - {scope} ({variant})", curves)),
         ):
-            sections.append(
-                f"### {scope} ({variant}): {kind}\n"
-                + saved_plot(artifacts, png, "elicitation", f"{scope}-{variant}-{kind}")
-            )
+            plot = saved_plot(artifacts, png, "elicitation", f"{scope}-{variant}-{kind}")
+            sections.append(f"### {scope} ({variant}): {kind}\n" + plot)
     context.add_output_metadata({"plots": MetadataValue.md("\n\n".join(sections))})
     return frame
 

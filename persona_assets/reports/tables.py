@@ -105,12 +105,38 @@ def plotted(row: dict) -> tuple[float, float, float]:
     return row["mean"], row["mean"] if low is None else low, row["mean"] if high is None else high
 
 
+Bars = list[tuple[str, float, float, float]]  # [(method, mean, low, high)]
+Curves = dict[str, list[tuple[int, float, float, float]]]  # method -> [(k, mean, low, high)]
+
+
+def plot_series(summary: pl.DataFrame) -> list[tuple[str, str, Bars, Curves]]:
+    """Per (scope, variant) of the summary, countries before the aggregate: each bar method's headline
+    accuracy as (method, mean, low, high), and each curve method's accuracy per number of examples as
+    (k, mean, low, high), for the curve methods that have any."""
+    series = []
+    for (scope, variant), part in sorted(
+        summary.group_by("scope", "variant"), key=lambda g: (g[0][0] == AGGREGATE, g[0])
+    ):
+        headline = {r["method"]: r for r in part.filter(pl.col("headline")).iter_rows(named=True)}
+        bars = [(m, *plotted(headline[m])) for m in BAR_METHODS if m in headline]
+        curves = {
+            m: [
+                (r["k"], *plotted(r))
+                for r in part.filter((pl.col("method") == m) & (pl.col("k") > 0)).iter_rows(named=True)
+            ]
+            for m in CURVE_METHODS
+        }
+        series.append((scope, variant, bars, {m: c for m, c in curves.items() if c}))
+    return series
+
+
 def summary_row_id(scope: str, variant: str, method: str, k: int | None) -> str:
     return f"{scope}/{variant}/{method}/{'-' if k is None else k}"
 
 
 def headline_keys(scores: Mapping[Key, MethodScores]) -> dict[tuple[str, str, str], Key]:
-    """(country, variant, method) -> the key of its headline: zero-shot, or few-shot with every ICM-labelled claim."""
+    """(country, variant, method) -> the key of its headline: zero-shot, or few-shot with every
+    ICM-labelled claim."""
     largest: dict[tuple, int] = defaultdict(int)
     for country, variant, _, k in scores:
         if k is not None:

@@ -53,8 +53,8 @@ class ItemConfig(Config):
 class ResponseConfig(Config):
     grid: list[str] = Field(
         default=[s.label for s in UPSTREAM_GRID],
-        description="Sampling settings as T<temperature>_P<top_p>_K<top_k>_R<repetition penalty>; every item is "
-        "answered under each (default: the upstream four).",
+        description="Sampling settings as T<temperature>_P<top_p>_K<top_k>_R<repetition penalty>; "
+        "every item is answered under each (default: the upstream four).",
     )
     samples: int = Field(
         default=3, description="Samples per item, setting and system (the same for both systems)."
@@ -84,8 +84,9 @@ def evaluation_items(
     completion_examples: pl.DataFrame,
     monologue_prompts: pl.DataFrame,
 ) -> pl.DataFrame:
-    """What each agent is evaluated on, with the reference a judge compares against: probe questions (reference:
-    the trait summary), held-out completion contexts (what the agent said next), monologue prompts (the monologue)."""
+    """What each agent is evaluated on, with the reference a judge compares against: probe questions
+    (reference: the trait summary), held-out completion contexts (what the agent said next), monologue
+    prompts (the monologue)."""
     rows = [
         row
         for agent in context.partition_keys
@@ -124,29 +125,21 @@ def task_responses(
     lora_adapters: pl.DataFrame,
     agent_profiles: pl.DataFrame,
 ) -> pl.DataFrame:
-    """Every item answered by both systems under every sampling setting, `samples` times each with seeds shared
-    by the systems: the agent's adapter, and the base model told the agent's persona profile (the baseline).
-    Both answer the same turns through the model's own template: the adapter exactly as laid out in its training
-    (no system turn), the baseline after a system turn with the profile; no best-of-n is taken here."""
+    """Every item answered by both systems under every sampling setting, `samples` times each with seeds
+    shared by the systems: the agent's adapter, and the base model told the agent's persona profile (the
+    baseline). Both answer the same turns through the model's own template: the adapter exactly as laid
+    out in its training (no system turn), the baseline after a system turn with the profile; no best-of-n
+    is taken here."""
     grid = [SamplingSetting.parse(label) for label in config.grid]
     profiles = dict(zip(agent_profiles["agent"], agent_profiles["profile"], strict=True))
     names = {key: agent.display_name for key, agent in AGENTS_BY_KEY.items()}
-    plan = response_plan(
-        evaluation_items.sort("agent", "row_id").to_dicts(),
-        names,
-        profiles,
-        grid,
-        config.samples,
-        config.max_new_tokens,
-        config.seed,
-    )
+    items = evaluation_items.sort("agent", "row_id").to_dicts()
+    plan = response_plan(items, names, profiles, grid, config.samples, config.max_new_tokens, config.seed)
     with model_step(context, llm, PROMPT_HASH) as step:
         serve_adapters(step.engine, lora_adapters)
         replies = step.engine.generate([planned.request for planned in plan])
-        frame = step.frame(
-            [response_row(planned, reply) for planned, reply in zip(plan, replies, strict=True)],
-            RESPONSE_SCHEMA,
-        )
+        rows = [response_row(planned, reply) for planned, reply in zip(plan, replies, strict=True)]
+        frame = step.frame(rows, RESPONSE_SCHEMA)
     counts = frame.group_by("agent", "task", "system").len().sort("agent", "task", "system")
     context.add_output_metadata(
         {

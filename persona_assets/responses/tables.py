@@ -79,8 +79,8 @@ def item_rows(
     max_completions: int,
     max_monologues: int,
 ) -> list[dict]:
-    """Items in a fixed order: probe questions (per trait, up to the cap), held-out completions, monologue prompts.
-    Questions whose generation failed have no text and are not items."""
+    """Items in a fixed order: probe questions (per trait, up to the cap), held-out completions, monologue
+    prompts. Questions whose generation failed have no text and are not items."""
     rows = []
     own = probes.filter((pl.col("agent") == agent) & pl.col("question").is_not_null()).sort(
         "trait", "chunk_id"

@@ -1,4 +1,5 @@
-"""Traits: screened monologue chunks, probe questions (with human review), monologue prompts, agent profiles."""
+"""Traits: screened monologue chunks, probe questions (with human review), monologue prompts,
+agent profiles."""
 
 import polars as pl
 from dagster import AssetExecutionContext, AssetIn, AssetKey, AssetSpec, Config, asset
@@ -37,6 +38,7 @@ from persona_platform.persona_assets.traits.tables import (
     question_metadata,
     screening_id,
     screening_rows,
+    screening_table,
 )
 from persona_platform.resources.llm import ChatPrompt
 from persona_platform.resources.llm.resource import LLMResource
@@ -126,24 +128,14 @@ def trait_screenings(
                 return ask_structured(step.engine, chats, schema, config.summary_chars, **_sampling(config))
 
             made = screen_until_cap(chunks, prompts.TRAITS, config.max_items_per_trait, screen)
-            for trait, screenings in made.items():
+            for screenings in made.values():  # per trait; each screening carries its trait
                 kept_ids = {screening_id(s) for s in kept(screenings, config.max_items_per_trait)}
                 rows += screening_rows(agent, screenings, kept_ids)
         frame = step.frame(rows, SCREENING_SCHEMA)
-    counts = (
-        frame.group_by("agent", "trait")
-        .agg(
-            pl.len().alias("screened"),
-            pl.col("relevant").sum().alias("relevant"),
-            pl.col("kept").sum().alias("kept"),
-            pl.col("failure").is_not_null().sum().alias("failed"),
-        )
-        .sort("agent", "trait")
-    )
     context.add_output_metadata(
         {
             "failures": int(frame["failure"].is_not_null().sum()),
-            "per_agent_and_trait": markdown_table(counts.columns, counts.rows()),
+            "per_agent_and_trait": markdown_table(*screening_table(frame)),
         }
     )
     return frame
@@ -193,8 +185,9 @@ def monologue_prompts(
     warehouse: WarehouseResource,
     monologues: pl.DataFrame,
 ) -> pl.DataFrame:
-    """For each monologue (up to the per-agent limit), the open question that would draw it out: the monologue
-    task's prompt, with the monologue as its reference. Reviewed like probe questions (`--kind monologues`)."""
+    """For each monologue (up to the per-agent limit), the open question that would draw it out:
+    the monologue task's prompt, with the monologue as its reference. Reviewed like probe
+    questions (`--kind monologues`)."""
     reviews = warehouse.read_optional(GROUP, REVIEW_TABLE)
     items = [
         (agent, mid, text)
@@ -218,17 +211,15 @@ def monologue_prompts(
 def agent_profiles(
     context: AssetExecutionContext, config: ProfileConfig, llm: LLMResource, monologues: pl.DataFrame
 ) -> pl.DataFrame:
-    """A consolidated persona profile per agent from its longest monologues (partial profiles of packed blocks,
-    merged; greedy), with interview questions that test adherence to it. The persona baseline is prompted with it."""
+    """A consolidated persona profile per agent from its longest monologues (partial profiles of
+    packed blocks, merged; greedy), with interview questions that test adherence to it. The
+    persona baseline is prompted with it."""
     used = {
         agent: longest_first(monologues_of(monologues, agent), config.longest_monologues)
         for agent in context.partition_keys
     }
     people = [
-        (
-            AGENTS_BY_KEY[agent].display_name,
-            pack_remarks([text for _, text in used[agent]], config.block_chars),
-        )
+        (AGENTS_BY_KEY[agent].display_name, pack_remarks([t for _, t in used[agent]], config.block_chars))
         for agent in context.partition_keys
     ]
     with model_step(context, llm, prompts.PROFILE_HASH) as step:

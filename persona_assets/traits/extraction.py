@@ -1,4 +1,5 @@
-"""Trait extraction from monologues: chunks, screening until a per-agent cap, profile packing (no Dagster here)."""
+"""Trait extraction from monologues: chunks, screening until a per-agent cap, profile packing
+(no Dagster here)."""
 
 from __future__ import annotations
 
@@ -106,8 +107,9 @@ def build_profiles(
     interview_questions: int,
     question_chars: int,
 ) -> list[Profile]:
-    """One profile per ``(name, remark blocks)``, every stage batched across people: a partial profile per block
-    (greedy), the partials merged, then interview questions as constrained JSON. No blocks: no profile, a failure."""
+    """One profile per ``(name, remark blocks)``, every stage batched across people: a partial profile
+    per block (greedy), the partials merged, then interview questions as constrained JSON. No
+    blocks: no profile, a failure."""
     asked = [i for i, (_, blocks) in enumerate(people) if blocks]
     partial_requests = [(i, block) for i in asked for block in people[i][1]]
     partial_texts = engine.generate(

@@ -169,6 +169,21 @@ def monologue_prompt_rows(
     return rows, dropped
 
 
+def screening_table(frame: pl.DataFrame) -> tuple[list[str], list[tuple]]:
+    """Header and rows of the screenings per agent and trait: screened, relevant, kept and failed."""
+    counts = (
+        frame.group_by("agent", "trait")
+        .agg(
+            pl.len().alias("screened"),
+            pl.col("relevant").sum().alias("relevant"),
+            pl.col("kept").sum().alias("kept"),
+            pl.col("failure").is_not_null().sum().alias("failed"),
+        )
+        .sort("agent", "trait")
+    )
+    return counts.columns, counts.rows()
+
+
 def question_metadata(frame: pl.DataFrame, dropped: int) -> dict:
     return {
         "failures": int(frame["failure"].is_not_null().sum()),

@@ -18,7 +18,7 @@ from persona_platform.persona_assets.common import (
 )
 from persona_platform.persona_assets.plots import confusion_matrix, saved_plot
 from persona_platform.persona_assets.review import REVIEW_TABLE, reviewed
-from persona_platform.persona_assets.statistics import interval_method, shown
+from persona_platform.persona_assets.statistics import interval_method
 from persona_platform.persona_assets.steps import asset_frame, model_step
 from persona_platform.persona_assets.votes.prediction import (
     ANSWER_PREFIX,
@@ -33,6 +33,7 @@ from persona_platform.persona_assets.votes.tables import (
     MOTION_SCHEMA,
     PREDICTION_SCHEMA,
     RECORD_SCHEMA,
+    metric_table,
     motion_rows,
     prediction_rows,
     record_rows,
@@ -163,9 +164,9 @@ METRICS_VERSION = "vote-metrics-2"
 def vote_metrics_summary(
     context: AssetExecutionContext, artifacts: ArtifactStore, vote_predictions: pl.DataFrame
 ) -> pl.DataFrame:
-    """Accuracy, balanced accuracy, macro-F1 and, beside them, the majority-class baseline, each with a 95% BCa
-    cluster-bootstrap interval over motions (null where undefined), the Unknown rate, n votes and motions, per
-    method, per agent and overall, with confusion matrices."""
+    """Accuracy, balanced accuracy, macro-F1 and, beside them, the majority-class baseline, each with a 95%
+    BCa cluster-bootstrap interval over motions (null where undefined), the Unknown rate, n votes and
+    motions, per method, per agent and overall, with confusion matrices."""
     rows, sections = metric_rows(vote_predictions), []
     for method in sorted(vote_predictions["method"].unique()):
         part = vote_predictions.filter(pl.col("method") == method)
@@ -178,41 +179,9 @@ def vote_metrics_summary(
         )
         sections.append(f"### {method}\n" + saved_plot(artifacts, png, "votes", f"confusion-{method}"))
     frame = asset_frame(context, rows, METRIC_SCHEMA)
-
-    def metric(r, name):
-        return shown(r[name], r[f"{name}_low"], r[f"{name}_high"])
-
     context.add_output_metadata(
         {
-            "metrics": markdown_table(
-                [
-                    "method",
-                    "scope",
-                    "n",
-                    "motions",
-                    "accuracy",
-                    "balanced",
-                    "macro-F1",
-                    "majority",
-                    "majority class",
-                    "unknown",
-                ],
-                [
-                    [
-                        r["method"],
-                        r["scope"],
-                        r["n"],
-                        r["motions"],
-                        metric(r, "accuracy"),
-                        metric(r, "balanced_accuracy"),
-                        metric(r, "macro_f1"),
-                        metric(r, "majority_baseline"),
-                        r["majority_class"],
-                        "n/a" if r["unknown_rate"] is None else f"{r['unknown_rate']:.2f}",
-                    ]
-                    for r in rows
-                ],
-            ),
+            "metrics": markdown_table(*metric_table(rows)),
             "interval_method": interval_method("motions"),
             "confusion_matrices": MetadataValue.md("\n\n".join(sections)),
         }

@@ -40,7 +40,8 @@ def vote_messages(display_name: str, question: str) -> tuple[tuple[str, str], ..
 
 
 def vote_prompt(display_name: str, question: str) -> ChatPrompt:
-    """The chat an agent's adapter votes on: one user turn, laid out as its training chats (no system turn)."""
+    """The chat an agent's adapter votes on: one user turn, laid out as its training chats
+    (no system turn)."""
     return adapter_prompt(vote_messages(display_name, question))
 
 
@@ -62,7 +63,8 @@ def confusion_rows(truth: Sequence[str], predicted: Sequence[str]) -> np.ndarray
     return cells
 
 
-# The metrics below map confusion counts (..., cells) to values (...): the bootstrap evaluates many resamples at once.
+# The metrics below map confusion counts (..., cells) to values (...): the bootstrap evaluates many
+# resamples at once.
 
 
 def _matrix(counts: np.ndarray) -> np.ndarray:
@@ -86,7 +88,8 @@ def _per_label(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _mean_over_recorded(values: np.ndarray, recorded: np.ndarray) -> np.ndarray:
-    """A label nobody voted has no recall: balanced accuracy and macro-F1 average over the labels that occur."""
+    """A label nobody voted has no recall: balanced accuracy and macro-F1 average
+    over the labels that occur."""
     present = recorded > 0
     return np.where(present, values, 0.0).sum(axis=-1) / present.sum(axis=-1)
 
@@ -100,7 +103,8 @@ def balanced_accuracy(counts: np.ndarray) -> np.ndarray:
 
 def macro_f1(counts: np.ndarray) -> np.ndarray:
     recorded, predictions, hits = _per_label(counts)
-    # F1 = 2 hits / (recorded + predictions); recorded > 0 wherever it is averaged, so the division is defined there
+    # F1 = 2 hits / (recorded + predictions); recorded > 0 wherever it is averaged,
+    # so the division is defined there
     total = recorded + predictions
     return _mean_over_recorded(np.divide(2 * hits, total, out=np.zeros_like(hits), where=total > 0), recorded)
 
@@ -138,13 +142,15 @@ class VoteMetrics:
 def vote_metrics(
     truth: Sequence[str], predicted: Sequence[str], motions: Sequence[str], seed: int = SEED
 ) -> VoteMetrics:
-    """Unknown predictions count as wrong; balanced accuracy and macro-F1 average over Aye and Naye. The majority
-    baseline always predicts the class most often recorded here (ties: Aye); its accuracy is that class's share.
+    """Unknown predictions count as wrong; balanced accuracy and macro-F1 average over Aye and Naye.
+    The majority baseline always predicts the class most often recorded here (ties: Aye); its accuracy
+    is that class's share.
 
-    95% intervals from a cluster bootstrap over motions (persona_assets.statistics): the members voting on one
-    motion read the same motion and often vote together, so in a scope with several voters per motion its votes
-    are not independent; where each motion has one voter (a single agent) this is a bootstrap over votes. The
-    baseline is resampled the same way with its class fixed, so the two intervals are comparable side by side."""
+    95% intervals from a cluster bootstrap over motions (persona_assets.statistics): the members voting on
+    one motion read the same motion and often vote together, so in a scope with several voters per motion
+    its votes are not independent; where each motion has one voter (a single agent) this is a bootstrap
+    over votes. The baseline is resampled the same way with its class fixed, so the two intervals are
+    comparable side by side."""
     counts = cluster_totals(motions, confusion_rows(truth, predicted))
     recorded = counts.sum(axis=0).reshape(len(LABELS), len(PREDICTED)).sum(axis=1)
     majority = LABELS[
@@ -194,7 +200,8 @@ METRIC_SCHEMA = {
 
 
 def metric_rows(predictions: pl.DataFrame, seed: int = SEED) -> list[dict]:
-    """Rows of the vote metrics summary: per method, each agent and ``overall`` (every agent's votes together)."""
+    """Rows of the vote metrics summary: per method, each agent and ``overall``
+    (every agent's votes together)."""
     rows = []
     for method in sorted(predictions["method"].unique()):
         part = predictions.filter(pl.col("method") == method)

@@ -5,6 +5,7 @@ from collections.abc import Callable, Sequence
 import polars as pl
 
 from persona_platform.persona_assets.provenance import file_ref, row_ref
+from persona_platform.persona_assets.statistics import shown
 from persona_platform.persona_assets.votes.prediction import (
     LABELS,
     SCORE_CANDIDATES,
@@ -38,7 +39,8 @@ PREDICTION_SCHEMA = {
     "logprob_naye": pl.Float64,
 }
 
-# (motion, question as generated) -> (question to ask or None when dropped, review decision, the review's row ref)
+# (motion, question as generated) ->
+# (question to ask or None when dropped, review decision, the review's row ref)
 Review = Callable[[Motion, str], tuple[str | None, str | None, str | None]]
 
 
@@ -72,7 +74,8 @@ def motion_rows(
 
 
 def record_rows(motions: pl.DataFrame, aliases: dict[str, str]) -> tuple[list[dict], list[tuple[str, str]]]:
-    """One row per (motion, voter), the voter resolved to an agent or null; the (motion, name) pairs not resolved."""
+    """One row per (motion, voter), the voter resolved to an agent or null;
+    the (motion, name) pairs not resolved."""
     parsed = [
         Motion(r["row_id"], r["source_row"], r["context"], tuple(r["ayes"]), tuple(r["nayes"]))
         for r in motions.iter_rows(named=True)
@@ -111,7 +114,8 @@ def prediction_rows(
     questions: dict[str, str],
     vote_records: pl.DataFrame,
 ) -> list[dict]:
-    """Each agent's adapter votes on the motions it voted on: by score (Aye vs Naye) and by greedy generation."""
+    """Each agent's adapter votes on the motions it voted on: by score (Aye vs Naye)
+    and by greedy generation."""
     rows = []
     for agent in agents:
         records = vote_records.filter(pl.col("agent") == agent).sort("motion_id")
@@ -156,3 +160,39 @@ def prediction_rows(
                 }
             )
     return rows
+
+
+def metric_table(metrics: Sequence[dict]) -> tuple[list[str], list[list]]:
+    """Header and rows of the vote metrics summary as a report shows it: each metric with its interval."""
+
+    def metric(r, name):
+        return shown(r[name], r[f"{name}_low"], r[f"{name}_high"])
+
+    header = [
+        "method",
+        "scope",
+        "n",
+        "motions",
+        "accuracy",
+        "balanced",
+        "macro-F1",
+        "majority",
+        "majority class",
+        "unknown",
+    ]
+    rows = [
+        [
+            r["method"],
+            r["scope"],
+            r["n"],
+            r["motions"],
+            metric(r, "accuracy"),
+            metric(r, "balanced_accuracy"),
+            metric(r, "macro_f1"),
+            metric(r, "majority_baseline"),
+            r["majority_class"],
+            "n/a" if r["unknown_rate"] is None else f"{r['unknown_rate']:.2f}",
+        ]
+        for r in metrics
+    ]
+    return header, rows
