@@ -97,8 +97,14 @@ def model_step(
     """The engine of ``llm`` for one step; when the block ends, what the step asked of it (model loads,
     forward passes, tokens) becomes metadata of every asset the step materializes."""
     with llm.metered() as (engine, meter):
+        context.log.info(f"engine {engine.model_id} ready ({llm.backend} backend)")
         step = ModelStep(context, engine, meter, prompt_hash)
         yield step
+    used = meter.usage
+    context.log.info(
+        f"engine {engine.model_id}: {used.requests} requests, {used.forward_passes} forward passes, "
+        f"{used.tokens_computed} tokens computed, {used.tokens_reused} reused, {used.model_loads} model loads"
+    )
     usage = engine_metadata(meter, engine.model_id)
     for key in context.selected_asset_keys:
         context.add_asset_metadata(usage, asset_key=key)

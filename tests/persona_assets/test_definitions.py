@@ -9,7 +9,8 @@ from persona_platform.persona_assets.definitions import defs
 from persona_platform.resources.warehouse import partition_columns
 
 ROOT = Path(__file__).resolve().parents[2]
-# An asset function states what it computes; rows, plots and metadata tables are built in its domain's modules.
+# An asset function states what it computes; rows, plots and metadata tables are built in its domain's
+# modules.
 MAX_ASSET_BODY_LINES = 30
 
 
@@ -78,5 +79,7 @@ def test_every_domain_has_one_assets_module_of_short_asset_functions():
     for domain in domains:
         lengths = asset_body_lengths(domain / "assets.py")
         assert lengths, f"{domain.name}/assets.py defines no asset"
-        too_long += [f"{domain.name}.{name}: {n} lines" for name, n in lengths.items() if n > MAX_ASSET_BODY_LINES]
+        too_long += [
+            f"{domain.name}.{name}: {n} lines" for name, n in lengths.items() if n > MAX_ASSET_BODY_LINES
+        ]
     assert too_long == []
