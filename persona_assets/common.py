@@ -31,6 +31,10 @@ GPU_POOL, WAREHOUSE_POOL = "gpu", "warehouse"
 # The unpartitioned tables made from the board's files, which every agent's partitions read: the board sensor
 # and job run them with the agents.
 BOARD_INPUT = ("persona/input", "board")
+# A summary across partitions, with plots: in the reports group whatever domain computes it.
+REPORT_STEP = dict(
+    group_name="reports", owners=OWNERS, kinds=TABLE_KINDS | {"matplotlib"}, pool=WAREHOUSE_POOL
+)
 COUNTRY_PARTITION = {"partition_expr": "country"}
 AGENT_PARTITION = {"partition_expr": "agent"}
 AGENT_COUNTRY_PARTITION = {"partition_expr": {"agent": "agent", "country": "country"}}

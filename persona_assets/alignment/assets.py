@@ -19,8 +19,7 @@ from persona_platform.persona_assets.common import (
     MODEL_KINDS,
     ONE_RUN_PER_BACKFILL,
     OWNERS,
-    TABLE_KINDS,
-    WAREHOUSE_POOL,
+    REPORT_STEP,
     gpu_step,
     markdown_table,
 )
@@ -105,10 +104,7 @@ def base_opinions(
 
 @asset(
     key_prefix=GROUP,
-    group_name="reports",
-    owners=OWNERS,
-    kinds=TABLE_KINDS | {"matplotlib"},
-    pool=WAREHOUSE_POOL,
+    **REPORT_STEP,
     code_version=VERSION,
     ins={
         "agent_opinions": AssetIn(key=[GROUP, "agent_opinions"]),

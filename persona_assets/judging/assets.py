@@ -10,8 +10,7 @@ from persona_platform.persona_assets.common import (
     MODEL_KINDS,
     ONE_RUN_PER_BACKFILL,
     OWNERS,
-    TABLE_KINDS,
-    WAREHOUSE_POOL,
+    REPORT_STEP,
     gpu_step,
     markdown_table,
 )
@@ -133,10 +132,7 @@ SUMMARY_VERSION = "judging-summary-2"
 
 @asset(
     key_prefix=GROUP,
-    group_name="reports",
-    owners=OWNERS,
-    kinds=TABLE_KINDS | {"matplotlib"},
-    pool=WAREHOUSE_POOL,
+    **REPORT_STEP,
     code_version=SUMMARY_VERSION,
     ins={
         "judgments": AssetIn(key=[GROUP, "judgments"]),

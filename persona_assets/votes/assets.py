@@ -11,6 +11,7 @@ from persona_platform.persona_assets.common import (
     MODEL_KINDS,
     ONE_RUN_PER_BACKFILL,
     OWNERS,
+    REPORT_STEP,
     TABLE_KINDS,
     WAREHOUSE_POOL,
     gpu_step,
@@ -154,10 +155,7 @@ METRICS_VERSION = "vote-metrics-2"
 
 @asset(
     key_prefix=GROUP,
-    group_name="reports",
-    owners=OWNERS,
-    kinds=TABLE_KINDS | {"matplotlib"},
-    pool=WAREHOUSE_POOL,
+    **REPORT_STEP,
     code_version=METRICS_VERSION,
     ins={"vote_predictions": AssetIn(key=[GROUP, "vote_predictions"])},
 )
