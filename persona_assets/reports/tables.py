@@ -89,14 +89,20 @@ def method_scores(
         (few_shot, "elicitation.few_shot_predictions"),
     )
     for frame, table in sources:
-        for (country, variant, name, k), part in frame.group_by("country", "variant", "method", "k"):
+        for (country, variant, name, k), unordered in frame.group_by("country", "variant", "method", "k"):
+            part = unordered.sort("row_id")  # group and row order vary between reads; results must not
             rows = zip(part["repeat"], part["claim_id"], part["correct"].fill_null(False), strict=True)
             out[(country, variant, name, k)] = MethodScores(
                 question_scores(list(rows)),
                 [row_ref(table, i) for i in part["row_id"]],
                 part["correct"].null_count(),
             )
-    return out
+    return dict(sorted(out.items(), key=lambda item: _sortable(item[0])))
+
+
+def _sortable(key: Key) -> tuple:
+    country, variant, method, k = key
+    return country, variant, method, -1 if k is None else k
 
 
 def plotted(row: dict) -> tuple[float, float, float]:
