@@ -25,7 +25,7 @@ PERSONA_JUDGE_ENGINE, PERSONA_JUDGE_BASE_URL, PERSONA_JUDGE_API_KEY  its backend
                      has no prefix, server and key (default: the generator's; the key falls back to
                      PERSONA_ENGINE_API_KEY)
 PERSONA_JUDGE_MAX_FAILURE_RATE  the share of judgments that may fail to parse before the
-                     judge_failure_rate checks fail (default: 0.05)
+                     judgments_failure_rate and pairwise_failure_rate checks fail (default: 0.05)
 PERSONA_DEPLOYMENT   "local" (steps run on this machine) or "k8s" (steps run as Kubernetes jobs,
                      model-loading steps in GPU pods; see k8s/README.md) (default: local)
 PERSONA_K8S_GPU_IMAGE  the image of the GPU step pods when PERSONA_DEPLOYMENT=k8s
