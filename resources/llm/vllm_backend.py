@@ -12,7 +12,7 @@
 Prompts are tokenized here with the model's own tokenizer (chat prompts through its
 chat template) and passed as token ids, so segment boundaries are exactly those of
 the transformers backend. vLLM cannot be installed on CPU-only machines; these paths
-are tested where a GPU is lent (tests/test_vllm_backend.py skips elsewhere).
+are tested where a GPU is lent (tests/resources/llm/test_vllm_backend.py skips elsewhere).
 """
 
 from __future__ import annotations
