@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The Debian packages the test suite needs beyond Python, installed once with one apt-get run:
-# chromium and chromium-driver (tests/test_browser.py) and the PostgreSQL server (DuckLake tests and
+# chromium and chromium-driver (tests/persona_assets/test_browser.py) and the PostgreSQL server (DuckLake tests and
 # `persona bench warehouse`, which start their own throwaway servers from its binaries).
 # A machine without them and without apt-get says so; the tests that need them then fail saying what is missing.
 set -euo pipefail
