@@ -235,7 +235,3 @@ def _claim_lines(text: str) -> tuple[tuple[str, str, str, int | None], ...]:
         (m["c"], m["q"], m["o"], None if m["label"] is None else int(m["label"] == " True"))
         for m in CLAIM_LINE.finditer(text)
     )
-
-
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
