@@ -17,6 +17,8 @@ COUNTRY_NAMES: dict[str, str] = country_registry(_settings.goqa_source)
 COUNTRIES: list[str] = list(COUNTRY_NAMES)
 AGENTS: list[Agent] = agent_registry(AGENT_REGISTRY_FILE)
 AGENTS_BY_KEY: dict[str, Agent] = {a.key: a for a in AGENTS}
+# Agent key -> the name people use for them (prompts, judges and vote questions address the person).
+DISPLAY_NAMES: dict[str, str] = {a.key: a.display_name for a in AGENTS}
 
 countries_partitions = StaticPartitionsDefinition(COUNTRIES)
 agents_partitions = StaticPartitionsDefinition([a.key for a in AGENTS])
@@ -45,6 +47,7 @@ __all__ = [
     "AGENT_REGISTRY_FILE",
     "COUNTRIES",
     "COUNTRY_NAMES",
+    "DISPLAY_NAMES",
     "agent_country_partitions",
     "agents_partitions",
     "countries_partitions",

@@ -85,10 +85,6 @@ class ModelStep:
             prompt_hash=self.prompt_hash,
         )
 
-    @property
-    def model_id(self) -> str:
-        return self.engine.model_id
-
 
 @contextmanager
 def model_step(

@@ -4,7 +4,7 @@ import polars as pl
 from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, asset
 from pydantic import Field
 
-from persona_platform.partitions import AGENTS_BY_KEY, agents_partitions
+from persona_platform.partitions import DISPLAY_NAMES, agents_partitions
 from persona_platform.persona_assets.common import (
     AGENT_PARTITION,
     MODEL_KINDS,
@@ -63,10 +63,6 @@ class JudgeConfig(Config):
     seed: int = Field(default=0)
 
 
-def _speakers() -> dict[str, str]:
-    return {key: agent.display_name for key, agent in AGENTS_BY_KEY.items()}
-
-
 @asset(**SHARED, ins=RESPONSES_IN, code_version=JUDGMENTS_VERSION)
 def judgments(
     context: AssetExecutionContext,
@@ -79,7 +75,7 @@ def judgments(
     completion: alignment, plausibility, tone; monologue: fit, style) by the judge model, as JSON-schema
     constrained output read by a strict parser of the reply alone. A reply that still fails is a row
     with a `failure` and no score."""
-    items = judge_items(evaluation_items, _speakers())
+    items = judge_items(evaluation_items, DISPLAY_NAMES)
     with model_step(context, judge_llm, JUDGE_HASH) as step:
         rows = score_responses(
             step.engine,
@@ -106,7 +102,7 @@ def pairwise_comparisons(
     best-of-n), judged against the reference in both orders (agent as A, then baseline as A).
     `outcome` is the winner when both orders agree, `tie`, `inconsistent` when they disagree, or
     `failed` when either reply did not parse."""
-    items = judge_items(evaluation_items, _speakers())
+    items = judge_items(evaluation_items, DISPLAY_NAMES)
     with model_step(context, judge_llm, PAIRWISE_HASH) as step:
         rows = compare_pairs(
             step.engine,

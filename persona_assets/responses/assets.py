@@ -4,7 +4,7 @@ import polars as pl
 from dagster import AssetExecutionContext, AssetIn, Config, asset
 from pydantic import Field
 
-from persona_platform.partitions import AGENTS_BY_KEY, agents_partitions
+from persona_platform.partitions import DISPLAY_NAMES, agents_partitions
 from persona_platform.persona_assets.agents.adapters import serve_adapters
 from persona_platform.persona_assets.common import (
     AGENT_PARTITION,
@@ -132,9 +132,10 @@ def task_responses(
     is taken here."""
     grid = [SamplingSetting.parse(label) for label in config.grid]
     profiles = dict(zip(agent_profiles["agent"], agent_profiles["profile"], strict=True))
-    names = {key: agent.display_name for key, agent in AGENTS_BY_KEY.items()}
     items = evaluation_items.sort("agent", "row_id").to_dicts()
-    plan = response_plan(items, names, profiles, grid, config.samples, config.max_new_tokens, config.seed)
+    plan = response_plan(
+        items, DISPLAY_NAMES, profiles, grid, config.samples, config.max_new_tokens, config.seed
+    )
     with model_step(context, llm, PROMPT_HASH) as step:
         serve_adapters(step.engine, lora_adapters)
         replies = step.engine.generate([planned.request for planned in plan])

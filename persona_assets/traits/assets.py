@@ -5,7 +5,7 @@ import polars as pl
 from dagster import AssetExecutionContext, AssetIn, AssetKey, AssetSpec, Config, asset
 from pydantic import Field
 
-from persona_platform.partitions import AGENTS_BY_KEY, agents_partitions
+from persona_platform.partitions import DISPLAY_NAMES, agents_partitions
 from persona_platform.persona_assets.common import (
     AGENT_PARTITION,
     MODEL_KINDS,
@@ -117,7 +117,7 @@ def trait_screenings(
     rows = []
     with model_step(context, llm, prompts.TRAIT_HASH) as step:
         for agent in context.partition_keys:
-            name = AGENTS_BY_KEY[agent].display_name
+            name = DISPLAY_NAMES[agent]
             chunks = monologue_chunks(monologues_of(monologues, agent), config.chunk_words)
             schema = prompts.screening_schema(config.summary_chars)
 
@@ -162,9 +162,7 @@ def probe_questions(
     )
     schema = prompts.question_schema(config.question_chars)
     chats = [
-        ChatPrompt(
-            prompts.question_messages(r["trait"], AGENTS_BY_KEY[r["agent"]].display_name, r["summary"])
-        )
+        ChatPrompt(prompts.question_messages(r["trait"], DISPLAY_NAMES[r["agent"]], r["summary"]))
         for r in items.iter_rows(named=True)
     ]
     with model_step(context, llm, prompts.TRAIT_HASH) as step:
@@ -195,10 +193,7 @@ def monologue_prompts(
         for mid, text in monologues_of(monologues, agent)[: config.max_monologues]
     ]
     schema = prompts.question_schema(config.question_chars)
-    chats = [
-        ChatPrompt(prompts.monologue_messages(AGENTS_BY_KEY[agent].display_name, text))
-        for agent, _, text in items
-    ]
+    chats = [ChatPrompt(prompts.monologue_messages(DISPLAY_NAMES[agent], text)) for agent, _, text in items]
     with model_step(context, llm, prompts.MONOLOGUE_HASH) as step:
         answers = ask_structured(step.engine, chats, schema, config.question_chars, **_sampling(config))
         rows, dropped = monologue_prompt_rows(items, answers, reviews, f"{GROUP}.monologue_prompts")
@@ -219,7 +214,7 @@ def agent_profiles(
         for agent in context.partition_keys
     }
     people = [
-        (AGENTS_BY_KEY[agent].display_name, pack_remarks([t for _, t in used[agent]], config.block_chars))
+        (DISPLAY_NAMES[agent], pack_remarks([t for _, t in used[agent]], config.block_chars))
         for agent in context.partition_keys
     ]
     with model_step(context, llm, prompts.PROFILE_HASH) as step:

@@ -3,7 +3,7 @@
 import polars as pl
 from dagster import AssetExecutionContext, AssetIn, AssetKey, AssetSpec, MetadataValue, asset
 
-from persona_platform.partitions import AGENTS, AGENTS_BY_KEY, agents_partitions
+from persona_platform.partitions import AGENTS, DISPLAY_NAMES, agents_partitions
 from persona_platform.persona_assets.agents.adapters import serve_adapters
 from persona_platform.persona_assets.common import (
     AGENT_PARTITION,
@@ -139,7 +139,7 @@ def vote_predictions(
         rows = prediction_rows(
             step.engine,
             context.partition_keys,
-            lambda a: AGENTS_BY_KEY[a].display_name,
+            DISPLAY_NAMES,
             questions,
             vote_records,
         )

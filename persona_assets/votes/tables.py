@@ -110,7 +110,7 @@ def record_rows(motions: pl.DataFrame, aliases: dict[str, str]) -> tuple[list[di
 def prediction_rows(
     engine: Engine,
     agents: Sequence[str],
-    display_name: Callable[[str], str],
+    display_names: dict[str, str],
     questions: dict[str, str],
     vote_records: pl.DataFrame,
 ) -> list[dict]:
@@ -119,7 +119,7 @@ def prediction_rows(
     rows = []
     for agent in agents:
         records = vote_records.filter(pl.col("agent") == agent).sort("motion_id")
-        prompts = [vote_prompt(display_name(agent), questions[m]) for m in records["motion_id"]]
+        prompts = [vote_prompt(display_names[agent], questions[m]) for m in records["motion_id"]]
         scores = engine.score([ScoreRequest(p, SCORE_CANDIDATES, adapter=agent) for p in prompts])
         replies = engine.generate([GenerateRequest(p, max_new_tokens=48, adapter=agent) for p in prompts])
         for r, (aye, naye), reply in zip(records.iter_rows(named=True), scores, replies, strict=True):
