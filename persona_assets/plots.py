@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,6 +12,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from persona_platform.resources.artifacts import ArtifactStore  # noqa: E402
 
@@ -30,14 +34,19 @@ METHOD_NAMES = {
     "gold": "Golden supervision",
     "random_matched": "Random labels (accuracy-matched)",
 }
+AGENT_COLOR, BASELINE_COLOR = "#2a8a96", "#7b3fb0"
+NOTE_COLOR = "#444444"
 
 
 @dataclass(frozen=True)
 class Bar:
+    """One method's accuracy; ``low``/``high`` None where there is no interval, ``n`` its test questions."""
+
     method: str
     mean: float
-    low: float
-    high: float
+    low: float | None
+    high: float | None
+    n: int | None = None
 
 
 def _png(figure) -> bytes:
@@ -47,56 +56,143 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def accuracy_bars(title: str, bars: Sequence[Bar]) -> bytes:
-    """Test accuracy per method with its 95% interval."""
-    figure, axis = plt.subplots(figsize=(7, 4))
-    x = range(len(bars))
-    heights = [100 * b.mean for b in bars]
-    errors = [[100 * (b.mean - b.low) for b in bars], [100 * (b.high - b.mean) for b in bars]]
-    axis.bar(x, heights, yerr=errors, capsize=5, color=[METHOD_COLORS.get(b.method, "#888") for b in bars])
+def _missing(value: float | None) -> bool:
+    return value is None or math.isnan(value)
+
+
+def text_color(rgba: Sequence[float]) -> str:
+    """'black' or 'white', whichever contrasts more with a cell of this colour (WCAG relative luminance
+    and contrast ratio), so a number printed on a cell stays readable wherever the colormap puts it."""
+    r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3])
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    return "black" if (luminance + 0.05) / 0.05 >= 1.05 / (luminance + 0.05) else "white"
+
+
+def _with_n(labels: Sequence[str], counts: Sequence[int] | None) -> list[str]:
+    if counts is None:
+        return list(labels)
+    return [f"{label}\n(n={count})" for label, count in zip(labels, counts, strict=True)]
+
+
+def _footnote(figure: Figure, *lines: str | None) -> None:
+    """Every plot states its n and what its whiskers or bands are (or that it draws none) on the figure
+    itself, since a PNG is often read away from its table. Placed below everything else: savefig's tight
+    bounding box grows to include it."""
+    text = "\n".join(line for line in lines if line)
+    if text:
+        figure.text(0.01, 0, text, ha="left", va="top", fontsize=8, color=NOTE_COLOR)
+
+
+def _n_of(n: int | None, unit: str) -> str | None:
+    return None if n is None else f"n = {n} {unit}"
+
+
+def _figure_accuracy_bars(
+    title: str, bars: Sequence[Bar], interval: str = "95% interval", footnote: str | None = None
+) -> Figure:
+    figure, axis = plt.subplots(figsize=(7, 4), layout="constrained")
+    x = list(range(len(bars)))
+    axis.bar(x, [100 * b.mean for b in bars], color=[METHOD_COLORS.get(b.method, "#888") for b in bars])
+    # Whiskers only where an interval exists: a zero-length whisker would read as a certain value.
+    shown = [i for i, b in enumerate(bars) if not (_missing(b.low) or _missing(b.high))]
+    if shown:
+        axis.errorbar(
+            shown,
+            [100 * bars[i].mean for i in shown],
+            yerr=[
+                [100 * (bars[i].mean - bars[i].low) for i in shown],
+                [100 * (bars[i].high - bars[i].mean) for i in shown],
+            ],
+            fmt="none",
+            ecolor="black",
+            capsize=5,
+        )
     for i, b in enumerate(bars):
-        axis.text(i, 100 * b.high + 1.5, f"{100 * b.mean:.1f}%", ha="center", fontsize=9)
-    axis.set_xticks(list(x), [METHOD_NAMES.get(b.method, b.method) for b in bars], rotation=15)
-    axis.set_ylim(0, 110)
+        top = b.mean if i not in shown else b.high
+        value = f"{100 * b.mean:.1f}%" + ("" if i in shown else "\nno interval")
+        axis.text(i, 100 * top + 1.5, value, ha="center", va="bottom", fontsize=9)
+    names = [METHOD_NAMES.get(b.method, b.method) for b in bars]
+    counts = [b.n for b in bars]
+    axis.set_xticks(
+        x, _with_n(names, None if None in counts else counts), rotation=20, ha="right", rotation_mode="anchor"
+    )
+    # Headroom above 100% for a value label over a high whisker; the axis itself stops at 100.
+    axis.set_ylim(0, 115)
+    axis.set_yticks(range(0, 101, 20))
     axis.set_ylabel("Test accuracy (%)")
     axis.set_title(title)
     axis.grid(axis="y", alpha=0.3)
-    return _png(figure)
+    _footnote(
+        figure,
+        f"Whiskers: {interval}." + ("" if None in counts else " n: test questions per method."),
+        footnote,
+    )
+    return figure
 
 
-def accuracy_curves(title: str, curves: dict[str, list[tuple[int, float, float, float]]]) -> bytes:
-    """Accuracy vs number of in-context examples with 95% intervals;
-    curves[method] = [(k, mean, low, high)]."""
-    figure, axis = plt.subplots(figsize=(7, 4))
+def accuracy_bars(
+    title: str, bars: Sequence[Bar], interval: str = "95% interval", footnote: str | None = None
+) -> bytes:
+    """Test accuracy per method with its interval (``Bar.n`` printed under each method when given)."""
+    return _png(_figure_accuracy_bars(title, bars, interval, footnote))
+
+
+def _figure_accuracy_curves(
+    title: str,
+    curves: dict[str, list[tuple[int, float, float | None, float | None]]],
+    n: int | None = None,
+    unit: str = "test questions",
+    interval: str = "95% interval",
+    footnote: str | None = None,
+) -> Figure:
+    figure, axis = plt.subplots(figsize=(7, 4), layout="constrained")
     for method, points in curves.items():
-        points = sorted(points)
-        axis.errorbar(
-            [k for k, *_ in points],
-            [100 * mean for _, mean, _, _ in points],
-            yerr=[
-                [100 * (mean - low) for _, mean, low, _ in points],
-                [100 * (high - mean) for _, mean, _, high in points],
-            ],
-            marker="o",
-            capsize=3,
-            label=METHOD_NAMES.get(method, method),
-            color=METHOD_COLORS.get(method),
+        points = sorted(points, key=lambda p: p[0])
+        ks = [p[0] for p in points]
+        color = METHOD_COLORS.get(method, "#888")
+        axis.plot(
+            ks, [100 * p[1] for p in points], marker="o", color=color, label=METHOD_NAMES.get(method, method)
         )
+        # A point without an interval leaves a gap in the band rather than pinching it to the line.
+        low = [math.nan if _missing(p[2]) else 100 * p[2] for p in points]
+        high = [math.nan if _missing(p[3]) else 100 * p[3] for p in points]
+        axis.fill_between(ks, low, high, color=color, alpha=0.2, linewidth=0)
     axis.set_xlabel("Number of in-context examples")
     axis.set_ylabel("Test accuracy (%)")
     axis.set_ylim(0, 100)
     axis.set_title(title)
     axis.grid(alpha=0.3)
     if curves:
-        axis.legend()
-    return _png(figure)
+        handles, labels = axis.get_legend_handles_labels()
+        handles.append(Patch(color="#888", alpha=0.3))
+        labels.append(f"shaded: {interval}")
+        axis.legend(handles, labels, fontsize=8, loc="lower right")
+    _footnote(figure, _n_of(n, unit), footnote)
+    return figure
+
+
+def accuracy_curves(
+    title: str,
+    curves: dict[str, list[tuple[int, float, float | None, float | None]]],
+    n: int | None = None,
+    unit: str = "test questions",
+    interval: str = "95% interval",
+    footnote: str | None = None,
+) -> bytes:
+    """Accuracy vs number of in-context examples, each method a line with its interval as a shaded band;
+    curves[method] = [(k, mean, low, high)], low/high None where there is no interval."""
+    return _png(_figure_accuracy_curves(title, curves, n, unit, interval, footnote))
 
 
 def search_trace(
-    title: str, iterations: Sequence[int], energy: Sequence[float], agreement: Sequence[float | None]
+    title: str,
+    iterations: Sequence[int],
+    energy: Sequence[float],
+    agreement: Sequence[float | None],
+    n_claims: int | None = None,
 ) -> bytes:
-    """ICM energy and agreement with gold labels, per iteration."""
-    figure, left = plt.subplots(figsize=(7, 4))
+    """ICM energy and agreement with gold per iteration; ``n_claims``: the claims agreement is over."""
+    figure, left = plt.subplots(figsize=(7, 4), layout="constrained")
     left.plot(iterations, energy, color="#58b6c0", label="energy U")
     left.set_xlabel("iteration")
     left.set_ylabel("energy U")
@@ -112,6 +208,12 @@ def search_trace(
     left.set_title(title)
     handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     left.legend(handles, [h.get_label() for h in handles], loc="upper right", fontsize=8)
+    _footnote(
+        figure,
+        f"n = {len(iterations)} iterations"
+        + ("" if n_claims is None else f"; agreement over {n_claims} claims")
+        + "; one search, no interval drawn.",
+    )
     return _png(figure)
 
 
@@ -120,13 +222,52 @@ def inline(png: bytes, alt: str) -> str:
 
 
 def loss_curve(title: str, steps: Sequence[int], losses: Sequence[float]) -> bytes:
-    figure, axis = plt.subplots(figsize=(7, 3.5))
+    figure, axis = plt.subplots(figsize=(7, 3.5), layout="constrained")
     axis.plot(steps, losses, color="#58b6c0")
     axis.set_xlabel("step")
     axis.set_ylabel("training loss (agent tokens)")
     axis.set_title(title)
     axis.grid(alpha=0.3)
+    _footnote(figure, f"n = {len(steps)} logged steps; one training run, no interval drawn.")
     return _png(figure)
+
+
+def _figure_heatmap(
+    title: str,
+    rows: Sequence[str],
+    columns: Sequence[str],
+    values: Sequence[Sequence[float]],
+    label: str,
+    fmt: str = "{:.1f}",
+    xlabel: str = "held-out set of",
+    ylabel: str = "model",
+    higher_is_better: bool = False,
+    row_counts: Sequence[int] | None = None,
+    column_counts: Sequence[int] | None = None,
+    footnote: str | None = None,
+) -> Figure:
+    figure, axis = plt.subplots(
+        figsize=(2.2 + 1.3 * len(columns), 1.6 + 0.6 * len(rows)), layout="constrained"
+    )
+    # Darker is better either way: a single-hue map runs light to dark, reversed where lower is better.
+    cells = np.ma.masked_invalid(np.array(values, dtype=float))
+    image = axis.imshow(cells, cmap="Blues" if higher_is_better else "Blues_r", aspect="auto")
+    axis.set_xticks(range(len(columns)), _with_n(columns, column_counts), rotation=20)
+    axis.set_yticks(range(len(rows)), _with_n(rows, row_counts))
+    for i, row in enumerate(values):
+        for j, value in enumerate(row):
+            if _missing(value):
+                axis.text(j, i, "n/a", ha="center", va="center", color=NOTE_COLOR, fontsize=9)
+            else:
+                color = text_color(image.cmap(image.norm(value)))
+                axis.text(j, i, fmt.format(value), ha="center", va="center", color=color, fontsize=9)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    better = "higher" if higher_is_better else "lower"
+    figure.colorbar(image, ax=axis, label=f"{label} ({better} is better, darker)")
+    _footnote(figure, "Cells are point values; no interval drawn.", footnote)
+    return figure
 
 
 def heatmap(
@@ -136,80 +277,205 @@ def heatmap(
     values: Sequence[Sequence[float]],
     label: str,
     fmt: str = "{:.1f}",
+    xlabel: str = "held-out set of",
+    ylabel: str = "model",
+    higher_is_better: bool = False,
+    row_counts: Sequence[int] | None = None,
+    column_counts: Sequence[int] | None = None,
+    footnote: str | None = None,
 ) -> bytes:
-    figure, axis = plt.subplots(figsize=(1.6 + 1.3 * len(columns), 1.2 + 0.6 * len(rows)))
-    image = axis.imshow(values, cmap="viridis_r", aspect="auto")
-    axis.set_xticks(range(len(columns)), columns, rotation=20)
-    axis.set_yticks(range(len(rows)), rows)
-    for i, row in enumerate(values):
+    """values[row][column], NaN shown as 'n/a'; darker cells are better (``higher_is_better`` says which
+    way); ``row_counts``/``column_counts`` print each row's and column's n under its label."""
+    return _png(
+        _figure_heatmap(
+            title,
+            rows,
+            columns,
+            values,
+            label,
+            fmt,
+            xlabel,
+            ylabel,
+            higher_is_better,
+            row_counts,
+            column_counts,
+            footnote,
+        )
+    )
+
+
+def _figure_confusion_matrix(
+    title: str,
+    truth: Sequence[str],
+    predicted: Sequence[str],
+    rows: Sequence[str],
+    columns: Sequence[str],
+    unit: str = "votes",
+    footnote: str | None = None,
+) -> Figure:
+    pairs = list(zip(truth, predicted, strict=True))
+    counts = [[sum(t == r and p == c for t, p in pairs) for c in columns] for r in rows]
+    figure, axis = plt.subplots(
+        figsize=(2.4 + 1.2 * len(columns), 1.6 + 0.9 * len(rows)), layout="constrained"
+    )
+    image = axis.imshow(counts, cmap="Blues", vmin=0)
+    for i, row in enumerate(counts):
         for j, value in enumerate(row):
-            axis.text(j, i, fmt.format(value), ha="center", va="center", color="white", fontsize=9)
-    axis.set_xlabel("held-out set of")
-    axis.set_ylabel("model")
-    axis.set_title(title)
-    figure.colorbar(image, ax=axis, label=label)
-    return _png(figure)
+            color = text_color(image.cmap(image.norm(value)))
+            axis.text(j, i, str(value), ha="center", va="center", color=color)
+    axis.set_xticks(range(len(columns)), columns)
+    axis.set_yticks(range(len(rows)), _with_n(rows, [sum(row) for row in counts]))
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("recorded vote")
+    axis.set_title(f"{title}\nn = {len(pairs)} {unit}")
+    figure.colorbar(image, ax=axis, label=unit)
+    _footnote(figure, f"Cells count {unit}; no interval drawn.", footnote)
+    return figure
 
 
 def confusion_matrix(
-    title: str, truth: Sequence[str], predicted: Sequence[str], rows: Sequence[str], columns: Sequence[str]
+    title: str,
+    truth: Sequence[str],
+    predicted: Sequence[str],
+    rows: Sequence[str],
+    columns: Sequence[str],
+    unit: str = "votes",
+    footnote: str | None = None,
 ) -> bytes:
-    counts = [
-        [sum(t == r and p == c for t, p in zip(truth, predicted, strict=True)) for c in columns] for r in rows
-    ]
-    figure, axis = plt.subplots(figsize=(1.5 + 1.2 * len(columns), 1.2 + 0.9 * len(rows)))
-    axis.imshow(counts, cmap="Blues")
-    for i, row in enumerate(counts):
-        for j, value in enumerate(row):
-            axis.text(j, i, str(value), ha="center", va="center")
-    axis.set_xticks(range(len(columns)), columns)
-    axis.set_yticks(range(len(rows)), rows)
-    axis.set_xlabel("predicted")
-    axis.set_ylabel("recorded vote")
-    axis.set_title(title)
-    return _png(figure)
+    """Counts of (recorded, predicted) pairs; the total n (in ``unit``) in the title, each row's n in its
+    label."""
+    return _png(_figure_confusion_matrix(title, truth, predicted, rows, columns, unit, footnote))
 
 
-def score_violins(title: str, groups: Sequence[tuple[str, Sequence[float], Sequence[float]]]) -> bytes:
-    """Per group (a task's aspect): the agent's and the baseline's score distributions
-    side by side, every sample."""
-    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4))
-    for index, (_, agent, baseline) in enumerate(groups):
-        for offset, values, color in ((-0.2, agent, "#58b6c0"), (0.2, baseline, "#9658ca")):
+SYSTEMS = (("agent (adapter)", -0.2, AGENT_COLOR), ("baseline (base + persona)", 0.2, BASELINE_COLOR))
+
+
+def _figure_score_violins(
+    title: str, groups: Sequence[tuple[str, Sequence[float], Sequence[float]]], footnote: str | None = None
+) -> Figure:
+    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4), layout="constrained")
+    # Scores are integers 1-5: without a little seeded horizontal jitter every sample of a score is one dot.
+    jitter = np.random.default_rng(0)
+    for index, (_, *systems) in enumerate(groups):
+        for values, (_, offset, color) in zip(systems, SYSTEMS, strict=True):
             if len(values) > 1 and len(set(values)) > 1:
                 parts = axis.violinplot([values], positions=[index + offset], widths=0.35, showmedians=True)
                 for body in parts["bodies"]:
                     body.set_facecolor(color)
-            axis.scatter([index + offset] * len(values), values, s=6, color=color, alpha=0.4)
-    axis.set_xticks(range(len(groups)), [g[0] for g in groups], rotation=20)
+                    body.set_edgecolor(color)
+                for line in ("cbars", "cmins", "cmaxes", "cmedians"):
+                    parts[line].set_color(color)
+            spread = jitter.uniform(-0.06, 0.06, len(values))
+            axis.scatter(index + offset + spread, values, s=6, color=color, alpha=0.4)
+    labels = [f"{name}\nn = {len(agent)} / {len(baseline)}" for name, agent, baseline in groups]
+    axis.set_xticks(range(len(groups)), labels, rotation=20)
     axis.set_ylim(0.5, 5.5)
     axis.set_ylabel("Judge score (1-5)")
-    axis.scatter([], [], color="#58b6c0", label="agent (adapter)")
-    axis.scatter([], [], color="#9658ca", label="baseline (base + persona)")
-    axis.legend(loc="lower right", fontsize=8)
+    for name, _, color in SYSTEMS:
+        axis.scatter([], [], color=color, label=name)
+    # Outside the axes: inside, it covers a violin whichever corner it takes.
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     axis.set_title(title)
     axis.grid(axis="y", alpha=0.3)
-    return _png(figure)
+    _footnote(
+        figure,
+        "n = agent / baseline scores per group. Violin: density of the scores, its line the median, "
+        "ends min and max; dots: every sample; no interval drawn.",
+        footnote,
+    )
+    return figure
 
 
-def win_rate_bars(
-    title: str, labels: Sequence[str], rates: Sequence[tuple[float | None, float | None, float | None]]
+def score_violins(
+    title: str, groups: Sequence[tuple[str, Sequence[float], Sequence[float]]], footnote: str | None = None
 ) -> bytes:
-    """Order-consistent agent win rate per group with its 95% interval (no bar or whisker
-    where it is null); 50% marked."""
-    figure, axis = plt.subplots(figsize=(max(6, 0.9 * len(labels)), 4))
-    means = [100 * (r[0] if r[0] is not None and r[0] == r[0] else 0.0) for r in rates]
-    errors = [
-        [0.0 if r[1] is None else max(0.0, m - 100 * r[1]) for m, r in zip(means, rates, strict=True)],
-        [0.0 if r[2] is None else max(0.0, 100 * r[2] - m) for m, r in zip(means, rates, strict=True)],
-    ]
-    axis.bar(range(len(labels)), means, yerr=errors, capsize=4, color="#58b6c0")
+    """Per group (a task's aspect): the agent's and the baseline's score distributions side by side, every
+    sample, each group's n under its label."""
+    return _png(_figure_score_violins(title, groups, footnote))
+
+
+def _figure_win_rate_bars(
+    title: str,
+    labels: Sequence[str],
+    rates: Sequence[tuple[float | None, float | None, float | None]],
+    counts: Sequence[int] | None = None,
+    ties: Sequence[int] | None = None,
+    interval: str = "95% interval",
+    footnote: str | None = None,
+) -> Figure:
+    figure, axis = plt.subplots(figsize=(max(6, 0.9 * len(labels)), 4), layout="constrained")
+    for i, (rate, low, high) in enumerate(rates):
+        # A null rate is no bar at all: drawn as 0% it would claim the agent never won.
+        if _missing(rate):
+            axis.text(i, 2, "n/a\nno judged pair", ha="center", va="bottom", fontsize=7, color=NOTE_COLOR)
+            continue
+        axis.bar(i, 100 * rate, color="#58b6c0")
+        top, note = 100 * rate, ""
+        if _missing(low) or _missing(high):
+            note = "\nno interval"
+        else:
+            axis.errorbar(
+                i,
+                100 * rate,
+                yerr=[[max(0.0, 100 * (rate - low))], [max(0.0, 100 * (high - rate))]],
+                fmt="none",
+                ecolor="black",
+                capsize=4,
+            )
+            top = 100 * high
+        if ties is not None and counts is not None and counts[i] and ties[i] == counts[i]:
+            note = "\nall tied"
+        axis.text(i, top + 1.5, f"{100 * rate:.0f}%{note}", ha="center", va="bottom", fontsize=7)
     axis.axhline(50, color="#888", linestyle="--", linewidth=1)
-    axis.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
-    axis.set_ylim(0, 105)
+    axis.set_xticks(range(len(labels)), _with_n(labels, counts), rotation=30, ha="right", fontsize=8)
+    axis.set_xlim(-0.6, len(labels) - 0.4)  # set, since a group without a bar does not widen the axis
+    axis.set_ylim(0, 115)
+    axis.set_yticks(range(0, 101, 20))
     axis.set_ylabel("Agent wins (%, both orders agree)")
     axis.set_title(title)
     axis.grid(axis="y", alpha=0.3)
+    message = None
+    if rates and all(_missing(r[0]) for r in rates):
+        message = "No win rate: no pair was judged in both orders"
+    elif (
+        ties is not None
+        and counts is not None
+        and rates
+        and all(t == c for t, c in zip(ties, counts, strict=True))
+    ):
+        message = "Every pair tied: no decisive pair in any group"
+    if message:
+        axis.text(
+            0.5,
+            0.5,
+            message,
+            transform=axis.transAxes,
+            ha="center",
+            va="center",
+            fontsize=11,
+            bbox={"facecolor": "white", "edgecolor": "#888"},
+        )
+    _footnote(
+        figure,
+        f"Whiskers: {interval}; dashed line: 50%. Ties and inconsistent pairs count as not won."
+        + ("" if counts is None else " n: pairs judged in both orders."),
+        footnote,
+    )
+    return figure
+
+
+def win_rate_bars(
+    title: str,
+    labels: Sequence[str],
+    rates: Sequence[tuple[float | None, float | None, float | None]],
+    counts: Sequence[int] | None = None,
+    ties: Sequence[int] | None = None,
+    interval: str = "95% interval",
+    footnote: str | None = None,
+) -> bytes:
+    """Order-consistent agent win rate per group with its interval (no bar where the rate is null, no
+    whisker where the interval is); 50% marked; ``counts``: each group's judged pairs, ``ties``: its ties."""
+    figure = _figure_win_rate_bars(title, labels, rates, counts, ties, interval, footnote)
     return _png(figure)
 
 
