@@ -44,7 +44,8 @@ COUNTRY_TAG = "persona/country"
 
 
 def domain_jobs(assets_defs) -> list:
-    """One job per asset group and partitions definition (a Dagster job has one)."""
+    """One job per asset group and partitions definition (a Dagster job has one); a group's unpartitioned
+    assets ride along with its first partitioned job."""
     jobs = []
     for group in sorted({g for a in assets_defs for g in a.group_names_by_key.values()}):
         by_partitioning: dict[str, list[AssetKey]] = {}
@@ -52,16 +53,15 @@ def domain_jobs(assets_defs) -> list:
             for key in assets_def.keys:
                 if assets_def.group_names_by_key[key] == group:
                     by_partitioning.setdefault(partitioning(assets_def.partitions_def), []).append(key)
-        partitioned = [d for d in by_partitioning if d != "unpartitioned"]
-        for dimension, dim_keys in by_partitioning.items():
-            if dimension == "unpartitioned" and partitioned:
-                by_partitioning[partitioned[0]].extend(dim_keys)  # unpartitioned assets ride along
-                continue
-            suffix = "" if len(partitioned) <= 1 else f"_by_{dimension}"
+        partitioned = sorted(d for d in by_partitioning if d != "unpartitioned")
+        if partitioned and "unpartitioned" in by_partitioning:
+            by_partitioning[partitioned[0]].extend(by_partitioning.pop("unpartitioned"))
+        for dimension, dim_keys in sorted(by_partitioning.items()):
+            suffix = "" if len(by_partitioning) <= 1 else f"_by_{dimension}"
             jobs.append(
                 define_asset_job(
                     f"{group}{suffix}_job",
-                    selection=AssetSelection.assets(*sorted(by_partitioning[dimension])),
+                    selection=AssetSelection.assets(*sorted(dim_keys)),
                     description=f"Every {group} asset ({dimension}).",
                 )
             )
@@ -75,10 +75,12 @@ def keys_partitioned_by(assets_defs, pdef) -> list[AssetKey]:
 COUNTRY_JOB = "country_partitions_job"
 AGENT_COUNTRY_JOB = "agent_country_partitions_job"
 BOARD_JOB = "board_job"
+UNPARTITIONED_JOB = "unpartitioned_job"
 
 
 def partition_jobs(assets_defs) -> list:
-    """The jobs schedules and sensors launch: one per partitions definition they cover."""
+    """One job per partitions definition: the jobs schedules and sensors launch, and the one `persona run`
+    names for unpartitioned assets of several groups."""
     return [
         define_asset_job(
             COUNTRY_JOB,
@@ -95,6 +97,12 @@ def partition_jobs(assets_defs) -> list:
             selection=AssetSelection.tag(*BOARD_INPUT)
             | AssetSelection.assets(*keys_partitioned_by(assets_defs, agents_partitions)),
             description="The board tables and every agent-partitioned asset.",
+        ),
+        define_asset_job(
+            UNPARTITIONED_JOB,
+            selection=AssetSelection.assets(*keys_partitioned_by(assets_defs, None)),
+            description="Every unpartitioned asset: the tables read whole from the input files, and the "
+            "summaries across partitions.",
         ),
     ]
 

@@ -50,6 +50,7 @@ def command_run(args: argparse.Namespace) -> int:
 
     from persona_platform.partitions import AGENT_REGISTRY_FILE, AGENTS, COUNTRIES
     from persona_platform.persona_assets.definitions import defs
+    from persona_platform.persona_assets.progress import live_display
     from persona_platform.persona_assets.runner import execute_plan, plan_runs
     from persona_platform.resources.llm.resource import process_usage
 
@@ -68,7 +69,8 @@ def command_run(args: argparse.Namespace) -> int:
     if config_file:
         print(f"run config: {config_file}")
     started = time.monotonic()
-    outcomes = execute_plan(defs, runs, instance, op_config)
+    with live_display():
+        outcomes = execute_plan(defs, runs, instance, op_config)
     elapsed = time.monotonic() - started
     failed = [o for o in outcomes if not o.success]
     usage = process_usage()

@@ -27,6 +27,7 @@ from dagster import (
 )
 
 from persona_platform.partitions import partitioning
+from persona_platform.persona_assets.progress import live_run
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 # Which process executes an in-process run, so that a later `persona` can tell a killed run from a live one.
@@ -136,6 +137,22 @@ def op_config_for(defs: Definitions, asset_keys: Sequence[AssetKey], op_config: 
     return {name: value for name, value in op_config.items() if name in names}
 
 
+def named_jobs(defs: Definitions) -> dict[str, frozenset[AssetKey]]:
+    """Each job of the code location with the assets it can materialize."""
+    jobs = {}
+    for job in defs.jobs or []:
+        resolved = defs.resolve_job_def(job.name)
+        jobs[job.name] = frozenset(resolved.asset_layer.executable_asset_keys)
+    return jobs
+
+
+def job_for(jobs: dict[str, frozenset[AssetKey]], asset_keys: Sequence[AssetKey]) -> str | None:
+    """The smallest named job that holds every one of ``asset_keys`` (ties: by name), so the UI shows a run
+    under the job a user would launch; None when no job holds them all."""
+    holding = [(len(keys), name) for name, keys in jobs.items() if keys.issuperset(asset_keys)]
+    return min(holding)[1] if holding else None
+
+
 def execute_plan(
     defs: Definitions,
     runs: Sequence[PlannedRun],
@@ -143,15 +160,18 @@ def execute_plan(
     op_config: dict | None = None,
     log=print,
 ) -> list[RunOutcome]:
-    job = defs.resolve_implicit_global_asset_job_def()
+    jobs = named_jobs(defs)
     outcomes = []
-    for planned in runs:
+    for index, planned in enumerate(runs):
         tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
         if planned.key_range:
             tags |= {RANGE_START: planned.key_range[0], RANGE_END: planned.key_range[1]}
+        name = job_for(jobs, planned.asset_keys)
+        job = defs.resolve_job_def(name) if name else defs.resolve_implicit_global_asset_job_def()
         names = ", ".join(k.to_user_string() for k in planned.asset_keys)
         where = f" [{planned.key_range[0]} .. {planned.key_range[1]}]" if planned.key_range else ""
-        log(f"-> {names}{where}", flush=True)
+        log(f"-> {job.name}: {names}{where}", flush=True)
+        live_run(index, len(runs), f"{job.name}{where}")
         started = time.monotonic()
         result = job.execute_in_process(
             instance=instance,

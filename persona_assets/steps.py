@@ -6,13 +6,15 @@ an asset function states only what it computes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import polars as pl
 from dagster import AssetExecutionContext, AssetKey
 
+from persona_platform.persona_assets.progress import Tracker
 from persona_platform.persona_assets.provenance import Provenance, result_frame
 from persona_platform.resources.llm import Engine
 from persona_platform.resources.llm.resource import LLMResource, UsageMeter
@@ -64,12 +66,55 @@ def _partition_row_counts(context: AssetExecutionContext, key: AssetKey, frame: 
         )
 
 
+# Long generate/loglikelihood calls go to the engine in about this many pieces so their progress shows;
+# pieces are large enough that batching (and vLLM's scheduler) still sees many requests at once.
+PROGRESS_PIECES, MIN_PIECE = 20, 32
+
+
+class ReportingEngine:
+    """The step's engine, reporting how many generate and loglikelihood requests of the step are done.
+    ``score`` goes through whole: ICM orders its requests to share prompt prefixes, and splitting them
+    would lose that; ICM reports its iterations itself."""
+
+    def __init__(self, engine: Engine, log: Callable[[str], None]):
+        self._engine = engine
+        self._trackers = {
+            kind: Tracker(log, f"{kind} requests", 0, log_last=False)
+            for kind in ("generate", "loglikelihood")
+        }
+        self._done = dict.fromkeys(self._trackers, 0)
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    def generate(self, requests: Sequence) -> list[str]:
+        return self._in_pieces("generate", self._engine.generate, requests)
+
+    def loglikelihood(self, requests: Sequence) -> list:
+        return self._in_pieces("loglikelihood", self._engine.loglikelihood, requests)
+
+    def _in_pieces(self, kind: str, call: Callable[[Sequence], list], requests: Sequence) -> list:
+        tracker = self._trackers[kind]
+        tracker.total += len(requests)
+        size = (
+            len(requests)
+            if len(requests) <= 2 * MIN_PIECE
+            else max(MIN_PIECE, math.ceil(len(requests) / PROGRESS_PIECES))
+        )
+        results = []
+        for start in range(0, len(requests), size):
+            results += call(requests[start : start + size])
+            self._done[kind] += len(requests[start : start + size])
+            tracker(self._done[kind])
+        return results
+
+
 @dataclass
 class ModelStep:
     """A step's engine, for as long as its ``model_step`` block lasts."""
 
     context: AssetExecutionContext
-    engine: Engine
+    engine: ReportingEngine
     meter: UsageMeter
     prompt_hash: str | None = None
 
@@ -94,7 +139,7 @@ def model_step(
     forward passes, tokens) becomes metadata of every asset the step materializes."""
     with llm.metered() as (engine, meter):
         context.log.info(f"engine {engine.model_id} ready ({llm.backend} backend)")
-        step = ModelStep(context, engine, meter, prompt_hash)
+        step = ModelStep(context, ReportingEngine(engine, context.log.info), meter, prompt_hash)
         yield step
     used = meter.usage
     context.log.info(

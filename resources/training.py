@@ -141,10 +141,11 @@ def train_lora(
     checkpoint_path: Path,
     adapter_dir: Path,
     log=lambda message: None,
+    progress=None,
 ) -> TrainingOutcome:
     """Train the PEFT adapter ``internal`` of ``model`` (added and active; ``name`` is the public name, for
     messages) on ``examples`` (loss on counted tokens only), resuming from ``checkpoint_path``; save it in
-    ``adapter_dir``."""
+    ``adapter_dir``. ``progress(step, total_steps, numbers)`` is called after every optimizer step."""
     from accelerate import Accelerator
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import save_file
@@ -180,7 +181,7 @@ def train_lora(
             torch.save(state, buffer)
             write_atomic(checkpoint_path, buffer.getvalue())
 
-    started = time.perf_counter()
+    started, tokens_before = time.perf_counter(), tokens_trained
     model.train()
     try:
         while step < total_steps:
@@ -203,6 +204,9 @@ def train_lora(
             )
             if step % settings.checkpoint_every == 0 or step % steps_per_epoch == 0:
                 save_checkpoint()
+            if progress:
+                rate = (tokens_trained - tokens_before) / max(time.perf_counter() - started, 1e-9)
+                progress(step, total_steps, {"loss": losses[-1]["loss"], "tokens/s": round(rate, 1)})
     finally:
         model.eval()
     seconds = time.perf_counter() - started

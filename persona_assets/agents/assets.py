@@ -51,6 +51,7 @@ from persona_platform.persona_assets.common import (
 )
 from persona_platform.persona_assets.deployment import TRAINING_PROFILE
 from persona_platform.persona_assets.plots import heatmap, loss_curve, saved_plot
+from persona_platform.persona_assets.progress import Tracker
 from persona_platform.persona_assets.steps import asset_frame, model_step
 from persona_platform.resources.artifacts import ArtifactStore
 from persona_platform.resources.inputs.registry import Agent
@@ -190,6 +191,7 @@ def train_agent(
         examples,
         settings,
         log=log,
+        progress=Tracker(log, f"training {agent}", 0),
         checkpoint_path=artifacts.path("checkpoints", "lora", agent, f"{run}.pt"),
         adapter_dir=artifacts.path("adapters", agent, run),
     )

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 
 import polars as pl
@@ -58,6 +59,7 @@ from persona_platform.persona_assets.elicitation.tables import (
 )
 from persona_platform.persona_assets.opinions.splits import VARIANTS
 from persona_platform.persona_assets.plots import saved_plot, search_trace
+from persona_platform.persona_assets.progress import Tracker
 from persona_platform.persona_assets.steps import model_step
 from persona_platform.resources.artifacts import ArtifactStore
 from persona_platform.resources.llm import Engine, ScoreRequest
@@ -132,6 +134,7 @@ def resumable_search(
     variant: str,
     train: pl.DataFrame,
     config: IcmConfig,
+    log: Callable[[str], None],
 ) -> tuple[IcmSearch, SearchState, int | None]:
     """Run (or resume from its checkpoint) one country's search over one variant's train claims; the search,
     its final state and the iteration it resumed from."""
@@ -141,7 +144,12 @@ def resumable_search(
     saved = artifacts.read_text(*name)
     state = SearchState.from_json(saved) if saved else None
     resumed_at = state.iteration if state else None
-    state = search.run(state, lambda s: artifacts.write(s.to_json().encode(), *name), config.checkpoint_every)
+    state = search.run(
+        state,
+        lambda s: artifacts.write(s.to_json().encode(), *name),
+        config.checkpoint_every,
+        Tracker(log, f"ICM {country} ({variant})", params.iterations),
+    )
     return search, state, resumed_at
 
 
@@ -205,7 +213,7 @@ def icm_search(
                 if train.is_empty():
                     continue
                 search, state, resumed_at = resumable_search(
-                    step.engine, artifacts, country, variant, train, config
+                    step.engine, artifacts, country, variant, train, config, context.log.info
                 )
                 labels += label_rows(train, state.labels, variant, country)
                 trace += trace_rows(state.trace, train["claim_id"].to_list(), variant, country)

@@ -335,13 +335,20 @@ class IcmSearch:
         state: SearchState | None = None,
         checkpoint: Callable[[SearchState], None] | None = None,
         checkpoint_every: int = 25,
+        progress: Callable[[int, int, dict], None] | None = None,
     ) -> SearchState:
+        """Anneal until ``params.iterations`` (from ``state`` when resuming); ``checkpoint`` gets the state
+        every ``checkpoint_every`` iterations and at the end, ``progress`` every iteration's numbers."""
         state = state or self.initial_state()
         rng = random.Random()
         rng.setstate(_rng_tuple(state.rng_state))
         while state.iteration < self.params.iterations:
-            state.trace.append(self.step(state, rng))
+            row = self.step(state, rng)
+            state.trace.append(row)
             state.rng_state = _rng_state(rng)
+            if progress:
+                numbers = {"energy": row["energy"], "accepted": state.accepted, "T": row["temperature"]}
+                progress(state.iteration, self.params.iterations, numbers)
             if checkpoint and (
                 state.iteration % checkpoint_every == 0 or state.iteration == self.params.iterations
             ):

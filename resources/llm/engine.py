@@ -173,9 +173,11 @@ class Engine(ABC):
         checkpoint_path: Path,
         adapter_dir: Path,
         log: Callable[[str], None] = lambda message: None,
+        progress: Callable[[int, int, dict], None] | None = None,
     ) -> TrainingOutcome:
         """Train a LoRA adapter ``name`` on ``examples`` (from ``training_examples``), resuming from
-        ``checkpoint_path`` when it exists, save it in ``adapter_dir`` and serve it from then on."""
+        ``checkpoint_path`` when it exists, save it in ``adapter_dir`` and serve it from then on;
+        ``progress(step, total_steps, numbers)`` after each optimizer step."""
         raise self.refusal("train adapters", "lora_training")
 
     def merge_adapter(

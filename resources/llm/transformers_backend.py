@@ -172,6 +172,7 @@ class TransformersEngine(Engine):
         checkpoint_path: Path,
         adapter_dir: Path,
         log: Callable[[str], None] = lambda message: None,
+        progress: Callable[[int, int, dict], None] | None = None,
     ) -> training.TrainingOutcome:
         training.prepare_run(name, examples, settings)
         torch.manual_seed(settings.seed)  # the LoRA initialisation
@@ -193,6 +194,7 @@ class TransformersEngine(Engine):
             checkpoint_path=checkpoint_path,
             adapter_dir=adapter_dir,
             log=log,
+            progress=progress,
         )
         if settings.quantization == "4bit":
             del model  # the 4-bit copy; the adapter is served on the full-precision base
