@@ -56,10 +56,38 @@ def schema_change_checks(*keys: list[str]) -> list:
     )
 
 
-def markdown_table(header: list[str], rows: list[list]) -> MetadataValue:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
-    return MetadataValue.md("\n".join(lines))
+def _column_type(values: list) -> str:
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, bool) for v in present):
+        return "bool"
+    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return "int"
+    if present and all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+        return "float"
+    return "string"
+
+
+def results_table(header: list[str], rows: list[list], descriptions: dict[str, str] | None = None):
+    """Rows as a table the UI shows (sortable, typed); each column's type from its values, its description
+    from ``descriptions``."""
+    columns = [[row[i] for row in rows] for i in range(len(header))]
+    types = [_column_type(values) for values in columns]
+    schema = TableSchema(
+        columns=[
+            TableColumn(name, kind, description=(descriptions or {}).get(name))
+            for name, kind in zip(header, types, strict=True)
+        ]
+    )
+    records = [
+        TableRecord(
+            {
+                name: value if value is None or kind != "string" else str(value)
+                for name, kind, value in zip(header, types, row, strict=True)
+            }
+        )
+        for row in rows
+    ]
+    return MetadataValue.table(records, schema=schema)
 
 
 def table_metadata(columns: dict[str, str], rows: list[dict]) -> MetadataValue:

@@ -1,8 +1,7 @@
-"""Plots as PNG bytes (matplotlib, no display), and their inline form for the Dagster UI."""
+"""Plots as PNG bytes (matplotlib, no display), stored as files whose paths the UI shows."""
 
 from __future__ import annotations
 
-import base64
 import io
 import math
 from collections.abc import Sequence
@@ -13,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from dagster import MetadataValue  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
@@ -215,10 +215,6 @@ def search_trace(
         + "; one search, no interval drawn.",
     )
     return _png(figure)
-
-
-def inline(png: bytes, alt: str) -> str:
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
 def loss_curve(title: str, steps: Sequence[int], losses: Sequence[float]) -> bytes:
@@ -479,9 +475,8 @@ def win_rate_bars(
     return _png(figure)
 
 
-def saved_plot(artifacts: ArtifactStore, png: bytes, folder: str, name: str, title: str = "") -> str:
-    """Store a plot as ``plots/<folder>/<name>.png`` and return its markdown: title, path, hash,
-    the image inline."""
-    path, sha = artifacts.write(png, "plots", folder, f"{name}.png")
-    heading = f"**{title}** " if title else ""
-    return f"{heading}`{path}` sha256 {sha[:12]}\n\n{inline(png, title or name)}"
+def saved_plot(artifacts: ArtifactStore, png: bytes, folder: str, name: str) -> MetadataValue:
+    """Store a plot as ``plots/<folder>/<name>.png``; its path, as metadata. A path, not the image inline:
+    a report holds many plots, and inline images made one metadata entry megabytes long."""
+    path, _ = artifacts.write(png, "plots", folder, f"{name}.png")
+    return MetadataValue.path(str(path))

@@ -9,19 +9,21 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 from dagster import AssetExecutionContext, AssetKey
 
 from persona_platform.persona_assets.progress import Tracker
 from persona_platform.persona_assets.provenance import Provenance, result_frame
-from persona_platform.resources.llm import Engine
+from persona_platform.resources.llm import Engine, EngineUsage
 from persona_platform.resources.llm.resource import LLMResource, UsageMeter
 
 
-def engine_metadata(meter: UsageMeter, model_id: str) -> dict:
-    return {"engine/model_id": model_id, **meter.usage.as_metadata()}
+def engine_metadata(usage: EngineUsage, model_id: str, scope: str) -> dict:
+    """What the engine did, and for what: one partition's work, or the whole step's (steps that batch
+    every partition's requests together cannot split it)."""
+    return {"engine/model_id": model_id, "engine/usage_of": scope, **usage.as_metadata()}
 
 
 def _asset_key(context: AssetExecutionContext, output: str | None) -> AssetKey:
@@ -52,6 +54,24 @@ def asset_frame(
     frame = result_frame(rows, schema, provenance, assets_def.metadata_by_key[key].get("partition_expr"))
     _partition_row_counts(context, key, frame)
     return frame
+
+
+def partition_metadata(
+    context: AssetExecutionContext,
+    frame: pl.DataFrame,
+    describe: Callable[[pl.DataFrame], dict],
+    output: str | None = None,
+) -> None:
+    """``describe`` of each partition's own rows, attached to that partition: a run over a range of
+    partitions writes one frame, and metadata added to the output would land on every partition alike.
+    Unpartitioned, ``describe`` of the whole frame."""
+    key = _asset_key(context, output)
+    if context.assets_def.partitions_def is None:
+        context.add_asset_metadata(describe(frame), asset_key=key)
+        return
+    for partition in context.partition_keys:
+        rows = frame.filter(pl.col("partition_key") == partition)
+        context.add_asset_metadata(describe(rows), asset_key=key, partition_key=partition)
 
 
 def _partition_row_counts(context: AssetExecutionContext, key: AssetKey, frame: pl.DataFrame) -> None:
@@ -117,6 +137,14 @@ class ModelStep:
     engine: ReportingEngine
     meter: UsageMeter
     prompt_hash: str | None = None
+    usage_by_partition: dict[str, EngineUsage] = field(default_factory=dict)
+
+    @contextmanager
+    def partition(self, key: str) -> Iterator[None]:
+        """Count what the block asks of the engine as partition ``key``'s own usage."""
+        before = self.engine.usage.snapshot()
+        yield
+        self.usage_by_partition[key] = self.engine.usage.since(before)
 
     def frame(
         self, rows: list[dict], schema: dict[str, pl.DataType], output: str | None = None
@@ -146,6 +174,12 @@ def model_step(
         f"engine {engine.model_id}: {used.requests} requests, {used.forward_passes} forward passes, "
         f"{used.tokens_computed} tokens computed, {used.tokens_reused} reused, {used.model_loads} model loads"
     )
-    usage = engine_metadata(meter, engine.model_id)
+    loaded = {"engine/model_loaded": "in this step" if used.model_loads else "earlier in this process"}
+    partitions = context.partition_keys if context.assets_def.partitions_def is not None else []
+    whole_step = engine_metadata(used, engine.model_id, f"the whole step ({len(partitions) or 1} partitions)")
     for key in context.selected_asset_keys:
-        context.add_asset_metadata(usage, asset_key=key)
+        context.add_asset_metadata(loaded, asset_key=key)
+        for partition in partitions or [None]:
+            own = step.usage_by_partition.get(partition)
+            usage = engine_metadata(own, engine.model_id, "this partition") if own else whole_step
+            context.add_asset_metadata(usage, asset_key=key, partition_key=partition)

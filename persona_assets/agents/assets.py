@@ -4,6 +4,7 @@ import polars as pl
 from dagster import (
     AssetExecutionContext,
     AssetIn,
+    AssetKey,
     AssetOut,
     Config,
     MetadataValue,
@@ -47,12 +48,13 @@ from persona_platform.persona_assets.common import (
     TABLE_KINDS,
     WAREHOUSE_POOL,
     gpu_step,
-    markdown_table,
+    results_table,
 )
 from persona_platform.persona_assets.deployment import TRAINING_PROFILE
 from persona_platform.persona_assets.plots import heatmap, loss_curve, saved_plot
 from persona_platform.persona_assets.progress import Tracker
-from persona_platform.persona_assets.steps import asset_frame, model_step
+from persona_platform.persona_assets.steps import asset_frame, model_step, partition_metadata
+from persona_platform.persona_assets.verdicts import perplexity_verdict
 from persona_platform.resources.artifacts import ArtifactStore
 from persona_platform.resources.inputs.registry import Agent
 from persona_platform.resources.inputs.transcripts import read_meetings
@@ -62,6 +64,7 @@ from persona_platform.resources.sources import BoardSource
 from persona_platform.resources.training import LoraTraining, TrainingOutcome, run_fingerprint
 
 GROUP = "agents"
+LOSS_KEY = AssetKey([GROUP, "training_loss"])
 VERSION = "agents-1"
 SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, code_version=VERSION)
 BY_AGENT = dict(
@@ -133,7 +136,7 @@ def board_turns(context: AssetExecutionContext, config: BoardConfig, board: Boar
         {
             "meetings": MetadataValue.json({s: sorted(ids) for s, ids in meetings_by_split.items()}),
             "unresolved_speakers": sorted(set(frame.filter(pl.col("agent").is_null())["speaker"])),
-            "turns_per_agent": markdown_table(["agent", "split", "turns", "words"], per_agent.rows()),
+            "turns_per_agent": results_table(["agent", "split", "turns", "words"], per_agent.rows()),
         }
     )
     return frame
@@ -197,11 +200,15 @@ def train_agent(
     )
 
 
-def _loss_plot(artifacts: ArtifactStore, agent: str, outcome: TrainingOutcome) -> str:
-    """The agent's training loss per step, plotted and stored; its markdown."""
+def _adapter_metadata(adapters: pl.DataFrame) -> dict:
+    return {"adapter": results_table(*adapter_table(adapters.to_dicts()))}
+
+
+def _loss_plot(artifacts: ArtifactStore, agent: str, outcome: TrainingOutcome) -> MetadataValue:
+    """The agent's training loss per step, plotted and stored; its path."""
     steps, losses = [p["step"] for p in outcome.losses], [p["loss"] for p in outcome.losses]
     png = loss_curve(f"LoRA training - {agent}", steps, losses)
-    return saved_plot(artifacts, png, "training", agent, agent)
+    return saved_plot(artifacts, png, "training", agent)
 
 
 @multi_asset(
@@ -240,21 +247,25 @@ def lora_training(
     training_conversations: pl.DataFrame,
 ):
     """Train each agent's adapter on its conversations; resumes from its last checkpoint after a crash."""
-    adapters, losses, plots = [], [], []
+    adapters, losses, plots = [], [], {}
     with model_step(context, llm) as step:
         for agent in context.partition_keys:
             settings = config.settings(AGENTS_BY_KEY[agent])
             conversations = training_conversations.filter(pl.col("agent") == agent).sort("row_id")
-            outcome = train_agent(step.engine, artifacts, agent, conversations, settings, context.log.info)
+            with step.partition(agent):
+                outcome = train_agent(
+                    step.engine, artifacts, agent, conversations, settings, context.log.info
+                )
             adapters.append(adapter_row(agent, outcome, settings, conversations["row_id"].to_list()))
             losses += loss_rows(agent, outcome)
-            plots.append(_loss_plot(artifacts, agent, outcome))
+            plots[agent] = _loss_plot(artifacts, agent, outcome)
         adapter_frame = step.frame(adapters, ADAPTER_SCHEMA, "lora_adapters")
         loss_frame = step.frame(losses, LOSS_SCHEMA, "training_loss")
-    yield Output(
-        adapter_frame, "lora_adapters", metadata={"adapters": markdown_table(*adapter_table(adapters))}
-    )
-    yield Output(loss_frame, "training_loss", metadata={"loss_curves": MetadataValue.md("\n\n".join(plots))})
+    partition_metadata(context, adapter_frame, _adapter_metadata, "lora_adapters")
+    for agent, plot in plots.items():
+        context.add_asset_metadata({"plot/loss": plot}, asset_key=LOSS_KEY, partition_key=agent)
+    yield Output(adapter_frame, "lora_adapters")
+    yield Output(loss_frame, "training_loss")
 
 
 @asset(
@@ -324,11 +335,12 @@ def perplexity_matrix(
     png = heatmap("Perplexity on held-out utterances", models, agents, values, "perplexity")
     context.add_output_metadata(
         {
-            "matrix": markdown_table(
+            "matrix": results_table(
                 ["model", *agents],
-                [[m, *[f"{v:.2f}" for v in row]] for m, row in zip(models, values, strict=True)],
+                [[m, *[round(v, 2) for v in row]] for m, row in zip(models, values, strict=True)],
             ),
-            "heatmap": MetadataValue.md(saved_plot(artifacts, png, "agents", "perplexity")),
+            "verdict": perplexity_verdict(models, agents, values),
+            "plot/heatmap": saved_plot(artifacts, png, "agents", "perplexity"),
         }
     )
     return frame

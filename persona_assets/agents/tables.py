@@ -302,9 +302,9 @@ def adapter_table(adapters: Sequence[dict]) -> tuple[list[str], list[list]]:
             r["agent"],
             r["steps"],
             r["tokens_trained"],
-            f"{r['tokens_per_second'] or 0:.0f}",
+            round(r["tokens_per_second"] or 0),
             r["resumed_from_step"],
-            f"{r['final_loss']:.3f}",
+            round(r["final_loss"], 3),
         ]
         for r in adapters
     ]

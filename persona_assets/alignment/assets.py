@@ -1,7 +1,7 @@
 """Where the pipelines meet: every persona model answers the survey; how close is it to each country?"""
 
 import polars as pl
-from dagster import AssetExecutionContext, AssetIn, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetIn, asset
 
 from persona_platform.partitions import agent_country_partitions, countries_partitions
 from persona_platform.persona_assets.agents.adapters import serve_adapters
@@ -21,10 +21,10 @@ from persona_platform.persona_assets.common import (
     OWNERS,
     REPORT_STEP,
     gpu_step,
-    markdown_table,
+    results_table,
 )
 from persona_platform.persona_assets.plots import heatmap, saved_plot
-from persona_platform.persona_assets.steps import asset_frame, model_step
+from persona_platform.persona_assets.steps import asset_frame, model_step, partition_metadata
 from persona_platform.resources.artifacts import ArtifactStore
 from persona_platform.resources.llm.resource import LLMResource
 
@@ -36,9 +36,9 @@ SURVEY_IN = AssetIn(key=["opinions", "goqa_survey"])
 def _similarity_metadata(frame: pl.DataFrame, skipped: int) -> dict:
     means = frame.group_by("agent", "country").agg(pl.col("similarity").mean()).sort("agent", "country")
     return {
-        "questions_not_answerable": skipped,
-        "mean_similarity": markdown_table(
-            ["persona", "country", "similarity"], [[a, c, f"{s:.3f}"] for a, c, s in means.iter_rows()]
+        "questions_not_answerable_in_step": skipped,
+        "mean_similarity": results_table(
+            ["persona", "country", "similarity"], [[a, c, round(s, 3)] for a, c, s in means.iter_rows()]
         ),
     }
 
@@ -73,7 +73,7 @@ def agent_opinions(
             adapter_of=lambda persona: persona,
         )
         frame = step.frame(rows, ANSWER_SCHEMA)
-    context.add_output_metadata(_similarity_metadata(frame, skipped))
+    partition_metadata(context, frame, lambda part: _similarity_metadata(part, skipped))
     return frame
 
 
@@ -98,7 +98,7 @@ def base_opinions(
             step.engine, goqa_survey, [(BASE, c) for c in context.partition_keys], adapter_of=lambda _: None
         )
         frame = step.frame(rows, ANSWER_SCHEMA)
-    context.add_output_metadata(_similarity_metadata(frame, skipped))
+    partition_metadata(context, frame, lambda part: _similarity_metadata(part, skipped))
     return frame
 
 
@@ -124,15 +124,23 @@ def opinion_alignment(
     countries = sorted(frame["country"].unique())
     cell = {(r["persona"], r["country"]): r["similarity"] for r in frame.iter_rows(named=True)}
     values = [[cell.get((p, c), float("nan")) for c in countries] for p in personas]
+    questions = dict(frame.group_by("country").agg(pl.col("questions").max()).iter_rows())
     png = heatmap(
-        "Opinion similarity to each country (1 - JS distance)",
+        "Opinion similarity to each country (1 - JS distance, mean over questions)",
         personas,
         countries,
         values,
         "similarity",
         fmt="{:.3f}",
+        xlabel="country (survey answer distributions)",
+        ylabel="persona model",
+        higher_is_better=True,
+        column_counts=[questions[c] for c in countries],
     )
     context.add_output_metadata(
-        {"heatmap": MetadataValue.md(saved_plot(artifacts, png, "alignment", "similarity"))}
+        {
+            "similarity": results_table(frame.columns, frame.select(SUMMARY_SCHEMA).rows()),
+            "plot/heatmap": saved_plot(artifacts, png, "alignment", "similarity"),
+        }
     )
     return frame

@@ -9,6 +9,7 @@ import polars as pl
 from dagster import (
     AssetExecutionContext,
     AssetIn,
+    AssetKey,
     AssetOut,
     Config,
     MetadataValue,
@@ -25,7 +26,7 @@ from persona_platform.persona_assets.common import (
     ONE_RUN_PER_BACKFILL,
     OWNERS,
     gpu_step,
-    markdown_table,
+    results_table,
 )
 from persona_platform.persona_assets.elicitation.evaluation import build_conditions, chat_answers
 from persona_platform.persona_assets.elicitation.icm import ClaimScorer, IcmParams, IcmSearch, SearchState
@@ -50,6 +51,7 @@ from persona_platform.persona_assets.elicitation.tables import (
     few_shot_rows,
     icm_claims,
     label_rows,
+    search_table,
     split_claims,
     test_claims,
     test_split_claims,
@@ -60,7 +62,7 @@ from persona_platform.persona_assets.elicitation.tables import (
 from persona_platform.persona_assets.opinions.splits import VARIANTS
 from persona_platform.persona_assets.plots import saved_plot, search_trace
 from persona_platform.persona_assets.progress import Tracker
-from persona_platform.persona_assets.steps import model_step
+from persona_platform.persona_assets.steps import model_step, partition_metadata
 from persona_platform.resources.artifacts import ArtifactStore
 from persona_platform.resources.llm import Engine, ScoreRequest
 from persona_platform.resources.llm.resource import LLMResource
@@ -165,15 +167,15 @@ def search_summary(search: IcmSearch, state: SearchState, resumed_at: int | None
     }
 
 
-def _trace_plot(artifacts: ArtifactStore, country: str, variant: str, state: SearchState) -> str:
-    """One search's energy and agreement with gold per iteration, plotted and stored; its markdown."""
+def _trace_plot(artifacts: ArtifactStore, country: str, variant: str, state: SearchState) -> MetadataValue:
+    """One search's energy and agreement with gold per iteration, plotted and stored; its path."""
     png = search_trace(
         f"ICM search - {country} ({variant})",
         [t["iteration"] for t in state.trace],
         [t["energy"] for t in state.trace],
         [t["gold_agreement"] for t in state.trace],
     )
-    return saved_plot(artifacts, png, "icm_trace", f"{country}-{variant}", f"{country} ({variant})")
+    return saved_plot(artifacts, png, "icm_trace", f"{country}-{variant}")
 
 
 @multi_asset(
@@ -205,28 +207,35 @@ def icm_search(
     goqa_claims: pl.DataFrame,
 ):
     """Internal Coherence Maximization over each country's train split, per variant."""
-    labels, trace, plots, summary = [], [], [], {}
+    labels, trace = [], []
+    searches, plots = {}, {}  # per country: its searches' summaries, its trace plots
     with model_step(context, llm, FEW_SHOT_HASH) as step:
         for country in context.partition_keys:
-            for variant in config.variants:
-                train = split_claims(goqa_splits, goqa_claims, country, variant, "train")
-                if train.is_empty():
-                    continue
-                search, state, resumed_at = resumable_search(
-                    step.engine, artifacts, country, variant, train, config, context.log.info
-                )
-                labels += label_rows(train, state.labels, variant, country)
-                trace += trace_rows(state.trace, train["claim_id"].to_list(), variant, country)
-                summary[f"{country}/{variant}"] = search_summary(search, state, resumed_at)
-                context.log.info(f"ICM {country} ({variant}): {summary[f'{country}/{variant}']}")
-                plots.append(_trace_plot(artifacts, country, variant, state))
+            searches[country], plots[country] = {}, {}
+            with step.partition(country):
+                for variant in config.variants:
+                    train = split_claims(goqa_splits, goqa_claims, country, variant, "train")
+                    if train.is_empty():
+                        continue
+                    search, state, resumed_at = resumable_search(
+                        step.engine, artifacts, country, variant, train, config, context.log.info
+                    )
+                    labels += label_rows(train, state.labels, variant, country)
+                    trace += trace_rows(state.trace, train["claim_id"].to_list(), variant, country)
+                    searches[country][variant] = search_summary(search, state, resumed_at)
+                    plots[country][f"plot/{variant}"] = _trace_plot(artifacts, country, variant, state)
         label_frame = step.frame(labels, LABEL_SCHEMA, "icm_labels")
         trace_frame = step.frame(trace, TRACE_SCHEMA, "icm_search_trace")
     params = MetadataValue.json(asdict(config.params()))
-    searches = MetadataValue.json(summary)
-    trace_plots = MetadataValue.md("\n\n".join(plots) or "no search ran")
-    yield Output(label_frame, "icm_labels", metadata={"params": params, "searches": searches})
-    yield Output(trace_frame, "icm_search_trace", metadata={"params": params, "trace_plots": trace_plots})
+    for country in context.partition_keys:
+        own = {"params": params, "searches": results_table(*search_table(searches[country]))}
+        context.add_asset_metadata(own, asset_key=AssetKey([GROUP, "icm_labels"]), partition_key=country)
+        own = {"params": params, **plots[country]}
+        context.add_asset_metadata(
+            own, asset_key=AssetKey([GROUP, "icm_search_trace"]), partition_key=country
+        )
+    yield Output(label_frame, "icm_labels")
+    yield Output(trace_frame, "icm_search_trace")
 
 
 @asset(key_prefix=GROUP, **BY_COUNTRY, **COUNTRY_OUT, code_version=ZERO_SHOT_VERSION, ins=SPLITS_IN)
@@ -243,7 +252,9 @@ def zero_shot_base_predictions(
     with model_step(context, llm, ZERO_SHOT_HASH) as step:
         scores = dict(zip(claims["claim_id"], step.engine.score(requests), strict=True))
         frame = step.frame(zero_shot_rows(test, scores), ZERO_SHOT_SCHEMA)
-    context.add_output_metadata({"accuracy": markdown_table(*zero_shot_accuracy_table(frame))})
+    partition_metadata(
+        context, frame, lambda rows: {"accuracy": results_table(*zero_shot_accuracy_table(rows))}
+    )
     return frame
 
 
@@ -284,9 +295,12 @@ def few_shot_predictions(
                 tests = test_claims(split_claims(goqa_splits, goqa_claims, country, variant, "test"))
                 if pool and tests:
                     conditions = build_conditions(pool, config.example_counts, config.repeats, config.seed)
-                    rows += few_shot_rows(step.engine, country, variant, tests, conditions)
+                    with step.partition(country):
+                        rows += few_shot_rows(step.engine, country, variant, tests, conditions)
         frame = step.frame(rows, FEW_SHOT_SCHEMA)
-    context.add_output_metadata({"accuracy_by_k": markdown_table(*few_shot_accuracy_table(frame))})
+    partition_metadata(
+        context, frame, lambda part: {"accuracy_by_k": results_table(*few_shot_accuracy_table(part))}
+    )
     return frame
 
 
@@ -326,5 +340,5 @@ def zero_shot_chat_predictions(
             test, list(claims["claim_id"]), answers.replies, answers.predictions, method, answers.answered_by
         )
         frame = step.frame(rows, CHAT_SCHEMA)
-    context.add_output_metadata(chat_metadata(frame, method, answers))
+    partition_metadata(context, frame, lambda part: chat_metadata(part, method, answers))
     return frame

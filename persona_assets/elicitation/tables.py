@@ -203,7 +203,7 @@ def zero_shot_accuracy_table(frame: pl.DataFrame) -> tuple[list[str], list[list]
         .sort("country", "variant")
     )
     header = ["country", "variant", "test claims", "accuracy"]
-    return header, [[c, v, n, f"{a:.3f}"] for c, v, n, a in accuracy.iter_rows()]
+    return header, [[c, v, n, round(a, 3)] for c, v, n, a in accuracy.iter_rows()]
 
 
 def chat_rows(
@@ -239,6 +239,13 @@ def chat_rows(
                 }
             )
     return rows
+
+
+def search_table(searches: dict[str, dict]) -> tuple[list[str], list[list]]:
+    """Header and rows of one country's ICM searches, a row per variant (``searches[variant]`` is the
+    search's summary)."""
+    header = ["variant", *next(iter(searches.values()), {})]
+    return header, [[variant, *summary.values()] for variant, summary in searches.items()]
 
 
 def chat_metadata(frame: pl.DataFrame, method: str, answers: ChatAnswers) -> dict:
@@ -290,4 +297,4 @@ def few_shot_accuracy_table(frame: pl.DataFrame) -> tuple[list[str], list[list]]
         .sort("country", "variant", "k", "method")
     )
     header = ["country", "variant", "method", "k", "mean accuracy"]
-    return header, [[c, v, m, k, f"{a:.3f}"] for c, v, m, k, a in accuracy.iter_rows()]
+    return header, [[c, v, m, k, round(a, 3)] for c, v, m, k, a in accuracy.iter_rows()]

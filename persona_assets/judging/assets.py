@@ -12,7 +12,7 @@ from persona_platform.persona_assets.common import (
     OWNERS,
     REPORT_STEP,
     gpu_step,
-    markdown_table,
+    results_table,
 )
 from persona_platform.persona_assets.judging.judge import compare_pairs, score_responses
 from persona_platform.persona_assets.judging.rubrics import JUDGE_HASH, PAIRWISE_HASH
@@ -117,7 +117,7 @@ def pairwise_comparisons(
     context.add_output_metadata(
         {
             **failure_metadata(frame, COMPARISON_FAILURES),
-            "outcomes": markdown_table(["outcome", "pairs"], outcomes.rows()),
+            "outcomes": results_table(["outcome", "pairs"], outcomes.rows()),
         }
     )
     return frame
@@ -155,9 +155,9 @@ def judging_summary(
     ]
     context.add_output_metadata(
         {
-            "win_rates": markdown_table(*win_rate_table(frame)),
+            "win_rates": results_table(*win_rate_table(frame)),
             "interval_method": interval_method("evaluation items"),
-            "judge_failure_rates": markdown_table(*failure_rate_table(judgments, pairwise_comparisons)),
+            "judge_failure_rates": results_table(*failure_rate_table(judgments, pairwise_comparisons)),
             "plots": MetadataValue.md("\n\n".join(plots)),
         }
     )

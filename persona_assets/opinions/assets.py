@@ -13,7 +13,7 @@ from persona_platform.persona_assets.common import (
     OWNERS,
     TABLE_KINDS,
     WAREHOUSE_POOL,
-    markdown_table,
+    results_table,
     table_metadata,
 )
 from persona_platform.persona_assets.opinions.claims import UNUSABLE_REASONS
@@ -139,7 +139,7 @@ def goqa_claims(
             "seed": config.seed,
             "survey_rows_left_out": len(excluded),
             **{f"left_out/{reason}": reasons.get(reason, 0) for reason in UNUSABLE_REASONS},
-            "claims_per_country": markdown_table(
+            "claims_per_country": results_table(
                 ["country", "claims", "positive share"],
                 [[c, n, f"{p:.2f}"] for c, n, p in per_country.sort("country").iter_rows()],
             ),
@@ -171,7 +171,7 @@ def goqa_splits(
     context.add_output_metadata(
         {
             "seed": config.seed,
-            "sizes": markdown_table(["country", "variant", "split", "claims"], sizes.rows()),
+            "sizes": results_table(["country", "variant", "split", "claims"], sizes.rows()),
         }
     )
     return frame

@@ -14,7 +14,7 @@ from persona_platform.persona_assets.common import (
     TABLE_KINDS,
     WAREHOUSE_POOL,
     gpu_step,
-    markdown_table,
+    results_table,
 )
 from persona_platform.persona_assets.responses.tables import (
     ITEM_SCHEMA,
@@ -102,7 +102,7 @@ def evaluation_items(
     ]
     frame = asset_frame(context, rows, ITEM_SCHEMA)
     counts = frame.group_by("agent", "task").len().sort("agent", "task")
-    context.add_output_metadata({"items": markdown_table(["agent", "task", "items"], counts.rows())})
+    context.add_output_metadata({"items": results_table(["agent", "task", "items"], counts.rows())})
     return frame
 
 
@@ -146,7 +146,7 @@ def task_responses(
         {
             "settings": [s.label for s in grid],
             "samples": config.samples,
-            "responses": markdown_table(counts.columns, counts.rows()),
+            "responses": results_table(counts.columns, counts.rows()),
         }
     )
     return frame

@@ -12,7 +12,7 @@ from persona_platform.persona_assets.common import (
     ONE_RUN_PER_BACKFILL,
     OWNERS,
     gpu_step,
-    markdown_table,
+    results_table,
 )
 from persona_platform.persona_assets.review import REVIEW_TABLE
 from persona_platform.persona_assets.steps import model_step
@@ -135,7 +135,7 @@ def trait_screenings(
     context.add_output_metadata(
         {
             "failures": int(frame["failure"].is_not_null().sum()),
-            "per_agent_and_trait": markdown_table(*screening_table(frame)),
+            "per_agent_and_trait": results_table(*screening_table(frame)),
         }
     )
     return frame

@@ -15,7 +15,7 @@ from persona_platform.persona_assets.common import (
     TABLE_KINDS,
     WAREHOUSE_POOL,
     gpu_step,
-    markdown_table,
+    results_table,
 )
 from persona_platform.persona_assets.plots import confusion_matrix, saved_plot
 from persona_platform.persona_assets.review import REVIEW_TABLE, reviewed
@@ -103,7 +103,7 @@ def vote_records(context: AssetExecutionContext, motions: pl.DataFrame) -> pl.Da
     context.add_output_metadata(
         {
             "unknown_names": MetadataValue.json(sorted({name for _, name in unknown})),
-            "votes_per_agent": markdown_table(["agent", "vote", "motions"], counts.rows()),
+            "votes_per_agent": results_table(["agent", "vote", "motions"], counts.rows()),
         }
     )
     return frame
@@ -179,7 +179,7 @@ def vote_metrics_summary(
     frame = asset_frame(context, rows, METRIC_SCHEMA)
     context.add_output_metadata(
         {
-            "metrics": markdown_table(*metric_table(rows)),
+            "metrics": results_table(*metric_table(rows)),
             "interval_method": interval_method("motions"),
             "confusion_matrices": MetadataValue.md("\n\n".join(sections)),
         }
