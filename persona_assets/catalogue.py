@@ -18,7 +18,7 @@ from collections import defaultdict
 from dagster import AssetKey, Definitions, TableSchema
 
 from persona_platform.partitions import partitioning
-from persona_platform.persona_assets.provenance import PROVENANCE_SCHEMA
+from persona_platform.persona_assets.provenance import PROVENANCE_SCHEMA, ROW_ID
 from persona_platform.resources.settings import PROJECT_ROOT
 from persona_platform.resources.warehouse import partition_columns, table_location
 
@@ -31,6 +31,8 @@ PARTITIONS = {
     "agent_country": "agent x country",
 }
 COLUMN_SCHEMA = "dagster/column_schema"
+# The columns result_frame adds to every table, described once (in provenance.py) and so once here.
+STANDARD_COLUMNS = {**ROW_ID.descriptions, **PROVENANCE_SCHEMA.descriptions}
 
 
 def catalogue_path() -> str:
@@ -70,9 +72,18 @@ def _declared_columns(node) -> TableSchema | None:
     return getattr(schema, "schema", schema) if schema is not None else None
 
 
+def _cell(text: str) -> str:
+    """Text inside a markdown table cell: a '|' would end the cell."""
+    return text.replace("|", "\\|")
+
+
 def _column_text(column) -> str:
     text = f"`{column.name}` ({column.type})"
     return f"{text}: {summary(column.description)}" if column.description else text
+
+
+def _is_standard(column) -> bool:
+    return column.name in STANDARD_COLUMNS and STANDARD_COLUMNS[column.name] == column.description
 
 
 def _asset_section(graph, node) -> list[str]:
@@ -107,9 +118,16 @@ def _asset_section(graph, node) -> list[str]:
 
 
 def _columns_text(node) -> str:
-    """The columns an asset declares, each with its description's summary; 'not declared' without them."""
+    """The columns an asset declares, each with its description's summary, the provenance columns (described
+    once, below the table) by name only; 'not declared' without them."""
     columns = _declared_columns(node)
-    return "; ".join(_column_text(c) for c in columns.columns) if columns is not None else "not declared"
+    if columns is None:
+        return "not declared"
+    own = [_column_text(c) for c in columns.columns if not _is_standard(c)]
+    standard = [f"`{c.name}`" for c in columns.columns if _is_standard(c)]
+    if standard:
+        own.append(f"provenance: {', '.join(standard)}")
+    return _cell("; ".join(own))
 
 
 def _table_rows(nodes) -> tuple[list[str], list[str]]:
@@ -173,19 +191,24 @@ def catalogue_markdown(defs: Definitions) -> str:
 
     header, rows = _table_rows(nodes)
     declared = sum(_declared_columns(node) is not None for node in nodes)
-    provenance = ", ".join(f"`{c}`" for c in ["row_id", *PROVENANCE_SCHEMA])
+    provenance = ", ".join(f"`{c}`" for c in STANDARD_COLUMNS)
+    others = "" if declared == len(nodes) else "; the others' columns are known only once written"
     out += [
         "## Warehouse tables",
         "",
         f"One table per asset, in a schema per domain. {declared} of {len(nodes)} assets declare their "
-        f"columns in their definitions (`{COLUMN_SCHEMA}` definition metadata); the others' columns are "
-        f"known only once written: each materialization records `{COLUMN_SCHEMA}` and `dagster/row_count`, "
-        "which the UI's asset page shows. The asset's code builds its frame from a polars schema through "
-        "`persona_platform.persona_assets.provenance.result_frame`, which adds the provenance columns "
-        f"{provenance}. Partition columns come from each asset's `partition_expr` metadata; a write "
+        f"columns in their definitions (`{COLUMN_SCHEMA}` definition metadata){others}. Each "
+        f"materialization records `{COLUMN_SCHEMA}` and `dagster/row_count`, which the UI's asset page "
+        "shows with the declared descriptions. The asset's code builds its frame from a polars schema "
+        "through `persona_platform.persona_assets.provenance.result_frame`, which adds the provenance "
+        f"columns {provenance}. Partition columns come from each asset's `partition_expr` metadata; a write "
         "replaces exactly its partitions' rows.",
         "",
         *header,
         *rows,
+        "",
+        "The provenance columns of every table:",
+        "",
+        *(f"- `{name}`: {description}" for name, description in STANDARD_COLUMNS.items()),
     ]
     return "\n".join(out) + "\n"

@@ -16,7 +16,9 @@ from dagster import (
     build_column_schema_change_checks,
 )
 
+from persona_platform.persona_assets.columns import Columns
 from persona_platform.persona_assets.deployment import DEFAULT_PROFILE, GpuProfile, gpu_op_tags
+from persona_platform.persona_assets.provenance import written_columns
 from persona_platform.resources.settings import load_deployment
 
 # Backfill policies are marked beta in dagster 1.13; they are what makes one run load a model once.
@@ -54,6 +56,25 @@ def schema_change_checks(*keys: list[str]) -> list:
     return build_column_schema_change_checks(
         assets=[AssetKey(key) for key in keys], severity=AssetCheckSeverity.WARN
     )
+
+
+COLUMN_SCHEMA = "dagster/column_schema"
+
+
+def table_columns(schema: Columns) -> dict:
+    """Definition metadata declaring a warehouse table's columns, for the asset's ``metadata=``: every column
+    ``result_frame`` writes for ``schema`` (``row_id``, the table's own, the provenance columns), in order,
+    each with its polars type as materializations record it and its description, which the UI's schema view
+    and the catalogue show."""
+    written = written_columns(schema)
+    return {
+        COLUMN_SCHEMA: TableSchema(
+            columns=[
+                TableColumn(name, str(dtype), description=written.descriptions[name])
+                for name, dtype in written.items()
+            ]
+        )
+    }
 
 
 def _column_type(values: list) -> str:

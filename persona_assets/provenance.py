@@ -13,15 +13,50 @@ from dataclasses import dataclass
 import polars as pl
 import pyarrow as pa
 
-PROVENANCE_SCHEMA: dict[str, pl.DataType] = {
-    "partition_key": pl.String,
-    "input_ids": pl.List(pl.String),
-    "run_id": pl.String,
-    "code_version": pl.String,
-    "model_id": pl.String,
-    "adapter": pl.String,
-    "prompt_hash": pl.String,
-}
+from persona_platform.persona_assets.columns import Columns, columns
+
+ROW_ID = columns(
+    (
+        "row_id",
+        pl.String,
+        "the row's id, unique within the table; other rows name it as schema.table:row_id in their input_ids",
+    )
+)
+PROVENANCE_SCHEMA = columns(
+    (
+        "partition_key",
+        pl.String,
+        "the partition the row belongs to (a country, an agent, or agent|country for agent x country); "
+        "null for a row of no partition",
+    ),
+    (
+        "input_ids",
+        pl.List(pl.String),
+        "the rows this row was computed from: schema.table:row_id for warehouse rows, "
+        "file:{sha256}:{row} for rows of a source file",
+    ),
+    (
+        "run_id",
+        pl.String,
+        "the Dagster run that wrote the row (review-{id} for a row written by persona review-questions)",
+    ),
+    ("code_version", pl.String, "code version of the asset definition (or review code) that wrote the row"),
+    (
+        "model_id",
+        pl.String,
+        "the model the writing step asked (its engine's model id); null when it asked none",
+    ),
+    (
+        "adapter",
+        pl.String,
+        "the agent whose LoRA adapter made or is described by the row; null for the base model or no model",
+    ),
+    (
+        "prompt_hash",
+        pl.String,
+        "the step's prompt templates as the first 12 hex digits of their sha256; null for a step without one",
+    ),
+)
 
 
 def text_hash(text: str) -> str:
@@ -58,6 +93,12 @@ def partition_key_of(row: dict, partition_expr: PartitionExpr) -> str | None:
     return "|".join(row[column] for _, column in sorted(partition_expr.items()))
 
 
+def written_columns(schema: Columns) -> Columns:
+    """Every column ``result_frame`` writes for ``schema``, in its order, with descriptions: ``row_id``, the
+    table's own columns, the provenance columns."""
+    return columns(ROW_ID, schema, PROVENANCE_SCHEMA)
+
+
 def result_frame(
     rows: list[dict],
     schema: dict[str, pl.DataType],
@@ -78,7 +119,7 @@ def result_frame(
         "adapter": provenance.adapter,
         "prompt_hash": provenance.prompt_hash,
     }
-    full_schema = {"row_id": pl.String, **schema, **PROVENANCE_SCHEMA}
+    full_schema = {**ROW_ID, **schema, **PROVENANCE_SCHEMA}
     # Column by column through Arrow: polars builds a Series per list cell from Python lists (a minute for the
     # 120,000 rows of a full-size survey), pyarrow converts a whole list column at once.
     arrow_types = pl.DataFrame(schema=full_schema).to_arrow().schema

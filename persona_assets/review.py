@@ -17,19 +17,25 @@ from datetime import UTC, datetime
 
 import polars as pl
 
+from persona_platform.persona_assets.columns import columns
 from persona_platform.persona_assets.provenance import Provenance, result_frame
 
 KEEP, EDIT, DROP = "keep", "edit", "drop"
 REVIEW_TABLE = "question_reviews"
 REVIEW_VERSION = "review-1"
-REVIEW_SCHEMA = {
-    "question_ref": pl.String,
-    "original": pl.String,
-    "decision": pl.String,
-    "text": pl.String,
-    "reviewer": pl.String,
-    "reviewed_at": pl.String,
-}
+REVIEW_SCHEMA = columns(
+    (
+        "question_ref",
+        pl.String,
+        "the reviewed question's row, schema.table:row_id (votes.motions, traits.probe_questions or "
+        "traits.monologue_prompts)",
+    ),
+    ("original", pl.String, "the question as generated, as the reviewer saw it"),
+    ("decision", pl.String, "keep, edit or drop"),
+    ("text", pl.String, "the text to use: the edited text for edit, the original for keep and drop"),
+    ("reviewer", pl.String, "the reviewer's login name"),
+    ("reviewed_at", pl.String, "when the decision was made: UTC, ISO 8601 to the second"),
+)
 # Which questions each kind reviews: (schema, table, column of the generated text, order column).
 SOURCES = {
     "votes": ("votes", "motions", "generated_question", "source_row"),

@@ -49,6 +49,7 @@ from persona_platform.persona_assets.common import (
     WAREHOUSE_POOL,
     gpu_step,
     results_table,
+    table_columns,
 )
 from persona_platform.persona_assets.deployment import TRAINING_PROFILE
 from persona_platform.persona_assets.plots import heatmap, loss_curve, saved_plot
@@ -67,9 +68,7 @@ GROUP = "agents"
 LOSS_KEY = AssetKey([GROUP, "training_loss"])
 VERSION = "agents-1"
 SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, code_version=VERSION)
-BY_AGENT = dict(
-    partitions_def=agents_partitions, metadata=AGENT_PARTITION, backfill_policy=ONE_RUN_PER_BACKFILL
-)
+BY_AGENT = dict(partitions_def=agents_partitions, backfill_policy=ONE_RUN_PER_BACKFILL)
 
 
 class BoardConfig(Config):
@@ -121,7 +120,13 @@ class TrainingConfig(Config):
         )
 
 
-@asset(**SHARED, kinds=TABLE_KINDS, pool=WAREHOUSE_POOL, tags=dict([BOARD_INPUT]))
+@asset(
+    **SHARED,
+    kinds=TABLE_KINDS,
+    pool=WAREHOUSE_POOL,
+    tags=dict([BOARD_INPUT]),
+    metadata=table_columns(TURN_SCHEMA),
+)
 def board_turns(context: AssetExecutionContext, config: BoardConfig, board: BoardSource) -> pl.DataFrame:
     """Every turn of every meeting transcript, its speaker resolved to an agent (or none), and the
     meeting's train/test split: whole meetings, so no meeting feeds both."""
@@ -145,7 +150,14 @@ def board_turns(context: AssetExecutionContext, config: BoardConfig, board: Boar
 TURNS_IN = {"board_turns": AssetIn(key=[GROUP, "board_turns"])}
 
 
-@asset(**SHARED, **BY_AGENT, kinds=TABLE_KINDS, pool=WAREHOUSE_POOL, ins=TURNS_IN)
+@asset(
+    **SHARED,
+    **BY_AGENT,
+    metadata=AGENT_PARTITION | table_columns(CONVERSATION_SCHEMA),
+    kinds=TABLE_KINDS,
+    pool=WAREHOUSE_POOL,
+    ins=TURNS_IN,
+)
 def training_conversations(
     context: AssetExecutionContext, config: CorpusConfig, board_turns: pl.DataFrame
 ) -> pl.DataFrame:
@@ -155,7 +167,14 @@ def training_conversations(
     return asset_frame(context, rows, CONVERSATION_SCHEMA)
 
 
-@asset(**SHARED, **BY_AGENT, kinds=TABLE_KINDS, pool=WAREHOUSE_POOL, ins=TURNS_IN)
+@asset(
+    **SHARED,
+    **BY_AGENT,
+    metadata=AGENT_PARTITION | table_columns(COMPLETION_SCHEMA),
+    kinds=TABLE_KINDS,
+    pool=WAREHOUSE_POOL,
+    ins=TURNS_IN,
+)
 def completion_examples(
     context: AssetExecutionContext, config: CorpusConfig, board_turns: pl.DataFrame
 ) -> pl.DataFrame:
@@ -167,7 +186,14 @@ def completion_examples(
     return asset_frame(context, rows, COMPLETION_SCHEMA)
 
 
-@asset(**SHARED, **BY_AGENT, kinds=TABLE_KINDS, pool=WAREHOUSE_POOL, ins=TURNS_IN)
+@asset(
+    **SHARED,
+    **BY_AGENT,
+    metadata=AGENT_PARTITION | table_columns(MONOLOGUE_SCHEMA),
+    kinds=TABLE_KINDS,
+    pool=WAREHOUSE_POOL,
+    ins=TURNS_IN,
+)
 def monologues(
     context: AssetExecutionContext, config: CorpusConfig, board_turns: pl.DataFrame
 ) -> pl.DataFrame:
@@ -215,7 +241,7 @@ def _loss_plot(artifacts: ArtifactStore, agent: str, outcome: TrainingOutcome) -
     outs={
         "lora_adapters": AssetOut(
             key=[GROUP, "lora_adapters"],
-            metadata=AGENT_PARTITION,
+            metadata=AGENT_PARTITION | table_columns(ADAPTER_SCHEMA),
             owners=OWNERS,
             kinds=MODEL_KINDS,
             code_version=VERSION,
@@ -226,7 +252,7 @@ def _loss_plot(artifacts: ArtifactStore, agent: str, outcome: TrainingOutcome) -
         ),
         "training_loss": AssetOut(
             key=[GROUP, "training_loss"],
-            metadata=AGENT_PARTITION,
+            metadata=AGENT_PARTITION | table_columns(LOSS_SCHEMA),
             owners=OWNERS,
             kinds=MODEL_KINDS,
             code_version=VERSION,
@@ -271,6 +297,7 @@ def lora_training(
 @asset(
     **SHARED,
     **BY_AGENT,
+    metadata=AGENT_PARTITION | table_columns(MERGED_SCHEMA),
     kinds=MODEL_KINDS | {"safetensors"},
     **gpu_step(),
     ins={
@@ -308,6 +335,7 @@ def merged_models(
 
 @asset(
     **SHARED,
+    metadata=table_columns(PERPLEXITY_SCHEMA),
     kinds=MODEL_KINDS | {"matplotlib"},
     **gpu_step(),
     ins={

@@ -16,6 +16,7 @@ from persona_platform.persona_assets.agents.corpora import (
     conversation_windows,
     monologues,
 )
+from persona_platform.persona_assets.columns import columns
 from persona_platform.persona_assets.provenance import file_ref, row_ref
 from persona_platform.resources.inputs.registry import Agent
 from persona_platform.resources.inputs.transcripts import Meeting, alias_table, speaker_agent
@@ -24,47 +25,75 @@ from persona_platform.resources.training import LoraTraining, TrainingOutcome
 
 TURNS_TABLE = "agents.board_turns"
 
-TURN_SCHEMA = {
-    "meeting_id": pl.String,
-    "turn": pl.Int64,
-    "speaker": pl.String,
-    "agent": pl.String,
-    "text": pl.String,
-    "words": pl.Int64,
-    "split": pl.String,
-    "source_file": pl.String,
-    "source_sha256": pl.String,
-}
-CONVERSATION_SCHEMA = {
-    "agent": pl.String,
-    "meeting_id": pl.String,
-    "window": pl.Int64,
-    "messages": pl.String,
-    "agent_turns": pl.Int64,
-}
-COMPLETION_SCHEMA = {
-    "agent": pl.String,
-    "split": pl.String,
-    "meeting_id": pl.String,
-    "turn": pl.Int64,
-    "context": pl.String,
-    "target": pl.String,
-}
-MONOLOGUE_SCHEMA = {
-    "agent": pl.String,
-    "meeting_id": pl.String,
-    "turn": pl.Int64,
-    "text": pl.String,
-    "words": pl.Int64,
-}
-PERPLEXITY_SCHEMA = {
-    "model": pl.String,
-    "heldout_agent": pl.String,
-    "examples": pl.Int64,
-    "tokens": pl.Int64,
-    "nll": pl.Float64,
-    "perplexity": pl.Float64,
-}
+_AGENT = ("agent", pl.String, "the agent's key in the registry (its partition key)")
+_MEETING_ID = ("meeting_id", pl.String, "the meeting: its transcript's file name without .json")
+_TURN = ("turn", pl.Int64, "0-based index of the turn in its meeting's transcript")
+_WORDS = ("words", pl.Int64, "words in the turn's text (split on whitespace)")
+_SPLIT = ("split", pl.String, "train or test: whole meetings go to one split (seeded)")
+
+TURN_SCHEMA = columns(
+    _MEETING_ID,
+    _TURN,
+    ("speaker", pl.String, "the speaker as written in the transcript, whitespace collapsed"),
+    (
+        "agent",
+        pl.String,
+        "the agent the speaker resolves to through the registry's names and aliases; null for none",
+    ),
+    ("text", pl.String, "what the speaker said, whitespace collapsed"),
+    _WORDS,
+    _SPLIT,
+    ("source_file", pl.String, "path of the meeting's transcript file"),
+    ("source_sha256", pl.String, "sha256 of the meeting's transcript file"),
+)
+CONVERSATION_SCHEMA = columns(
+    _AGENT,
+    _MEETING_ID,
+    (
+        "window",
+        pl.Int64,
+        "0-based index of the window among the meeting's windows that hold a turn of the agent",
+    ),
+    (
+        "messages",
+        pl.String,
+        "the training chat as JSON [role, content] pairs: the agent's turns as assistant turns, everyone "
+        "else's as user turns of 'Speaker: text' lines",
+    ),
+    ("agent_turns", pl.Int64, "how many of the window's turns are the agent's"),
+)
+COMPLETION_SCHEMA = columns(
+    _AGENT,
+    (
+        "split",
+        pl.String,
+        "the meeting's split: test rows are the held-out set; train rows come from meetings trained on",
+    ),
+    _MEETING_ID,
+    ("turn", pl.Int64, "0-based index of the agent's utterance (the target) in the meeting's transcript"),
+    (
+        "context",
+        pl.String,
+        "the turns before the utterance (up to 6 by default) as JSON [role, content] pairs, laid out as the "
+        "training chats",
+    ),
+    ("target", pl.String, "the agent's utterance after the context (12 words or more by default)"),
+)
+MONOLOGUE_SCHEMA = columns(
+    _AGENT,
+    _MEETING_ID,
+    _TURN,
+    ("text", pl.String, "the agent's utterance, longer than the monologue threshold (150 words by default)"),
+    _WORDS,
+)
+PERPLEXITY_SCHEMA = columns(
+    ("model", pl.String, "the model scored: base (the base model) or the agent whose adapter was applied"),
+    ("heldout_agent", pl.String, "the agent whose held-out (test) utterances were scored"),
+    ("examples", pl.Int64, "held-out utterances scored"),
+    ("tokens", pl.Int64, "the utterances' tokens counted (the context's tokens are not)"),
+    ("nll", pl.Float64, "negative log-likelihood of those tokens, in nats, summed"),
+    ("perplexity", pl.Float64, "token-weighted perplexity: exp(nll / tokens); NaN without tokens"),
+)
 BASE_MODEL_ROW = "base"
 # Largest |logit difference| allowed between the merged model and base + adapter (float32).
 MERGE_TOLERANCE = 1e-4
@@ -241,34 +270,43 @@ def perplexity_rows(
     return rows
 
 
-ADAPTER_SCHEMA = {
-    "agent": pl.String,
-    "adapter_path": pl.String,
-    "sha256": pl.String,
-    "rank": pl.Int64,
-    "alpha": pl.Int64,
-    "dropout": pl.Float64,
-    "target_modules": pl.List(pl.String),
-    "steps": pl.Int64,
-    "tokens_trained": pl.Int64,
-    "seconds": pl.Float64,
-    "tokens_per_second": pl.Float64,
-    "resumed_from_step": pl.Int64,
-    "final_loss": pl.Float64,
-}
-LOSS_SCHEMA = {
-    "agent": pl.String,
-    "step": pl.Int64,
-    "epoch": pl.Int64,
-    "loss": pl.Float64,
-    "tokens": pl.Int64,
-}
-MERGED_SCHEMA = {
-    "agent": pl.String,
-    "model_path": pl.String,
-    "sha256": pl.String,
-    "max_logit_difference": pl.Float64,
-}
+ADAPTER_SCHEMA = columns(
+    _AGENT,
+    ("adapter_path", pl.String, "directory of the saved PEFT adapter (adapter_model.safetensors and config)"),
+    ("sha256", pl.String, "sha256 over the adapter directory's files (their relative paths and contents)"),
+    ("rank", pl.Int64, "LoRA rank r, from the registry"),
+    ("alpha", pl.Int64, "LoRA alpha (scaling alpha / r), from the registry"),
+    ("dropout", pl.Float64, "LoRA dropout probability, from the registry"),
+    ("target_modules", pl.List(pl.String), "the model's modules that get LoRA weights, e.g. q_proj, v_proj"),
+    ("steps", pl.Int64, "optimizer steps trained in all (a resumed training counts the steps before it)"),
+    ("tokens_trained", pl.Int64, "the agent's tokens the loss counted, over every step"),
+    ("seconds", pl.Float64, "wall-clock seconds of this run's training loop (after a resume, since it)"),
+    ("tokens_per_second", pl.Float64, "tokens_trained / seconds; null when seconds is 0"),
+    ("resumed_from_step", pl.Int64, "the checkpoint's step this run resumed from; null for a fresh training"),
+    ("final_loss", pl.Float64, "the loss of the last step; null when no step ran"),
+)
+LOSS_SCHEMA = columns(
+    _AGENT,
+    ("step", pl.Int64, "1-based optimizer step"),
+    ("epoch", pl.Int64, "0-based epoch of the step"),
+    ("loss", pl.Float64, "mean cross-entropy over the batch's counted tokens (the agent's), in nats"),
+    ("tokens", pl.Int64, "the batch's counted tokens: the agent's tokens, others masked out"),
+)
+MERGED_SCHEMA = columns(
+    _AGENT,
+    ("model_path", pl.String, "directory of the merged model: safetensors weights and the tokenizer"),
+    (
+        "sha256",
+        pl.String,
+        "sha256 over the merged model directory's files (their relative paths and contents)",
+    ),
+    (
+        "max_logit_difference",
+        pl.Float64,
+        "largest absolute logit difference (float32) of the merged model from base + adapter, on up to "
+        "three of the agent's utterances; at most 1e-4",
+    ),
+)
 
 
 def adapter_row(

@@ -22,6 +22,7 @@ from persona_platform.persona_assets.common import (
     REPORT_STEP,
     gpu_step,
     results_table,
+    table_columns,
 )
 from persona_platform.persona_assets.plots import heatmap, saved_plot
 from persona_platform.persona_assets.steps import asset_frame, model_step, partition_metadata
@@ -51,7 +52,7 @@ def _similarity_metadata(frame: pl.DataFrame, skipped: int) -> dict:
     **gpu_step(),
     code_version=VERSION,
     partitions_def=agent_country_partitions,
-    metadata=AGENT_COUNTRY_PARTITION,
+    metadata=AGENT_COUNTRY_PARTITION | table_columns(ANSWER_SCHEMA),
     backfill_policy=ONE_RUN_PER_BACKFILL,
     ins={"goqa_survey": SURVEY_IN, "lora_adapters": AssetIn(key=["agents", "lora_adapters"])},
 )
@@ -85,7 +86,7 @@ def agent_opinions(
     **gpu_step(),
     code_version=VERSION,
     partitions_def=countries_partitions,
-    metadata=COUNTRY_PARTITION,
+    metadata=COUNTRY_PARTITION | table_columns(ANSWER_SCHEMA),
     backfill_policy=ONE_RUN_PER_BACKFILL,
     ins={"goqa_survey": SURVEY_IN},
 )
@@ -105,6 +106,7 @@ def base_opinions(
 @asset(
     key_prefix=GROUP,
     **REPORT_STEP,
+    metadata=table_columns(SUMMARY_SCHEMA),
     code_version=VERSION,
     ins={
         "agent_opinions": AssetIn(key=[GROUP, "agent_opinions"]),

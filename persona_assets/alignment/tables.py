@@ -10,19 +10,42 @@ from persona_platform.persona_assets.alignment.similarity import (
     option_letters,
     similarity,
 )
+from persona_platform.persona_assets.columns import columns
 from persona_platform.persona_assets.provenance import row_ref
 from persona_platform.resources.llm import ScoreRequest
 
 BASE = "base"
-ANSWER_SCHEMA = {
-    "agent": pl.String,
-    "country": pl.String,
-    "question_id": pl.String,
-    "model_distribution": pl.List(pl.Float64),
-    "country_distribution": pl.List(pl.Float64),
-    "similarity": pl.Float64,
-}
-SUMMARY_SCHEMA = {"persona": pl.String, "country": pl.String, "questions": pl.Int64, "similarity": pl.Float64}
+_COUNTRY = ("country", pl.String, "the country whose survey answers the persona is compared with")
+ANSWER_SCHEMA = columns(
+    ("agent", pl.String, "the persona answering: an agent (the base model with its adapter) or base"),
+    _COUNTRY,
+    (
+        "question_id",
+        pl.String,
+        "the question in opinions.goqa_questions (its survey row in opinions.goqa_survey)",
+    ),
+    (
+        "model_distribution",
+        pl.List(pl.Float64),
+        "the persona's probabilities of the option letters A, B, ... in option order, renormalised over them",
+    ),
+    (
+        "country_distribution",
+        pl.List(pl.Float64),
+        "the country's shares of answers per option, normalised to sum 1",
+    ),
+    (
+        "similarity",
+        pl.Float64,
+        "1 - Jensen-Shannon distance (base 2) of the two distributions: 1 identical, 0 disjoint",
+    ),
+)
+SUMMARY_SCHEMA = columns(
+    ("persona", pl.String, "base (the base model) or an agent (the base model with its adapter)"),
+    _COUNTRY,
+    ("questions", pl.Int64, "the country's survey questions the persona answered"),
+    ("similarity", pl.Float64, "mean over those questions of 1 - Jensen-Shannon distance (base 2)"),
+)
 
 
 def answer_rows(

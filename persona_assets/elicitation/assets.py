@@ -27,6 +27,7 @@ from persona_platform.persona_assets.common import (
     OWNERS,
     gpu_step,
     results_table,
+    table_columns,
 )
 from persona_platform.persona_assets.elicitation.evaluation import build_conditions, chat_answers
 from persona_platform.persona_assets.elicitation.icm import ClaimScorer, IcmParams, IcmSearch, SearchState
@@ -77,7 +78,7 @@ CHAT, BASE_CHAT_TEMPLATE = "zero_shot_chat", "zero_shot_base_chat_template"
 BY_COUNTRY = dict(
     group_name=GROUP, **gpu_step(), partitions_def=countries_partitions, backfill_policy=ONE_RUN_PER_BACKFILL
 )
-COUNTRY_OUT = dict(metadata=COUNTRY_PARTITION, owners=OWNERS, kinds=MODEL_KINDS)
+COUNTRY_OUT = dict(owners=OWNERS, kinds=MODEL_KINDS)
 SPLITS_IN = {
     "goqa_splits": AssetIn(key=["opinions", "goqa_splits"]),
     "goqa_claims": AssetIn(key=["opinions", "goqa_claims"]),
@@ -184,6 +185,7 @@ def _trace_plot(artifacts: ArtifactStore, country: str, variant: str, state: Sea
             key=[GROUP, "icm_labels"],
             code_version=ICM_VERSION,
             **COUNTRY_OUT,
+            metadata=COUNTRY_PARTITION | table_columns(LABEL_SCHEMA),
             description=(
                 "ICM labels of each country's train claims (null = never labelled), beside the gold labels."
             ),
@@ -192,6 +194,7 @@ def _trace_plot(artifacts: ArtifactStore, country: str, variant: str, state: Sea
             key=[GROUP, "icm_search_trace"],
             code_version=ICM_VERSION,
             **COUNTRY_OUT,
+            metadata=COUNTRY_PARTITION | table_columns(TRACE_SCHEMA),
             description="Every ICM iteration: temperature, energy change, acceptance, agreement with gold.",
         ),
     },
@@ -238,7 +241,14 @@ def icm_search(
     yield Output(trace_frame, "icm_search_trace")
 
 
-@asset(key_prefix=GROUP, **BY_COUNTRY, **COUNTRY_OUT, code_version=ZERO_SHOT_VERSION, ins=SPLITS_IN)
+@asset(
+    key_prefix=GROUP,
+    **BY_COUNTRY,
+    **COUNTRY_OUT,
+    metadata=COUNTRY_PARTITION | table_columns(ZERO_SHOT_SCHEMA),
+    code_version=ZERO_SHOT_VERSION,
+    ins=SPLITS_IN,
+)
 def zero_shot_base_predictions(
     context: AssetExecutionContext, llm: LLMResource, goqa_splits: pl.DataFrame, goqa_claims: pl.DataFrame
 ) -> pl.DataFrame:
@@ -273,6 +283,7 @@ class FewShotConfig(Config):
     key_prefix=GROUP,
     **BY_COUNTRY,
     **COUNTRY_OUT,
+    metadata=COUNTRY_PARTITION | table_columns(FEW_SHOT_SCHEMA),
     code_version=EVALUATION_VERSION,
     ins={"icm_labels": AssetIn(key=[GROUP, "icm_labels"]), **SPLITS_IN},
 )
@@ -312,7 +323,14 @@ class ChatBaselineConfig(Config):
     )
 
 
-@asset(key_prefix=GROUP, **BY_COUNTRY, **COUNTRY_OUT, code_version=CHAT_VERSION, ins=SPLITS_IN)
+@asset(
+    key_prefix=GROUP,
+    **BY_COUNTRY,
+    **COUNTRY_OUT,
+    metadata=COUNTRY_PARTITION | table_columns(CHAT_SCHEMA),
+    code_version=CHAT_VERSION,
+    ins=SPLITS_IN,
+)
 def zero_shot_chat_predictions(
     context: AssetExecutionContext,
     config: ChatBaselineConfig,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import polars as pl
 
+from persona_platform.persona_assets.columns import columns
 from persona_platform.persona_assets.elicitation.evaluation import (
     ChatAnswers,
     Condition,
@@ -64,69 +65,134 @@ def test_claims(test: pl.DataFrame) -> list[TestClaim]:
     ]
 
 
-LABEL_SCHEMA = {
-    "variant": pl.String,
-    "country": pl.String,
-    "position": pl.Int64,
-    "claim_id": pl.String,
-    "question_id": pl.String,
-    "question": pl.String,
-    "option": pl.String,
-    "icm_label": pl.Int64,
-    "label": pl.Int64,
-}
-TRACE_SCHEMA = {
-    "variant": pl.String,
-    "country": pl.String,
-    "iteration": pl.Int64,
-    "uid": pl.Int64,
-    "previous_label": pl.Int64,
-    "proposed_label": pl.Int64,
-    "temperature": pl.Float64,
-    "pool_order": pl.String,
-    "energy_before": pl.Float64,
-    "delta": pl.Float64,
-    "accepted": pl.Boolean,
-    "energy": pl.Float64,
-    "inconsistent": pl.Int64,
-    "labelled": pl.Int64,
-    "gold_agreement": pl.Float64,
-}
-ZERO_SHOT_SCHEMA = {
-    "variant": pl.String,
-    "country": pl.String,
-    "claim_id": pl.String,
-    "logprob_true": pl.Float64,
-    "logprob_false": pl.Float64,
-    "predicted_label": pl.Int64,
-    "label": pl.Int64,
-    "correct": pl.Boolean,
-}
-CHAT_SCHEMA = {
-    "variant": pl.String,
-    "country": pl.String,
-    "claim_id": pl.String,
-    "method": pl.String,
-    "repeat": pl.Int64,
-    "answered_by": pl.String,
-    "reply": pl.String,
-    "predicted_label": pl.Int64,
-    "label": pl.Int64,
-    "correct": pl.Boolean,
-    "parse_failed": pl.Boolean,
-}
-FEW_SHOT_SCHEMA = {
-    "variant": pl.String,
-    "country": pl.String,
-    "method": pl.String,
-    "k": pl.Int64,
-    "repeat": pl.Int64,
-    "claim_id": pl.String,
-    "margin": pl.Float64,
-    "predicted_label": pl.Int64,
-    "label": pl.Int64,
-    "correct": pl.Boolean,
-}
+_VARIANT = ("variant", pl.String, "claim variant: all (every question) or binary (two-option questions only)")
+_COUNTRY = ("country", pl.String, "the country's partition key")
+_CLAIM_ID = (
+    "claim_id",
+    pl.String,
+    "the claim's row in opinions.goqa_claims: {question_id}/{country}/{option index}",
+)
+_LABEL = ("label", pl.Int64, "gold label: 1 when the option is the country's most chosen answer, else 0")
+_CORRECT = ("correct", pl.Boolean, "whether predicted_label equals label")
+
+LABEL_SCHEMA = columns(
+    _VARIANT,
+    _COUNTRY,
+    ("position", pl.Int64, "0-based order of the claim in the country's train split of the variant"),
+    _CLAIM_ID,
+    ("question_id", pl.String, "the claim's question in opinions.goqa_questions"),
+    ("question", pl.String, "the claim's question text"),
+    ("option", pl.String, "the option the claim says is the country's most chosen answer"),
+    (
+        "icm_label",
+        pl.Int64,
+        "1 when ICM labelled the claim True, 0 False; null when the search never labelled it",
+    ),
+    _LABEL,
+)
+TRACE_SCHEMA = columns(
+    _VARIANT,
+    _COUNTRY,
+    ("iteration", pl.Int64, "0-based annealing iteration of the search"),
+    (
+        "uid",
+        pl.Int64,
+        "the claim the iteration picked: its position in the search's train claims (icm_labels)",
+    ),
+    ("previous_label", pl.Int64, "the claim's label before the iteration: 1 True, 0 False, null unlabelled"),
+    (
+        "proposed_label",
+        pl.Int64,
+        "the model's label for the claim given the other labelled claims: 1 when its margin is above 0",
+    ),
+    (
+        "temperature",
+        pl.Float64,
+        "annealing temperature: max(final, initial / (1 + c ln(1 + accepted so far)))",
+    ),
+    ("pool_order", pl.String, "leave-one-out prompt order: tree (prefix reuse, seeded leaf order) or naive"),
+    (
+        "energy_before",
+        pl.Float64,
+        "energy of the labelling before the iteration: alpha x mean signed margin - inconsistent pairs",
+    ),
+    (
+        "delta",
+        pl.Float64,
+        "energy change of the proposal after its consistency repair; 0 when it proposed no change",
+    ),
+    (
+        "accepted",
+        pl.Boolean,
+        "whether the proposal was taken (delta >= 0, else with probability exp(delta / temperature))",
+    ),
+    ("energy", pl.Float64, "energy of the labelling after the iteration"),
+    ("inconsistent", pl.Int64, "inconsistent claim pairs of the labelling after the iteration"),
+    ("labelled", pl.Int64, "claims labelled after the iteration"),
+    (
+        "gold_agreement",
+        pl.Float64,
+        "share of labelled claims whose label is the gold label, after the iteration; null with none",
+    ),
+)
+ZERO_SHOT_SCHEMA = columns(
+    _VARIANT,
+    _COUNTRY,
+    _CLAIM_ID,
+    ("logprob_true", pl.Float64, 'log P(" True") after the zero-shot prompt, in nats'),
+    ("logprob_false", pl.Float64, 'log P(" False") after the zero-shot prompt, in nats'),
+    ("predicted_label", pl.Int64, "1 when logprob_true > logprob_false, else 0"),
+    _LABEL,
+    _CORRECT,
+)
+CHAT_SCHEMA = columns(
+    _VARIANT,
+    _COUNTRY,
+    _CLAIM_ID,
+    (
+        "method",
+        pl.String,
+        "zero_shot_chat (a chat model of its own) or zero_shot_base_chat_template (the base model in a chat "
+        "template)",
+    ),
+    (
+        "repeat",
+        pl.Int64,
+        "0-based repeat of the question (an API may be asked several times, a local model once)",
+    ),
+    (
+        "answered_by",
+        pl.String,
+        "local:{model id} (True scored against False after the template) or api:{model id} (a reply "
+        "generated)",
+    ),
+    ("reply", pl.String, "the API's reply as generated, or True/False from local scoring"),
+    ("predicted_label", pl.Int64, "1 for True, 0 for False; null when the reply did not parse"),
+    _LABEL,
+    ("correct", pl.Boolean, "whether predicted_label equals label; null when the reply did not parse"),
+    ("parse_failed", pl.Boolean, "true when the reply was not exactly True or False"),
+)
+FEW_SHOT_SCHEMA = columns(
+    _VARIANT,
+    _COUNTRY,
+    (
+        "method",
+        pl.String,
+        "labels of the demonstrations: gold, icm, or random_matched (gold, with as many flipped at random "
+        "as ICM got wrong in the subset)",
+    ),
+    (
+        "k",
+        pl.Int64,
+        "demonstrations: ICM-labelled train claims drawn as whole questions; the largest k is all of them",
+    ),
+    ("repeat", pl.Int64, "0-based seeded draw of the demonstrations (subset and order) for this k"),
+    _CLAIM_ID,
+    ("margin", pl.Float64, 'log P(" True") - log P(" False") for the test claim after the demonstrations'),
+    ("predicted_label", pl.Int64, "1 when margin > 0, else 0"),
+    _LABEL,
+    _CORRECT,
+)
 SPLITS, CLAIMS, LABELS = "opinions.goqa_splits", "opinions.goqa_claims", "elicitation.icm_labels"
 
 

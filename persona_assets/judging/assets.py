@@ -13,6 +13,7 @@ from persona_platform.persona_assets.common import (
     REPORT_STEP,
     gpu_step,
     results_table,
+    table_columns,
 )
 from persona_platform.persona_assets.judging.judge import compare_pairs, score_responses
 from persona_platform.persona_assets.judging.rubrics import JUDGE_HASH, PAIRWISE_HASH
@@ -44,7 +45,6 @@ SHARED = dict(
     kinds=MODEL_KINDS,
     **gpu_step(),
     partitions_def=agents_partitions,
-    metadata=AGENT_PARTITION,
     backfill_policy=ONE_RUN_PER_BACKFILL,
 )
 RESPONSES_IN = {
@@ -63,7 +63,12 @@ class JudgeConfig(Config):
     seed: int = Field(default=0)
 
 
-@asset(**SHARED, ins=RESPONSES_IN, code_version=JUDGMENTS_VERSION)
+@asset(
+    **SHARED,
+    metadata=AGENT_PARTITION | table_columns(JUDGMENT_SCHEMA),
+    ins=RESPONSES_IN,
+    code_version=JUDGMENTS_VERSION,
+)
 def judgments(
     context: AssetExecutionContext,
     config: JudgeConfig,
@@ -90,7 +95,12 @@ def judgments(
     return frame
 
 
-@asset(**SHARED, ins=RESPONSES_IN, code_version=COMPARISONS_VERSION)
+@asset(
+    **SHARED,
+    metadata=AGENT_PARTITION | table_columns(COMPARISON_SCHEMA),
+    ins=RESPONSES_IN,
+    code_version=COMPARISONS_VERSION,
+)
 def pairwise_comparisons(
     context: AssetExecutionContext,
     config: JudgeConfig,
@@ -129,6 +139,7 @@ SUMMARY_VERSION = "judging-summary-2"
 @asset(
     key_prefix=GROUP,
     **REPORT_STEP,
+    metadata=table_columns(SUMMARY_SCHEMA),
     code_version=SUMMARY_VERSION,
     ins={
         "judgments": AssetIn(key=[GROUP, "judgments"]),

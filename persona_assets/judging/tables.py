@@ -6,6 +6,7 @@ import json
 
 import polars as pl
 
+from persona_platform.persona_assets.columns import columns
 from persona_platform.persona_assets.judging.outcomes import combine, flatten, win_rates
 from persona_platform.persona_assets.judging.rubrics import Aspect, Item
 from persona_platform.persona_assets.provenance import row_ref
@@ -14,38 +15,71 @@ from persona_platform.persona_assets.statistics import SEED, interval_method, me
 from persona_platform.persona_assets.structured_output import Parsed
 
 ITEMS, RESPONSES = "responses.evaluation_items", "responses.task_responses"
-JUDGMENT_SCHEMA = {
-    "agent": pl.String,
-    "item_id": pl.String,
-    "response_id": pl.String,
-    "task": pl.String,
-    "trait": pl.String,
-    "system": pl.String,
-    "setting": pl.String,
-    "sample": pl.Int64,
-    "aspect": pl.String,
-    "score": pl.Int64,
-    "explanation": pl.String,
-    "reply": pl.String,
-    "failure": pl.String,
-}
-COMPARISON_SCHEMA = {
-    "agent": pl.String,
-    "item_id": pl.String,
-    "task": pl.String,
-    "trait": pl.String,
-    "setting": pl.String,
-    "sample": pl.Int64,
-    "agent_response_id": pl.String,
-    "baseline_response_id": pl.String,
-    "verdict_agent_first": pl.String,
-    "verdict_baseline_first": pl.String,
-    "outcome": pl.String,
-    "reply_agent_first": pl.String,
-    "reply_baseline_first": pl.String,
-    "failure_agent_first": pl.String,
-    "failure_baseline_first": pl.String,
-}
+_AGENT = ("agent", pl.String, "the agent whose evaluation item it is (its partition key)")
+_ITEM_ID = ("item_id", pl.String, "the evaluation item's row in responses.evaluation_items")
+_TASK = ("task", pl.String, "the item's task: trait, completion or monologue")
+_TRAIT = ("trait", pl.String, "belief, memory or personality for a trait item; null for the other tasks")
+_SETTING = (
+    "setting",
+    pl.String,
+    "sampling setting: temperature, top-p, top-k, repetition penalty, written like T0.7_P0.8_K100_R1.2",
+)
+_SAMPLE = ("sample", pl.Int64, "0-based sample under the setting; both systems' sample i share a seed")
+
+JUDGMENT_SCHEMA = columns(
+    _AGENT,
+    _ITEM_ID,
+    ("response_id", pl.String, "the judged response's row in responses.task_responses"),
+    _TASK,
+    _TRAIT,
+    (
+        "system",
+        pl.String,
+        "who answered: agent (the agent's adapter) or baseline (the base model told the persona profile)",
+    ),
+    _SETTING,
+    _SAMPLE,
+    (
+        "aspect",
+        pl.String,
+        "the aspect scored: alignment (trait); alignment, plausibility, tone (completion); fit, style "
+        "(monologue)",
+    ),
+    ("score", pl.Int64, "the judge's score from 1 (poor) to 5 (excellent); null when the reply failed"),
+    ("explanation", pl.String, "the judge's explanation of the score; null when the reply failed"),
+    ("reply", pl.String, "the judge's reply as generated"),
+    ("failure", pl.String, "why the reply is not one JSON value valid for the schema; null when it is"),
+)
+COMPARISON_SCHEMA = columns(
+    _AGENT,
+    _ITEM_ID,
+    _TASK,
+    _TRAIT,
+    _SETTING,
+    _SAMPLE,
+    ("agent_response_id", pl.String, "the agent's response (sample i) in responses.task_responses"),
+    ("baseline_response_id", pl.String, "the baseline's response of the same item, setting and sample"),
+    (
+        "verdict_agent_first",
+        pl.String,
+        "the winner with the agent's response as A: agent, baseline or tie; null when the reply failed",
+    ),
+    (
+        "verdict_baseline_first",
+        pl.String,
+        "the winner with the baseline's response as A: agent, baseline or tie; null when the reply failed",
+    ),
+    (
+        "outcome",
+        pl.String,
+        "agent, baseline or tie when both orders agree; inconsistent when they differ; failed when either "
+        "reply failed",
+    ),
+    ("reply_agent_first", pl.String, "the judge's reply with the agent's response as A"),
+    ("reply_baseline_first", pl.String, "the judge's reply with the baseline's response as A"),
+    ("failure_agent_first", pl.String, "why the agent-first reply is not valid; null when it is"),
+    ("failure_baseline_first", pl.String, "why the baseline-first reply is not valid; null when it is"),
+)
 
 
 def judge_items(items: pl.DataFrame, speaker_of: dict[str, str]) -> dict[str, Item]:
@@ -118,40 +152,67 @@ def comparison_row(
     }
 
 
-SUMMARY_SCHEMA = {
-    "scope": pl.String,
-    "agent": pl.String,
-    "task": pl.String,
-    "setting": pl.String,
-    "items": pl.Int64,
-    "pairs": pl.Int64,
-    "judged": pl.Int64,
-    "agent_wins": pl.Int64,
-    "baseline_wins": pl.Int64,
-    "ties": pl.Int64,
-    "inconsistent": pl.Int64,
-    "failed": pl.Int64,
-    "consistent_rate": pl.Float64,
-    "consistent_low": pl.Float64,
-    "consistent_high": pl.Float64,
-    "raw_verdicts": pl.Int64,
-    "raw_rate": pl.Float64,
-    "raw_low": pl.Float64,
-    "raw_high": pl.Float64,
-    "agent_scores": pl.Int64,
-    "agent_mean_score": pl.Float64,
-    "agent_score_low": pl.Float64,
-    "agent_score_high": pl.Float64,
-    "baseline_scores": pl.Int64,
-    "baseline_mean_score": pl.Float64,
-    "baseline_score_low": pl.Float64,
-    "baseline_score_high": pl.Float64,
-    "score_pairs": pl.Int64,
-    "score_difference": pl.Float64,
-    "score_difference_low": pl.Float64,
-    "score_difference_high": pl.Float64,
-    "interval_method": pl.String,
-}
+_UNDEFINED = "null where undefined (under 2 items, or every item alike)"
+
+
+def _interval(low: str, high: str, of: str) -> list[tuple]:
+    """The two bound columns of an estimate's 95% cluster-bootstrap interval over evaluation items."""
+    return [
+        (low, pl.Float64, f"lower bound of the 95% BCa cluster-bootstrap interval of {of}; {_UNDEFINED}"),
+        (high, pl.Float64, f"upper bound of the 95% BCa cluster-bootstrap interval of {of}; {_UNDEFINED}"),
+    ]
+
+
+SUMMARY_SCHEMA = columns(
+    ("scope", pl.String, "what the row pools: agent x task x setting, agent x task, or task"),
+    ("agent", pl.String, "the agent; all in a task scope"),
+    ("task", pl.String, "the task: trait, completion or monologue"),
+    ("setting", pl.String, "the sampling setting; all in the agent x task and task scopes"),
+    ("items", pl.Int64, "evaluation items the pairs come from (the intervals' resampling unit)"),
+    ("pairs", pl.Int64, "agent-baseline pairs compared"),
+    ("judged", pl.Int64, "pairs whose two orders both parsed"),
+    ("agent_wins", pl.Int64, "pairs both orders gave the agent"),
+    ("baseline_wins", pl.Int64, "pairs both orders gave the baseline"),
+    ("ties", pl.Int64, "pairs both orders called a tie"),
+    ("inconsistent", pl.Int64, "judged pairs whose two orders disagree"),
+    ("failed", pl.Int64, "pairs with a failed reply in either order"),
+    (
+        "consistent_rate",
+        pl.Float64,
+        "order-consistent win rate: agent_wins / judged (ties, inconsistent pairs count as not won); null "
+        "with none judged",
+    ),
+    *_interval("consistent_low", "consistent_high", "consistent_rate"),
+    ("raw_verdicts", pl.Int64, "single-order verdicts that parsed (two per pair at most)"),
+    (
+        "raw_rate",
+        pl.Float64,
+        "raw win rate: single-order verdicts naming the agent / raw_verdicts; null without verdicts",
+    ),
+    *_interval("raw_low", "raw_high", "raw_rate"),
+    ("agent_scores", pl.Int64, "the agent's judgments with a score"),
+    (
+        "agent_mean_score",
+        pl.Float64,
+        "mean judge score (1-5) of the agent's responses, over agent_scores; null without any",
+    ),
+    *_interval("agent_score_low", "agent_score_high", "agent_mean_score"),
+    ("baseline_scores", pl.Int64, "the baseline's judgments with a score"),
+    (
+        "baseline_mean_score",
+        pl.Float64,
+        "mean judge score (1-5) of the baseline's responses, over baseline_scores; null without any",
+    ),
+    *_interval("baseline_score_low", "baseline_score_high", "baseline_mean_score"),
+    ("score_pairs", pl.Int64, "(item, setting, sample, aspect) that both systems have a score for"),
+    (
+        "score_difference",
+        pl.Float64,
+        "mean paired score difference agent - baseline over score_pairs; null without any",
+    ),
+    *_interval("score_difference_low", "score_difference_high", "score_difference"),
+    ("interval_method", pl.String, "how the intervals were computed: method, unit, resamples and seed"),
+)
 PAIRED_SCORE = [
     "item_id",
     "setting",

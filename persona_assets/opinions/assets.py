@@ -14,6 +14,7 @@ from persona_platform.persona_assets.common import (
     TABLE_KINDS,
     WAREHOUSE_POOL,
     results_table,
+    table_columns,
     table_metadata,
 )
 from persona_platform.persona_assets.opinions.claims import UNUSABLE_REASONS
@@ -44,9 +45,7 @@ SHARED = dict(
     pool=WAREHOUSE_POOL,
     code_version=CODE_VERSION,
 )
-BY_COUNTRY = dict(
-    partitions_def=countries_partitions, metadata=COUNTRY_PARTITION, backfill_policy=ONE_RUN_PER_BACKFILL
-)
+BY_COUNTRY = dict(partitions_def=countries_partitions, backfill_policy=ONE_RUN_PER_BACKFILL)
 
 
 class ClaimsConfig(Config):
@@ -73,7 +72,7 @@ def _unusable_counts(frame: pl.DataFrame) -> dict:
     return {f"unusable/{reason}": counts.get(reason, 0) for reason in UNUSABLE_REASONS}
 
 
-@asset(**SHARED)
+@asset(**SHARED, metadata=table_columns(COUNTRIES_SCHEMA))
 def goqa_countries(context: AssetExecutionContext, goqa_source: GoqaSource) -> pl.DataFrame:
     """Every country of the source: its partition key (what the UI and `persona run --countries` take), its
     name as written in the file, and how many of its survey rows can make claims (the rest by reason)."""
@@ -93,7 +92,7 @@ def goqa_countries(context: AssetExecutionContext, goqa_source: GoqaSource) -> p
     return frame
 
 
-@asset(**SHARED)
+@asset(**SHARED, metadata=table_columns(QUESTIONS_SCHEMA))
 def goqa_questions(context: AssetExecutionContext, goqa_source: GoqaSource) -> pl.DataFrame:
     """Every distinct survey question of the GlobalOpinionQA source with its options, in file order."""
     source = goqa_source.load()
@@ -110,7 +109,7 @@ def goqa_questions(context: AssetExecutionContext, goqa_source: GoqaSource) -> p
     return frame
 
 
-@asset(**SHARED, **BY_COUNTRY)
+@asset(**SHARED, **BY_COUNTRY, metadata=COUNTRY_PARTITION | table_columns(SURVEY_SCHEMA))
 def goqa_survey(context: AssetExecutionContext, goqa_source: GoqaSource) -> pl.DataFrame:
     """The country's answer distribution per question, one row per (question, country),
     with its source row."""
@@ -122,7 +121,12 @@ def goqa_survey(context: AssetExecutionContext, goqa_source: GoqaSource) -> pl.D
     return frame
 
 
-@asset(**SHARED, **BY_COUNTRY, ins={"goqa_survey": AssetIn(key=[GROUP, "goqa_survey"])})
+@asset(
+    **SHARED,
+    **BY_COUNTRY,
+    metadata=COUNTRY_PARTITION | table_columns(CLAIMS_SCHEMA),
+    ins={"goqa_survey": AssetIn(key=[GROUP, "goqa_survey"])},
+)
 def goqa_claims(
     context: AssetExecutionContext, config: ClaimsConfig, goqa_survey: pl.DataFrame
 ) -> pl.DataFrame:
@@ -151,6 +155,7 @@ def goqa_claims(
 @asset(
     **SHARED,
     **BY_COUNTRY,
+    metadata=COUNTRY_PARTITION | table_columns(SPLITS_SCHEMA),
     ins={
         "goqa_claims": AssetIn(key=[GROUP, "goqa_claims"]),
         "goqa_questions": AssetIn(key=[GROUP, "goqa_questions"]),

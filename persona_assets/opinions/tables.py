@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import polars as pl
 
+from persona_platform.persona_assets.columns import columns
 from persona_platform.persona_assets.opinions.claims import (
     UNUSABLE_REASONS,
     Claim,
@@ -22,56 +23,115 @@ QUESTIONS_TABLE = "opinions.goqa_questions"
 SURVEY_TABLE = "opinions.goqa_survey"
 CLAIMS_TABLE = "opinions.goqa_claims"
 
-QUESTIONS_SCHEMA = {
-    "question_id": pl.String,
-    "question_index": pl.Int64,
-    "question": pl.String,
-    "options": pl.List(pl.String),
-    "source_options": pl.List(pl.String),
-    "n_options": pl.Int64,
-    "source_format": pl.String,
-}
-COUNTRIES_SCHEMA = {
-    "country": pl.String,
-    "country_name": pl.String,
-    "survey_rows": pl.Int64,
-    "usable_rows": pl.Int64,
-    **{reason: pl.Int64 for reason in UNUSABLE_REASONS},
-}
-SURVEY_SCHEMA = {
-    "question_id": pl.String,
-    "country": pl.String,
-    "country_name": pl.String,
-    "question": pl.String,
-    "options": pl.List(pl.String),
-    "source_options": pl.List(pl.String),
-    "distribution": pl.List(pl.Float64),
-    "mean_position": pl.Float64,
-    "usable": pl.Boolean,
-    "unusable_reason": pl.String,
-    "source_file": pl.String,
-    "source_sha256": pl.String,
-    "source_row": pl.Int64,
-}
-CLAIMS_SCHEMA = {
-    "question_id": pl.String,
-    "country": pl.String,
-    "question": pl.String,
-    "option_index": pl.Int64,
-    "option": pl.String,
-    "probability": pl.Float64,
-    "label": pl.Int64,
-    "n_options": pl.Int64,
-}
-SPLITS_SCHEMA = {
-    "variant": pl.String,
-    "country": pl.String,
-    "split": pl.String,
-    "position": pl.Int64,
-    "claim_id": pl.String,
-    "question_id": pl.String,
-    "label": pl.Int64,
-}
+_QUESTION_ID = (
+    "question_id",
+    pl.String,
+    "the question's row in opinions.goqa_questions: q + 10 hex digits of the sha256 of its text and options",
+)
+_COUNTRY = ("country", pl.String, "the country's partition key (its row in opinions.goqa_countries)")
+_QUESTION = ("question", pl.String, "the question as written in the survey source")
+_OPTIONS = (
+    "options",
+    pl.List(pl.String),
+    "the answer options in source order, numbers written canonically (1.0 as 1)",
+)
+_SOURCE_OPTIONS = ("source_options", pl.List(pl.String), "the options' tokens as written in the source file")
+_N_OPTIONS = ("n_options", pl.Int64, "how many answer options the question has")
+
+QUESTIONS_SCHEMA = columns(
+    (
+        "question_id",
+        pl.String,
+        "the question's stable id (also its row_id): q + 10 hex digits of the sha256 of its text and options",
+    ),
+    ("question_index", pl.Int64, "0-based order of the question's first appearance in the source file"),
+    _QUESTION,
+    _OPTIONS,
+    _SOURCE_OPTIONS,
+    _N_OPTIONS,
+    (
+        "source_format",
+        pl.String,
+        "the source file's format: hf_csv (Hugging Face CSV), flat_json or wide_csv (mean positions)",
+    ),
+)
+COUNTRIES_SCHEMA = columns(
+    (
+        "country",
+        pl.String,
+        "the country's partition key: its name normalised, characters Dagster refuses in keys replaced",
+    ),
+    ("country_name", pl.String, "the country's name as first written in the source file"),
+    ("survey_rows", pl.Int64, "the country's survey rows (one per question it has answers to) in the source"),
+    ("usable_rows", pl.Int64, "survey rows that can make claims (a unique most chosen option)"),
+    *(
+        (reason, pl.Int64, f"survey rows that make no claim: {why}")
+        for reason, why in UNUSABLE_REASONS.items()
+    ),
+)
+SURVEY_SCHEMA = columns(
+    _QUESTION_ID,
+    _COUNTRY,
+    ("country_name", pl.String, "the country's name as written in this row of the source"),
+    _QUESTION,
+    _OPTIONS,
+    _SOURCE_OPTIONS,
+    (
+        "distribution",
+        pl.List(pl.Float64),
+        "share of the country's answers per option, in option order, as in the source (not renormalised); "
+        "null where the source gives only a mean position",
+    ),
+    (
+        "mean_position",
+        pl.Float64,
+        "wide CSV only: the mean ordinal position of the country's answers, in [0, 1]; null otherwise",
+    ),
+    ("usable", pl.Boolean, "true when the row can make claims (unusable_reason is null)"),
+    (
+        "unusable_reason",
+        pl.String,
+        "why the row makes no claim: no_distribution, too_few_options, no_answers or tied; null when usable",
+    ),
+    ("source_file", pl.String, "path of the survey source file"),
+    ("source_sha256", pl.String, "sha256 of the survey source file"),
+    (
+        "source_row",
+        pl.Int64,
+        "the record's row in the source file (CSV: the header is row 1; JSON items from 1)",
+    ),
+)
+CLAIMS_SCHEMA = columns(
+    _QUESTION_ID,
+    _COUNTRY,
+    _QUESTION,
+    ("option_index", pl.Int64, "0-based index of the claim's option among the question's options"),
+    ("option", pl.String, "the option the claim says is the country's most chosen answer"),
+    ("probability", pl.Float64, "the country's share of answers for this option, shares normalised to sum 1"),
+    (
+        "label",
+        pl.Int64,
+        "gold label: 1 for the country's most chosen option, 0 for the seeded random other one",
+    ),
+    _N_OPTIONS,
+)
+SPLITS_SCHEMA = columns(
+    ("variant", pl.String, "claim variant: all (every question) or binary (two-option questions only)"),
+    _COUNTRY,
+    ("split", pl.String, "train or test, decided per question and alike for every country"),
+    (
+        "position",
+        pl.Int64,
+        "0-based order of the claim within its country, variant and split (seeded question order)",
+    ),
+    (
+        "claim_id",
+        pl.String,
+        "the claim's row in opinions.goqa_claims: {question_id}/{country}/{option index}",
+    ),
+    _QUESTION_ID,
+    ("label", pl.Int64, "gold label of the claim: 1 for the country's most chosen option, 0 otherwise"),
+)
 
 
 def question_rows(source: SurveySource) -> list[dict]:

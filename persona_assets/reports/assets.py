@@ -3,7 +3,13 @@
 import polars as pl
 from dagster import AssetExecutionContext, AssetIn, MetadataValue, asset
 
-from persona_platform.persona_assets.common import OWNERS, TABLE_KINDS, WAREHOUSE_POOL, table_metadata
+from persona_platform.persona_assets.common import (
+    OWNERS,
+    TABLE_KINDS,
+    WAREHOUSE_POOL,
+    table_columns,
+    table_metadata,
+)
 from persona_platform.persona_assets.plots import Bar, accuracy_bars, accuracy_curves, saved_plot
 from persona_platform.persona_assets.reports.tables import (
     DIFFERENCES_SCHEMA,
@@ -31,7 +37,12 @@ REPORT = dict(
 )
 
 
-@asset(**REPORT, kinds=TABLE_KINDS | {"matplotlib"}, code_version=SUMMARY_VERSION)
+@asset(
+    **REPORT,
+    metadata=table_columns(SUMMARY_SCHEMA),
+    kinds=TABLE_KINDS | {"matplotlib"},
+    code_version=SUMMARY_VERSION,
+)
 def accuracy_summary(
     context: AssetExecutionContext,
     artifacts: ArtifactStore,
@@ -59,7 +70,9 @@ def accuracy_summary(
     return frame
 
 
-@asset(**REPORT, kinds=TABLE_KINDS, code_version=DIFFERENCES_VERSION)
+@asset(
+    **REPORT, metadata=table_columns(DIFFERENCES_SCHEMA), kinds=TABLE_KINDS, code_version=DIFFERENCES_VERSION
+)
 def method_differences(
     context: AssetExecutionContext,
     zero_shot_base_predictions: pl.DataFrame,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from persona_platform.persona_assets.columns import columns
 from persona_platform.persona_assets.elicitation.accuracy import (
     Difference,
     Estimate,
@@ -25,36 +26,90 @@ AGGREGATE = "aggregate"
 BAR_METHODS = ("zero_shot_base", "zero_shot_base_chat_template", "zero_shot_chat", "icm", "gold")
 CURVE_METHODS = ("gold", "icm", "random_matched")
 
-SUMMARY_SCHEMA = {
-    "scope": pl.String,
-    "variant": pl.String,
-    "method": pl.String,
-    "k": pl.Int64,
-    "headline": pl.Boolean,
-    "mean": pl.Float64,
-    "std": pl.Float64,
-    "ci_low": pl.Float64,
-    "ci_high": pl.Float64,
-    "se": pl.Float64,
-    "interval": pl.String,
-    "repeats": pl.Int64,
-    "n_questions": pl.Int64,
-    "n_test": pl.Int64,
-    "n_unparsed": pl.Int64,
-}
-DIFFERENCES_SCHEMA = {
-    "scope": pl.String,
-    "variant": pl.String,
-    "comparison": pl.String,
-    "method_a": pl.String,
-    "method_b": pl.String,
-    "mean_difference": pl.Float64,
-    "ci_low": pl.Float64,
-    "ci_high": pl.Float64,
-    "p_value": pl.Float64,
-    "n_questions": pl.Int64,
-    "interval": pl.String,
-}
+_SCOPE = (
+    "scope",
+    pl.String,
+    "a country (its partition key), or aggregate: over countries, weighted by test claims",
+)
+_VARIANT = ("variant", pl.String, "claim variant: all (every question) or binary (two-option questions only)")
+_N_QUESTIONS = ("n_questions", pl.Int64, "test questions scored (the bootstrap's unit; aggregate: summed)")
+_INTERVAL = (
+    "interval",
+    pl.String,
+    "how the interval was computed: cluster bootstrap over questions (stratified by country in aggregate)",
+)
+
+
+def _bounds(of: str) -> list[tuple]:
+    """The two bound columns of a 95% percentile cluster-bootstrap interval over test questions."""
+    return [
+        (
+            f"ci_{side}",
+            pl.Float64,
+            f"{bound} bound of the 95% bootstrap interval of {of}; null under 2 questions",
+        )
+        for side, bound in (("low", "lower"), ("high", "upper"))
+    ]
+
+
+SUMMARY_SCHEMA = columns(
+    _SCOPE,
+    _VARIANT,
+    (
+        "method",
+        pl.String,
+        "zero_shot_base, zero_shot_chat, zero_shot_base_chat_template, or a few-shot method: gold, icm, "
+        "random_matched",
+    ),
+    (
+        "k",
+        pl.Int64,
+        "few-shot demonstrations; null for zero-shot; -1 in an aggregate headline (each country's own M)",
+    ),
+    (
+        "headline",
+        pl.Boolean,
+        "true for the row a method is reported by: zero-shot, or few-shot with every ICM-labelled claim",
+    ),
+    (
+        "mean",
+        pl.Float64,
+        "accuracy: mean over test questions of each one's share of correct predictions (claims x repeats)",
+    ),
+    (
+        "std",
+        pl.Float64,
+        "std of the accuracy over repeats (aggregate: of the countries' mean accuracies); 0 with only one",
+    ),
+    *_bounds("mean"),
+    ("se", pl.Float64, "the bootstrap's standard error of mean; null under 2 questions"),
+    _INTERVAL,
+    ("repeats", pl.Int64, "repeats scored (demonstration draws, or chat repeats); aggregate: the fewest"),
+    _N_QUESTIONS,
+    ("n_test", pl.Int64, "distinct test claims scored (aggregate: summed; the aggregate's weights)"),
+    ("n_unparsed", pl.Int64, "chat replies that did not parse, counted as wrong; 0 for the other methods"),
+)
+DIFFERENCES_SCHEMA = columns(
+    _SCOPE,
+    _VARIANT,
+    ("comparison", pl.String, "the difference as shown: method_a − method_b"),
+    ("method_a", pl.String, "the first method (a few-shot one at its headline k: every ICM-labelled claim)"),
+    ("method_b", pl.String, "the method subtracted (a few-shot one at its headline k)"),
+    (
+        "mean_difference",
+        pl.Float64,
+        "mean over the test questions both scored of method_a's minus method_b's per-question accuracy; NaN "
+        "without any",
+    ),
+    *_bounds("mean_difference"),
+    (
+        "p_value",
+        pl.Float64,
+        "two-sided sign-flip permutation p-value of a zero mean difference; null without shared questions",
+    ),
+    ("n_questions", pl.Int64, "test questions both methods scored (aggregate: summed)"),
+    _INTERVAL,
+)
 # (a, b): a - b on the same test questions, each few-shot method at its headline k (every ICM-labelled claim).
 COMPARISONS = (
     ("icm", "gold"),

@@ -15,6 +15,7 @@ from persona_platform.persona_assets.common import (
     WAREHOUSE_POOL,
     gpu_step,
     results_table,
+    table_columns,
 )
 from persona_platform.persona_assets.responses.tables import (
     ITEM_SCHEMA,
@@ -33,7 +34,6 @@ SHARED = dict(
     group_name=GROUP,
     owners=OWNERS,
     partitions_def=agents_partitions,
-    metadata=AGENT_PARTITION,
     backfill_policy=ONE_RUN_PER_BACKFILL,
 )
 ITEMS_VERSION = "items-1"
@@ -68,6 +68,7 @@ class ResponseConfig(Config):
 
 @asset(
     **SHARED,
+    metadata=AGENT_PARTITION | table_columns(ITEM_SCHEMA),
     kinds=TABLE_KINDS,
     pool=WAREHOUSE_POOL,
     code_version=ITEMS_VERSION,
@@ -108,6 +109,7 @@ def evaluation_items(
 
 @asset(
     **SHARED,
+    metadata=AGENT_PARTITION | table_columns(RESPONSE_SCHEMA),
     kinds=MODEL_KINDS,
     **gpu_step(),
     code_version=RESPONSES_VERSION,

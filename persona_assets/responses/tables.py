@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from persona_platform.persona_assets.columns import columns
 from persona_platform.persona_assets.provenance import row_ref
 from persona_platform.persona_assets.responses.tasks import (
     AGENT,
@@ -24,28 +25,53 @@ from persona_platform.persona_assets.responses.tasks import (
 )
 from persona_platform.resources.llm.engine import GenerateRequest
 
-ITEM_SCHEMA = {
-    "agent": pl.String,
-    "task": pl.String,
-    "trait": pl.String,
-    "messages": pl.String,
-    "reference": pl.String,
-    "reference_kind": pl.String,
-}
-RESPONSE_SCHEMA = {
-    "agent": pl.String,
-    "item_id": pl.String,
-    "task": pl.String,
-    "system": pl.String,
-    "setting": pl.String,
-    "temperature": pl.Float64,
-    "top_p": pl.Float64,
-    "top_k": pl.Int64,
-    "repetition_penalty": pl.Float64,
-    "sample": pl.Int64,
-    "seed": pl.Int64,
-    "response": pl.String,
-}
+_AGENT = ("agent", pl.String, "the agent the item evaluates (its partition key)")
+_TASK = ("task", pl.String, "the item's task: trait, completion or monologue")
+
+ITEM_SCHEMA = columns(
+    _AGENT,
+    _TASK,
+    ("trait", pl.String, "belief, memory or personality for a trait item; null for the other tasks"),
+    (
+        "messages",
+        pl.String,
+        "the turns both systems answer, as JSON [role, content] pairs: an 'Interviewer: {question}' user "
+        "turn, or the held-out meeting context",
+    ),
+    (
+        "reference",
+        pl.String,
+        "what a response is judged against: the trait summary, what the agent said next, or the monologue",
+    ),
+    (
+        "reference_kind",
+        pl.String,
+        "the reference's kind: trait summary, what the agent said next, the monologue",
+    ),
+)
+RESPONSE_SCHEMA = columns(
+    _AGENT,
+    ("item_id", pl.String, "the item's row in responses.evaluation_items"),
+    _TASK,
+    (
+        "system",
+        pl.String,
+        "who answered: agent (base model + the agent's adapter, no system turn) or baseline (base model "
+        "told the persona profile in a system turn)",
+    ),
+    (
+        "setting",
+        pl.String,
+        "sampling setting: temperature, top-p, top-k, repetition penalty, written like T0.7_P0.8_K100_R1.2",
+    ),
+    ("temperature", pl.Float64, "sampling temperature of the setting"),
+    ("top_p", pl.Float64, "nucleus sampling top-p of the setting"),
+    ("top_k", pl.Int64, "top-k of the setting"),
+    ("repetition_penalty", pl.Float64, "repetition penalty of the setting"),
+    ("sample", pl.Int64, "0-based sample under the setting"),
+    ("seed", pl.Int64, "sampling seed: base seed + 1000 x setting index + sample, the same for both systems"),
+    ("response", pl.String, "the generated response, leading and trailing whitespace stripped"),
+)
 
 
 def _item(

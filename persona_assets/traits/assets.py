@@ -13,8 +13,9 @@ from persona_platform.persona_assets.common import (
     OWNERS,
     gpu_step,
     results_table,
+    table_columns,
 )
-from persona_platform.persona_assets.review import REVIEW_TABLE
+from persona_platform.persona_assets.review import REVIEW_SCHEMA, REVIEW_TABLE
 from persona_platform.persona_assets.steps import model_step
 from persona_platform.persona_assets.structured_output import ask_structured
 from persona_platform.persona_assets.traits import prompts
@@ -52,7 +53,6 @@ SHARED = dict(
     kinds=MODEL_KINDS,
     **gpu_step(),
     partitions_def=agents_partitions,
-    metadata=AGENT_PARTITION,
     backfill_policy=ONE_RUN_PER_BACKFILL,
 )
 MONOLOGUES_IN = {"monologues": AssetIn(key=["agents", "monologues"])}
@@ -63,6 +63,7 @@ question_reviews = AssetSpec(
     group_name=GROUP,
     owners=OWNERS,
     kinds={"duckdb"},
+    metadata=table_columns(REVIEW_SCHEMA),
     description="People's reviews of probe questions and monologue prompts (keep, edit, drop), written by "
     "`persona review-questions --kind traits|monologues`; applied when those assets next materialize.",
 )
@@ -107,7 +108,12 @@ def _sampling(config: SamplingConfig) -> dict:
     return {"temperature": config.temperature, "top_p": config.top_p, "seed": config.seed}
 
 
-@asset(**SHARED, ins=MONOLOGUES_IN, code_version=f"screenings-1-{prompts.TRAIT_HASH}")
+@asset(
+    **SHARED,
+    metadata=AGENT_PARTITION | table_columns(SCREENING_SCHEMA),
+    ins=MONOLOGUES_IN,
+    code_version=f"screenings-1-{prompts.TRAIT_HASH}",
+)
 def trait_screenings(
     context: AssetExecutionContext, config: ScreeningConfig, llm: LLMResource, monologues: pl.DataFrame
 ) -> pl.DataFrame:
@@ -143,6 +149,7 @@ def trait_screenings(
 
 @asset(
     **SHARED,
+    metadata=AGENT_PARTITION | table_columns(PROBE_SCHEMA),
     ins={"trait_screenings": AssetIn(key=[GROUP, "trait_screenings"])},
     deps=[REVIEWS],
     code_version=f"probe-questions-1-{prompts.TRAIT_HASH}",
@@ -174,7 +181,11 @@ def probe_questions(
 
 
 @asset(
-    **SHARED, ins=MONOLOGUES_IN, deps=[REVIEWS], code_version=f"monologue-prompts-1-{prompts.MONOLOGUE_HASH}"
+    **SHARED,
+    metadata=AGENT_PARTITION | table_columns(MONOLOGUE_PROMPT_SCHEMA),
+    ins=MONOLOGUES_IN,
+    deps=[REVIEWS],
+    code_version=f"monologue-prompts-1-{prompts.MONOLOGUE_HASH}",
 )
 def monologue_prompts(
     context: AssetExecutionContext,
@@ -202,7 +213,12 @@ def monologue_prompts(
     return frame
 
 
-@asset(**SHARED, ins=MONOLOGUES_IN, code_version=f"profiles-1-{prompts.PROFILE_HASH}")
+@asset(
+    **SHARED,
+    metadata=AGENT_PARTITION | table_columns(PROFILE_SCHEMA),
+    ins=MONOLOGUES_IN,
+    code_version=f"profiles-1-{prompts.PROFILE_HASH}",
+)
 def agent_profiles(
     context: AssetExecutionContext, config: ProfileConfig, llm: LLMResource, monologues: pl.DataFrame
 ) -> pl.DataFrame:

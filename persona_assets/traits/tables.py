@@ -6,52 +6,99 @@ from collections.abc import Sequence
 
 import polars as pl
 
+from persona_platform.persona_assets.columns import columns
 from persona_platform.persona_assets.provenance import row_ref
 from persona_platform.persona_assets.review import REVIEW_TABLE, reviewed
 from persona_platform.persona_assets.structured_output import Parsed
 from persona_platform.persona_assets.traits.extraction import Profile, Screening
 
-SCREENING_SCHEMA = {
-    "agent": pl.String,
-    "trait": pl.String,
-    "chunk_id": pl.String,
-    "monologue_id": pl.String,
-    "chunk": pl.String,
-    "relevant": pl.Boolean,
-    "kept": pl.Boolean,
-    "summary": pl.String,
-    "reply": pl.String,
-    "failure": pl.String,
-}
+_AGENT = ("agent", pl.String, "the agent (its partition key)")
+_TRAIT = ("trait", pl.String, "the trait: belief, memory or personality")
+_REPLY = ("reply", pl.String, "the model's reply as generated")
+_FAILURE = ("failure", pl.String, "why the reply is not one JSON value valid for its schema; null when it is")
+
+SCREENING_SCHEMA = columns(
+    _AGENT,
+    _TRAIT,
+    ("chunk_id", pl.String, "the chunk: {monologue row id}#{0-based chunk index}"),
+    ("monologue_id", pl.String, "the chunk's monologue in agents.monologues"),
+    ("chunk", pl.String, "the chunk's text: up to 200 words (by default) of the monologue"),
+    (
+        "relevant",
+        pl.Boolean,
+        "the model's verdict: whether the chunk shows the trait; null when the reply failed",
+    ),
+    (
+        "kept",
+        pl.Boolean,
+        "true for the agent's first relevant chunks of the trait, up to the cap (25 by default): probe items",
+    ),
+    (
+        "summary",
+        pl.String,
+        "the model's summary of what the chunk shows of the trait; null when the reply failed",
+    ),
+    _REPLY,
+    _FAILURE,
+)
 # A generated question and the text downstream assets use: the reviewed one where a person reviewed it.
-QUESTION_COLUMNS = {
-    "generated_question": pl.String,
-    "question": pl.String,
-    "review": pl.String,
-    "reply": pl.String,
-    "failure": pl.String,
-}
-PROBE_SCHEMA = {
-    "agent": pl.String,
-    "trait": pl.String,
-    "chunk_id": pl.String,
-    "summary": pl.String,
-    **QUESTION_COLUMNS,
-}
-MONOLOGUE_PROMPT_SCHEMA = {
-    "agent": pl.String,
-    "monologue_id": pl.String,
-    "monologue": pl.String,
-    **QUESTION_COLUMNS,
-}
-PROFILE_SCHEMA = {
-    "agent": pl.String,
-    "profile": pl.String,
-    "partial_profiles": pl.List(pl.String),
-    "interview_questions": pl.List(pl.String),
-    "monologues_used": pl.Int64,
-    "failure": pl.String,
-}
+QUESTION_COLUMNS = columns(
+    ("generated_question", pl.String, "the question as the model generated it; null when the reply failed"),
+    (
+        "question",
+        pl.String,
+        "the question downstream assets use: the reviewed text where a person reviewed it, else the "
+        "generated one",
+    ),
+    (
+        "review",
+        pl.String,
+        "a person's decision: keep or edit; null when not reviewed (dropped ones are no row)",
+    ),
+    _REPLY,
+    _FAILURE,
+)
+PROBE_SCHEMA = columns(
+    _AGENT,
+    _TRAIT,
+    (
+        "chunk_id",
+        pl.String,
+        "the kept chunk the question probes (traits.trait_screenings row {trait}/{chunk_id})",
+    ),
+    ("summary", pl.String, "the screening's summary of the trait item: the question's source and reference"),
+    QUESTION_COLUMNS,
+)
+MONOLOGUE_PROMPT_SCHEMA = columns(
+    _AGENT,
+    ("monologue_id", pl.String, "the monologue's row in agents.monologues"),
+    ("monologue", pl.String, "the monologue's text: what the question should draw out, the task's reference"),
+    QUESTION_COLUMNS,
+)
+PROFILE_SCHEMA = columns(
+    _AGENT,
+    ("profile", pl.String, "the consolidated persona profile the baseline is told; empty without monologues"),
+    (
+        "partial_profiles",
+        pl.List(pl.String),
+        "a partial profile per packed block of monologues, merged into it",
+    ),
+    (
+        "interview_questions",
+        pl.List(pl.String),
+        "questions that test adherence to the profile; empty when their reply failed",
+    ),
+    (
+        "monologues_used",
+        pl.Int64,
+        "the agent's longest monologues read for the profile (20 at most by default)",
+    ),
+    (
+        "failure",
+        pl.String,
+        "why the interview questions' reply is not valid, or 'no monologues'; null otherwise",
+    ),
+)
 MONOLOGUES = "agents.monologues"
 
 

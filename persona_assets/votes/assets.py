@@ -16,9 +16,10 @@ from persona_platform.persona_assets.common import (
     WAREHOUSE_POOL,
     gpu_step,
     results_table,
+    table_columns,
 )
 from persona_platform.persona_assets.plots import confusion_matrix, saved_plot
-from persona_platform.persona_assets.review import REVIEW_TABLE, reviewed
+from persona_platform.persona_assets.review import REVIEW_SCHEMA, REVIEW_TABLE, reviewed
 from persona_platform.persona_assets.statistics import interval_method
 from persona_platform.persona_assets.steps import asset_frame, model_step
 from persona_platform.persona_assets.votes.prediction import (
@@ -57,6 +58,7 @@ question_reviews = AssetSpec(
     group_name=GROUP,
     owners=OWNERS,
     kinds={"duckdb"},
+    metadata=table_columns(REVIEW_SCHEMA),
     description="People's reviews of the generated vote questions (keep, edit, drop), written by "
     "`persona review-questions --kind votes`; motions apply them when they next materialize.",
 )
@@ -67,6 +69,7 @@ question_reviews = AssetSpec(
     kinds=TABLE_KINDS,
     pool=WAREHOUSE_POOL,
     code_version=VERSION,
+    metadata=table_columns(MOTION_SCHEMA),
     deps=[REVIEWS],
     tags=dict([BOARD_INPUT]),
 )
@@ -91,6 +94,7 @@ def motions(context: AssetExecutionContext, board: BoardSource, warehouse: Wareh
     kinds=TABLE_KINDS,
     pool=WAREHOUSE_POOL,
     code_version=VERSION,
+    metadata=table_columns(RECORD_SCHEMA),
     ins={"motions": AssetIn(key=[GROUP, "motions"])},
     tags=dict([BOARD_INPUT]),
 )
@@ -115,7 +119,7 @@ def vote_records(context: AssetExecutionContext, motions: pl.DataFrame) -> pl.Da
     **gpu_step(),
     code_version=PREDICTION_VERSION,
     partitions_def=agents_partitions,
-    metadata=AGENT_PARTITION,
+    metadata=AGENT_PARTITION | table_columns(PREDICTION_SCHEMA),
     backfill_policy=ONE_RUN_PER_BACKFILL,
     ins={
         "motions": AssetIn(key=[GROUP, "motions"]),
@@ -156,6 +160,7 @@ METRICS_VERSION = "vote-metrics-2"
 @asset(
     key_prefix=GROUP,
     **REPORT_STEP,
+    metadata=table_columns(METRIC_SCHEMA),
     code_version=METRICS_VERSION,
     ins={"vote_predictions": AssetIn(key=[GROUP, "vote_predictions"])},
 )

@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 
 from persona_platform.persona_assets.agents.corpora import adapter_prompt
+from persona_platform.persona_assets.columns import columns
 from persona_platform.persona_assets.provenance import row_ref, text_hash
 from persona_platform.persona_assets.statistics import (
     SEED,
@@ -180,23 +181,41 @@ def vote_metrics(
     )
 
 
-METRIC_SCHEMA = {
-    "method": pl.String,
-    "scope": pl.String,
-    "n": pl.Int64,
-    "motions": pl.Int64,
-    **{
-        f"{name}{suffix}": pl.Float64
-        for name in ("accuracy", "balanced_accuracy", "macro_f1")
-        for suffix in ("", "_low", "_high")
-    },
-    "unknown_rate": pl.Float64,
-    "majority_baseline": pl.Float64,
-    "majority_baseline_low": pl.Float64,
-    "majority_baseline_high": pl.Float64,
-    "majority_class": pl.String,
-    "interval_method": pl.String,
-}
+_UNDEFINED = "null where undefined (under 2 motions, or every motion alike)"
+
+
+def _metric(name: str, what: str) -> list[tuple]:
+    """A metric's column and the bounds of its 95% BCa cluster-bootstrap interval over motions."""
+    return [
+        (name, pl.Float64, what),
+        (f"{name}_low", pl.Float64, f"lower bound of the 95% BCa bootstrap interval of {name}; {_UNDEFINED}"),
+        (
+            f"{name}_high",
+            pl.Float64,
+            f"upper bound of the 95% BCa bootstrap interval of {name}; {_UNDEFINED}",
+        ),
+    ]
+
+
+METRIC_SCHEMA = columns(
+    ("method", pl.String, "how the adapter voted: score or generate"),
+    ("scope", pl.String, "an agent, or overall (every agent's votes together)"),
+    ("n", pl.Int64, "votes predicted (motion x voter rows)"),
+    ("motions", pl.Int64, "distinct motions voted on (the intervals' resampling unit)"),
+    *_metric("accuracy", "share of votes predicted right (Unknown counts as wrong)"),
+    *_metric("balanced_accuracy", "mean recall over the recorded labels (Aye, Naye) that occur"),
+    *_metric("macro_f1", "mean F1 over the recorded labels (Aye, Naye) that occur"),
+    ("unknown_rate", pl.Float64, "share of predictions that are Unknown; null without votes"),
+    *_metric(
+        "majority_baseline", "accuracy of always predicting majority_class: its share of the recorded votes"
+    ),
+    (
+        "majority_class",
+        pl.String,
+        "the vote most often recorded in the scope (ties: Aye); empty without votes",
+    ),
+    ("interval_method", pl.String, "how the intervals were computed: method, unit, resamples and seed"),
+)
 
 
 def metric_rows(predictions: pl.DataFrame, seed: int = SEED) -> list[dict]:

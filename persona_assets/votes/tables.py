@@ -4,6 +4,7 @@ from collections.abc import Callable, Sequence
 
 import polars as pl
 
+from persona_platform.persona_assets.columns import columns
 from persona_platform.persona_assets.provenance import file_ref, row_ref
 from persona_platform.persona_assets.statistics import shown
 from persona_platform.persona_assets.votes.prediction import (
@@ -15,29 +16,72 @@ from persona_platform.persona_assets.votes.prediction import (
 from persona_platform.resources.inputs.votes import Motion, VoteFile, resolve_votes
 from persona_platform.resources.llm import Engine, GenerateRequest, ScoreRequest
 
-MOTION_SCHEMA = {
-    "context": pl.String,
-    "generated_question": pl.String,
-    "question": pl.String,
-    "review": pl.String,
-    "ayes": pl.List(pl.String),
-    "nayes": pl.List(pl.String),
-    "source_file": pl.String,
-    "source_sha256": pl.String,
-    "source_row": pl.Int64,
-}
-RECORD_SCHEMA = {"motion_id": pl.String, "agent": pl.String, "vote": pl.String, "name_as_written": pl.String}
-PREDICTION_SCHEMA = {
-    "agent": pl.String,
-    "motion_id": pl.String,
-    "method": pl.String,
-    "truth": pl.String,
-    "predicted": pl.String,
-    "correct": pl.Boolean,
-    "reply": pl.String,
-    "logprob_aye": pl.Float64,
-    "logprob_naye": pl.Float64,
-}
+_MOTION_ID = (
+    "motion_id",
+    pl.String,
+    "the motion's row in votes.motions: m + 10 hex digits of its context's sha256",
+)
+
+MOTION_SCHEMA = columns(
+    ("context", pl.String, "the motion as written in the vote records' Context column, whitespace collapsed"),
+    (
+        "generated_question",
+        pl.String,
+        "the formal yes/no question generated from the context ('Should the board approve ...?')",
+    ),
+    (
+        "question",
+        pl.String,
+        "the question a member answers: the reviewed text where a person reviewed it, else the generated one",
+    ),
+    (
+        "review",
+        pl.String,
+        "a person's decision: keep or edit; null when not reviewed (dropped motions are no row)",
+    ),
+    ("ayes", pl.List(pl.String), "the names in the record's Ayes column, as written"),
+    ("nayes", pl.List(pl.String), "the names in the record's Nayes column, as written"),
+    ("source_file", pl.String, "path of the vote records file"),
+    ("source_sha256", pl.String, "sha256 of the vote records file"),
+    ("source_row", pl.Int64, "the record's row in the CSV file (the header is row 1)"),
+)
+RECORD_SCHEMA = columns(
+    _MOTION_ID,
+    (
+        "agent",
+        pl.String,
+        "the agent the voter's name resolves to through the registry's aliases; null when it matches none",
+    ),
+    ("vote", pl.String, "the recorded vote: Aye or Naye"),
+    ("name_as_written", pl.String, "the voter's name as written in the record"),
+)
+PREDICTION_SCHEMA = columns(
+    ("agent", pl.String, "the agent whose adapter voted (its partition key)"),
+    _MOTION_ID,
+    (
+        "method",
+        pl.String,
+        "score ('Final Vote: Aye' scored against 'Final Vote: Naye') or generate (greedy, strict parser)",
+    ),
+    ("truth", pl.String, "the agent's recorded vote: Aye or Naye"),
+    (
+        "predicted",
+        pl.String,
+        "the predicted vote: Aye or Naye, or Unknown for a generation without a final vote",
+    ),
+    ("correct", pl.Boolean, "whether predicted equals truth (Unknown is wrong)"),
+    ("reply", pl.String, "the generated reply (generate); null for score"),
+    (
+        "logprob_aye",
+        pl.Float64,
+        "log-probability of 'Final Vote: Aye' after the vote prompt (score); null for generate",
+    ),
+    (
+        "logprob_naye",
+        pl.Float64,
+        "log-probability of 'Final Vote: Naye' after the vote prompt (score); null for generate",
+    ),
+)
 
 # (motion, question as generated) ->
 # (question to ask or None when dropped, review decision, the review's row ref)
