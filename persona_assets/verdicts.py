@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 # Scores closer than this are the same for a verdict (a tenth of a percentage point).
 SAME = 1e-3
-NO_SIGNAL = "a model without signal (the embedded model has none) gives this"
+NO_SIGNAL = "the model shows no signal here (the embedded model has none by design)"
 
 
 def scores_verdict(scores: Mapping[str, float], what: str, percent: bool = True) -> str:

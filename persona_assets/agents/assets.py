@@ -327,8 +327,8 @@ def merged_models(
             )
             rows.append(merged_row(agent, str(out_dir), fingerprint, merge_difference(agent, differences)))
         frame = step.frame(rows, MERGED_SCHEMA)
-    context.add_output_metadata(
-        {"max_logit_difference": max((r["max_logit_difference"] for r in rows), default=0.0)}
+    partition_metadata(
+        context, frame, lambda part: {"max_logit_difference": part["max_logit_difference"].max() or 0.0}
     )
     return frame
 

@@ -1,7 +1,7 @@
 """Judging: absolute 1-5 scores per aspect, pairwise comparisons in both orders, and their summary."""
 
 import polars as pl
-from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetIn, Config, asset
 from pydantic import Field
 
 from persona_platform.partitions import DISPLAY_NAMES, agents_partitions
@@ -24,6 +24,7 @@ from persona_platform.persona_assets.judging.tables import (
     JUDGMENT_SCHEMA,
     SUMMARY_SCHEMA,
     agent_task_win_rates,
+    decided_and_tied,
     failure_metadata,
     failure_rate_table,
     judge_items,
@@ -33,7 +34,8 @@ from persona_platform.persona_assets.judging.tables import (
 )
 from persona_platform.persona_assets.plots import saved_plot, score_violins, win_rate_bars
 from persona_platform.persona_assets.statistics import interval_method
-from persona_platform.persona_assets.steps import asset_frame, model_step
+from persona_platform.persona_assets.steps import asset_frame, model_step, partition_metadata
+from persona_platform.persona_assets.verdicts import ties_verdict
 from persona_platform.resources.artifacts import ArtifactStore
 from persona_platform.resources.llm.resource import LLMResource
 
@@ -91,7 +93,7 @@ def judgments(
             config.seed,
         )
         frame = step.frame(rows, JUDGMENT_SCHEMA)
-    context.add_output_metadata(failure_metadata(frame, JUDGMENT_FAILURES))
+    partition_metadata(context, frame, lambda part: failure_metadata(part, JUDGMENT_FAILURES))
     return frame
 
 
@@ -123,17 +125,19 @@ def pairwise_comparisons(
             config.seed,
         )
         frame = step.frame(rows, COMPARISON_SCHEMA)
-    outcomes = frame.group_by("outcome").len().sort("outcome")
-    context.add_output_metadata(
-        {
-            **failure_metadata(frame, COMPARISON_FAILURES),
-            "outcomes": results_table(["outcome", "pairs"], outcomes.rows()),
-        }
-    )
+    partition_metadata(context, frame, _comparison_metadata)
     return frame
 
 
 SUMMARY_VERSION = "judging-summary-2"
+
+
+def _comparison_metadata(comparisons: pl.DataFrame) -> dict:
+    outcomes = comparisons.group_by("outcome").len().sort("outcome")
+    return {
+        **failure_metadata(comparisons, COMPARISON_FAILURES),
+        "outcomes": results_table(["outcome", "pairs"], outcomes.rows()),
+    }
 
 
 @asset(
@@ -158,18 +162,18 @@ def judging_summary(
     failure rates."""
     frame = asset_frame(context, summary_rows(judgments, pairwise_comparisons), SUMMARY_SCHEMA)
     violins = score_violins("Judge scores, every sample (no best-of-n)", score_groups(judgments))
-    labels, rates = agent_task_win_rates(frame)
-    bars = win_rate_bars("Agent vs persona baseline, order-consistent wins", labels, rates)
-    plots = [
-        saved_plot(artifacts, png, "judging", name)
-        for name, png in (("score-violins", violins), ("win-rates", bars))
-    ]
+    interval = interval_method("evaluation items")
+    bars = win_rate_bars(
+        "Agent vs persona baseline, order-consistent wins", **agent_task_win_rates(frame), interval=interval
+    )
     context.add_output_metadata(
         {
+            "verdict": ties_verdict(*decided_and_tied(frame)),
             "win_rates": results_table(*win_rate_table(frame)),
-            "interval_method": interval_method("evaluation items"),
+            "interval_method": interval,
             "judge_failure_rates": results_table(*failure_rate_table(judgments, pairwise_comparisons)),
-            "plots": MetadataValue.md("\n\n".join(plots)),
+            "plot/score_violins": saved_plot(artifacts, violins, "judging", "score-violins"),
+            "plot/win_rates": saved_plot(artifacts, bars, "judging", "win-rates"),
         }
     )
     return frame

@@ -321,9 +321,9 @@ def win_rate_table(summary: pl.DataFrame) -> tuple[list[str], list[list]]:
         "setting",
         "items",
         "pairs",
-        "agent",
-        "baseline",
-        "tie",
+        "agent wins",
+        "baseline wins",
+        "ties",
         "inconsistent",
         "failed",
         "consistent win %",
@@ -357,13 +357,24 @@ def win_rate_table(summary: pl.DataFrame) -> tuple[list[str], list[list]]:
     return header, rows
 
 
-def agent_task_win_rates(summary: pl.DataFrame) -> tuple[list[str], list[tuple]]:
-    """The agent x task scopes of the summary: their labels ('agent/task') and their order-consistent win
-    rates as (rate, low, high)."""
+def decided_and_tied(summary: pl.DataFrame) -> tuple[int, int]:
+    """Judged pairs over every agent and task: decided (both orders named the same winner), and not (a tie
+    or the orders disagree)."""
+    scopes = summary.filter(pl.col("scope") == "agent x task")
+    decided = int(scopes["agent_wins"].sum() + scopes["baseline_wins"].sum())
+    return decided, int(scopes["ties"].sum() + scopes["inconsistent"].sum())
+
+
+def agent_task_win_rates(summary: pl.DataFrame) -> dict:
+    """The agent x task scopes of the summary as ``win_rate_bars`` arguments: labels ('agent/task'),
+    order-consistent win rates as (rate, low, high), judged pairs and ties."""
     per_agent = summary.filter(pl.col("scope") == "agent x task").rows(named=True)
-    labels = [f"{r['agent']}/{r['task']}" for r in per_agent]
-    rates = [(r["consistent_rate"], r["consistent_low"], r["consistent_high"]) for r in per_agent]
-    return labels, rates
+    return {
+        "labels": [f"{r['agent']}/{r['task']}" for r in per_agent],
+        "rates": [(r["consistent_rate"], r["consistent_low"], r["consistent_high"]) for r in per_agent],
+        "counts": [r["judged"] for r in per_agent],
+        "ties": [r["ties"] for r in per_agent],
+    }
 
 
 def score_groups(judgments: pl.DataFrame) -> list[tuple[str, list[float], list[float]]]:

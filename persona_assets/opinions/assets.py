@@ -31,7 +31,7 @@ from persona_platform.persona_assets.opinions.tables import (
     split_rows,
     survey_rows,
 )
-from persona_platform.persona_assets.steps import asset_frame
+from persona_platform.persona_assets.steps import asset_frame, partition_metadata
 from persona_platform.resources.inputs.survey import is_number
 from persona_platform.resources.sources import GoqaSource
 
@@ -65,6 +65,27 @@ class SplitConfig(Config):
 
 def _source_metadata(source) -> dict:
     return {"source_file": str(source.path), "source_sha256": source.sha256, "source_format": source.format}
+
+
+def _claims_metadata(claims: pl.DataFrame, excluded: list[tuple[str, str, str]], seed: int) -> dict:
+    """A country's claims and the survey rows of that country left out, by reason."""
+    countries = set(claims["country"])
+    reasons = Counter(reason for _, country, reason in excluded if country in countries)
+    per_country = claims.group_by("country").agg(pl.len().alias("claims"), pl.col("label").mean())
+    return {
+        "seed": seed,
+        "survey_rows_left_out": sum(reasons.values()),
+        **{f"left_out/{reason}": reasons.get(reason, 0) for reason in UNUSABLE_REASONS},
+        "claims_per_country": results_table(
+            ["country", "claims", "positive share"],
+            [[c, n, round(p, 3)] for c, n, p in per_country.sort("country").iter_rows()],
+        ),
+    }
+
+
+def _split_metadata(splits: pl.DataFrame, seed: int) -> dict:
+    sizes = splits.group_by("country", "variant", "split").agg(pl.len()).sort("country", "variant", "split")
+    return {"seed": seed, "sizes": results_table(["country", "variant", "split", "claims"], sizes.rows())}
 
 
 def _unusable_counts(frame: pl.DataFrame) -> dict:
@@ -115,8 +136,11 @@ def goqa_survey(context: AssetExecutionContext, goqa_source: GoqaSource) -> pl.D
     with its source row."""
     source = goqa_source.load()
     frame = asset_frame(context, survey_rows(source, context.partition_keys), SURVEY_SCHEMA)
-    context.add_output_metadata(
-        {**_source_metadata(source), "usable_rows": int(frame["usable"].sum()), **_unusable_counts(frame)}
+    source_metadata = _source_metadata(source)
+    partition_metadata(
+        context,
+        frame,
+        lambda part: {**source_metadata, "usable_rows": int(part["usable"].sum()), **_unusable_counts(part)},
     )
     return frame
 
@@ -134,21 +158,7 @@ def goqa_claims(
     Survey rows that cannot make a claim (see `goqa_survey.unusable_reason`) are left out and counted."""
     rows, excluded = claim_rows(goqa_survey, config.seed)
     frame = asset_frame(context, rows, CLAIMS_SCHEMA)
-    per_country = frame.group_by("country").agg(
-        pl.len().alias("claims"), pl.col("label").mean().alias("positive")
-    )
-    reasons = Counter(reason for _, _, reason in excluded)
-    context.add_output_metadata(
-        {
-            "seed": config.seed,
-            "survey_rows_left_out": len(excluded),
-            **{f"left_out/{reason}": reasons.get(reason, 0) for reason in UNUSABLE_REASONS},
-            "claims_per_country": results_table(
-                ["country", "claims", "positive share"],
-                [[c, n, f"{p:.2f}"] for c, n, p in per_country.sort("country").iter_rows()],
-            ),
-        }
-    )
+    partition_metadata(context, frame, lambda part: _claims_metadata(part, excluded, config.seed))
     return frame
 
 
@@ -172,11 +182,5 @@ def goqa_splits(
     frame = asset_frame(
         context, split_rows(goqa_claims, goqa_questions, context.partition_keys, rules), SPLITS_SCHEMA
     )
-    sizes = frame.group_by("country", "variant", "split").agg(pl.len()).sort("country", "variant", "split")
-    context.add_output_metadata(
-        {
-            "seed": config.seed,
-            "sizes": results_table(["country", "variant", "split", "claims"], sizes.rows()),
-        }
-    )
+    partition_metadata(context, frame, lambda part: _split_metadata(part, config.seed))
     return frame

@@ -1,28 +1,43 @@
 """Reports across the elicitation methods: accuracy per country and aggregated, paired differences, plots."""
 
 import polars as pl
-from dagster import AssetExecutionContext, AssetIn, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetIn, asset
 
 from persona_platform.persona_assets.common import (
     OWNERS,
     TABLE_KINDS,
     WAREHOUSE_POOL,
+    results_table,
     table_columns,
-    table_metadata,
 )
+from persona_platform.persona_assets.elicitation.accuracy import INTERVAL, STRATIFIED
 from persona_platform.persona_assets.plots import Bar, accuracy_bars, accuracy_curves, saved_plot
 from persona_platform.persona_assets.reports.tables import (
+    AGGREGATE,
     DIFFERENCES_SCHEMA,
     SUMMARY_SCHEMA,
+    aggregate_headline,
     difference_rows,
+    headline_table,
     method_scores,
     plot_series,
     summary_rows,
 )
 from persona_platform.persona_assets.steps import asset_frame
+from persona_platform.persona_assets.verdicts import scores_verdict
 from persona_platform.resources.artifacts import ArtifactStore
 
 SUMMARY_VERSION = "accuracy-summary-2"
+
+
+def headline_metadata(summary: pl.DataFrame) -> dict:
+    """The headline accuracies as a UI table, and a verdict on them."""
+    return {
+        "verdict": scores_verdict(aggregate_headline(summary), "methods (aggregate headline accuracy)"),
+        "headline": results_table(*headline_table(summary), SUMMARY_SCHEMA.descriptions),
+    }
+
+
 DIFFERENCES_VERSION = "method-differences-1"
 # Both reports read every prediction table of the elicitation methods.
 REPORT = dict(
@@ -58,15 +73,25 @@ def accuracy_summary(
         method_scores(zero_shot_base_predictions, zero_shot_chat_predictions, few_shot_predictions)
     )
     frame = asset_frame(context, rows, SUMMARY_SCHEMA)
-    sections = []
+    plots = {}
     for scope, variant, bars, curves in plot_series(frame):
+        interval = STRATIFIED if scope == AGGREGATE else INTERVAL
+        n = max((b[-1] for b in bars), default=None)
         for kind, png in (
-            ("accuracy", accuracy_bars(f"Test accuracy - {scope} ({variant})", [Bar(*b) for b in bars])),
-            ("examples", accuracy_curves(f"Test accuracy vs examples - {scope} ({variant})", curves)),
+            (
+                "accuracy",
+                accuracy_bars(f"Test accuracy - {scope} ({variant})", [Bar(*b) for b in bars], interval),
+            ),
+            (
+                "examples",
+                accuracy_curves(
+                    f"Test accuracy vs examples - {scope} ({variant})", curves, n, interval=interval
+                ),
+            ),
         ):
-            plot = saved_plot(artifacts, png, "elicitation", f"{scope}-{variant}-{kind}")
-            sections.append(f"### {scope} ({variant}): {kind}\n" + plot)
-    context.add_output_metadata({"plots": MetadataValue.md("\n\n".join(sections))})
+            name = f"{scope}-{variant}-{kind}"
+            plots[f"plot/{name}"] = saved_plot(artifacts, png, "elicitation", name)
+    context.add_output_metadata({**headline_metadata(frame), **plots})
     return frame
 
 
@@ -84,15 +109,16 @@ def method_differences(
     accuracy, 95% cluster-bootstrap interval, sign-flip permutation p-value, n questions."""
     scores = method_scores(zero_shot_base_predictions, zero_shot_chat_predictions, few_shot_predictions)
     frame = asset_frame(context, difference_rows(scores), DIFFERENCES_SCHEMA)
-    columns = {
-        "scope": "string",
-        "variant": "string",
-        "comparison": "string",
-        "mean_difference": "float",
-        "ci_low": "float",
-        "ci_high": "float",
-        "p_value": "float",
-        "n_questions": "int",
-    }
-    context.add_output_metadata({"differences": table_metadata(columns, frame.to_dicts())})
+    shown = [
+        "scope",
+        "variant",
+        "comparison",
+        "mean_difference",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "n_questions",
+    ]
+    table = results_table(shown, frame.select(shown).rows(), DIFFERENCES_SCHEMA.descriptions)
+    context.add_output_metadata({"differences": table})
     return frame

@@ -160,14 +160,14 @@ def _sortable(key: Key) -> tuple:
     return country, variant, method, -1 if k is None else k
 
 
-def plotted(row: dict) -> tuple[float, float, float]:
-    """An accuracy and its interval as plotted (none drawn where a bootstrap had under two questions)."""
-    low, high = row["ci_low"], row["ci_high"]
-    return row["mean"], row["mean"] if low is None else low, row["mean"] if high is None else high
+def plotted(row: dict) -> tuple[float, float | None, float | None]:
+    """An accuracy and its interval as plotted (None, so none is drawn, where a bootstrap had under two
+    questions)."""
+    return row["mean"], row["ci_low"], row["ci_high"]
 
 
-Bars = list[tuple[str, float, float, float]]  # [(method, mean, low, high)]
-Curves = dict[str, list[tuple[int, float, float, float]]]  # method -> [(k, mean, low, high)]
+Bars = list[tuple[str, float, float | None, float | None, int]]  # [(method, mean, low, high, n questions)]
+Curves = dict[str, list[tuple[int, float, float | None, float | None]]]  # method -> [(k, mean, low, high)]
 
 
 def plot_series(summary: pl.DataFrame) -> list[tuple[str, str, Bars, Curves]]:
@@ -179,7 +179,7 @@ def plot_series(summary: pl.DataFrame) -> list[tuple[str, str, Bars, Curves]]:
         summary.group_by("scope", "variant"), key=lambda g: (g[0][0] == AGGREGATE, g[0])
     ):
         headline = {r["method"]: r for r in part.filter(pl.col("headline")).iter_rows(named=True)}
-        bars = [(m, *plotted(headline[m])) for m in BAR_METHODS if m in headline]
+        bars = [(m, *plotted(headline[m]), headline[m]["n_questions"]) for m in BAR_METHODS if m in headline]
         curves = {
             m: [
                 (r["k"], *plotted(r))
@@ -189,6 +189,24 @@ def plot_series(summary: pl.DataFrame) -> list[tuple[str, str, Bars, Curves]]:
         }
         series.append((scope, variant, bars, {m: c for m, c in curves.items() if c}))
     return series
+
+
+HEADLINE_COLUMNS = ["scope", "variant", "method", "mean", "ci_low", "ci_high", "n_questions", "n_test"]
+
+
+def headline_table(summary: pl.DataFrame) -> tuple[list[str], list[list]]:
+    """Header and rows of each method's headline accuracy per scope and variant, aggregate first."""
+    headline = summary.filter(pl.col("headline")).sort(
+        pl.col("scope") != AGGREGATE, "scope", "variant", "method"
+    )
+    return HEADLINE_COLUMNS, [list(r) for r in headline.select(HEADLINE_COLUMNS).rows()]
+
+
+def aggregate_headline(summary: pl.DataFrame) -> dict[str, float]:
+    """Method -> headline accuracy over every country (every variant pooled by taking the first: binary
+    sorts first and is the one the paper reports)."""
+    rows = summary.filter(pl.col("headline") & (pl.col("scope") == AGGREGATE)).sort("variant")
+    return {m: mean for m, mean in rows.unique("method", keep="first").select("method", "mean").rows()}
 
 
 def summary_row_id(scope: str, variant: str, method: str, k: int | None) -> str:

@@ -25,7 +25,7 @@ from persona_platform.persona_assets.responses.tables import (
     response_row,
 )
 from persona_platform.persona_assets.responses.tasks import PROMPT_HASH, UPSTREAM_GRID, SamplingSetting
-from persona_platform.persona_assets.steps import asset_frame, model_step
+from persona_platform.persona_assets.steps import asset_frame, model_step, partition_metadata
 from persona_platform.resources.llm.resource import LLMResource
 
 GROUP = "responses"
@@ -37,6 +37,18 @@ SHARED = dict(
     backfill_policy=ONE_RUN_PER_BACKFILL,
 )
 ITEMS_VERSION = "items-1"
+
+
+def _item_counts(items: pl.DataFrame) -> dict:
+    counts = items.group_by("agent", "task").len().sort("agent", "task")
+    return {"items": results_table(["agent", "task", "items"], counts.rows())}
+
+
+def _response_counts(responses: pl.DataFrame):
+    counts = responses.group_by("agent", "task", "system").len().sort("agent", "task", "system")
+    return results_table(counts.columns, counts.rows())
+
+
 RESPONSES_VERSION = f"responses-1-{PROMPT_HASH}"
 
 
@@ -102,8 +114,7 @@ def evaluation_items(
         )
     ]
     frame = asset_frame(context, rows, ITEM_SCHEMA)
-    counts = frame.group_by("agent", "task").len().sort("agent", "task")
-    context.add_output_metadata({"items": results_table(["agent", "task", "items"], counts.rows())})
+    partition_metadata(context, frame, _item_counts)
     return frame
 
 
@@ -143,12 +154,6 @@ def task_responses(
         replies = step.engine.generate([planned.request for planned in plan])
         rows = [response_row(planned, reply) for planned, reply in zip(plan, replies, strict=True)]
         frame = step.frame(rows, RESPONSE_SCHEMA)
-    counts = frame.group_by("agent", "task", "system").len().sort("agent", "task", "system")
-    context.add_output_metadata(
-        {
-            "settings": [s.label for s in grid],
-            "samples": config.samples,
-            "responses": results_table(counts.columns, counts.rows()),
-        }
-    )
+    settings = {"settings": [s.label for s in grid], "samples": config.samples}
+    partition_metadata(context, frame, lambda part: {**settings, "responses": _response_counts(part)})
     return frame

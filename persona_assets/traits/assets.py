@@ -16,7 +16,7 @@ from persona_platform.persona_assets.common import (
     table_columns,
 )
 from persona_platform.persona_assets.review import REVIEW_SCHEMA, REVIEW_TABLE
-from persona_platform.persona_assets.steps import model_step
+from persona_platform.persona_assets.steps import model_step, partition_metadata
 from persona_platform.persona_assets.structured_output import ask_structured
 from persona_platform.persona_assets.traits import prompts
 from persona_platform.persona_assets.traits.extraction import (
@@ -104,6 +104,13 @@ class ProfileConfig(Config):
     question_chars: int = Field(default=200)
 
 
+def _screening_metadata(screenings: pl.DataFrame) -> dict:
+    return {
+        "failures": int(screenings["failure"].is_not_null().sum()),
+        "per_agent_and_trait": results_table(*screening_table(screenings)),
+    }
+
+
 def _sampling(config: SamplingConfig) -> dict:
     return {"temperature": config.temperature, "top_p": config.top_p, "seed": config.seed}
 
@@ -138,12 +145,7 @@ def trait_screenings(
                 kept_ids = {screening_id(s) for s in kept(screenings, config.max_items_per_trait)}
                 rows += screening_rows(agent, screenings, kept_ids)
         frame = step.frame(rows, SCREENING_SCHEMA)
-    context.add_output_metadata(
-        {
-            "failures": int(frame["failure"].is_not_null().sum()),
-            "per_agent_and_trait": results_table(*screening_table(frame)),
-        }
-    )
+    partition_metadata(context, frame, _screening_metadata)
     return frame
 
 
@@ -176,7 +178,7 @@ def probe_questions(
         answers = ask_structured(step.engine, chats, schema, config.question_chars, **_sampling(config))
         rows, dropped = probe_rows(items, answers, reviews, f"{GROUP}.probe_questions")
         frame = step.frame(rows, PROBE_SCHEMA)
-    context.add_output_metadata(question_metadata(frame, dropped))
+    partition_metadata(context, frame, lambda part: question_metadata(part, dropped))
     return frame
 
 
@@ -209,7 +211,7 @@ def monologue_prompts(
         answers = ask_structured(step.engine, chats, schema, config.question_chars, **_sampling(config))
         rows, dropped = monologue_prompt_rows(items, answers, reviews, f"{GROUP}.monologue_prompts")
         frame = step.frame(rows, MONOLOGUE_PROMPT_SCHEMA)
-    context.add_output_metadata(question_metadata(frame, dropped))
+    partition_metadata(context, frame, lambda part: question_metadata(part, dropped))
     return frame
 
 
@@ -247,5 +249,5 @@ def agent_profiles(
             for agent, profile in zip(context.partition_keys, profiles, strict=True)
         ]
         frame = step.frame(rows, PROFILE_SCHEMA)
-    context.add_output_metadata({"failures": int(frame["failure"].is_not_null().sum())})
+    partition_metadata(context, frame, lambda part: {"failures": int(part["failure"].is_not_null().sum())})
     return frame

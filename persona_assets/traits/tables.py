@@ -235,5 +235,5 @@ def question_metadata(frame: pl.DataFrame, dropped: int) -> dict:
     return {
         "failures": int(frame["failure"].is_not_null().sum()),
         "reviewed": int(frame["review"].is_not_null().sum()),
-        "dropped_by_review": dropped,
+        "dropped_by_review_in_step": dropped,
     }

@@ -21,11 +21,13 @@ from persona_platform.persona_assets.common import (
 from persona_platform.persona_assets.plots import confusion_matrix, saved_plot
 from persona_platform.persona_assets.review import REVIEW_SCHEMA, REVIEW_TABLE, reviewed
 from persona_platform.persona_assets.statistics import interval_method
-from persona_platform.persona_assets.steps import asset_frame, model_step
+from persona_platform.persona_assets.steps import asset_frame, model_step, partition_metadata
+from persona_platform.persona_assets.verdicts import scores_verdict
 from persona_platform.persona_assets.votes.prediction import (
     ANSWER_PREFIX,
     LABELS,
     METRIC_SCHEMA,
+    OVERALL,
     UNKNOWN,
     VOTE_HASH,
     formal_question,
@@ -148,13 +150,18 @@ def vote_predictions(
             vote_records,
         )
         frame = step.frame(rows, PREDICTION_SCHEMA)
-    context.add_output_metadata(
-        {"answer_prefix": ANSWER_PREFIX, "unknown_generations": int((frame["predicted"] == UNKNOWN).sum())}
-    )
+    partition_metadata(context, frame, _prediction_metadata)
     return frame
 
 
 METRICS_VERSION = "vote-metrics-2"
+
+
+def _prediction_metadata(predictions: pl.DataFrame) -> dict:
+    return {
+        "answer_prefix": ANSWER_PREFIX,
+        "unknown_generations": int((predictions["predicted"] == UNKNOWN).sum()),
+    }
 
 
 @asset(
@@ -170,7 +177,7 @@ def vote_metrics_summary(
     """Accuracy, balanced accuracy, macro-F1 and, beside them, the majority-class baseline, each with a 95%
     BCa cluster-bootstrap interval over motions (null where undefined), the Unknown rate, n votes and
     motions, per method, per agent and overall, with confusion matrices."""
-    rows, sections = metric_rows(vote_predictions), []
+    rows, plots = metric_rows(vote_predictions), {}
     for method in sorted(vote_predictions["method"].unique()):
         part = vote_predictions.filter(pl.col("method") == method)
         png = confusion_matrix(
@@ -180,13 +187,17 @@ def vote_metrics_summary(
             list(LABELS),
             [*LABELS, UNKNOWN],
         )
-        sections.append(f"### {method}\n" + saved_plot(artifacts, png, "votes", f"confusion-{method}"))
+        plots[f"plot/confusion_{method}"] = saved_plot(artifacts, png, "votes", f"confusion-{method}")
     frame = asset_frame(context, rows, METRIC_SCHEMA)
+    overall = {
+        r["method"]: r["accuracy"] for r in rows if r["scope"] == OVERALL and r["accuracy"] is not None
+    }
     context.add_output_metadata(
         {
+            "verdict": scores_verdict(overall, "methods' vote accuracy"),
             "metrics": results_table(*metric_table(rows)),
             "interval_method": interval_method("motions"),
-            "confusion_matrices": MetadataValue.md("\n\n".join(sections)),
+            **plots,
         }
     )
     return frame

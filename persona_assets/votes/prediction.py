@@ -35,6 +35,8 @@ VOTE_HASH = text_hash(VOTE_TEMPLATE)
 ANSWER_PREFIX = "Final Vote:"
 SCORE_CANDIDATES = (f"{ANSWER_PREFIX} {AYE}", f"{ANSWER_PREFIX} {NAYE}")
 
+OVERALL = "overall"  # the scope of every agent's votes together
+
 
 def vote_messages(display_name: str, question: str) -> tuple[tuple[str, str], ...]:
     return (("user", VOTE_TEMPLATE.format(name=display_name, question=question)),)
@@ -225,7 +227,7 @@ def metric_rows(predictions: pl.DataFrame, seed: int = SEED) -> list[dict]:
     for method in sorted(predictions["method"].unique()):
         part = predictions.filter(pl.col("method") == method)
         scopes = [(a, part.filter(pl.col("agent") == a)) for a in sorted(part["agent"].unique())] + [
-            ("overall", part)
+            (OVERALL, part)
         ]
         for scope, data in scopes:
             metrics = vote_metrics(

@@ -1,5 +1,7 @@
 """The asset graph materialized in-process on the sample, with the real warehouse and tiny model."""
 
+from pathlib import Path
+
 import polars as pl
 import pytest
 from dagster import AssetKey, DagsterInstance, materialize
@@ -73,8 +75,14 @@ def test_a_range_of_countries_is_one_run_with_one_model_load(first_runs, resourc
     by_step = {e.step_key: e.materialization.metadata for e in countries.get_asset_materialization_events()}
     engine_events = [m for m in by_step.values() if "engine/model_loads" in m]
     assert len(engine_events) == 4  # ICM search, zero-shot base, zero-shot chat, few-shot
-    assert sum(m["engine/model_loads"].value for m in engine_events) == 1
+    loaded = [m["engine/model_loaded"].value for m in engine_events]
+    assert sorted(loaded) == ["earlier in this process"] * 3 + ["in this step"]
     assert all(m["engine/requests"].value > 0 for m in engine_events)
+    # Steps that loop over countries report each country's own usage; the others the whole step's.
+    scopes = {step: m["engine/usage_of"].value for step, m in by_step.items() if "engine/usage_of" in m}
+    assert scopes["icm_search"] == "this partition" and scopes[
+        "elicitation__zero_shot_base_predictions"
+    ].startswith("the whole step (3 partitions)")
     # Another run in the same process reuses the loaded model.
     again = materialize(
         assets(),
@@ -83,7 +91,9 @@ def test_a_range_of_countries_is_one_run_with_one_model_load(first_runs, resourc
         partition_key=COUNTRIES[3],
         instance=DagsterInstance.ephemeral(),
     )
-    assert materialization(again, ZERO_SHOT).materialization.metadata["engine/model_loads"].value == 0
+    metadata = materialization(again, ZERO_SHOT).materialization.metadata
+    assert metadata["engine/model_loads"].value == 0
+    assert metadata["engine/model_loaded"].value == "earlier in this process"
 
 
 def test_each_partition_of_a_range_reports_its_own_row_count(first_runs, warehouse_path):
@@ -153,10 +163,16 @@ def test_icm_search_writes_labels_trace_and_plots(first_runs, warehouse_path):
     assert labels["icm_label"].drop_nulls().is_in([0, 1]).all()
     trace = Warehouse(warehouse_path).read("elicitation", "icm_search_trace")
     assert trace.group_by("country").len().sort("country")["len"].to_list() == [8, 8, 8]
-    metadata = materialization(
-        countries, AssetKey(["elicitation", "icm_search_trace"])
-    ).materialization.metadata
-    assert "data:image/png;base64," in metadata["trace_plots"].value
+    # Each country's materialization carries its own plot and row count, not the range's.
+    for event in countries.get_asset_materialization_events():
+        if event.asset_key == AssetKey(["elicitation", "icm_search_trace"]):
+            metadata = event.materialization.metadata
+            plots = {k: v.value for k, v in metadata.items() if k.startswith("plot/")}
+            assert list(plots) == ["plot/binary"] and plots["plot/binary"].endswith(
+                f"{event.partition}-binary.png"
+            )
+            assert Path(plots["plot/binary"]).is_file()
+            assert metadata["dagster/row_count"].value == 8
     predictions = Warehouse(warehouse_path).read("elicitation", "few_shot_predictions")
     assert set(predictions["method"]) == {"gold", "icm", "random_matched"}
 
@@ -183,13 +199,15 @@ def test_accuracy_summary_has_every_country_the_aggregate_and_plots(first_runs, 
     assert (summary["n_questions"] * 2 == summary["n_test"]).all() and summary["interval"].str.contains(
         "bootstrap"
     ).all()
-    plots = (
-        materialization(result, AssetKey(["elicitation", "accuracy_summary"]))
-        .materialization.metadata["plots"]
-        .value
-    )
+    metadata = materialization(result, AssetKey(["elicitation", "accuracy_summary"])).materialization.metadata
     for scope in (*COUNTRIES[:3], "aggregate"):
-        assert f"### {scope} (binary): accuracy" in plots and f"### {scope} (binary): examples" in plots
+        for kind in ("accuracy", "examples"):
+            assert Path(metadata[f"plot/{scope}-binary-{kind}"].value).is_file()
+    headline = metadata["headline"].value
+    assert {c.name for c in headline.schema.columns} >= {"method", "mean", "ci_low", "ci_high", "n_questions"}
+    assert all(c.description for c in headline.schema.columns)
+    # The embedded model has no signal: the verdict says why every method scores alike.
+    assert metadata["verdict"].value.startswith("all 5 methods") and "no signal" in metadata["verdict"].value
 
 
 def test_method_differences_are_paired_on_the_same_questions(first_runs, resources, warehouse_path):

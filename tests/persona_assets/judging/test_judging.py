@@ -369,10 +369,10 @@ def test_the_summary_asset_reports_each_interval_beside_its_number(tmp_path):
     )
     assert table.height == 7 and set(SUMMARY_SCHEMA) <= set(table.columns)
     assert metadata["interval_method"] == interval_method("evaluation items")
-    lines = metadata["win_rates"].splitlines()
-    assert "| a | monologue | all | 6 | 24 |" in next(
-        line for line in lines if "| a | monologue | all |" in line
-    )
-    assert "| 0 [no interval] |" in next(
-        line for line in lines if "| a | trait | all |" in line
-    )  # one tied item
+    rows = {
+        (r.data["agent"], r.data["task"], r.data["setting"]): r.data for r in metadata["win_rates"].records
+    }
+    assert rows[("a", "monologue", "all")]["items"] == 6 and rows[("a", "monologue", "all")]["pairs"] == 24
+    assert rows[("a", "trait", "all")]["consistent win %"] == "0 [no interval]"  # one tied item
+    assert metadata["verdict"].endswith("tied") and "pairs decided" in metadata["verdict"]
+    assert {"plot/score_violins", "plot/win_rates"} <= set(metadata)

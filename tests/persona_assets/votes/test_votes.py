@@ -211,12 +211,22 @@ def test_the_summary_asset_shows_each_metric_beside_the_majority_baseline(tmp_pa
     )
     assert table.height == 6 and set(METRIC_SCHEMA) <= set(table.columns)
     assert metadata["interval_method"] == interval_method("motions")
-    header, _, *lines = metadata["metrics"].splitlines()
-    assert "| accuracy | balanced | macro-F1 | majority | majority class |" in header
-    score = next(line for line in lines if line.startswith("| score | overall |"))
-    assert (
-        score.startswith("| score | overall | 16 | 8 | 0.62 [") and "| Aye |" in score
+    table = metadata["metrics"]
+    names = [c.name for c in table.schema.columns]
+    assert names[4:9] == ["accuracy", "balanced", "macro-F1", "majority", "majority class"]
+    score = next(
+        r.data for r in table.records if r.data["method"] == "score" and r.data["scope"] == "overall"
+    )
+    assert (score["n"], score["motions"], score["majority class"]) == (
+        16,
+        8,
+        "Aye",
     )  # always Aye: the baseline
+    assert score["accuracy"].startswith("0.62 [")
+    assert metadata["verdict"].startswith("highest: ") and {
+        "plot/confusion_generate",
+        "plot/confusion_score",
+    } <= set(metadata)
 
 
 @pytest.mark.slow
