@@ -4,13 +4,21 @@ write the catalogue."""
 from __future__ import annotations
 
 import argparse
+import difflib
+import logging
 import os
+import re
+import shutil
 import sys
 import time
 import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from fnmatch import fnmatch
 from pathlib import Path
 
-from dagster import BetaWarning
+from dagster import AssetSelection, BetaWarning
 
 from persona_platform.persona_assets.instance import EMBEDDED_PROFILE, load_op_config, prepare_instance
 from persona_platform.persona_assets.review import SOURCES
@@ -44,33 +52,52 @@ def _check_known(kind: str, wanted: set[str] | None, known: list[str], where: st
         )
 
 
-def command_run(args: argparse.Namespace) -> int:
-    settings = load_settings()
-    from dagster import AssetSelection
+@dataclass(frozen=True)
+class RunArguments:
+    """What ``persona run`` was asked to do, checked."""
 
+    selection: AssetSelection
+    countries: set[str] | None
+    agents: set[str] | None
+    config_file: Path | None
+    op_config: dict
+
+
+def check_run_arguments(args: argparse.Namespace, settings: Settings) -> RunArguments:
+    """Check every argument and setting of ``persona run`` before anything is created; a mistake raises a
+    PersonaInputError whose message says what is wrong."""
     from persona_platform.partitions import AGENT_REGISTRY_FILE, AGENTS, COUNTRIES
+    from persona_platform.persona_assets.definitions import defs
+
+    countries, agents = country_partition_keys(_split(args.countries)), _split(args.agents)
+    _check_known("country", countries, COUNTRIES, str(settings.goqa_source))
+    _check_known("agent", agents, [a.key for a in AGENTS], str(AGENT_REGISTRY_FILE))
+    config_file = args.config or (EMBEDDED_PROFILE if settings.llm.model == TINY_MODEL else None)
+    op_config = load_op_config(config_file)
+    graph = defs.resolve_asset_graph()
+    # A multi-asset runs whole: selecting one of its outputs brings the others.
+    selection = check_selection(args.select, graph).required_multi_asset_neighbors()
+    keys = selection.resolve(graph)
+    check_models(settings, set().union(*(graph.assets_def_for_key(k).required_resource_keys for k in keys)))
+    return RunArguments(selection, countries, agents, config_file, op_config)
+
+
+def command_run(args: argparse.Namespace) -> int:
     from persona_platform.persona_assets.definitions import defs
     from persona_platform.persona_assets.progress import live_display
     from persona_platform.persona_assets.runner import execute_plan, plan_runs
     from persona_platform.resources.llm.resource import process_usage
 
-    countries, agents = country_partition_keys(_split(args.countries)), _split(args.agents)
-    _check_known("country", countries, COUNTRIES, str(settings.goqa_source))
-    _check_known("agent", agents, [a.key for a in AGENTS], str(AGENT_REGISTRY_FILE))
-    # A multi-asset runs whole: selecting one of its outputs brings the others.
-    selection = (
-        AssetSelection.from_string(args.select) if args.select else AssetSelection.all()
-    ).required_multi_asset_neighbors()
+    settings = load_settings()
+    checked = check_run_arguments(args, settings)  # before anything is created
     instance = prepare_instance(settings)
-    config_file = args.config or (EMBEDDED_PROFILE if settings.llm.model == TINY_MODEL else None)
-    op_config = load_op_config(config_file)
-    runs = plan_runs(defs, selection, countries, agents)
+    runs = plan_runs(defs, checked.selection, checked.countries, checked.agents)
     print(f"persona run: {len(runs)} runs planned; home {settings.home}; model {settings.llm}")
-    if config_file:
-        print(f"run config: {config_file}")
+    if checked.config_file:
+        print(f"run config: {checked.config_file}")
     started = time.monotonic()
     with live_display():
-        outcomes = execute_plan(defs, runs, instance, op_config)
+        outcomes = execute_plan(defs, runs, instance, checked.op_config)
     elapsed = time.monotonic() - started
     failed = [o for o in outcomes if not o.success]
     usage = process_usage()
@@ -90,9 +117,193 @@ def command_run(args: argparse.Namespace) -> int:
     print("Open the UI:  persona ui   (then http://127.0.0.1:3000)")
     print("Trace a row:  persona lineage <schema.table> <row_id>")
     if failed:
-        print(f"\nFAILED run {failed[0].run_id}: {failed[0].error}", file=sys.stderr)
+        print()
+        run_id = failed[0].run_id
+        log = write_run_log(instance, run_id, settings.home / "logs" / f"{run_id}.log")
+        print(failure_line(instance, run_id, failed[0].error, log), file=sys.stderr)
         return 1
     return 0
+
+
+# -- checks of `persona run`'s arguments -------------------------------------------------------------------
+
+SELECTION_SYNTAX = (
+    'write e.g. group:opinions, key:"opinions/goqa_survey", +key:"elicitation/icm_labels" (with its '
+    "upstream), joined by and, or, not"
+)
+
+
+def check_selection(text: str | None, graph) -> AssetSelection:
+    """The asset selection ``--select`` names. One that does not parse, names an asset or a group that does
+    not exist, or selects nothing to materialize is refused, with a suggestion in the accepted syntax."""
+    if text is None:
+        return AssetSelection.all()
+    selection = _parse(text)
+    if selection is None:
+        hint = next(
+            (f"did you mean {r!r}?" for r in _repairs(text, graph) if _matches(_parse(r), graph)),
+            SELECTION_SYNTAX,
+        )
+        raise PersonaInputError(f"--select {text!r} is not a valid selection; {hint}")
+    parts = list(_leaves(selection))
+    for part in parts:
+        if not _matches(part, graph):
+            where = "" if len(parts) == 1 else f": {part.to_selection_str()!r}"
+            raise PersonaInputError(f"--select {text!r}{where} matches no asset; {_hint(part, graph)}")
+    keys = _matches(selection, graph)
+    if not keys:
+        raise PersonaInputError(
+            f"--select {text!r} matches no asset (each part matches some, together none); {_groups(graph)}"
+        )
+    if not any(graph.get(k).is_materializable for k in keys):
+        names = ", ".join(sorted(k.to_user_string() for k in keys))
+        raise PersonaInputError(
+            f"--select {text!r} matches only external assets, which persona run does not materialize: {names}"
+        )
+    return selection
+
+
+def _parse(text: str) -> AssetSelection | None:
+    try:
+        return AssetSelection.from_string(text)
+    except Exception:  # the parser's own error, or a CheckError for some malformed attributes
+        return None
+
+
+def _repairs(text: str, graph) -> list[str]:
+    """``text``, a selection that does not parse, without the commonest slips: an operator left dangling at
+    either end, a bare asset name combined with others (the parser takes a bare name only alone)."""
+    keys = sorted(k.to_user_string() for k in graph.get_all_asset_keys())
+
+    def as_key(name: re.Match) -> str:
+        found = similar_keys(name[0], keys)
+        return f'key:"{found[0]}"' if name[0] not in ("and", "or", "not") and len(found) == 1 else name[0]
+
+    undangled = re.sub(r"^\s*((and|or)\s+)+|(\s+(and|or|not))+\s*$", "", text)
+    # A name not inside quotes, not an attribute's value and not an attribute or a function.
+    bare = r'(?<![\w:"./*-])[A-Za-z_][\w./-]*(?![\w./*-]|\s*[:(])'
+    repairs = [undangled, re.sub(bare, as_key, text), re.sub(bare, as_key, undangled)]
+    return [r for r in dict.fromkeys(repairs) if r != text and _parse(r) is not None]
+
+
+def _leaves(selection: AssetSelection):
+    """The selection's operands that combine no other selection: keys, groups, tags, ..."""
+    inner = [*getattr(selection, "operands", ())]
+    inner += [getattr(selection, name, None) for name in ("left", "right", "child")]
+    inner = [s for s in inner if isinstance(s, AssetSelection)]
+    if not inner:
+        yield selection
+    for s in inner:
+        yield from _leaves(s)
+
+
+def _matches(selection: AssetSelection | None, graph) -> set:
+    from dagster import DagsterInvalidSubsetError
+
+    if selection is None:
+        return set()
+    try:
+        return set(selection.resolve(graph))
+    except DagsterInvalidSubsetError:  # an asset key that does not exist
+        return set()
+
+
+def _group_names(graph) -> list[str]:
+    return sorted({graph.get(k).group_name for k in graph.get_all_asset_keys()})
+
+
+def _groups(graph) -> str:
+    return "groups: " + ", ".join(_group_names(graph))
+
+
+def _hint(part: AssetSelection, graph) -> str:
+    """What to write instead of ``part``, a key, key pattern or group that matches nothing."""
+    groups = _group_names(graph)
+    keys = sorted(k.to_user_string() for k in graph.get_all_asset_keys())
+    if getattr(part, "selected_groups", None):
+        name = part.selected_groups[0]
+        found = [f'key:"{k}"' for k in similar_keys(name, keys, fuzzy=False)]
+        found += [f"group:{g}" for g in difflib.get_close_matches(name, groups)]
+        listing = f" ({_groups(graph)})"
+    else:
+        if getattr(part, "selected_key_wildcard", None):
+            terms = [part.selected_key_wildcard]
+        else:
+            terms = [k.to_user_string() for k in getattr(part, "selected_keys", ()) if not graph.has(k)]
+        found = [f"group:{t}" for t in terms if t in groups]
+        found += [f'key:"{k}"' for t in terms for k in similar_keys(t, keys, fuzzy=not found)]
+        listing = ""
+    if not found:
+        return f"{_groups(graph)}; {SELECTION_SYNTAX}"
+    return f"did you mean {' or '.join(repr(f) for f in found[:3])}?{listing}"
+
+
+def similar_keys(term: str, keys: list[str], fuzzy: bool = True) -> list[str]:
+    """The asset keys (``schema/name``) ``term`` may mean: with dots for slashes, by its last part alone, as a
+    wildcard pattern, or (``fuzzy``, when none of those) spelled a little differently."""
+    path = term.replace(".", "/")
+    last = {k: k.rsplit("/", 1)[-1] for k in keys}
+    if "*" in path:
+        return [k for k in keys if fnmatch(k, path) or fnmatch(last[k], path)]
+    exact = [k for k in keys if path in (k, last[k])]
+    if exact or not fuzzy:
+        return exact
+    close = difflib.get_close_matches(path, [*keys, *last.values()], n=3)
+    return list(dict.fromkeys(k for c in close for k in keys if c in (k, last[k])))
+
+
+def check_models(settings: Settings, resources: set[str]) -> None:
+    """Refuse, before any run, a model that one of ``resources`` (the model roles a run needs) cannot load on
+    this machine: a directory that does not exist, a Hugging Face id not in the local cache."""
+    from persona_platform.resources.llm.backends import check_model_available
+    from persona_platform.resources.settings import CHAT, GENERATOR, JUDGE
+
+    variables = {"llm": GENERATOR, "chat_llm": CHAT, "judge_llm": JUDGE}
+    for name, role in settings.roles().items():
+        problem = check_model_available(role.backend, role.model) if name in resources else None
+        if problem:
+            # A role without a model of its own has the generator's.
+            variable = variables[name].model if os.environ.get(variables[name].model) else GENERATOR.model
+            raise SettingsError(f"{variable}={os.environ.get(variable) or role.model}: {problem}")
+
+
+def failure_line(instance, run_id: str, root_cause: str | None, log: Path) -> str:
+    """One line for a failed run: its step, the error the step raised, and where the full log is."""
+    from dagster import DagsterEventType
+
+    failures = instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE)
+    step, message = None, root_cause or "run failed"
+    if failures:
+        step = failures[0].dagster_event.step_key
+        error = failures[0].dagster_event.event_specific_data.error
+        # The first error that is not Dagster's wrapper of it, without its module path.
+        while error.cause is not None and error.message.startswith("dagster."):
+            error = error.cause
+        message = re.sub(r"^[\w.]+\.(\w+: )", r"\1", error.message)
+    message = " ".join(message.split()).rstrip(" .")
+    if len(message) > 400:
+        message = message[:399] + "…"
+    where = f" ({step})" if step else ""
+    return f"FAILED run {run_id}{where}: {message}; full log: persona ui, or {log}"
+
+
+def write_run_log(instance, run_id: str, path: Path) -> Path:
+    """Write the run's events as the UI lists them, one a line, each error with its whole traceback (the
+    terminal shows none of them)."""
+    lines = []
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        when = datetime.fromtimestamp(entry.timestamp).isoformat(sep=" ", timespec="milliseconds")
+        kind = event.event_type_value if event else "LOG"
+        lines.append(
+            f"{when} {logging.getLevelName(entry.level)} {entry.step_key or '-'} {kind} {entry.user_message}"
+        )
+        error = getattr(event.event_specific_data, "error", None) if event else entry.error_info
+        if error is not None:
+            lines.append(error.to_string())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 def open_warehouse(settings: Settings):
@@ -168,6 +379,136 @@ def command_lineage(args: argparse.Namespace) -> int:
         files = source_files(con)
     print("\n".join(render(nodes, f"{args.table}:{args.row_id}", files, args.max_inputs)))
     return 0
+
+
+# Provenance of every result row: what `persona lineage` follows; `persona show` leaves it out unless asked.
+HIDDEN_COLUMNS = ("input_ids", "run_id", "code_version", "prompt_hash")
+SHOW_STRING_WIDTH = 40  # characters of a string shown in a table's cell
+
+
+def command_show(args: argparse.Namespace) -> int:
+    """Print rows of a warehouse table: as a table when it fits the terminal, else one record at a time."""
+    import duckdb
+
+    settings = load_settings()
+    warehouse = open_warehouse(settings)
+    if not warehouse.exists():
+        raise SettingsError(f"no warehouse yet at {settings.warehouse_label}; run `persona run` first")
+    if args.limit < 0:
+        raise PersonaInputError(f"--limit {args.limit}: must be 0 or more")
+    with reading(warehouse) as con:
+        schema, table = known_table(con, args.table, settings.warehouse_label)
+        name = f'"{schema}"."{table}"'
+        columns = [d[0] for d in con.execute(f"SELECT * FROM {name} LIMIT 0").description]
+        shown = shown_columns(args, f"{schema}.{table}", columns)
+        where = f" WHERE {args.where}" if args.where else ""
+        query = f"SELECT {', '.join(_quoted(c) for c in shown)} FROM {name}{where} LIMIT {args.limit}"
+        count = f"SELECT count(*) FROM {name}{where}"
+        try:
+            statements = con.extract_statements(count)
+            if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+                raise PersonaInputError(f"--where {args.where!r}: not one condition on the table's rows")
+            total = con.execute(count).fetchone()[0]
+            frame = con.execute(query).pl()
+        except duckdb.Error as exc:
+            raise PersonaInputError(f"--where {args.where!r}: {_one_line(exc)}") from None
+    hidden = [] if args.columns else [c for c in columns if c not in shown]
+    print(
+        f"{schema}.{table}: {frame.height} of {total:,} rows"
+        + (f" where {args.where}" if args.where else "")
+        + (f"; hidden columns: {', '.join(hidden)} (--all-columns shows them)" if hidden else "")
+    )
+    if frame.height:
+        print(render_rows(frame, shutil.get_terminal_size().columns))
+    return 0
+
+
+@contextmanager
+def reading(warehouse):
+    """A connection that reads the warehouse: a DuckDB file opened read-only, or the DuckLake."""
+    import duckdb
+
+    if warehouse.is_lake:
+        with warehouse.connect() as con:
+            yield con
+        return
+    try:
+        con = duckdb.connect(str(warehouse.path), read_only=True)
+    except duckdb.Error as exc:
+        raise PersonaInputError(f"{warehouse.path}: {_one_line(exc)}") from None
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def known_table(con, wanted: str, label: str) -> tuple[str, str]:
+    """(schema, table) of the table or view ``wanted`` names as schema.table; else a one-line error that
+    names the tables it may mean."""
+    rows = con.execute(
+        "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = current_database() "
+        "UNION SELECT schema_name, view_name FROM duckdb_views() "
+        "WHERE database_name = current_database() AND NOT internal ORDER BY ALL"
+    ).fetchall()
+    tables = {f"{s}.{t}": (s, t) for s, t in rows}
+    if wanted in tables:
+        return tables[wanted]
+    if not tables:
+        raise PersonaInputError(f"no table {wanted!r} in {label}: it has no tables yet; run `persona run`")
+    close = [k.replace("/", ".") for k in similar_keys(wanted, [t.replace(".", "/") for t in tables])]
+    hint = f"did you mean {' or '.join(close[:3])}?" if close else f"tables: {', '.join(tables)}"
+    raise PersonaInputError(f"no table {wanted!r} in {label}; {hint}")
+
+
+def shown_columns(args: argparse.Namespace, table: str, columns: list[str]) -> list[str]:
+    if not args.columns:
+        return columns if args.all_columns else [c for c in columns if c not in HIDDEN_COLUMNS]
+    wanted = [c.strip() for c in args.columns.split(",") if c.strip()]
+    for column in wanted:
+        if column not in columns:
+            close = difflib.get_close_matches(column, columns, n=3)
+            hint = f"did you mean {' or '.join(close)}?" if close else f"columns: {', '.join(columns)}"
+            raise PersonaInputError(f"--columns: {table} has no column {column!r}; {hint}")
+    return wanted
+
+
+def render_rows(frame, width: int) -> str:
+    """The rows as a table with long strings cut, when that fits in ``width`` characters; else each row as
+    one line per column (a wide table wrapped cell by cell is unreadable)."""
+    import polars as pl
+
+    frame = frame.with_columns(pl.col(pl.String).str.replace_all(r"\s+", " "))
+    with pl.Config(
+        tbl_rows=-1,
+        tbl_cols=-1,
+        tbl_width_chars=65_535,  # the most polars takes
+        fmt_str_lengths=SHOW_STRING_WIDTH,
+        fmt_table_cell_list_len=3,
+        tbl_hide_dataframe_shape=True,
+        tbl_hide_column_data_types=True,
+    ):
+        text = str(frame)
+    if max(len(line) for line in text.splitlines()) <= width:
+        return text
+    label = max(len(c) for c in frame.columns)
+    room = max(width - label - 2, 20)
+    lines = []
+    for number, row in enumerate(frame.iter_rows(named=True), 1):
+        lines.append(f"-[ row {number} ]".ljust(min(width, 60), "-"))
+        for column, value in row.items():
+            cell = "null" if value is None else " ".join(str(value).split())
+            lines.append(f"{column:<{label}}  {cell if len(cell) <= room else cell[: room - 1] + '…'}")
+    return "\n".join(lines)
+
+
+def _quoted(column: str) -> str:
+    return '"' + column.replace('"', '""') + '"'
+
+
+def _one_line(exc: Exception) -> str:
+    """DuckDB's message without the query excerpt and caret it adds."""
+    text = str(exc).split("\n\nLINE ")[0]
+    return " ".join(text.split())
 
 
 def command_review(args: argparse.Namespace) -> int:
@@ -285,6 +626,17 @@ def main(argv: list[str] | None = None) -> int:
     lineage.add_argument("row_id", help="the row's row_id")
     lineage.add_argument("--max-inputs", type=int, default=3, help="inputs shown per row (default 3)")
     lineage.set_defaults(handler=command_lineage)
+    show = commands.add_parser("show", help="print a warehouse table's rows readably")
+    show.add_argument("table", help="schema.table, e.g. elicitation.accuracy_summary")
+    show.add_argument("--where", help="a SQL condition on the rows, e.g. \"country = 'Japan'\"")
+    show.add_argument("--limit", type=int, default=20, help="rows shown (default 20)")
+    show.add_argument("--columns", help="comma-separated columns to show, in this order")
+    show.add_argument(
+        "--all-columns",
+        action="store_true",
+        help=f"show the provenance columns too ({', '.join(HIDDEN_COLUMNS)})",
+    )
+    show.set_defaults(handler=command_show)
     review = commands.add_parser(
         "review-questions", help="keep, edit or drop each generated question (resumable)"
     )

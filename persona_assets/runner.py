@@ -32,8 +32,9 @@ from persona_platform.persona_assets.progress import live_run
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 # Which process executes an in-process run, so that a later `persona` can tell a killed run from a live one.
 PID_TAG, HOST_TAG = "persona/pid", "persona/host"
-# Step-level debug lines stay in the instance (the UI shows them); the terminal gets warnings.
-QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# Step-level lines stay in the instance (the UI shows them). The terminal gets none: a step failure's
+# traceback would be a hundred lines there, and `persona run` summarises it in one with the log's path.
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 @dataclass

@@ -11,6 +11,7 @@ vllm load only where used.
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,3 +172,30 @@ def load_engine(name: str, settings: Mapping[str, object]) -> Engine:
     """Load backend ``name`` with ``settings`` (at least the fields it reads; others are ignored)."""
     chosen = backend(name)
     return chosen.load(**{field: settings[field] for field in chosen.settings})
+
+
+def check_model_available(backend_name: str, model: str, hf_cache: str | None = None) -> str | None:
+    """Why ``backend_name`` cannot load ``model`` on this machine, or None when it can (as far as can be told
+    without loading it). Only the backends that load weights here are checked: transformers (a directory, or
+    a Hugging Face id from the local cache, as runs never download) and vllm (a local path; an id vLLM
+    resolves itself). The embedded model is built locally, so always available."""
+    if backend_name not in ("transformers", "vllm") or model == TINY:
+        return None
+    path = Path(model).expanduser()
+    if path.exists():
+        return "not a directory" if backend_name == "transformers" and not path.is_dir() else None
+    if model.startswith(("/", ".", "~")) or (os.sep != "/" and os.sep in model):
+        return "no such directory"
+    if backend_name == "vllm":
+        return None
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    cache = hf_cache or constants.HF_HUB_CACHE
+    try:
+        cached = try_to_load_from_cache(model, "config.json", cache_dir=cache)
+    except HFValidationError as exc:
+        return f"no such directory, nor a Hugging Face id ({exc})"
+    if not isinstance(cached, str):
+        return f"not in the local Hugging Face cache ({cache}); download it first or give a directory"
+    return None
