@@ -584,17 +584,10 @@ def command_ui(args: argparse.Namespace) -> int:
     settings = load_settings()
     prepare_instance(settings)
     env = {**os.environ, "DAGSTER_HOME": str(settings.dagster_home)}
-    dagster = Path(sys.executable).with_name("dagster")
-    argv = [
-        str(dagster),
-        "dev",
-        "-w",
-        str(PROJECT_ROOT / "workspace.yaml"),
-        "-h",
-        args.host,
-        "-p",
-        str(args.port),
-    ]
+    # `dg dev`, not `dagster dev` (superseded in Dagster 1.13): the webserver and the daemon, with the code
+    # location named in pyproject.toml's [tool.dg], served by this interpreter.
+    dg = Path(sys.executable).with_name("dg")
+    argv = [str(dg), "dev", "--target-path", str(PROJECT_ROOT), "--host", args.host, "--port", str(args.port)]
     os.chdir(PROJECT_ROOT)
     os.execve(argv[0], argv, env)
     return 0  # not reached

@@ -1,8 +1,9 @@
 """The Kubernetes deployment, checked without a cluster: step job manifests built by dagster-k8s's own
 job construction from the GPU assets' op tags and validated against the Kubernetes schemas
-(kubernetes-validate, offline); the instance config against Dagster's own config types; the k8s
-Definitions loaded by `dagster definitions validate`. Not checked here: the Helm chart's values schema
-(not obtainable offline), helm rendering, image builds, scheduling on a real cluster (k8s/README.md)."""
+(kubernetes-validate, offline); the instance config against Dagster's own config types; the Helm values
+against the official chart's values schemas (from ../shared); the k8s Definitions loaded by
+`dagster definitions validate`. Not checked here: helm rendering, image builds, scheduling on a real
+cluster (k8s/README.md)."""
 
 import json
 import os
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import jsonschema
 import kubernetes
 import kubernetes_validate
 import pytest
@@ -26,6 +28,8 @@ from dagster_k8s.job import (
     get_k8s_job_name,
     get_user_defined_k8s_config,
 )
+from kubernetes_validate.utils import schema_contents
+from referencing import Registry, Resource
 
 from persona_platform.persona_assets.common import GPU_POOL
 from persona_platform.persona_assets.deployment import (
@@ -40,11 +44,17 @@ from persona_platform.persona_assets.deployment import (
     step_pod_config,
 )
 from persona_platform.resources.settings import DEFAULT_GPU_IMAGE, SettingsError, load_deployment
+from tests.conftest import SHARED
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 # Pinned on purpose: a manifest valid for one Kubernetes release can be invalid for another.
 KUBERNETES_VERSION = "1.33.0"
+# The official chart's values schemas (shared/k8s/README.md: from the dagster-io/dagster repository).
+CHART_SCHEMAS = SHARED / "k8s" / "dagster-chart"
+# Where the chart schemas point for Kubernetes types; no network here, so these resolve to
+# kubernetes-validate's bundled definitions of KUBERNETES_VERSION (strict: unknown fields fail).
+CHART_K8S_REF = "https://kubernetesjsonschema.dev/v1.18.0/_definitions.json"
 
 # Loads the code location the way a pod with PERSONA_DEPLOYMENT=k8s would, and reports every op.
 DUMP_OPS = """
@@ -365,3 +375,68 @@ def test_kubernetes_parts_of_the_values_and_the_volume_claim_are_valid():
     claim_names = {v["persistentVolumeClaim"]["claimName"] for v in deployment["volumes"]}
     assert claim["metadata"]["name"] in claim_names
     assert "ReadWriteMany" in claim["spec"]["accessModes"]
+
+
+# --- Helm values against the chart's own values schemas ------------------------------------------------
+
+
+def chart_schema_errors(values: dict) -> list[str]:
+    """What the Dagster chart's values schema and its user-deployments subchart's schema reject in these
+    values, as `schema: path: message` lines (Kubernetes types checked as KUBERNETES_VERSION, strict).
+
+    Helm validates each chart's values after merging them into the chart's defaults. Maps merge, so a
+    key the schema requires in a map comes from the defaults (not in ../shared) when the values leave
+    it out; lists are replaced whole, so inside a list item every required key must be in the values."""
+    if not CHART_SCHEMAS.is_dir():
+        pytest.skip(f"the Dagster chart's values schemas are not present at {CHART_SCHEMAS}")
+    k8s = schema_contents(
+        f"kubernetes-json-schema/v{KUBERNETES_VERSION}-local-strict/_definitions.json", KUBERNETES_VERSION
+    )
+    # The chart's refs read `#/definitions/<type>`; the bundled file, and refs inside it, use `$defs`.
+    definitions = {"$schema": k8s["$schema"], "$defs": k8s["$defs"], "definitions": k8s["$defs"]}
+    registry = Registry().with_resource(CHART_K8S_REF, Resource.from_contents(definitions))
+    checks = [
+        (CHART_SCHEMAS / "values.schema.json", values),
+        (
+            CHART_SCHEMAS / "charts" / "dagster-user-deployments" / "values.schema.json",
+            values["dagster-user-deployments"],
+        ),
+    ]
+    errors = []
+    for path, instance in checks:
+        validator = jsonschema.Draft7Validator(json.loads(path.read_text()), registry=registry)
+        for error in validator.iter_errors(instance):
+            in_list = any(isinstance(part, int) for part in error.absolute_path)
+            if error.validator == "required" and not in_list:
+                continue  # the chart's defaults provide it
+            where = ".".join(str(part) for part in error.absolute_path) or "(top)"
+            errors.append(f"{path.relative_to(CHART_SCHEMAS)}: {where}: {error.message}")
+    return errors
+
+
+def test_helm_values_pass_the_charts_values_schemas():
+    values = _load_yaml("values.yaml")
+    assert chart_schema_errors(values) == []
+    # The chart's schema lets unknown keys through at the top level only; name the ones it does not know,
+    # so a misspelt section fails here. `concurrency` (pools) is not in this copy of the schema.
+    schema = json.loads((CHART_SCHEMAS / "values.schema.json").read_text())
+    assert set(values) - set(schema["properties"]) == {"concurrency"}
+
+
+def test_the_chart_schemas_reject_broken_values():
+    values = _load_yaml("values.yaml")
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    del deployment["port"]  # required in a list item: no defaults fill it
+    deployment["volumes"][0]["persistentVolumeClaim"]["claimNam"] = "x"  # a Kubernetes type, via $ref
+    deployment["resources"]["requests"]["cpu"] = [1]
+    values["runLauncher"]["type"] = "K8sLauncher"
+    values["telemetry"]["enabeld"] = False
+    errors = "\n".join(chart_schema_errors(values))
+    for expected in [
+        "dagster-user-deployments.deployments.0: 'port' is a required property",
+        "persistentVolumeClaim: Additional properties are not allowed ('claimNam' was unexpected)",
+        "resources.requests.cpu: [1] is not valid",
+        "runLauncher.type: 'K8sLauncher' is not one of",
+        "telemetry: Additional properties are not allowed ('enabeld' was unexpected)",
+    ]:
+        assert expected in errors, errors

@@ -1,4 +1,4 @@
-"""The Dagster UI for real: `persona ui` (dagster dev with its daemon) on loopback, driven over GraphQL."""
+"""The Dagster UI for real: `persona ui` (`dg dev`: webserver and daemon) on loopback, driven over GraphQL."""
 
 import duckdb
 import pytest
@@ -39,7 +39,9 @@ def launch(port: int, partition: str) -> str:
     return launched["run"]["runId"]
 
 
-def test_launch_a_partition_over_graphql_and_read_metadata_and_lineage(ui):
+def test_launch_a_partition_over_graphql_and_read_metadata_and_lineage(ui, tmp_path):
+    # Started through `dg dev`: `dagster dev` would have printed Dagster's "Use 'dg dev' instead" warning.
+    assert "SupersessionWarning" not in (tmp_path / "ui.log").read_text()
     run_id = launch(ui, "Caldera")
     status = wait_for_run(ui, run_id)
     assert status == "SUCCESS"
