@@ -7,6 +7,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,14 +144,14 @@ def graphql(port: int, query: str, variables: dict | None = None) -> dict:
     return payload["data"]
 
 
-@pytest.fixture
-def ui(tmp_path):
-    """`persona ui` (webserver and daemon) on a free loopback port, with its own home; yields the port."""
+@contextmanager
+def running_ui(home: Path, log_path: Path) -> Iterator[int]:
+    """`persona ui` (webserver and daemon) on a free loopback port over ``home``; yields the port."""
     port = free_port()
-    log = (tmp_path / "ui.log").open("w")
+    log = log_path.open("w")
     process = subprocess.Popen(
         [PERSONA, "ui", "--port", str(port)],
-        env={**os.environ, "PERSONA_HOME": str(tmp_path)},
+        env={**os.environ, "PERSONA_HOME": str(home)},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -160,16 +162,25 @@ def ui(tmp_path):
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5):
                 break
         except OSError:
-            assert process.poll() is None, (tmp_path / "ui.log").read_text()
+            assert process.poll() is None, log_path.read_text()
             time.sleep(1)
     else:
-        pytest.fail("the webserver did not start: " + (tmp_path / "ui.log").read_text()[-2000:])
-    yield port
-    os.killpg(process.pid, signal.SIGTERM)
+        pytest.fail("the webserver did not start: " + log_path.read_text()[-2000:])
     try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        yield port
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def ui(tmp_path):
+    """`persona ui` with its own empty home; yields the port."""
+    with running_ui(tmp_path, tmp_path / "ui.log") as port:
+        yield port
 
 
 def materialize_report(

@@ -141,7 +141,9 @@ def opinion_alignment(
     )
     context.add_output_metadata(
         {
-            "similarity": results_table(frame.columns, frame.select(SUMMARY_SCHEMA).rows()),
+            "similarity": results_table(
+                list(SUMMARY_SCHEMA), frame.select(list(SUMMARY_SCHEMA)).rows(), SUMMARY_SCHEMA.descriptions
+            ),
             "plot/heatmap": saved_plot(artifacts, png, "alignment", "similarity"),
         }
     )

@@ -1,12 +1,16 @@
 """The Dagster UI in headless Chromium (Debian's chromium and chromedriver, driven by Selenium):
-open an asset's page, materialize a partition by clicking, wait for success, keep a screenshot."""
+open an asset's page, materialize a partition by clicking, wait for success, keep a screenshot; open a
+partition of the quick start's ICM trace and find that partition's own metadata."""
 
+import re
 import shutil
 import time
+from pathlib import Path
 
+import duckdb
 import pytest
 
-from tests.conftest import ARTIFACTS, wait_for_materialization, wait_for_run
+from tests.conftest import ARTIFACTS, graphql, running_ui, wait_for_materialization, wait_for_run
 
 pytestmark = pytest.mark.slow
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -80,3 +84,48 @@ def test_materialize_a_partition_by_clicking_in_chromium(ui, browser):
     )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(ARTIFACTS / "ui-partition-materialized.png"))
+
+
+TRACE = ["elicitation", "icm_search_trace"]
+PARTITION_METADATA = """
+query($key: AssetKeyInput!, $partition: String!) { assetOrError(assetKey: $key) { ... on Asset {
+  assetMaterializations(partitions: [$partition], limit: 1) {
+    partition metadataEntries {
+      label ... on IntMetadataEntry { intValue } ... on PathMetadataEntry { path }
+    }
+  }
+} } }"""
+
+
+def test_a_partition_page_shows_that_partitions_own_row_count_and_plots(sample_run, browser, tmp_path):
+    """The quick start materializes ICM for every country in one run; each country's page (and its
+    materialization over GraphQL) shows that country's row count, as the warehouse holds it, and its own
+    trace plots only."""
+    assert sample_run.returncode == 0, sample_run.stderr
+    with duckdb.connect(str(sample_run.home / "warehouse.duckdb"), read_only=True) as con:
+        rows = dict(
+            con.execute("select country, count(*) from elicitation.icm_search_trace group by 1").fetchall()
+        )
+    assert len(rows) >= 2
+    with running_ui(sample_run.home, tmp_path / "ui.log") as port:
+        for country, count in sorted(rows.items()):
+            variables = {"key": {"path": TRACE}, "partition": country}
+            (found,) = graphql(port, PARTITION_METADATA, variables)["assetOrError"]["assetMaterializations"]
+            entries = {e["label"]: e.get("intValue", e.get("path")) for e in found["metadataEntries"]}
+            assert entries["dagster/row_count"] == count
+            plots = [Path(v).name for k, v in entries.items() if k.startswith("plot/")]
+            assert plots and all(name.startswith(f"{country}-") for name in plots), plots
+
+        country = sorted(rows)[0]
+        browser.get(f"http://127.0.0.1:{port}/assets/{'/'.join(TRACE)}?view=partitions&partition={country}")
+        text = ""
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and f"{country}-binary.png" not in text:
+            time.sleep(1)
+            text = browser.execute_script("return document.body.innerText")
+        assert f"{country}-binary.png" in text, text[:3000]
+        shown_plots = set(re.findall(r"([A-Za-z]+)-(?:binary|all)\.png", text))
+        assert shown_plots == {country}, shown_plots
+        assert re.search(rf"dagster/row_count\s+{rows[country]}\b", text), text[:3000]
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        assert browser.save_screenshot(str(ARTIFACTS / "ui-partition-metadata.png"))

@@ -1,13 +1,18 @@
+from pathlib import Path
+
 import duckdb
+import polars as pl
 import pytest
 
 from persona_platform.partitions import AGENTS, COUNTRIES
+from persona_platform.persona_assets.alignment.assets import opinion_alignment
 from persona_platform.persona_assets.alignment.similarity import (
     js_distance,
     normalize_logprobs,
     opinion_messages,
     similarity,
 )
+from tests.conftest import materialize_report
 
 
 def test_identical_distributions_have_similarity_one():
@@ -45,3 +50,30 @@ def test_one_row_per_persona_and_country(sample_run):
     expected = {(p, c) for p in ["base", *(a.key for a in AGENTS)] for c in COUNTRIES}
     assert sorted(pairs) == sorted(expected)
     assert partitions == len(AGENTS) * len(COUNTRIES)
+
+
+def test_the_alignment_report_shows_the_matrix_as_a_table_and_plot(tmp_path):
+    """opinion_alignment on prepared answers (no upstream run): a table per (persona, country) with
+    descriptions, and the heatmap's file."""
+    answers = [
+        {"agent": agent, "country": country, "similarity": similarity, "row_id": f"{agent}/{country}/q{q}"}
+        for agent, country, similarity in (("base", "A", 0.9), ("base", "B", 0.5), ("ann", "A", 0.7))
+        for q in range(3)
+    ]
+    base = pl.DataFrame([a for a in answers if a["agent"] == "base"])
+    agents = pl.DataFrame([a for a in answers if a["agent"] != "base"])
+    table, metadata = materialize_report(
+        opinion_alignment,
+        {("alignment", "agent_opinions"): agents, ("alignment", "base_opinions"): base},
+        tmp_path,
+    )
+    assert table.height == 3
+    shown = metadata["similarity"]
+    assert [c.name for c in shown.schema.columns] == ["persona", "country", "questions", "similarity"]
+    assert all(c.description for c in shown.schema.columns)
+    assert {(r.data["persona"], r.data["country"]): r.data["questions"] for r in shown.records} == {
+        ("base", "A"): 3,
+        ("base", "B"): 3,
+        ("ann", "A"): 3,
+    }
+    assert Path(metadata["plot/heatmap"]).is_file()
