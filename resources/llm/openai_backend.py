@@ -1,26 +1,38 @@
 """The OpenAI-compatible backend: a model served elsewhere (vLLM's OpenAI server, a hosted API).
 
 - ``generate`` goes through chat completions for chat prompts (the server applies the
-  model's template) and completions for text prompts; a JSON schema becomes a
-  ``json_schema`` response format, so the server constrains decoding where it can.
+  model's template) and completions for text prompts. A JSON schema becomes the
+  standard ``response_format`` (``json_schema``) on chat completions, which hosted APIs
+  and vLLM both honour, and vLLM's ``structured_outputs`` (``{"json": schema}``) on
+  completions, where the OpenAI API has no such field. Never ``guided_json``: vLLM
+  removed the ``guided_*`` fields in v0.12 and ignores unknown fields, so a schema sent
+  that way is silently dropped (the server answers 200 with unconstrained text).
+  Checked against vLLM's source at commit 002032ee of main
+  (``vllm/entrypoints/openai/completion/protocol.py``, ``.../chat_completion/protocol.py``,
+  ``StructuredOutputsParams`` in ``vllm/sampling_params.py``; the paths of the v0.26.0 API docs, the
+  release of that commit not identified) and at an older commit, d5dba2d7: both declare every field
+  sent here. vLLM's structured-outputs guide says the ``guided_*`` fields were removed in v0.12.0.
 - ``score`` and ``loglikelihood`` go through completions with ``echo`` and
   ``logprobs``: the server returns the log-probability of every prompt token, and
-  the tokens past the prompt's characters are the candidate's. Servers that do not
-  return prompt log-probabilities (most hosted APIs) are refused by name.
+  the tokens past the prompt's characters are the candidate's. A server that returns
+  no prompt log-probabilities (most hosted APIs) is refused by name, once the retries
+  for a malformed body are spent.
 - Adapters are served models: an agent's adapter is asked for by its name (vLLM's
   ``--lora-modules name=path``).
 
-Every call retries 429, 5xx, timeouts, dropped connections and malformed bodies
-with exponential backoff, at most ``max_concurrency`` calls run at once, and the
-API key is read from the environment when a call is made, never kept in config,
-logs or metadata.
+Retries are the openai SDK's (``max_retries``, ``timeout``): it retries 408, 409, 429, 5xx,
+timeouts and dropped connections with capped, jittered exponential backoff and honours
+``Retry-After``. What it cannot see is a 200 whose body is not what was asked for (a
+proxy's HTML page, a completion without log-probabilities); that is a ``MalformedResponse``,
+retried here a bounded number of times. Nothing else is caught around a call, so a bug
+here fails at once. At most ``max_concurrency`` calls run at once, and the API key is read
+from the environment when a call is made, never kept in config, logs or metadata.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,11 +50,18 @@ from persona_platform.resources.llm.engine import (
     per_request,
 )
 
+# The statuses the openai SDK retries (openai-python 3.57.0, _base_client.py, _should_retry): an error with
+# one of them says that the call was retried.
 RETRIED_STATUS = {408, 409, 429}  # and every 5xx
+MAX_MALFORMED_PAUSE_S = 8.0  # the SDK's own cap on a backoff pause (MAX_RETRY_DELAY)
 
 
 class EngineRequestError(RuntimeError):
     """A call to the model server failed after every retry, or the server cannot do what was asked."""
+
+
+class MalformedResponse(ValueError):
+    """A 200 whose body is not the completion that was asked for."""
 
 
 @dataclass
@@ -58,19 +77,18 @@ class OpenAIEngine(Engine):
     api_key_variables: tuple[str, ...] = ("PERSONA_ENGINE_API_KEY",)
     timeout_s: float = 120.0
     max_retries: int = 5
+    # The first pause before a malformed body is asked for again; it doubles, up to the SDK's cap.
     backoff_s: float = 0.5
     max_concurrency: int = 8
-    sleep: Callable[[float], None] = time.sleep
     _client: object = field(default=None, repr=False)
 
     def client(self):
         from openai import OpenAI
 
         if self._client is None:
-            # Retries are ours (below), so that malformed bodies are retried too and every attempt is counted.
             # The key travels per call (see _auth), never held by the client.
             self._client = OpenAI(
-                base_url=self.base_url, api_key="unused", timeout=self.timeout_s, max_retries=0
+                base_url=self.base_url, api_key="unused", timeout=self.timeout_s, max_retries=self.max_retries
             )
         return self._client
 
@@ -110,8 +128,6 @@ class OpenAIEngine(Engine):
             extra["top_k"] = request.top_k
         if request.repetition_penalty != 1.0:
             extra["repetition_penalty"] = request.repetition_penalty
-        if extra:
-            options["extra_body"] = extra  # vLLM's sampling parameters beyond the OpenAI ones
         if isinstance(request.prompt, ChatPrompt):
             if request.json_schema is not None:
                 options["response_format"] = {
@@ -122,23 +138,31 @@ class OpenAIEngine(Engine):
                         "strict": True,
                     },
                 }
+            if extra:
+                options["extra_body"] = extra  # vLLM's sampling parameters beyond the OpenAI ones
             messages = [{"role": role, "content": content} for role, content in request.prompt.messages]
-            response = self._call(
-                lambda auth: self.client().chat.completions.create(messages=messages, **options, **auth)
+            return self._call(
+                lambda auth: self.client().chat.completions.with_raw_response.create(
+                    messages=messages, **options, **auth
+                ),
+                _chat_text,
             )
-            return response.choices[0].message.content or ""
         if request.json_schema is not None:
-            options.setdefault("extra_body", {})["guided_json"] = json.loads(request.json_schema)
-        response = self._call(
-            lambda auth: self.client().completions.create(prompt=_text(request.prompt), **options, **auth)
+            extra["structured_outputs"] = {"json": json.loads(request.json_schema)}
+        if extra:
+            options["extra_body"] = extra
+        return self._call(
+            lambda auth: self.client().completions.with_raw_response.create(
+                prompt=_text(request.prompt), **options, **auth
+            ),
+            _completion_text,
         )
-        return response.choices[0].text or ""
 
     def _prompt_logprobs(
         self, text: str, adapter: str | None
     ) -> tuple[list[str], list[float | None], list[int]]:
-        response = self._call(
-            lambda auth: self.client().completions.create(
+        return self._call(
+            lambda auth: self.client().completions.with_raw_response.create(
                 model=self._model(adapter),
                 prompt=text,
                 max_tokens=0,
@@ -146,15 +170,9 @@ class OpenAIEngine(Engine):
                 logprobs=0,
                 temperature=0.0,
                 **auth,
-            )
+            ),
+            _prompt_logprobs,
         )
-        logprobs = response.choices[0].logprobs
-        if logprobs is None or not logprobs.token_logprobs or logprobs.text_offset is None:
-            raise EngineRequestError(
-                f"{self.base_url} returned no prompt log-probabilities (completions with echo and logprobs): "
-                "score and loglikelihood need a server that returns them, such as vLLM's OpenAI server"
-            )
-        return list(logprobs.tokens), list(logprobs.token_logprobs), list(logprobs.text_offset)
 
     def _continuation_logprob(self, request: ScoreRequest, candidate: str) -> float:
         prompt = _text(request.prompt)
@@ -195,42 +213,95 @@ class OpenAIEngine(Engine):
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
             return list(pool.map(one, items))
 
-    def _call(self, send: Callable):
+    def _call(self, send: Callable, parse: Callable[[object], object]):
+        """``send`` one request (the SDK retries it as it sees fit), then ``parse`` its JSON body; a malformed
+        body is asked for again, at most ``max_retries`` more times."""
         import openai
 
-        attempt = 0
-        while True:
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                time.sleep(min(self.backoff_s * 2 ** (attempt - 1), MAX_MALFORMED_PAUSE_S))
             try:
-                response = send(self._auth())
-                if not getattr(response, "choices", None):
-                    raise _Malformed("the response has no choices")
-                self.usage.forward_passes += 1
-                return response
+                raw = send(self._auth())
             except openai.APIStatusError as exc:
-                retry = exc.status_code in RETRIED_STATUS or exc.status_code >= 500
-                reason = f"HTTP {exc.status_code}"
-                if not retry:
-                    raise EngineRequestError(f"{self.base_url}: {reason}: {_message(exc)}") from None
-            except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-                reason = type(exc).__name__
-            except (
-                _Malformed,
-                openai.APIResponseValidationError,
-                json.JSONDecodeError,
-                AttributeError,
-                TypeError,
-            ) as exc:
-                reason = f"malformed response ({exc})"
-            attempt += 1
-            if attempt > self.max_retries:
+                status = exc.status_code
+                retried = self._retried() if status in RETRIED_STATUS or status >= 500 else ""
                 raise EngineRequestError(
-                    f"{self.base_url}: gave up after {attempt} attempts; last: {reason}"
+                    f"{self.base_url}: HTTP {status}{retried}: {_message(exc)}"
                 ) from None
-            self.sleep(self.backoff_s * 2 ** (attempt - 1) * (1 + random.random() / 4))
+            except openai.APITimeoutError:
+                raise EngineRequestError(
+                    f"{self.base_url}: no answer within {self.timeout_s}s{self._retried()}"
+                ) from None
+            except openai.APIConnectionError as exc:
+                raise EngineRequestError(
+                    f"{self.base_url}: cannot connect ({exc.__cause__ or exc}){self._retried()}"
+                ) from None
+            try:
+                result = parse(_json(raw.http_response.content))
+            except MalformedResponse as exc:
+                malformed = exc
+                continue
+            self.usage.forward_passes += 1
+            return result
+        raise EngineRequestError(
+            f"{self.base_url}: malformed response after {self.max_retries + 1} attempts: {malformed}"
+        )
+
+    def _retried(self) -> str:
+        return f" after retries (max_retries={self.max_retries})" if self.max_retries else ""
 
 
-class _Malformed(ValueError):
-    pass
+# -- reading a 200's body --------------------------------------------------------
+# Each reader checks the shape it reads and raises MalformedResponse, never a TypeError or KeyError, so
+# that a bad body is retried and a bug here is not.
+
+
+def _json(content: bytes) -> object:
+    try:
+        return json.loads(content)
+    except ValueError:  # not JSON, or not UTF-8
+        raise MalformedResponse(f"the body is not JSON: {content[:80]!r}") from None
+
+
+def _first_choice(body: object) -> dict:
+    choices = body.get("choices") if isinstance(body, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise MalformedResponse("the response has no choices")
+    return choices[0]
+
+
+def _chat_text(body: object) -> str:
+    message = _first_choice(body).get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(message, dict) or not isinstance(content, str | None):
+        raise MalformedResponse("the choice has no message content")
+    return content or ""  # None when the model answered with a refusal or a tool call only
+
+
+def _completion_text(body: object) -> str:
+    text = _first_choice(body).get("text")
+    if not isinstance(text, str):
+        raise MalformedResponse("the choice has no text")
+    return text
+
+
+def _prompt_logprobs(body: object) -> tuple[list[str], list[float | None], list[int]]:
+    logprobs = _first_choice(body).get("logprobs")
+    if not isinstance(logprobs, dict) or not logprobs.get("token_logprobs"):
+        raise MalformedResponse(
+            "no prompt log-probabilities (completions with echo and logprobs): score and loglikelihood need "
+            "a server that returns them, such as vLLM's OpenAI server"
+        )
+    tokens, values, offsets = (logprobs.get(k) for k in ("tokens", "token_logprobs", "text_offset"))
+    if (
+        not all(isinstance(column, list) for column in (tokens, values, offsets))
+        or not len(tokens) == len(values) == len(offsets)
+        or not all(isinstance(o, int) for o in offsets)
+        or not all(v is None or isinstance(v, int | float) for v in values)
+    ):
+        raise MalformedResponse("the log-probabilities' tokens, values and text offsets do not line up")
+    return tokens, values, offsets
 
 
 def _message(exc) -> str:
@@ -238,7 +309,7 @@ def _message(exc) -> str:
     if isinstance(body, dict):
         body = body.get("error", body)
         body = body.get("message", body) if isinstance(body, dict) else body
-    return str(body or exc)[:200]
+    return " ".join(str(body or exc).split())[:200]  # one line
 
 
 def _text(prompt: Prompt) -> str:

@@ -59,9 +59,16 @@ class LLMResource(ConfigurableResource):
     )
     max_concurrency: int = Field(default=8, description="openai backend: calls in flight at once.")
     max_retries: int = Field(
-        default=5, description="openai backend: retries on 429, 5xx, timeouts and malformed bodies."
+        default=5,
+        description="openai backend: the openai SDK's retries of one call on 408, 409, 429, 5xx, timeouts "
+        "and dropped connections (capped jittered backoff, honouring Retry-After); as many again for a "
+        "200 whose body is malformed.",
     )
-    timeout_s: float = Field(default=120.0, description="openai backend: seconds per call.")
+    timeout_s: float = Field(
+        default=120.0,
+        description="openai backend: the SDK's timeout, seconds one attempt may wait to connect, send or "
+        "read; a timed-out attempt is retried.",
+    )
     tensor_parallel_size: int = Field(default=1, description="vllm backend: GPUs one model is split over.")
     quantization: str = Field(default="", description="vllm backend: e.g. awq, gptq, fp8; empty for none.")
     max_model_len: int = Field(default=0, description="vllm backend: longest sequence; 0 = the model's own.")

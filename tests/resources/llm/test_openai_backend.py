@@ -1,12 +1,16 @@
-"""The OpenAI-compatible engine against a local HTTP server that speaks the protocol (a remote model cannot be
-reached from here): retries on 429, 500, timeouts and malformed bodies, the concurrency limit, JSON-schema
-response formats, prompt log-probabilities for scoring, and a key that never leaves the request header."""
+"""The OpenAI-compatible engine against a local double of vLLM's OpenAI server (tests/chat_api_double.py; a
+remote model cannot be reached from here): the openai SDK's retries on 429, 5xx and timeouts, ours on a
+malformed 200 only, a bug raised at once, structured output in the fields current vLLM reads, prompt
+log-probabilities for scoring, the concurrency limit, and a key that never leaves the request header."""
 
 import json
+import re
+import socket
 import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
+import jsonschema
+import openai
 import pytest
 
 from persona_platform.persona_assets.judging.judge import compare_pairs
@@ -14,159 +18,166 @@ from persona_platform.persona_assets.judging.rubrics import Item
 from persona_platform.resources.llm import ChatPrompt, GenerateRequest, LoglikelihoodRequest, ScoreRequest
 from persona_platform.resources.llm.openai_backend import EngineRequestError, OpenAIEngine
 from persona_platform.resources.llm.resource import LLMResource
+from tests.chat_api_double import VLLMServer
 
 SECRET = "sk-engine-secret-never-log"
-
-
-class Server(BaseHTTPRequestHandler):
-    """Scripted replies: ``faults`` are served first (status code, 'timeout' or 'malformed'), then answers."""
-
-    calls: list = []
-    faults: list = []
-    answer = staticmethod(lambda body: "ok")
-    in_flight = 0
-    max_in_flight = 0
-    lock = threading.Lock()
-    logprobs = True
-
-    def do_POST(self):  # noqa: N802
-        cls = type(self)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with cls.lock:
-            cls.calls.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-            fault = cls.faults.pop(0) if cls.faults else None
-            cls.in_flight += 1
-            cls.max_in_flight = max(cls.max_in_flight, cls.in_flight)
-        try:
-            if fault == "timeout":
-                time.sleep(1.0)
-                return self._send(200, b"{}")
-            if fault == "malformed":
-                return self._send(200, b"<html>proxy error</html>")
-            if isinstance(fault, int):
-                return self._send(fault, json.dumps({"error": {"message": f"fault {fault}"}}).encode())
-            time.sleep(0.05)
-            return self._send(200, json.dumps(self._payload(body)).encode())
-        finally:
-            with cls.lock:
-                cls.in_flight -= 1
-
-    def _payload(self, body):
-        if self.path.endswith("/chat/completions"):
-            message = {"role": "assistant", "content": type(self).answer(body)}
-            return {
-                "id": "c",
-                "object": "chat.completion",
-                "created": 0,
-                "model": body["model"],
-                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-            }
-        if body.get("echo"):
-            # A character-level "tokenizer": token i is the prompt's i-th character, log-probability
-            # -(i+1)/10.
-            text = body["prompt"]
-            logprobs = {
-                "tokens": list(text),
-                "text_offset": list(range(len(text))),
-                "token_logprobs": [None] + [-(i + 1) / 10 for i in range(1, len(text))],
-                "top_logprobs": None,
-            }
-            choice = {
-                "index": 0,
-                "text": text,
-                "finish_reason": "length",
-                "logprobs": logprobs if type(self).logprobs else None,
-            }
-        else:
-            choice = {"index": 0, "text": type(self).answer(body), "finish_reason": "stop", "logprobs": None}
-        return {
-            "id": "t",
-            "object": "text_completion",
-            "created": 0,
-            "model": body["model"],
-            "choices": [choice],
-        }
-
-    def _send(self, status, data):
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+SCHEMA = {"type": "object", "properties": {"score": {"type": "integer"}}, "required": ["score"]}
 
 
 @pytest.fixture
 def server(monkeypatch):
-    Server.calls, Server.faults, Server.in_flight, Server.max_in_flight, Server.logprobs = [], [], 0, 0, True
-    Server.answer = staticmethod(lambda body: "ok")
+    VLLMServer.reset()
     monkeypatch.setenv("PERSONA_ENGINE_API_KEY", SECRET)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Server)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), VLLMServer)
+    # A short poll so that shutting down takes no longer than the test.
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
     httpd.shutdown()
+    httpd.server_close()
 
 
 def engine(url, **options):
-    return OpenAIEngine(model_id="served-model", base_url=url, backoff_s=0.01, timeout_s=0.5, **options)
-
-
-def test_429_500_timeout_and_malformed_bodies_are_retried(server):
-    Server.faults = [429, 500, "timeout", "malformed", 503]
-    [reply] = engine(server).generate([GenerateRequest(ChatPrompt((("user", "hello"),)), max_new_tokens=8)])
-    assert reply == "ok" and len(Server.calls) == 6
-    assert all(c["path"] == "/v1/chat/completions" for c in Server.calls)
-
-
-def test_it_gives_up_after_the_retries_and_does_not_retry_a_client_error(server):
-    Server.faults = [500] * 10
-    with pytest.raises(EngineRequestError, match="gave up after 3 attempts; last: HTTP 500"):
-        engine(server, max_retries=2).generate([GenerateRequest("hi")])
-    Server.calls, Server.faults = [], [400]
-    with pytest.raises(EngineRequestError, match="HTTP 400: fault 400"):
-        engine(server).generate([GenerateRequest("hi")])
-    assert len(Server.calls) == 1
-
-
-def test_json_schema_sampling_adapters_and_the_key_only_in_the_header(server):
-    schema = json.dumps(
-        {"type": "object", "properties": {"score": {"type": "integer"}}, "required": ["score"]}
+    return OpenAIEngine(
+        model_id="served-model", base_url=url, **{"timeout_s": 0.5, "backoff_s": 0.01, **options}
     )
-    Server.answer = staticmethod(lambda body: '{"score": 3}')
-    the_engine = engine(server)
-    replies = the_engine.generate(
+
+
+def chat(text="hello", **options):
+    return GenerateRequest(ChatPrompt((("user", text),)), max_new_tokens=8, **options)
+
+
+# -- retries: the SDK's for statuses and timeouts, ours for a malformed 200 ---------------------------------
+
+
+def test_a_rate_limit_is_retried_after_the_pause_the_server_asks_for(server):
+    VLLMServer.faults = [(429, {"Retry-After": "0.6"}), (429, {"Retry-After": "0"})]
+    assert engine(server).generate([chat()]) == ["ok"]
+    first, second, third = (c["at"] for c in VLLMServer.calls)
+    # The SDK's own first pause is at most 0.5 s: a longer one is the server's Retry-After, honoured.
+    # Retry-After 0 asks for none, and the SDK falls back to its own backoff.
+    assert second - first >= 0.6
+    assert all(c["path"] == "/v1/chat/completions" for c in VLLMServer.calls)
+
+
+def test_a_persistent_server_error_fails_in_one_line_naming_server_and_status_and_4xx_is_not_retried(server):
+    VLLMServer.faults = [500] * 5
+    with pytest.raises(EngineRequestError) as error:
+        engine(server, max_retries=1).generate([GenerateRequest("hi")])
+    assert str(error.value) == f"{server}: HTTP 500 after retries (max_retries=1): fault 500"
+    assert len(VLLMServer.calls) == 2
+    VLLMServer.calls, VLLMServer.faults = [], [400]
+    with pytest.raises(EngineRequestError) as error:
+        engine(server).generate([GenerateRequest("hi")])
+    assert str(error.value) == f"{server}: HTTP 400: fault 400" and len(VLLMServer.calls) == 1
+
+
+def test_a_server_that_is_not_there_is_named_at_once_without_retries():
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+    with pytest.raises(EngineRequestError, match=rf"^{re.escape(url)}: cannot connect \(.+\)$"):
+        engine(url, max_retries=0).generate([GenerateRequest("hi")])
+
+
+def test_a_call_that_times_out_is_retried_then_reported_with_its_limit(server):
+    VLLMServer.faults, VLLMServer.stall_s = ["timeout"], 0.6
+    assert engine(server, timeout_s=0.2, max_retries=1).generate([GenerateRequest("hi")]) == ["ok"]
+    assert len(VLLMServer.calls) == 2
+    VLLMServer.calls, VLLMServer.faults = [], ["timeout", "timeout"]
+    with pytest.raises(EngineRequestError) as error:
+        engine(server, timeout_s=0.2, max_retries=1).generate([GenerateRequest("hi")])
+    assert str(error.value) == f"{server}: no answer within 0.2s after retries (max_retries=1)"
+    assert len(VLLMServer.calls) == 2
+
+
+def test_a_malformed_200_is_asked_for_again_then_reported_as_malformed(server):
+    VLLMServer.faults = ["malformed"]
+    assert engine(server).generate([GenerateRequest("hi")]) == ["ok"] and len(VLLMServer.calls) == 2
+    VLLMServer.calls, VLLMServer.faults = [], ["malformed"] * 5
+    with pytest.raises(EngineRequestError) as error:
+        engine(server, max_retries=2).generate([GenerateRequest("hi")])
+    assert str(error.value) == (
+        f"{server}: malformed response after 3 attempts: "
+        "the body is not JSON: b'<html>502 Bad Gateway</html>'"
+    )
+    assert len(VLLMServer.calls) == 3
+
+
+def test_a_programming_error_is_raised_at_once_not_retried_as_a_malformed_response(server):
+    # A seed no request can carry: the SDK's JSON encoding raises TypeError inside the call. The hand-written
+    # loop this engine had caught it, tried five more times and reported "malformed response".
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        engine(server).generate([GenerateRequest("hi", seed=object())])
+    assert VLLMServer.calls == []
+
+
+def test_a_sampling_setting_the_server_refuses_is_a_client_error_not_retried(server):
+    with pytest.raises(EngineRequestError, match=r"HTTP 400: top_p must be in \(0, 1\], got 0.0"):
+        engine(server).generate([chat(top_p=0.0)])
+    assert len(VLLMServer.calls) == 1
+
+
+# -- structured output ---------------------------------------------------------------------------------------
+
+
+def test_a_json_schema_is_sent_where_current_vllm_reads_it_and_the_replies_conform(server):
+    VLLMServer.answer = staticmethod(lambda body: "I would give it a 3.")  # the model, unconstrained
+    text, chatted = engine(server).generate(
         [
-            GenerateRequest(
-                ChatPrompt((("user", "judge"),)),
-                max_new_tokens=20,
-                temperature=0.7,
-                top_p=0.9,
-                top_k=50,
-                repetition_penalty=1.2,
-                seed=4,
-                json_schema=schema,
-            ),
+            GenerateRequest("Rate it:", json_schema=json.dumps(SCHEMA)),
+            chat("Rate it:", json_schema=json.dumps(SCHEMA)),
+        ]
+    )
+    for reply in (text, chatted):
+        jsonschema.validate(json.loads(reply), SCHEMA)
+    bodies = {c["path"]: c["body"] for c in VLLMServer.calls}
+    assert bodies["/v1/completions"]["structured_outputs"] == {"json": SCHEMA}
+    assert bodies["/v1/chat/completions"]["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "reply", "schema": SCHEMA, "strict": True},
+    }
+    # Without a schema the model's own words come back: the constraint is what made the replies JSON.
+    assert engine(server).generate([GenerateRequest("Rate it:")]) == ["I would give it a 3."]
+
+
+def test_the_double_refuses_what_a_current_vllm_server_would_ignore_or_refuse(server):
+    client = openai.OpenAI(base_url=server, api_key="k", max_retries=0)
+    # The field this engine sent until vLLM 0.12 removed it; a real server answers 200, unconstrained.
+    with pytest.raises(openai.BadRequestError, match="does not declare.*guided_json"):
+        client.completions.create(model="m", prompt="p", extra_body={"guided_json": SCHEMA})
+    with pytest.raises(openai.BadRequestError, match="undeclared fields"):
+        client.completions.create(
+            model="m", prompt="p", extra_body={"structured_outputs": {"schema": SCHEMA}}
+        )
+    with pytest.raises(openai.BadRequestError, match="greater than max allowed: 20"):
+        client.completions.create(model="m", prompt="p", max_tokens=0, echo=True, logprobs=21)
+    with pytest.raises(openai.BadRequestError, match="max_tokens must be at least 1"):
+        client.completions.create(model="m", prompt="p", max_tokens=0)  # only echo scores without generating
+
+
+# -- requests ------------------------------------------------------------------------------------------------
+
+
+def test_sampling_adapters_and_the_key_only_in_the_header(server):
+    the_engine = engine(server)
+    the_engine.generate(
+        [
+            chat("judge", temperature=0.7, top_p=0.9, top_k=50, repetition_penalty=1.2, seed=4),
             GenerateRequest("Once upon", max_new_tokens=5, adapter="marisolvega"),
         ]
     )
-    assert replies == ['{"score": 3}', '{"score": 3}']
-    chat = next(c["body"] for c in Server.calls if c["path"].endswith("/chat/completions"))
-    assert chat["response_format"] == {
-        "type": "json_schema",
-        "json_schema": {"name": "reply", "schema": json.loads(schema), "strict": True},
-    }
-    assert (chat["temperature"], chat["top_p"], chat["top_k"], chat["repetition_penalty"], chat["seed"]) == (
+    bodies = {c["path"]: c["body"] for c in VLLMServer.calls}
+    sent = bodies["/v1/chat/completions"]
+    assert (sent["temperature"], sent["top_p"], sent["top_k"], sent["repetition_penalty"], sent["seed"]) == (
         0.7,
         0.9,
         50,
         1.2,
         4,
     )
-    text = next(c["body"] for c in Server.calls if c["path"].endswith("/v1/completions"))
+    text = bodies["/v1/completions"]
     assert text["model"] == "marisolvega" and text["prompt"] == "Once upon"  # an adapter is a served model
-    assert {c["auth"] for c in Server.calls} == {f"Bearer {SECRET}"}
+    assert {c["auth"] for c in VLLMServer.calls} == {f"Bearer {SECRET}"}
     assert SECRET not in repr(the_engine) and SECRET not in repr(vars(the_engine.client()))
 
 
@@ -176,27 +187,31 @@ def test_scores_are_the_candidates_prompt_log_probabilities(server):
     prompt = "Claim: sky is blue."
     assert yes == pytest.approx(sum(-(i + 1) / 10 for i in range(len(prompt), len(prompt) + 5)))
     assert no == pytest.approx(sum(-(i + 1) / 10 for i in range(len(prompt), len(prompt) + 6)))
-    assert all(c["body"]["echo"] and c["body"]["max_tokens"] == 0 for c in Server.calls)
+    assert all(
+        c["body"]["echo"] and c["body"]["max_tokens"] == 0 and c["body"]["logprobs"] == 0
+        for c in VLLMServer.calls
+    )
     [counted] = the_engine.loglikelihood([LoglikelihoodRequest((("ab", False), ("cd", True)))])
     assert counted.counted == (False, False, True, True) and counted.total == pytest.approx(-0.3 - 0.4)
 
 
 def test_scoring_is_refused_by_a_server_without_prompt_log_probabilities_or_for_a_chat(server):
-    Server.logprobs = False
-    with pytest.raises(EngineRequestError, match="no prompt log-probabilities"):
-        engine(server).score([ScoreRequest("Q", (" A",))])
+    VLLMServer.returns_logprobs = False
+    with pytest.raises(EngineRequestError, match="malformed response after 2 attempts: no prompt log-prob"):
+        engine(server, max_retries=1).score([ScoreRequest("Q", (" A",))])
     with pytest.raises(EngineRequestError, match="chat prompt cannot be scored"):
         engine(server).score([ScoreRequest(ChatPrompt((("user", "Q"),)), (" A",))])
 
 
 def test_no_more_calls_in_flight_than_the_limit(server):
+    VLLMServer.delay_s = 0.05
     replies = engine(server, max_concurrency=3).generate([GenerateRequest(f"p{i}") for i in range(12)])
     assert replies == ["ok"] * 12
-    assert 1 < Server.max_in_flight <= 3
+    assert 1 < VLLMServer.max_in_flight <= 3
 
 
 def test_a_judge_served_by_an_api_judges_both_orders_through_the_resource(server, tmp_path):
-    Server.answer = staticmethod(lambda body: json.dumps({"justification": "closer", "winner": "A"}))
+    VLLMServer.answer = staticmethod(lambda body: json.dumps({"justification": "closer", "winner": "A"}))
     resource = LLMResource(
         model="judge-70b",
         backend="openai",
@@ -225,5 +240,5 @@ def test_a_judge_served_by_an_api_judges_both_orders_through_the_resource(server
         [row] = compare_pairs(judge, {item.item_id: item}, responses, 80)
     assert row["outcome"] == "inconsistent"  # always "A": a position-biased judge is caught
     assert meter.usage.requests == 2 and meter.usage.model_loads == 0
-    bodies = [c["body"] for c in Server.calls]
+    bodies = [c["body"] for c in VLLMServer.calls]
     assert all(b["model"] == "judge-70b" and b["response_format"]["type"] == "json_schema" for b in bodies)
