@@ -52,7 +52,8 @@ def asset_frame(
         prompt_hash=prompt_hash,
     )
     frame = result_frame(rows, schema, provenance, assets_def.metadata_by_key[key].get("partition_expr"))
-    _partition_row_counts(context, key, frame)
+    if assets_def.partitions_def is not None:  # else the IO manager's count is the table's
+        partition_metadata(context, frame, lambda part: {"dagster/row_count": part.height}, output)
     return frame
 
 
@@ -72,18 +73,6 @@ def partition_metadata(
     for partition in context.partition_keys:
         rows = frame.filter(pl.col("partition_key") == partition)
         context.add_asset_metadata(describe(rows), asset_key=key, partition_key=partition)
-
-
-def _partition_row_counts(context: AssetExecutionContext, key: AssetKey, frame: pl.DataFrame) -> None:
-    """Each partition's own row count: a run over a range of partitions writes one frame, and without this
-    every partition would show the whole frame's count."""
-    if context.assets_def.partitions_def is None:
-        return
-    counts = dict(frame.group_by("partition_key").len().iter_rows())
-    for partition in context.partition_keys:
-        context.add_asset_metadata(
-            {"dagster/row_count": counts.get(partition, 0)}, asset_key=key, partition_key=partition
-        )
 
 
 # Long generate/loglikelihood calls go to the engine in about this many pieces so their progress shows;
