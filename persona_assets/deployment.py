@@ -96,10 +96,36 @@ class GpuProfile:
                 f"{where}.node_selector: set the GPU type with gpu_type, not {GPU_PRODUCT_LABEL}"
             )
 
+    def sized(self, gpus: int) -> GpuProfile:
+        """This profile for a model split over ``gpus`` GPUs (its tensor-parallel size): that many GPUs, and
+        CPU, memory and /dev/shm grown in proportion. One process per GPU (vLLM's tensor-parallel workers)
+        loads its shard through host memory, and NCCL and vLLM's workers exchange through /dev/shm (NCCL's
+        shared-memory transport where GPUs lack peer access; vLLM's broadcast queue always), both
+        per worker. The name carries the size, so pods of different sizes are told apart by label."""
+        if gpus == self.gpus:
+            return self
+        return replace(
+            self,
+            name=f"{self.name}-{gpus}gpu",
+            gpus=gpus,
+            cpu=_scaled(self.cpu, gpus / self.gpus),
+            memory=_scaled(self.memory, gpus / self.gpus),
+            shm=_scaled(self.shm, gpus / self.gpus),
+        )
 
-# Inference and scoring: one model in bfloat16 on one GPU.
+
+def _scaled(text: str, factor: float) -> str:
+    """A quantity times ``factor``, in its own unit ("64Gi" x 2 = "128Gi")."""
+    match = _QUANTITY.match(text)
+    number = float(match.group(1)) * factor
+    return f"{int(number) if number == int(number) else round(number, 3)}{match.group(2) or ''}"
+
+
+# Inference and scoring: one model in bfloat16 on one GPU (a model on N GPUs: DEFAULT_PROFILE.sized(N)).
 DEFAULT_PROFILE = GpuProfile(name="default")
-# LoRA training holds the model, optimizer state and activations, and Accelerate's workers share /dev/shm.
+# LoRA training holds the model, optimizer state and activations, and Accelerate's workers share /dev/shm;
+# beside vLLM the trainer's base load and vLLM's weights swapped to host memory (sleep mode) share the
+# memory limit.
 TRAINING_PROFILE = replace(DEFAULT_PROFILE, name="training", cpu="16", memory="128Gi", shm="32Gi")
 
 
@@ -122,9 +148,12 @@ def step_pod_config(profile: GpuProfile, image: str) -> dict[str, Any]:
     }
 
 
-def gpu_op_tags(profile: GpuProfile, on_k8s: bool, image: str) -> dict[str, Any]:
-    """Op tags for a GPU step: the pod config on Kubernetes, nothing locally (so local runs are unchanged)."""
-    return {K8S_CONFIG_TAG: step_pod_config(profile, image)} if on_k8s else {}
+def gpu_op_tags(
+    profile: GpuProfile, on_k8s: bool, image: str, tensor_parallel_size: int = 1
+) -> dict[str, Any]:
+    """Op tags for a GPU step: on Kubernetes, the config of a pod sized for a model on
+    ``tensor_parallel_size`` GPUs; nothing locally (so local runs are unchanged)."""
+    return {K8S_CONFIG_TAG: step_pod_config(profile.sized(tensor_parallel_size), image)} if on_k8s else {}
 
 
 # k8s_job_executor's config (its job namespace, image pull policy and kubeconfig come from the K8sRunLauncher,

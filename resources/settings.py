@@ -30,6 +30,13 @@ PERSONA_DEPLOYMENT   "local" (steps run on this machine) or "k8s" (steps run as 
                      model-loading steps in GPU pods; see k8s/README.md) (default: local)
 PERSONA_K8S_GPU_IMAGE  the image of the GPU step pods when PERSONA_DEPLOYMENT=k8s
                      (default: persona-platform-gpu:0.1.0, built from k8s/Dockerfile.gpu)
+PERSONA_TENSOR_PARALLEL_SIZE  the GPUs one model is split over: the vllm backend's tensor parallelism, and
+                     the GPU count (with memory and /dev/shm to match) of every GPU step pod (default: 1)
+PERSONA_MAX_LORAS    the vllm backend's adapters in one batch (default: 8)
+PERSONA_TRAIN_MODEL  the base the agents' adapters are trained and merged on with transformers + PEFT when
+                     the generator is served by vllm or an OpenAI-compatible server: a local directory, a
+                     Hugging Face id in the local cache, or tiny; the weights the server serves (default:
+                     the generator's model, where that is one of those)
 PERSONA_WAREHOUSE    where the tables live: a DuckDB file path (default: $PERSONA_HOME/warehouse.duckdb)
                      or a DuckLake for many writers, ducklake:postgres:<libpq connection string or URI>
 PERSONA_WAREHOUSE_DATA_PATH  the DuckLake's data files: a directory every writer mounts, or an
@@ -54,6 +61,8 @@ SAMPLE_BOARD_DIR = DATA_DIR / "board"
 TINY_MODEL = TINY  # the embedded model
 DEPLOYMENTS = ("local", "k8s")
 DEFAULT_GPU_IMAGE = "persona-platform-gpu:0.1.0"
+# A tensor-parallel group stays within one node (NVLink); GPU nodes hold at most 8.
+MAX_GPUS_PER_POD = 8
 
 
 class SettingsError(PersonaInputError):
@@ -66,6 +75,8 @@ class Deployment:
 
     kind: str = "local"
     gpu_image: str = DEFAULT_GPU_IMAGE
+    # GPUs one model is split over (vLLM's tensor parallelism): what every GPU step pod is sized by.
+    tensor_parallel_size: int = 1
 
     @property
     def on_k8s(self) -> bool:
@@ -127,6 +138,10 @@ class Settings:
     # warehouse_label, never directly).
     warehouse: str = ""
     warehouse_data_path: str = ""
+    # The base adapters are trained on when the generator's engine cannot train (vllm, openai); empty: the
+    # generator's model.
+    train_model: str = ""
+    max_loras: int = 8
 
     def roles(self) -> dict[str, ModelRole]:
         """Resource name -> the role's model."""
@@ -172,7 +187,19 @@ def load_deployment(environ: Mapping[str, str] | None = None) -> Deployment:
     gpu_image = (env.get("PERSONA_K8S_GPU_IMAGE") or DEFAULT_GPU_IMAGE).strip()
     if not gpu_image or any(c.isspace() for c in gpu_image):
         raise SettingsError(f"PERSONA_K8S_GPU_IMAGE: {gpu_image!r} is not an image reference")
-    return Deployment(kind, gpu_image)
+    tensor_parallel_size = _whole_number(env, "PERSONA_TENSOR_PARALLEL_SIZE", 1, MAX_GPUS_PER_POD)
+    return Deployment(kind, gpu_image, tensor_parallel_size)
+
+
+def _whole_number(env: Mapping[str, str], name: str, default: int, most: int) -> int:
+    text = (env.get(name) or str(default)).strip()
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= most:
+        raise SettingsError(f"{name}: {text!r} is not a whole number from 1 to {most}")
+    return value
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -198,6 +225,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(f"PERSONA_JUDGE_MAX_FAILURE_RATE: {rate_text!r} is not a number between 0 and 1")
     warehouse, warehouse_data_path = _warehouse(env, home)
     llm, chat_llm, judge_llm = load_roles(env)
+    train_model = (env.get("PERSONA_TRAIN_MODEL") or "").strip()
+    if train_model and split_backend(train_model)[0]:
+        raise SettingsError(
+            f"PERSONA_TRAIN_MODEL={train_model!r}: name the weights alone (training is always transformers + "
+            "PEFT), without a backend: prefix"
+        )
     return Settings(
         home=home,
         goqa_source=goqa_source,
@@ -210,6 +243,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         deployment=load_deployment(env),
         warehouse=warehouse,
         warehouse_data_path=warehouse_data_path,
+        train_model=train_model,
+        max_loras=_whole_number(env, "PERSONA_MAX_LORAS", 8, 1024),
     )
 
 

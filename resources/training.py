@@ -1,11 +1,19 @@
 """LoRA adapters trained through PEFT and Accelerate, with checkpoints to resume from.
 
-The transformers backend calls this with its own model (``TransformersEngine.train_adapter``,
-``merge_adapter``): the adapter is added to the model the engine serves, so training,
-perplexity and generation in one process share a single load of the base weights. Nothing
-here knows the engine; callers go through the engine interface. The same loop runs on this
-CPU and, under ``accelerate launch`` with an FSDP config, on several GPUs: devices, gradient
-sync and saving go through the Accelerator.
+Two ways in, one loop (``train_lora``):
+
+- The transformers backend trains on its own model (``TransformersEngine.train_adapter``,
+  ``merge_adapter``): the adapter is added to the model the engine serves, so training,
+  perplexity and generation in one process share a single load of the base weights.
+- Every other engine that serves adapters (vLLM, an OpenAI-compatible server) cannot train:
+  its weights are not PyTorch modules here. ``PeftTrainer`` trains for it: it loads the base
+  by path on the step's device for each run, trains or merges, saves the adapter directory and
+  releases the model; the engine then serves the directory (a vLLM LoRA request, or an adapter
+  registered with the server). ``Engine.train_adapter`` and ``merge_adapter`` fall back to it.
+
+Nothing here knows the engine; callers go through the engine interface. The same loop runs on
+this CPU and, under ``accelerate launch`` with an FSDP config, on several GPUs: devices,
+gradient sync and saving go through the Accelerator.
 
 Resumption is exact on one device: the batch order of each epoch comes from a
 generator seeded by (seed, epoch), and a checkpoint holds the adapter weights,
@@ -15,6 +23,7 @@ the optimizer, the step, the loss curve and the torch random state (dropout).
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 import io
 import json
@@ -33,6 +42,21 @@ Example = tuple[list[int], list[bool]]  # token ids, and which of them the loss 
 
 class TrainingError(RuntimeError):
     pass
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}") from None
 
 
 @dataclass(frozen=True)
@@ -273,3 +297,34 @@ def merge_lora(
             direct = merged(input_ids=tensor).logits.float()
             differences.append(float((unmerged - direct).abs().max()))
     return files_fingerprint(out_dir), differences
+
+
+def merge_own_copy(
+    model, internal: str, tokenizer, out_dir: Path, check_inputs: Sequence[list[int]], device: str
+) -> tuple[str, list[float]]:
+    """``merge_lora`` for a model no one else serves (a trainer's own load): the logits of base + adapter
+    are taken first, then the adapter is merged in place, so the base is held once rather than copied."""
+    model.set_adapter(internal)
+    model.eval()
+    with torch.inference_mode():
+        unmerged = [
+            model(input_ids=torch.tensor([ids], device=device)).logits.float().cpu() for ids in check_inputs
+        ]
+    merged = model.merge_and_unload(adapter_names=[internal])
+    merged.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(str(out_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir))
+    differences = []
+    with torch.inference_mode():
+        for ids, reference in zip(check_inputs, unmerged, strict=True):
+            direct = merged(input_ids=torch.tensor([ids], device=device)).logits.float().cpu()
+            differences.append(float((reference - direct).abs().max()))
+    return files_fingerprint(out_dir), differences
+
+
+def release(device: str) -> None:
+    """Give a dropped model's memory back (the caller has deleted its references)."""
+    gc.collect()
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.empty_cache()

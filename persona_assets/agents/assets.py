@@ -212,9 +212,9 @@ def train_agent(
     log,
 ) -> TrainingOutcome:
     """Train (or resume) one agent's adapter; checkpoints and the adapter live under this
-    exact run's fingerprint."""
+    exact run's fingerprint (settings, examples and the base trained on)."""
     examples = engine.training_examples([training_chat(m) for m in conversations["messages"]])
-    run = run_fingerprint(settings, examples, engine.model_id)
+    run = run_fingerprint(settings, examples, engine.training_base)
     return engine.train_adapter(
         agent,
         examples,

@@ -6,6 +6,11 @@ loader uses. ``LLMResource`` loads through ``load_engine`` and keys its engine c
 those settings; ``persona_platform.resources.settings`` validates engine names against
 ``BACKENDS``. Each loader imports its backend's module when called: torch, transformers and
 vllm load only where used.
+
+The backends that serve adapters without training them (vllm, openai) get a ``PeftTrainer``
+(``resources.llm.peft_trainer``): adapters are trained and merged with transformers + PEFT on a
+load of the base of its own (``train_model``, by default the served model), then served by the
+engine.
 """
 
 from __future__ import annotations
@@ -15,8 +20,12 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from persona_platform.resources.llm.engine import Engine
+
+if TYPE_CHECKING:
+    from persona_platform.resources.llm.peft_trainer import PeftTrainer
 
 TINY = "tiny"
 
@@ -51,6 +60,34 @@ def model_path(model: str, models_dir: str, corpus_dir: str) -> str:
     return model
 
 
+def peft_trainer(
+    model: str, train_model: str, models_dir: str, corpus_dir: str, device: str, dtype: str
+) -> PeftTrainer:
+    """The trainer of an engine that serves ``model`` but cannot train: on ``train_model``, else on the
+    served model itself where that is weights this machine has (a directory, a cached Hugging Face id, the
+    embedded model). Where there are none, the trainer says why when asked to train, not before: an engine
+    that never trains needs none."""
+    from persona_platform.resources.llm.peft_trainer import PeftTrainer
+
+    base = train_model or model
+    problem = check_model_available("transformers", base)
+    if problem is not None and train_model:
+        problem = f"PERSONA_TRAIN_MODEL={base!r}: {problem}"
+    elif problem is not None:
+        problem = (
+            f"the served model {model!r} is not weights this machine has ({problem}); set "
+            "PERSONA_TRAIN_MODEL (the train_model setting) to its base weights, a directory or a Hugging "
+            "Face id in the local cache, to train adapters for it"
+        )
+    return PeftTrainer(
+        model_id=base,
+        locate=lambda: model_path(base, models_dir, corpus_dir),
+        device=device,
+        dtype=dtype,
+        problem=problem,
+    )
+
+
 def _transformers(
     model: str, models_dir: str, corpus_dir: str, device: str, dtype: str, max_batch_tokens: int
 ) -> Engine:
@@ -72,10 +109,14 @@ def _vllm(
     max_batch_tokens: int,
     gpu_memory_utilization: float,
     max_lora_rank: int,
+    max_loras: int,
+    sleep_for_training: bool,
+    train_model: str,
+    device: str,
 ) -> Engine:
     from persona_platform.resources.llm.vllm_backend import load_vllm_engine
 
-    return load_vllm_engine(
+    engine = load_vllm_engine(
         model,
         model_path(model, models_dir, corpus_dir),
         dtype=dtype,
@@ -85,7 +126,11 @@ def _vllm(
         max_num_batched_tokens=max_batch_tokens,
         gpu_memory_utilization=gpu_memory_utilization,
         max_lora_rank=max_lora_rank,
+        max_loras=max_loras,
+        sleep_for_training=sleep_for_training,
     )
+    engine.trainer = peft_trainer(model, train_model, models_dir, corpus_dir, device, dtype)
+    return engine
 
 
 def _openai(
@@ -95,6 +140,11 @@ def _openai(
     timeout_s: float,
     max_retries: int,
     max_concurrency: int,
+    train_model: str,
+    models_dir: str,
+    corpus_dir: str,
+    device: str,
+    dtype: str,
 ) -> Engine:
     from persona_platform.resources.llm.openai_backend import OpenAIEngine
 
@@ -110,6 +160,7 @@ def _openai(
         timeout_s=timeout_s,
         max_retries=max_retries,
         max_concurrency=max_concurrency,
+        trainer=peft_trainer(model, train_model, models_dir, corpus_dir, device, dtype),
     )
 
 
@@ -131,13 +182,15 @@ BACKENDS: dict[str, Backend] = {
         ),
         Backend(
             "vllm",
-            "one in-process vLLM engine on CUDA GPUs (the gpu extra): exact scoring, adapters served",
+            "one in-process vLLM engine on CUDA GPUs (the gpu extra): exact scoring, adapters served; "
+            "adapters trained and merged with transformers + PEFT beside it",
             _vllm,
         ),
         Backend(
             "openai",
             "an OpenAI-compatible server at base_url serving the model by name (scoring needs prompt "
-            "log-probabilities, as vLLM's server returns); adapters are served models",
+            "log-probabilities, as vLLM's server returns); adapters trained here with transformers + PEFT "
+            "(on train_model) and registered with the server",
             _openai,
         ),
         Backend(

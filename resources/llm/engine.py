@@ -13,7 +13,13 @@ names the backend, the model and what to use instead:
 - ``add_adapter``: serve a LoRA adapter beside the base model.
 - ``training_examples``, ``train_adapter``, ``merge_adapter``: turn chats into token ids
   with a loss mask, train a LoRA adapter on them, merge it into plain weights. Only the
-  backend holds a tokenizer and weights, so callers never touch either.
+  engine holds a tokenizer and weights, so callers never touch either.
+
+Training is always transformers + PEFT. The transformers backend trains on the model it
+serves (one load for everything). An engine that serves adapters but holds no trainable
+weights here (vLLM, a server) is given an ``AdapterTrainer`` (``resources.llm.peft_trainer``): the
+base class trains and merges through it, on a load of the base of its own, and then serves
+the adapter directory with ``add_adapter``. Without a trainer the capabilities are refused.
 
 The backends (transformers, vllm, openai, simulated) are listed with their settings in
 ``persona_platform.resources.llm.backends``. They batch requests, load a model once per process, and count
@@ -23,10 +29,11 @@ what they do in ``usage``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from persona_platform.resources.training import Example, LoraTraining, TrainingOutcome
@@ -129,10 +136,44 @@ class EngineCapabilityError(NotImplementedError):
     """The backend cannot do this at all (not a transient failure): use another backend for it."""
 
 
+class AdapterTrainer(Protocol):
+    """Trains and merges LoRA adapters for an engine that only serves them, on a base of its own
+    (``resources.llm.peft_trainer.PeftTrainer``)."""
+
+    model_id: str  # the base it trains on, as the settings name it
+
+    def unavailable(self) -> str | None:
+        """Why it cannot load its base on this machine (checked before anything is written), or None."""
+
+    def training_examples(
+        self, chats: Sequence[Sequence[tuple[str, str]]], counted_role: str
+    ) -> list[Example]: ...
+
+    def train(
+        self,
+        name: str,
+        examples: Sequence[Example],
+        settings: LoraTraining,
+        checkpoint_path: Path,
+        adapter_dir: Path,
+        log: Callable[[str], None],
+        progress: Callable[[int, int, dict], None] | None,
+    ) -> TrainingOutcome: ...
+
+    def merge(
+        self, name: str, adapter_dir: str, out_dir: Path, check_texts: Sequence[str], max_check_tokens: int
+    ) -> tuple[str, list[float]]: ...
+
+
 @dataclass
 class Engine(ABC):
     model_id: str
     usage: EngineUsage = field(default_factory=EngineUsage)
+    # Trains and merges for a backend that only serves adapters (None: those capabilities are refused).
+    trainer: AdapterTrainer | None = field(default=None, repr=False, compare=False)
+    # Public adapter name -> (the directory it is served from, its fingerprint): filled by add_adapter where
+    # the backend serves directories; merging reads it.
+    served_adapters: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False, compare=False)
 
     # The registered name of the backend (resources.llm.backends), for messages.
     backend: ClassVar[str] = ""
@@ -150,7 +191,12 @@ class Engine(ABC):
     @abstractmethod
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[TokenLogprobs]: ...
 
-    # -- capabilities: the base class refuses each by name -----------------------------------------------
+    # -- capabilities: through the trainer where there is one, else refused by name ---------------------
+
+    @property
+    def training_base(self) -> str:
+        """The base model adapters are trained on, as the settings name it (part of a run's fingerprint)."""
+        return self.trainer.model_id if self.trainer is not None else self.model_id
 
     def add_adapter(self, name: str, path: str, fingerprint: str) -> None:
         """Serve a LoRA adapter under ``name`` beside the base model (reloaded when the fingerprint
@@ -163,7 +209,9 @@ class Engine(ABC):
         """Each chat ``(role, content)...`` as the model's token ids, laid out by its own chat template, and
         per token whether the loss counts it (the content of ``counted_role``'s turns and their end-of-turn
         marker)."""
-        raise self.refusal("prepare training examples", "lora_training")
+        return self._trainer("prepare training examples", "lora_training").training_examples(
+            chats, counted_role
+        )
 
     def train_adapter(
         self,
@@ -178,7 +226,12 @@ class Engine(ABC):
         """Train a LoRA adapter ``name`` on ``examples`` (from ``training_examples``), resuming from
         ``checkpoint_path`` when it exists, save it in ``adapter_dir`` and serve it from then on;
         ``progress(step, total_steps, numbers)`` after each optimizer step."""
-        raise self.refusal("train adapters", "lora_training")
+        trainer = self._trainer("train adapters", "lora_training")
+        with self.released_for_training():
+            outcome = trainer.train(name, examples, settings, checkpoint_path, adapter_dir, log, progress)
+        self.usage.model_loads += 1  # the trainer's own load of the base
+        self.add_adapter(name, str(adapter_dir), outcome.fingerprint)
+        return outcome
 
     def merge_adapter(
         self, name: str, out_dir: Path, check_texts: Sequence[str], max_check_tokens: int = 128
@@ -186,7 +239,35 @@ class Engine(ABC):
         """Save the base with adapter ``name`` merged in (plain weights and the tokenizer) in ``out_dir``;
         return the files' fingerprint and, per check text (its first ``max_check_tokens`` tokens), the
         largest |logit difference| between the merged model and base + adapter."""
-        raise self.refusal("merge adapters", "merged_models")
+        from persona_platform.resources.training import TrainingError
+
+        trainer = self._trainer("merge adapters", "merged_models")
+        # With no check input nothing would be compared, so that is refused before anything is written.
+        if not check_texts:
+            raise TrainingError(f"{name}: no sample to check the merged model against base + adapter on")
+        if name not in self.served_adapters:
+            known = ", ".join(self.served_adapters) or "none"
+            raise KeyError(f"adapter {name!r} is not loaded; known: {known}")
+        adapter_dir = self.served_adapters[name][0]
+        with self.released_for_training():
+            result = trainer.merge(name, adapter_dir, out_dir, check_texts, max_check_tokens)
+        self.usage.model_loads += 1
+        return result
+
+    @contextmanager
+    def released_for_training(self) -> Iterator[None]:
+        """Run the block (the trainer's own load of the base) with what this engine holds on the device
+        released where it can be; nothing to release by default."""
+        yield
+
+    def _trainer(self, what: str, purpose: str) -> AdapterTrainer:
+        if self.trainer is None:
+            raise self.refusal(what, purpose)
+        why = self.trainer.unavailable()
+        if why is not None:
+            backend = self.backend or type(self).__name__
+            raise EngineCapabilityError(f"the {backend} backend cannot {what} (model {self.model_id}): {why}")
+        return self.trainer
 
     def refusal(self, what: str, purpose: str) -> EngineCapabilityError:
         """The error for a capability this backend lacks; ``purpose``: what needs it (an asset, an

@@ -108,7 +108,52 @@ class OpenAIEngine(Engine):
         return self._each(requests, self._loglikelihood_one)
 
     def add_adapter(self, name: str, path: str, fingerprint: str) -> None:
-        """The server serves adapters as models named after them; nothing is loaded from here."""
+        """Have the server serve the adapter in ``path`` as the model ``name`` (requests then ask for
+        ``model=name``); a changed fingerprint replaces it.
+
+        Through vLLM's runtime adapter routes (``POST {base_url}/load_lora_adapter`` with ``lora_name``
+        and ``lora_path``, ``/unload_lora_adapter`` with ``lora_name``; present when the server runs with
+        ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``; checked against vLLM's
+        serve/lora api_router and protocol, v0.30 to main of mid 2026). The path is read by the server, so
+        it must see the same files (a shared volume). vLLM refuses a name it already serves with a 400,
+        so that is unloaded and loaded again from ``path``. A server without those routes (404) may still
+        serve the adapter, started with ``--lora-modules name=path``: accepted when ``GET /models`` lists
+        it, refused by name otherwise."""
+        import httpx
+
+        if self.served_adapters.get(name) == (path, fingerprint):
+            return
+        key = next((os.environ[v] for v in self.api_key_variables if os.environ.get(v)), "not-set")
+        headers = {"Authorization": f"Bearer {key}"}
+        root = self.base_url.rstrip("/")
+        body = {"lora_name": name, "lora_path": path}
+        with httpx.Client(timeout=self.timeout_s, headers=headers) as http:
+            try:
+                loaded = http.post(f"{root}/load_lora_adapter", json=body)
+                if loaded.status_code == 400 and "already" in loaded.text:
+                    http.post(f"{root}/unload_lora_adapter", json={"lora_name": name})
+                    loaded = http.post(f"{root}/load_lora_adapter", json=body)
+                # A route the server lacks is FastAPI's plain 404 ({"detail": "Not Found"}); vLLM's own 404
+                # ("No adapter found" at that path) is an error object.
+                if loaded.status_code == 405 or (loaded.status_code == 404 and "error" not in loaded.text):
+                    listed = http.get(f"{root}/models")
+                    served = listed.is_success and any(
+                        m.get("id") == name for m in listed.json().get("data", [])
+                    )
+                    if not served:
+                        raise EngineRequestError(
+                            f"{self.base_url} does not serve adapter {name!r} and cannot load one: start "
+                            "vLLM with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True (or "
+                            f"--lora-modules {name}={path})"
+                        )
+                elif not loaded.is_success:
+                    raise EngineRequestError(
+                        f"{self.base_url}: loading adapter {name!r} from {path} failed: HTTP "
+                        f"{loaded.status_code}: {loaded.text[:200]}"
+                    )
+            except (httpx.TransportError, ValueError) as exc:
+                raise EngineRequestError(f"{self.base_url}: loading adapter {name!r}: {exc}") from None
+        self.served_adapters[name] = (path, fingerprint)
 
     # -- one request -----------------------------------------------------------
 

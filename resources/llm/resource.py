@@ -76,6 +76,20 @@ class LLMResource(ConfigurableResource):
         default=0.85, description="vllm backend: share of GPU memory it may take."
     )
     max_lora_rank: int = Field(default=16, description="vllm backend: the largest adapter rank it serves.")
+    max_loras: int = Field(
+        default=8, description="vllm backend: adapters in one batch (each holds GPU memory for its weights)."
+    )
+    sleep_for_training: bool = Field(
+        default=True,
+        description="vllm backend: vLLM sleeps (weights to CPU memory, KV cache dropped) while adapters are "
+        "trained or merged beside it on the same GPU.",
+    )
+    train_model: str = Field(
+        default="",
+        description="vllm and openai backends: the base adapters are trained and merged on (transformers + "
+        "PEFT): a local directory, a Hugging Face id in the local cache, or 'tiny'; empty: the served model "
+        "itself, where it is one of those. It must be the weights the engine serves.",
+    )
     device: str = Field(default="auto", description="transformers backend: 'auto', 'cpu' or 'cuda[:n]'.")
     dtype: str = Field(default="auto", description="'auto', 'float32', 'bfloat16' or 'float16'.")
     max_batch_tokens: int = Field(default=16384, description="Padded tokens per forward pass.")
@@ -119,7 +133,8 @@ class LLMResource(ConfigurableResource):
 def role_resources(settings: Settings) -> dict[str, LLMResource]:
     """The three model roles as resources: the generator (``llm``), the chat baseline's model
     (``chat_llm``) and the judge (``judge_llm``). Roles naming the same model share one loaded engine
-    (see ``LLMResource._key``)."""
+    (see ``LLMResource._key``). The training base (``PERSONA_TRAIN_MODEL``) belongs to the generator, whose
+    adapters the agents train, and to roles on the generator's own model."""
     return {
         name: LLMResource(
             model=role.model,
@@ -128,6 +143,17 @@ def role_resources(settings: Settings) -> dict[str, LLMResource]:
             api_key_variables=list(role.api_key_variables),
             models_dir=str(settings.models_dir),
             corpus_dir=str(DATA_DIR),
+            tensor_parallel_size=settings.deployment.tensor_parallel_size,
+            max_loras=settings.max_loras,
+            train_model=settings.train_model if _same_model(role, settings.llm) else "",
         )
         for name, role in settings.roles().items()
     }
+
+
+def _same_model(role, generator) -> bool:
+    return (role.backend, role.model, role.base_url) == (
+        generator.backend,
+        generator.model,
+        generator.base_url,
+    )

@@ -8,9 +8,11 @@ prefix with the previous sequence and extended, so a shared prefix is computed
 once. Generation uses left padding, as causal generation needs, and constrains decoding
 to a JSON schema when a request carries one.
 
-The one backend that trains: training examples, LoRA training and merging go through the
-engine (resources/training.py holds the PEFT + Accelerate loop it runs on its own model), so
-no caller touches the model or the tokenizer.
+Training examples, LoRA training and merging go through the engine
+(resources/training.py holds the PEFT + Accelerate loop): this backend runs it on the very model
+it serves, so training, merging and scoring in one process share one load of the base weights
+(other backends train through a PeftTrainer on a load of their own). No caller touches the model
+or the tokenizer.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from persona_platform.resources.llm.engine import (
     ScoreRequest,
     TokenLogprobs,
 )
+from persona_platform.resources.training import resolve_device, resolve_dtype
 
 # Below this share of tokens saved by prefix reuse, padded batches are faster.
 PREFIX_REUSE_MIN_SAVING = 0.6
@@ -58,21 +61,6 @@ Target = tuple[int, int]
 class _Item:
     ids: list[int]
     targets: list[Target]
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    except KeyError:
-        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}") from None
 
 
 def load_transformers_engine(
@@ -157,7 +145,7 @@ class TransformersEngine(Engine):
         self.model.eval()
         self.adapters[name] = (internal, fingerprint)
 
-    # -- training (the capabilities only this backend has) ---------------------
+    # -- training, on the served model itself (one shared load) ---------------
 
     def training_examples(
         self, chats: Sequence[Sequence[tuple[str, str]]], counted_role: str = "assistant"

@@ -69,24 +69,33 @@ print(json.dumps({"executor": defs.executor.name if defs.executor else None, "op
 """
 
 
-def _env(tmp_path: Path, deployment: str) -> dict:
+def _env(tmp_path: Path, deployment: str, **settings: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
-    return {**env, "PERSONA_DEPLOYMENT": deployment, "PERSONA_HOME": str(tmp_path / "home")}
+    return {**env, "PERSONA_DEPLOYMENT": deployment, "PERSONA_HOME": str(tmp_path / "home"), **settings}
 
 
-@pytest.fixture(scope="module")
-def k8s_code_location(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("k8s")
+def _dump_ops(tmp: Path, **settings: str) -> dict:
     result = subprocess.run(
         [sys.executable, "-c", DUMP_OPS],
         cwd=ROOT,
-        env=_env(tmp, "k8s"),
+        env=_env(tmp, "k8s", **settings),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def k8s_code_location(tmp_path_factory):
+    return _dump_ops(tmp_path_factory.mktemp("k8s"))
+
+
+# A model split over 4 GPUs (PERSONA_TENSOR_PARALLEL_SIZE=4): every GPU step pod is sized for it.
+@pytest.fixture(scope="module")
+def k8s_code_location_4_gpus(tmp_path_factory):
+    return _dump_ops(tmp_path_factory.mktemp("k8s-4"), PERSONA_TENSOR_PARALLEL_SIZE="4")
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +207,27 @@ def test_bad_profile_fields_are_named(fields, field):
         GpuProfile(name="bad", **fields)
 
 
+def test_a_profile_per_model_size():
+    assert DEFAULT_PROFILE.sized(1) is DEFAULT_PROFILE
+    four = DEFAULT_PROFILE.sized(4)
+    assert (four.name, four.gpus, four.cpu, four.memory, four.shm) == (
+        "default-4gpu",
+        4,
+        "32",
+        "256Gi",
+        "64Gi",
+    )
+    eight = TRAINING_PROFILE.sized(8)
+    assert (eight.name, eight.gpus, eight.memory, eight.shm) == ("training-8gpu", 8, "1024Gi", "256Gi")
+    assert quantity(eight.shm, "shm") / eight.gpus == quantity(
+        TRAINING_PROFILE.shm, "shm"
+    )  # /dev/shm per GPU
+    assert (four.gpu_type, four.tolerations) == (DEFAULT_PROFILE.gpu_type, DEFAULT_PROFILE.tolerations)
+    config = step_pod_config(four, "img:1")
+    assert config["container_config"]["resources"]["limits"][GPU_RESOURCE] == "4"
+    assert config["pod_spec_config"]["volumes"][0]["empty_dir"]["size_limit"] == "64Gi"
+
+
 def test_quantities_follow_kubernetes_suffixes():
     assert quantity("64Gi", "x") == 64 * 2**30
     assert quantity("500m", "x") == 0.5
@@ -285,6 +315,27 @@ def test_every_gpu_step_job_is_a_valid_kubernetes_job_with_its_gpu(k8s_code_loca
     training = step_job_manifest("lora_training", gpu_ops["lora_training"]["tags"])
     limits = training["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["memory"] == TRAINING_PROFILE.memory
+
+
+def test_a_model_on_several_gpus_gets_pods_sized_for_it(k8s_code_location_4_gpus, k8s_code_location):
+    gpu_ops = _gpu_ops(k8s_code_location_4_gpus["ops"])
+    assert set(gpu_ops) == set(_gpu_ops(k8s_code_location["ops"]))
+    for name, op in gpu_ops.items():
+        profile = (TRAINING_PROFILE if name == "lora_training" else DEFAULT_PROFILE).sized(4)
+        assert json.loads(op["tags"][K8S_CONFIG_TAG]) == step_pod_config(profile, DEFAULT_GPU_IMAGE), name
+        manifest = step_job_manifest(name, op["tags"])
+        kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+        pod = manifest["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        limits = container["resources"]["limits"]
+        assert limits[GPU_RESOURCE] == container["resources"]["requests"][GPU_RESOURCE] == "4", name
+        assert limits["memory"] == profile.memory, name
+        shm = {v["name"]: v for v in pod["volumes"]}["dshm"]["emptyDir"]
+        assert shm == {"medium": "Memory", "sizeLimit": profile.shm}, name
+        assert quantity(shm["sizeLimit"], "shm") < quantity(limits["memory"], "memory"), name
+    training = step_job_manifest("lora_training", gpu_ops["lora_training"]["tags"])
+    labels = training["spec"]["template"]["metadata"]["labels"]
+    assert labels["persona-platform/gpu-profile"] == "training-4gpu"
 
 
 def test_the_manifest_validator_rejects_a_broken_gpu_pod(k8s_code_location):

@@ -28,6 +28,7 @@ PURE_MODULES = [
     "persona_platform.resources.llm.transformers_backend",
     "persona_platform.resources.llm.vllm_backend",
     "persona_platform.resources.llm.openai_backend",
+    "persona_platform.resources.llm.peft_trainer",
     "persona_platform.resources.llm.simulated",
     "persona_platform.resources.llm.tiny",
     "persona_platform.resources.training",
@@ -77,7 +78,11 @@ def test_each_backend_reads_its_own_settings_and_the_cache_key_holds_every_one(t
         "max_model_len",
         "gpu_memory_utilization",
         "max_lora_rank",
+        "max_loras",
+        "sleep_for_training",
         "dtype",
+        "train_model",
+        "device",
     } <= set(BACKENDS["vllm"].settings)
     assert set(BACKENDS["openai"].settings) == {
         "model",
@@ -86,6 +91,12 @@ def test_each_backend_reads_its_own_settings_and_the_cache_key_holds_every_one(t
         "timeout_s",
         "max_retries",
         "max_concurrency",
+        # the PEFT trainer beside it: its base (the embedded one is built under models_dir), device, dtype
+        "train_model",
+        "models_dir",
+        "corpus_dir",
+        "device",
+        "dtype",
     }
     assert BACKENDS["simulated"].settings == ("model",)
     every_field = set(LLMResource.model_fields)
@@ -101,14 +112,23 @@ def test_each_backend_reads_its_own_settings_and_the_cache_key_holds_every_one(t
         ("vllm", "quantization", "awq"),
         ("vllm", "max_model_len", 4096),
         ("vllm", "gpu_memory_utilization", 0.5),
+        ("vllm", "max_lora_rank", 64),
+        ("vllm", "max_loras", 2),
+        ("vllm", "sleep_for_training", False),
+        ("vllm", "train_model", "/weights/base"),
+        ("vllm", "max_batch_tokens", 4096),
         ("transformers", "device", "cpu"),
         ("openai", "api_key_variables", ["OTHER"]),
+        ("openai", "train_model", "tiny"),
     ]:
         assert key(name) != key(name, **{setting: value}), (name, setting)
     # What a backend does not read does not split its engine (the generator and the judge share one).
     assert key("transformers") == key(
-        "transformers", tensor_parallel_size=4, api_key_variables=["PERSONA_JUDGE_API_KEY"]
+        "transformers", tensor_parallel_size=4, api_key_variables=["PERSONA_JUDGE_API_KEY"], train_model="x"
     )
+    # Every field a loader reads is in the key (it is built from the loader's signature): none is left out.
+    for name in BACKENDS:
+        assert {field for field, _ in key(name)[1:]} == set(BACKENDS[name].settings), name
 
 
 # -- model roles ---------------------------------------------------------------------------------------------
@@ -213,6 +233,43 @@ def test_the_three_role_resources_come_from_one_helper(tmp_path):
     )
 
 
+def test_gpu_settings_reach_every_role_and_the_training_base_the_generators(tmp_path):
+    settings = load_settings(
+        {
+            "PERSONA_HOME": str(tmp_path),
+            "PERSONA_MODEL": "openai:served-base",
+            "PERSONA_ENGINE_BASE_URL": "http://server:8000/v1",
+            "PERSONA_JUDGE_MODEL": "vllm:org/judge",
+            "PERSONA_TRAIN_MODEL": "/weights/base",
+            "PERSONA_TENSOR_PARALLEL_SIZE": "4",
+            "PERSONA_MAX_LORAS": "16",
+        }
+    )
+    assert settings.deployment.tensor_parallel_size == 4 and settings.max_loras == 16
+    resources = role_resources(settings)
+    llm, chat, judge = resources["llm"], resources["chat_llm"], resources["judge_llm"]
+    assert (llm.train_model, chat.train_model, judge.train_model) == ("/weights/base", "/weights/base", "")
+    assert all((r.tensor_parallel_size, r.max_loras) == (4, 16) for r in resources.values())
+    assert dict(judge._key()[1:])["tensor_parallel_size"] == 4  # the vllm judge is split over 4 GPUs
+
+
+@pytest.mark.parametrize(
+    "environment, named",
+    [
+        ({"PERSONA_TENSOR_PARALLEL_SIZE": "0"}, "PERSONA_TENSOR_PARALLEL_SIZE: '0' is not a whole number"),
+        ({"PERSONA_TENSOR_PARALLEL_SIZE": "16"}, "from 1 to 8"),
+        ({"PERSONA_MAX_LORAS": "many"}, "PERSONA_MAX_LORAS: 'many'"),
+        (
+            {"PERSONA_TRAIN_MODEL": "vllm:org/base"},
+            "PERSONA_TRAIN_MODEL='vllm:org/base': name the weights alone",
+        ),
+    ],
+)
+def test_bad_gpu_settings_are_refused_by_name(environment, named):
+    with pytest.raises(SettingsError, match=named):
+        load_settings(environment)
+
+
 # -- the training capability ---------------------------------------------------------------------------------
 
 SETTINGS = LoraTraining(
@@ -238,7 +295,7 @@ CHATS = [
         PlantedSignalEngine(model_id="simulated:w", spec=WorldSpec(questions=2)),
         OpenAIEngine(model_id="served-model", base_url="http://127.0.0.1:9/v1"),
     ],
-    ids=["simulated", "openai"],
+    ids=["simulated", "openai-without-trainer"],
 )
 def test_a_backend_without_training_refuses_it_by_name(engine, tmp_path):
     name = engine.backend
