@@ -6,7 +6,7 @@ an asset function states only what it computes.
 
 from __future__ import annotations
 
-import math
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -75,46 +75,44 @@ def partition_metadata(
         context.add_asset_metadata(describe(rows), asset_key=key, partition_key=partition)
 
 
-# Long generate/loglikelihood calls go to the engine in about this many pieces so their progress shows;
-# pieces are large enough that batching (and vLLM's scheduler) still sees many requests at once.
-PROGRESS_PIECES, MIN_PIECE = 20, 32
-
-
 class ReportingEngine:
-    """The step's engine, reporting how many generate and loglikelihood requests of the step are done.
-    ``score`` goes through whole: ICM orders its requests to share prompt prefixes, and splitting them
-    would lose that; ICM reports its iterations itself."""
+    """The step's engine, reporting how many generate and loglikelihood requests of the step are done, as
+    the backend finishes them (a backend that reports nothing on the way counts at the end of each call).
+    ``score`` goes unreported: ICM reports its iterations itself."""
 
     def __init__(self, engine: Engine, log: Callable[[str], None]):
         self._engine = engine
-        self._trackers = {
-            kind: Tracker(log, f"{kind} requests", 0, log_last=False)
-            for kind in ("generate", "loglikelihood")
-        }
-        self._done = dict.fromkeys(self._trackers, 0)
+        kinds = ("generate", "loglikelihood")
+        self._trackers = {kind: Tracker(log, f"{kind} requests", 0, log_last=False) for kind in kinds}
+        self._done = dict.fromkeys(kinds, 0)
+        self._lock = threading.Lock()  # a server backend finishes requests on several threads
 
     def __getattr__(self, name: str):
         return getattr(self._engine, name)
 
     def generate(self, requests: Sequence) -> list[str]:
-        return self._in_pieces("generate", self._engine.generate, requests)
+        return self._reported("generate", self._engine.generate, requests)
 
     def loglikelihood(self, requests: Sequence) -> list:
-        return self._in_pieces("loglikelihood", self._engine.loglikelihood, requests)
+        return self._reported("loglikelihood", self._engine.loglikelihood, requests)
 
-    def _in_pieces(self, kind: str, call: Callable[[Sequence], list], requests: Sequence) -> list:
+    def _reported(self, kind: str, call: Callable[[Sequence], list], requests: Sequence) -> list:
         tracker = self._trackers[kind]
         tracker.total += len(requests)
-        size = (
-            len(requests)
-            if len(requests) <= 2 * MIN_PIECE
-            else max(MIN_PIECE, math.ceil(len(requests) / PROGRESS_PIECES))
-        )
-        results = []
-        for start in range(0, len(requests), size):
-            results += call(requests[start : start + size])
-            self._done[kind] += len(requests[start : start + size])
-            tracker(self._done[kind])
+        expected = self._done[kind] + len(requests)
+
+        def finished(count: int) -> None:
+            with self._lock:
+                self._done[kind] += count
+                tracker(self._done[kind])
+
+        self._engine.progress = finished
+        try:
+            results = call(requests)
+        finally:
+            self._engine.progress = None
+        if self._done[kind] < expected:
+            finished(expected - self._done[kind])
         return results
 
 

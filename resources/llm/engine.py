@@ -174,6 +174,9 @@ class Engine(ABC):
     # Public adapter name -> (the directory it is served from, its fingerprint): filled by add_adapter where
     # the backend serves directories; merging reads it.
     served_adapters: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False, compare=False)
+    # While a step reports progress: told how many requests of the current call a backend has just finished
+    # (after each batch, or each reply of a server), so a long call shows its progress without being split.
+    progress: Callable[[int], None] | None = field(default=None, repr=False, compare=False)
 
     # The registered name of the backend (resources.llm.backends), for messages.
     backend: ClassVar[str] = ""
@@ -190,6 +193,11 @@ class Engine(ABC):
 
     @abstractmethod
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[TokenLogprobs]: ...
+
+    def finished(self, requests: int) -> None:
+        """Report ``requests`` more requests of the current call done (see ``progress``)."""
+        if self.progress is not None:
+            self.progress(requests)
 
     # -- capabilities: through the trainer where there is one, else refused by name ---------------------
 

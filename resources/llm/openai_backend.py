@@ -253,10 +253,16 @@ class OpenAIEngine(Engine):
 
     def _each(self, items: Sequence, one: Callable) -> list:
         self.usage.requests += len(items)
+
+        def reported(item):
+            result = one(item)
+            self.finished(1)
+            return result
+
         if len(items) <= 1 or self.max_concurrency <= 1:
-            return [one(item) for item in items]
+            return [reported(item) for item in items]
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
-            return list(pool.map(one, items))
+            return list(pool.map(reported, items))
 
     def _call(self, send: Callable, parse: Callable[[object], object]):
         """``send`` one request (the SDK retries it as it sees fit), then ``parse`` its JSON body; a malformed

@@ -316,6 +316,7 @@ class TransformersEngine(Engine):
                 texts = self._generate_batch([encoded[b] for b in batch], requests[indices[batch[0]]])
                 for b, text in zip(batch, texts, strict=True):
                     outputs[indices[b]] = text
+                self.finished(len(batch))
         self.usage.requests += len(requests)
         return outputs
 
@@ -360,6 +361,7 @@ class TransformersEngine(Engine):
                 attention[row, : len(ids)] = 1
                 for ctx, _ in items[i].targets:
                     keep[row, ctx - 1] = True
+            self.finished(len(batch))
             if not keep.any():
                 continue
             logits = self.model(

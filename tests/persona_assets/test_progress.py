@@ -9,7 +9,7 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from persona_platform.persona_assets.progress import Tracker
-from persona_platform.persona_assets.steps import MIN_PIECE, ReportingEngine
+from persona_platform.persona_assets.steps import ReportingEngine
 from tests.conftest import PERSONA
 
 
@@ -44,26 +44,44 @@ def test_a_growing_total_does_not_log_every_call_end():
     assert lines == ["generate requests: 3/3 (100%), elapsed 0m00s"]
 
 
-class CountingEngine:
-    model_id = "counting"
+class BatchingEngine:
+    """Finishes requests in batches of ``batch`` and says so, as the transformers backend does; with
+    ``batch=None`` it says nothing on the way, as vLLM's one call does."""
 
-    def __init__(self):
-        self.calls = []
+    model_id = "batching"
+
+    def __init__(self, batch: int | None):
+        self.batch, self.progress, self.calls = batch, None, []
+
+    def finished(self, requests: int) -> None:
+        if self.progress is not None:
+            self.progress(requests)
 
     def generate(self, requests):
         self.calls.append(len(requests))
+        if self.batch:
+            for start in range(0, len(requests), self.batch):
+                self.finished(len(requests[start : start + self.batch]))
         return [f"reply {r}" for r in requests]
 
 
-def test_long_generate_calls_go_in_pieces_in_order_and_report():
-    inner, lines = CountingEngine(), []
+def test_a_long_generate_call_goes_whole_and_reports_each_batch(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr("persona_platform.persona_assets.progress.time.monotonic", clock)
+    inner, lines = BatchingEngine(batch=100), []
     engine = ReportingEngine(inner, lines.append)
-    replies = engine.generate(list(range(1000)))
-    assert replies == [f"reply {i}" for i in range(1000)]
-    assert inner.calls == [50] * 20 and engine.model_id == "counting"
-    assert lines[0].startswith("generate requests: 50/1000")
-    engine.generate(list(range(2 * MIN_PIECE)))  # a short call goes whole
-    assert inner.calls[-1] == 2 * MIN_PIECE
+    assert engine.generate(list(range(1000))) == [f"reply {i}" for i in range(1000)]
+    assert inner.calls == [1000] and engine.model_id == "batching" and inner.progress is None
+    assert lines == ["generate requests: 100/1000 (10%), elapsed 0m00s"]  # the first batch; then every 10 s
+
+
+def test_a_backend_silent_on_the_way_is_counted_at_the_end_of_each_call():
+    inner, lines = BatchingEngine(batch=None), []
+    engine = ReportingEngine(inner, lines.append)
+    engine.generate(list(range(40)))
+    engine.generate(list(range(60)))
+    assert engine._done["generate"] == 100 and engine._trackers["generate"].total == 100
+    assert lines[0].startswith("generate requests: 40/40")
 
 
 def test_the_run_log_shows_icm_progress_and_runs_carry_their_jobs(sample_run):
