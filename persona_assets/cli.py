@@ -61,6 +61,7 @@ class RunArguments:
     agents: set[str] | None
     config_file: Path | None
     op_config: dict
+    parallel: int = 1
 
 
 def check_run_arguments(args: argparse.Namespace, settings: Settings) -> RunArguments:
@@ -79,33 +80,59 @@ def check_run_arguments(args: argparse.Namespace, settings: Settings) -> RunArgu
     selection = check_selection(args.select, graph).required_multi_asset_neighbors()
     keys = selection.resolve(graph)
     check_models(settings, set().union(*(graph.assets_def_for_key(k).required_resource_keys for k in keys)))
-    return RunArguments(selection, countries, agents, config_file, op_config)
+    parallel = getattr(args, "parallel", None) or 1
+    if not 1 <= parallel <= MAX_PARALLEL:
+        raise PersonaInputError(f"--parallel {parallel}: must be a whole number from 1 to {MAX_PARALLEL}")
+    return RunArguments(selection, countries, agents, config_file, op_config, parallel)
+
+
+# Worker processes `persona run --parallel` may start (each loads the code location and a model).
+MAX_PARALLEL = 64
 
 
 def command_run(args: argparse.Namespace) -> int:
     from persona_platform.persona_assets.definitions import defs
+    from persona_platform.persona_assets.fanout import execute_fanned_out
+    from persona_platform.persona_assets.instance import apply_pool_limits, pool_limits
     from persona_platform.persona_assets.progress import live_display
     from persona_platform.persona_assets.runner import execute_plan, plan_runs
     from persona_platform.resources.llm.resource import process_usage
 
     settings = load_settings()
     checked = check_run_arguments(args, settings)  # before anything is created
-    instance = prepare_instance(settings)
-    runs = plan_runs(defs, checked.selection, checked.countries, checked.agents)
-    print(f"persona run: {len(runs)} runs planned; home {settings.home}; model {settings.llm}")
+    parallel = checked.parallel
+    # --parallel K: the instance's gpu pool takes K runs while this command runs (runs launched from the UI
+    # meanwhile count these against it); back to the settings' limit when it ends.
+    instance = prepare_instance(settings, gpu_limit=parallel if parallel > 1 else None)
+    per_run = settings.deployment.partitions_per_run
+    runs = plan_runs(defs, checked.selection, checked.countries, checked.agents, parallel, per_run)
+    fanned = f", model runs up to {parallel} at once in worker processes" if parallel > 1 else ""
+    print(f"persona run: {len(runs)} runs planned{fanned}; home {settings.home}; model {settings.llm}")
     if checked.config_file:
         print(f"run config: {checked.config_file}")
     started = time.monotonic()
-    with live_display():
-        outcomes = execute_plan(defs, runs, instance, checked.op_config)
+    try:
+        with live_display():
+            if parallel > 1:
+                outcomes = execute_fanned_out(
+                    defs, runs, instance, checked.op_config, parallel, deployment=settings.deployment
+                )
+            else:
+                outcomes = execute_plan(defs, runs, instance, checked.op_config)
+    finally:
+        if parallel > 1:
+            apply_pool_limits(instance, pool_limits(settings.deployment))
     elapsed = time.monotonic() - started
     failed = [o for o in outcomes if not o.success]
     usage = process_usage()
+    # This process's engines, and those of the worker processes (reported per run they executed).
+    workers = [o for o in outcomes if o.worker is not None]
     print()
     print(
         f"{len(outcomes) - len(failed)} of {len(runs)} runs succeeded in {elapsed:.1f} s; "
-        f"model loads {usage.model_loads}, forward passes {usage.forward_passes}, "
-        f"tokens computed {usage.tokens_computed}"
+        f"model loads {usage.model_loads + sum(o.model_loads for o in workers)}, "
+        f"forward passes {usage.forward_passes + sum(o.forward_passes for o in workers)}, "
+        f"tokens computed {usage.tokens_computed + sum(o.tokens_computed for o in workers)}"
     )
     print(f"Tables in {settings.warehouse_label}:")
     counts = open_warehouse(settings).table_row_counts()
@@ -119,6 +146,9 @@ def command_run(args: argparse.Namespace) -> int:
     if failed:
         print()
         run_id = failed[0].run_id
+        if not run_id:  # a worker process that ended before its run was recorded
+            print(f"FAILED: {failed[0].error}", file=sys.stderr)
+            return 1
         log = write_run_log(instance, run_id, settings.home / "logs" / f"{run_id}.log")
         print(failure_line(instance, run_id, failed[0].error, log), file=sys.stderr)
         return 1
@@ -313,7 +343,17 @@ def open_warehouse(settings: Settings):
     return Warehouse(settings.warehouse, data_path=settings.warehouse_data_path)
 
 
-BENCHMARKS = ("icm", "icm-recovery", "scoring", "training", "loads", "planning", "warehouse", "survey")
+BENCHMARKS = (
+    "icm",
+    "icm-recovery",
+    "scoring",
+    "training",
+    "loads",
+    "planning",
+    "warehouse",
+    "survey",
+    "fanout",
+)
 
 
 def command_bench(args: argparse.Namespace) -> int:
@@ -321,6 +361,7 @@ def command_bench(args: argparse.Namespace) -> int:
     import platform
 
     from persona_platform.benchmarks import (
+        fanout,
         icm_pool,
         icm_recovery,
         model_loads,
@@ -343,6 +384,7 @@ def command_bench(args: argparse.Namespace) -> int:
         "planning": (planning.run, planning.markdown),
         "warehouse": (warehouse.run, warehouse.markdown),
         "survey": (survey.run, survey.markdown),
+        "fanout": (fanout.run, fanout.markdown),
     }
     names = BENCHMARKS if args.name == "all" else (args.name,)
     machine = {
@@ -608,6 +650,15 @@ def main(argv: list[str] | None = None) -> int:
         "--config",
         type=Path,
         help="run config (YAML with 'ops:'); default with the embedded model: data/embedded_profile.yaml",
+    )
+    run.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        metavar="K",
+        help="run the model steps' partitions as up to K runs at once, in K worker processes that each load "
+        "the model once (chunks balanced by expected cost; PERSONA_PARTITIONS_PER_RUN caps a chunk); the "
+        "instance's gpu pool takes K meanwhile. Default 1: every run in this process, one model load",
     )
     run.set_defaults(handler=command_run)
     bench = commands.add_parser("bench", help="run benchmarks; results also go to benchmarks/results/")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 from dagster import (
@@ -10,6 +11,7 @@ from dagster import (
     BackfillPolicy,
     BetaWarning,
     MetadataValue,
+    PartitionsDefinition,
     TableColumn,
     TableRecord,
     TableSchema,
@@ -23,6 +25,11 @@ from persona_platform.resources.settings import load_deployment
 
 # Backfill policies are marked beta in dagster 1.13; they are what makes one run load a model once.
 warnings.filterwarnings("ignore", category=BetaWarning)
+# With PERSONA_PARTITIONS_PER_RUN (or several GPU slots) a job holds model steps (multi_run) beside model-free
+# ones (single_run): expected, and said in docs/operations.md. Dagster warns at every load of the code
+# location that a *job* backfill then uses the smaller chunks for all its assets (asset backfills keep each
+# asset's own policy).
+warnings.filterwarnings("ignore", message=r"Asset job \S+ materializes assets with varying BackfillPolicies")
 
 OWNERS = ["team:persona-research"]
 TABLE_KINDS = {"polars", "duckdb"}
@@ -40,9 +47,29 @@ REPORT_STEP = dict(
 COUNTRY_PARTITION = {"partition_expr": "country"}
 AGENT_PARTITION = {"partition_expr": "agent"}
 AGENT_COUNTRY_PARTITION = {"partition_expr": {"agent": "agent", "country": "country"}}
-# A backfill of any range of partitions is one run: one process, one model load.
+# A backfill of any range of partitions is one run: one process, one model load. Model-free steps always.
 ONE_RUN_PER_BACKFILL = BackfillPolicy.single_run()
 DEPLOYMENT = load_deployment()
+
+
+def partitions_per_model_run(partitions: int, deployment=None) -> int | None:
+    """The most partitions one run of a model step takes in a Dagster backfill of ``partitions`` partitions:
+    PERSONA_PARTITIONS_PER_RUN when set; else one wave of runs over the gpu pool's slots (ceil(partitions /
+    slots)); None (one run for the whole backfill) when the pool has a single slot."""
+    deployment = deployment or DEPLOYMENT
+    if deployment.partitions_per_run:
+        return deployment.partitions_per_run
+    if deployment.gpu_slots <= 1 or partitions <= 1:
+        return None
+    return math.ceil(partitions / deployment.gpu_slots)
+
+
+def model_backfill(partitions_def: PartitionsDefinition) -> BackfillPolicy:
+    """The backfill policy of a step that loads a model: runs of at most ``partitions_per_model_run``
+    contiguous partitions (BackfillPolicy.multi_run), each loading the model once, as many at once as the
+    gpu pool allows; a single run when the settings ask for no fan-out (the default on one GPU)."""
+    per_run = partitions_per_model_run(len(partitions_def.get_partition_keys()))
+    return ONE_RUN_PER_BACKFILL if per_run is None else BackfillPolicy.multi_run(per_run)
 
 
 def gpu_step(profile: GpuProfile = DEFAULT_PROFILE) -> dict:

@@ -15,6 +15,7 @@ from persona_platform.persona_assets.automation import (
     partition_jobs,
 )
 from persona_platform.persona_assets.deployment import K8S_EXECUTOR_CONFIG
+from persona_platform.persona_assets.instance import pool_limits_sensor
 from persona_platform.resources.artifacts import ArtifactStore
 from persona_platform.resources.llm.resource import role_resources
 from persona_platform.resources.settings import load_settings
@@ -41,6 +42,8 @@ PARTITION_JOBS = partition_jobs(ALL_ASSETS)
 # On Kubernetes every step is its own pod (GPU steps in GPU pods, from their op tags);
 # locally Dagster's default.
 EXECUTOR = k8s_job_executor.configured(K8S_EXECUTOR_CONFIG) if settings.deployment.on_k8s else None
+# On a cluster the gpu pool's limit follows PERSONA_GPUS (locally `persona run` and `persona ui` set it).
+CLUSTER_SENSORS = [pool_limits_sensor(settings.deployment)] if settings.deployment.on_k8s else []
 
 # A DuckLake location may hold a password. Resource config given as a value is part of the
 # job snapshot the instance stores and the UI shows; given as EnvVar, only the variable's
@@ -53,7 +56,8 @@ defs = Definitions.merge(
         jobs=domain_jobs(ALL_ASSETS) + PARTITION_JOBS,
         executor=EXECUTOR,
         schedules=country_schedules(settings.schedule_cron),
-        sensors=input_sensors(str(settings.goqa_source), str(settings.board_dir), PARTITION_JOBS),
+        sensors=input_sensors(str(settings.goqa_source), str(settings.board_dir), PARTITION_JOBS)
+        + CLUSTER_SENSORS,
         resources={
             "io_manager": WarehouseIOManager(database=WAREHOUSE, data_path=settings.warehouse_data_path),
             "warehouse": WarehouseResource(database=WAREHOUSE, data_path=settings.warehouse_data_path),

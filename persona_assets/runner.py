@@ -4,16 +4,25 @@ Assets are taken in dependency order and grouped by partitions definition; each
 group runs as one in-process run per contiguous range of the chosen partition
 keys. All runs share this process, so the model is loaded once for the whole
 job, and all are recorded in the Dagster instance the UI reads.
+
+Fanned out (``persona run --parallel K``), the steps that load a model are planned
+apart from the rest, and each of their ranges is cut into contiguous chunks of
+about equal expected cost (claims per country, examples per agent), as many as
+K (more when PERSONA_PARTITIONS_PER_RUN caps a chunk). The chunks run in K worker
+processes (``fanout``), each loading the model once for every chunk it takes; the
+model-free runs stay in this process, one at a time, between them.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from dagster import (
     AssetKey,
@@ -27,11 +36,14 @@ from dagster import (
 )
 
 from persona_platform.partitions import partitioning
+from persona_platform.persona_assets.common import GPU_POOL
 from persona_platform.persona_assets.progress import live_run
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 # Which process executes an in-process run, so that a later `persona` can tell a killed run from a live one.
 PID_TAG, HOST_TAG = "persona/pid", "persona/host"
+# The worker process of `persona run --parallel` that executed a run, and how many workers there were.
+WORKER_TAG, PARALLEL_TAG = "persona/worker", "persona/parallel"
 # Step-level lines stay in the instance (the UI shows them). The terminal gets none: a step failure's
 # traceback would be a hundred lines there, and `persona run` summarises it in one with the log's path.
 QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -43,6 +55,12 @@ class PlannedRun:
     partitions_def: PartitionsDefinition | None
     key_range: tuple[str, str] | None = None
     partition_count: int = 0
+    # Its steps load a model (pool gpu); fanned out, such runs hold no model-free step.
+    model: bool = False
+    # Runs of one stage may run at once; a stage starts when the one before it has ended.
+    stage: int = 0
+    # Expected cost, in claims (countries) or examples (agents), where the plan weighed it.
+    cost: float = 0.0
 
 
 @dataclass
@@ -52,6 +70,11 @@ class RunOutcome:
     seconds: float
     success: bool
     error: str | None = field(default=None)
+    # What the run's process asked of its engines during the run (counted for runs in a worker process).
+    model_loads: int = 0
+    forward_passes: int = 0
+    tokens_computed: int = 0
+    worker: int | None = None
 
 
 def contiguous_ranges(all_keys: Sequence[str], chosen: set[str]) -> list[list[str]]:
@@ -101,34 +124,220 @@ def plan_runs(
     selection: AssetSelection,
     countries: set[str] | None = None,
     agents: set[str] | None = None,
+    parallel: int = 1,
+    per_run: int | None = None,
 ) -> list[PlannedRun]:
+    """The runs that materialize ``selection`` for the chosen partitions, in dependency order. With
+    ``parallel`` > 1, model steps are runs of their own, each range cut into balanced chunks
+    (``chunk_count``), a stage of runs that may run at once."""
     graph = defs.resolve_asset_graph()
     selected = selection.resolve(graph)
+    fanned_out = parallel > 1
     groups: list[PlannedRun] = []
     for level in graph.toposorted_asset_keys_by_level:
         keys = [k for k in level if k in selected and graph.get(k).is_materializable]
-        by_def: dict[int, list[AssetKey]] = {}
+        by_def: dict[tuple[int, bool], list[AssetKey]] = {}
         defs_by_id: dict[int, PartitionsDefinition | None] = {}
         for key in sorted(keys, key=lambda k: k.to_user_string()):
             pdef = graph.get(key).partitions_def
-            by_def.setdefault(id(pdef), []).append(key)
+            model = fanned_out and GPU_POOL in (graph.get(key).pools or ())
+            by_def.setdefault((id(pdef), model), []).append(key)
             defs_by_id[id(pdef)] = pdef
-        for def_id, level_keys in by_def.items():
+        for (def_id, model), level_keys in by_def.items():
             pdef = defs_by_id[def_id]
             previous = groups[-1] if groups else None
             # Safe to join the previous run: everything this level depends on ran in or before it.
-            if previous is not None and previous.partitions_def == pdef:
+            if previous is not None and previous.partitions_def == pdef and previous.model == model:
                 previous.asset_keys.extend(level_keys)
             else:
-                groups.append(PlannedRun(level_keys, pdef))
+                groups.append(PlannedRun(level_keys, pdef, model=model, stage=len(groups)))
     runs: list[PlannedRun] = []
     for group in groups:
+        group.model = any(GPU_POOL in (graph.get(k).pools or ()) for k in group.asset_keys)
         if group.partitions_def is None:
             runs.append(group)
             continue
         for key_range, size in partition_ranges(group.partitions_def, countries, agents):
-            runs.append(PlannedRun(group.asset_keys, group.partitions_def, key_range, size))
+            if fanned_out and group.model:
+                for chunk_range, chunk_size, cost in split_range(
+                    group.partitions_def, key_range, parallel, per_run
+                ):
+                    runs.append(
+                        PlannedRun(
+                            group.asset_keys,
+                            group.partitions_def,
+                            chunk_range,
+                            chunk_size,
+                            model=True,
+                            stage=group.stage,
+                            cost=cost,
+                        )
+                    )
+            else:
+                runs.append(
+                    PlannedRun(
+                        group.asset_keys, group.partitions_def, key_range, size, group.model, group.stage
+                    )
+                )
     return runs
+
+
+# -- chunks of partitions balanced by expected cost -------------------------------------------------------
+
+
+def chunk_count(partitions: int, parallel: int, per_run: int | None) -> int:
+    """How many runs a range of ``partitions`` becomes: one per worker (``parallel``), more where a run may
+    take at most ``per_run`` partitions, never more than the partitions."""
+    wanted = max(parallel, math.ceil(partitions / per_run) if per_run else 1)
+    return max(1, min(wanted, partitions))
+
+
+def balanced_chunks(
+    weights: Sequence[float], count: int, max_size: int | None = None
+) -> list[tuple[int, int]]:
+    """Cut ``weights`` into ``count`` contiguous chunks (first and last index) of at most ``max_size`` items
+    each, the heaviest chunk as light as it can be: a binary search over the heaviest chunk's weight, each
+    bound tried greedily (greedy is exact for contiguous chunks), then the heaviest chunks halved until there
+    are ``count``. More than ``count`` when ``max_size`` needs more; at most one per item."""
+    n = len(weights)
+    if n == 0:
+        return []
+    max_size = max_size or n
+    count = min(max(count, math.ceil(n / max_size)), n)
+
+    def greedy(cap: float) -> list[tuple[int, int]]:
+        chunks, start, total = [], 0, 0.0
+        for i, w in enumerate(weights):
+            if i > start and (total + w > cap or i - start >= max_size):
+                chunks.append((start, i - 1))
+                start, total = i, 0.0
+            total += w
+        chunks.append((start, n - 1))
+        return chunks
+
+    low, high = max(weights), float(sum(weights))
+    best = greedy(high)
+    for _ in range(64):
+        if high - low <= 1e-9 * max(high, 1.0):
+            break
+        middle = (low + high) / 2
+        chunks = greedy(middle)
+        if len(chunks) <= count:
+            best, high = chunks, middle
+        else:
+            low = middle
+
+    even = _even_chunks(weights, count, high, max_size)
+    if even is not None:
+        return even
+
+    def weight(chunk: tuple[int, int]) -> float:
+        return float(sum(weights[chunk[0] : chunk[1] + 1]))
+
+    while len(best) < count:
+        heaviest = max((c for c in best if c[1] > c[0]), key=weight)
+        start, end = heaviest
+        total, running, cut, gap = weight(heaviest), 0.0, start, math.inf
+        for i in range(start, end):  # the cut that leaves the two halves closest in weight
+            running += weights[i]
+            if abs(total - 2 * running) < gap:
+                cut, gap = i, abs(total - 2 * running)
+        position = best.index(heaviest)
+        best[position : position + 1] = [(start, cut), (cut + 1, end)]
+    return best
+
+
+def _even_chunks(
+    weights: Sequence[float], count: int, cap: float, max_size: int
+) -> list[tuple[int, int]] | None:
+    """Exactly ``count`` chunks, none heavier than ``cap`` (the least possible) nor longer than
+    ``max_size``, each as close as it can get to an equal share of what is left: 130 equal countries over
+    16 runs are 8 or 9 each, not 9 and a remainder. None where this way misses the cap."""
+    n, chunks, start, remaining = len(weights), [], 0, float(sum(weights))
+    for left in range(count, 0, -1):
+        end, total = start, weights[start]
+        if left == 1:
+            end, total = n - 1, remaining
+        else:
+            target = remaining / left
+            while (
+                end + 1 < n - (left - 1)
+                and end + 1 - start < max_size
+                and total + weights[end + 1] <= cap
+                and abs(total + weights[end + 1] - target) <= abs(total - target)
+            ):
+                end += 1
+                total += weights[end]
+        chunks.append((start, end))
+        remaining -= total
+        start = end + 1
+    if (
+        any(b - a + 1 > max_size or sum(weights[a : b + 1]) > cap * (1 + 1e-9) for a, b in chunks)
+        or start != n
+    ):
+        return None
+    return chunks
+
+
+def split_range(
+    partitions_def: PartitionsDefinition, key_range: tuple[str, str], parallel: int, per_run: int | None
+) -> list[tuple[tuple[str, str], int, float]]:
+    """A range of partitions as contiguous chunks balanced by expected cost: (range, partitions, cost) each.
+    A range of agent x country partitions is a rectangle; it is cut along its longer side."""
+    if isinstance(partitions_def, MultiPartitionsDefinition):
+        starts, ends = key_range[0].split("|"), key_range[1].split("|")
+        sides = []
+        for d, start, end in zip(partitions_def.partitions_defs, starts, ends, strict=True):
+            keys = d.partitions_def.get_partition_keys()
+            sides.append((d.name, keys[keys.index(start) : keys.index(end) + 1]))
+        axis = max(range(len(sides)), key=lambda i: len(sides[i][1]))
+        across = math.prod(len(keys) for i, (_, keys) in enumerate(sides) if i != axis)
+        name, keys = sides[axis]
+        costs = dimension_costs(name)
+        weights = [costs.get(k, 1.0) * across for k in keys]
+        limit = max(1, per_run // across) if per_run else None
+        chunks = balanced_chunks(weights, chunk_count(len(keys), parallel, limit), limit)
+        result = []
+        for first, last in chunks:
+            start = [*starts]
+            end = [*ends]
+            start[axis], end[axis] = keys[first], keys[last]
+            size = (last - first + 1) * across
+            result.append((("|".join(start), "|".join(end)), size, sum(weights[first : last + 1])))
+        return result
+    all_keys = partitions_def.get_partition_keys()
+    keys = all_keys[all_keys.index(key_range[0]) : all_keys.index(key_range[1]) + 1]
+    costs = dimension_costs(partitioning(partitions_def))
+    weights = [costs.get(k, 1.0) for k in keys]
+    chunks = balanced_chunks(weights, chunk_count(len(keys), parallel, per_run), per_run)
+    return [((keys[a], keys[b]), b - a + 1, sum(weights[a : b + 1])) for a, b in chunks]
+
+
+@lru_cache(maxsize=4)
+def dimension_costs(dimension: str) -> Mapping[str, float]:
+    """Expected cost of each partition key of a dimension, in the unit of work of its model steps: survey
+    rows with an answer distribution per country (each becomes claims every country step scores), turns
+    spoken in the board's transcripts per agent (each becomes training and evaluation examples). A key
+    with none costs 1."""
+    from persona_platform.partitions import AGENTS
+    from persona_platform.resources.inputs.survey import read_survey_once
+    from persona_platform.resources.inputs.transcripts import alias_table, read_meetings, speaker_agent
+    from persona_platform.resources.settings import load_settings
+
+    settings = load_settings()
+    counts: dict[str, float] = {}
+    if dimension == "country":
+        for record in read_survey_once(settings.goqa_source).records:
+            if record.distribution is not None:
+                counts[record.country] = counts.get(record.country, 0.0) + 1
+    elif dimension == "agent":
+        aliases = alias_table(AGENTS)
+        for meeting in read_meetings(settings.board_dir / "transcripts"):
+            for turn in meeting.turns:
+                agent = speaker_agent(turn.speaker, aliases)
+                if agent:
+                    counts[agent] = counts.get(agent, 0.0) + 1
+    return {key: max(1.0, value) for key, value in counts.items()}
 
 
 def op_config_for(defs: Definitions, asset_keys: Sequence[AssetKey], op_config: dict) -> dict:
@@ -160,24 +369,27 @@ def execute_plan(
     instance: DagsterInstance,
     op_config: dict | None = None,
     log=print,
+    tags: Mapping[str, str] | None = None,
+    progress: tuple[int, int] | None = None,
 ) -> list[RunOutcome]:
+    """Each run in this process, one after another, until one fails. ``progress``: the first run's index
+    and the total, where these runs are part of a longer plan."""
     jobs = named_jobs(defs)
     outcomes = []
+    first, total = progress or (0, len(runs))
     for index, planned in enumerate(runs):
-        tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+        run_tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), **(tags or {})}
         if planned.key_range:
-            tags |= {RANGE_START: planned.key_range[0], RANGE_END: planned.key_range[1]}
+            run_tags |= {RANGE_START: planned.key_range[0], RANGE_END: planned.key_range[1]}
         name = job_for(jobs, planned.asset_keys)
         job = defs.resolve_job_def(name) if name else defs.resolve_implicit_global_asset_job_def()
-        names = ", ".join(k.to_user_string() for k in planned.asset_keys)
-        where = f" [{planned.key_range[0]} .. {planned.key_range[1]}]" if planned.key_range else ""
-        log(f"-> {job.name}: {names}{where}", flush=True)
-        live_run(index, len(runs), f"{job.name}{where}")
+        log(f"-> {job.name}: {describe(planned)}", flush=True)
+        live_run(first + index, total, f"{job.name}{_where(planned)}")
         started = time.monotonic()
         result = job.execute_in_process(
             instance=instance,
             asset_selection=planned.asset_keys,
-            tags=tags,
+            tags=run_tags,
             run_config={**QUIET_CONSOLE, "ops": op_config_for(defs, planned.asset_keys, op_config or {})},
             raise_on_error=False,
         )
@@ -189,6 +401,14 @@ def execute_plan(
         if not result.success:
             break
     return outcomes
+
+
+def _where(planned: PlannedRun) -> str:
+    return f" [{planned.key_range[0]} .. {planned.key_range[1]}]" if planned.key_range else ""
+
+
+def describe(planned: PlannedRun) -> str:
+    return ", ".join(k.to_user_string() for k in planned.asset_keys) + _where(planned)
 
 
 def fail_orphaned_runs(instance: DagsterInstance) -> list[str]:

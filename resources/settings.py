@@ -32,6 +32,12 @@ PERSONA_K8S_GPU_IMAGE  the image of the GPU step pods when PERSONA_DEPLOYMENT=k8
                      (default: persona-platform-gpu:0.1.0, built from k8s/Dockerfile.gpu)
 PERSONA_TENSOR_PARALLEL_SIZE  the GPUs one model is split over: the vllm backend's tensor parallelism, and
                      the GPU count (with memory and /dev/shm to match) of every GPU step pod (default: 1)
+PERSONA_GPUS         the GPUs the deployment may use at once: the gpu pool's limit is PERSONA_GPUS divided by
+                     PERSONA_TENSOR_PARALLEL_SIZE (model steps at once), on Kubernetes and in the local
+                     instance (default: PERSONA_TENSOR_PARALLEL_SIZE, i.e. one model step at a time)
+PERSONA_PARTITIONS_PER_RUN  the most partitions one run of a model step takes in a Dagster backfill
+                     (BackfillPolicy.multi_run); unset: enough for one run per GPU slot, i.e. one run for
+                     the whole backfill when the pool has one slot (default: unset)
 PERSONA_MAX_LORAS    the vllm backend's adapters in one batch (default: 8)
 PERSONA_TRAIN_MODEL  the base the agents' adapters are trained and merged on with transformers + PEFT when
                      the generator is served by vllm or an OpenAI-compatible server: a local directory, a
@@ -63,6 +69,8 @@ DEPLOYMENTS = ("local", "k8s")
 DEFAULT_GPU_IMAGE = "persona-platform-gpu:0.1.0"
 # A tensor-parallel group stays within one node (NVLink); GPU nodes hold at most 8.
 MAX_GPUS_PER_POD = 8
+MAX_GPUS = 4096
+MAX_PARTITIONS_PER_RUN = 1_000_000
 
 
 class SettingsError(PersonaInputError):
@@ -77,10 +85,19 @@ class Deployment:
     gpu_image: str = DEFAULT_GPU_IMAGE
     # GPUs one model is split over (vLLM's tensor parallelism): what every GPU step pod is sized by.
     tensor_parallel_size: int = 1
+    # GPUs the deployment may use at once (PERSONA_GPUS).
+    gpus: int = 1
+    # The most partitions per run of a model step in a backfill (PERSONA_PARTITIONS_PER_RUN); None: derived.
+    partitions_per_run: int | None = None
 
     @property
     def on_k8s(self) -> bool:
         return self.kind == "k8s"
+
+    @property
+    def gpu_slots(self) -> int:
+        """Model steps that may run at once, the gpu pool's limit: each holds tensor_parallel_size GPUs."""
+        return self.gpus // self.tensor_parallel_size
 
 
 @dataclass(frozen=True)
@@ -188,7 +205,19 @@ def load_deployment(environ: Mapping[str, str] | None = None) -> Deployment:
     if not gpu_image or any(c.isspace() for c in gpu_image):
         raise SettingsError(f"PERSONA_K8S_GPU_IMAGE: {gpu_image!r} is not an image reference")
     tensor_parallel_size = _whole_number(env, "PERSONA_TENSOR_PARALLEL_SIZE", 1, MAX_GPUS_PER_POD)
-    return Deployment(kind, gpu_image, tensor_parallel_size)
+    # Unset: the GPUs of one model step, one step at a time.
+    gpus = _whole_number(env, "PERSONA_GPUS", tensor_parallel_size, MAX_GPUS)
+    if gpus < tensor_parallel_size:
+        raise SettingsError(
+            f"PERSONA_GPUS={gpus} is fewer than PERSONA_TENSOR_PARALLEL_SIZE={tensor_parallel_size}, "
+            "the GPUs one model step needs: no model step could run"
+        )
+    per_run = (
+        _whole_number(env, "PERSONA_PARTITIONS_PER_RUN", 1, MAX_PARTITIONS_PER_RUN)
+        if (env.get("PERSONA_PARTITIONS_PER_RUN") or "").strip()
+        else None
+    )
+    return Deployment(kind, gpu_image, tensor_parallel_size, gpus, per_run)
 
 
 def _whole_number(env: Mapping[str, str], name: str, default: int, most: int) -> int:

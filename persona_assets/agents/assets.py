@@ -48,6 +48,7 @@ from persona_platform.persona_assets.common import (
     TABLE_KINDS,
     WAREHOUSE_POOL,
     gpu_step,
+    model_backfill,
     results_table,
     table_columns,
 )
@@ -262,7 +263,7 @@ def _loss_plot(artifacts: ArtifactStore, agent: str, outcome: TrainingOutcome) -
     group_name=GROUP,
     **gpu_step(TRAINING_PROFILE),
     partitions_def=agents_partitions,
-    backfill_policy=ONE_RUN_PER_BACKFILL,
+    backfill_policy=model_backfill(agents_partitions),
     ins={"training_conversations": AssetIn(key=[GROUP, "training_conversations"])},
 )
 def lora_training(
@@ -296,7 +297,8 @@ def lora_training(
 
 @asset(
     **SHARED,
-    **BY_AGENT,
+    partitions_def=agents_partitions,
+    backfill_policy=model_backfill(agents_partitions),
     metadata=AGENT_PARTITION | table_columns(MERGED_SCHEMA),
     kinds=MODEL_KINDS | {"safetensors"},
     **gpu_step(),

@@ -17,10 +17,10 @@ from persona_platform.persona_assets.common import (
     AGENT_COUNTRY_PARTITION,
     COUNTRY_PARTITION,
     MODEL_KINDS,
-    ONE_RUN_PER_BACKFILL,
     OWNERS,
     REPORT_STEP,
     gpu_step,
+    model_backfill,
     results_table,
     table_columns,
 )
@@ -53,7 +53,7 @@ def _similarity_metadata(frame: pl.DataFrame, skipped: int) -> dict:
     code_version=VERSION,
     partitions_def=agent_country_partitions,
     metadata=AGENT_COUNTRY_PARTITION | table_columns(ANSWER_SCHEMA),
-    backfill_policy=ONE_RUN_PER_BACKFILL,
+    backfill_policy=model_backfill(agent_country_partitions),
     ins={"goqa_survey": SURVEY_IN, "lora_adapters": AssetIn(key=["agents", "lora_adapters"])},
 )
 def agent_opinions(
@@ -87,7 +87,7 @@ def agent_opinions(
     code_version=VERSION,
     partitions_def=countries_partitions,
     metadata=COUNTRY_PARTITION | table_columns(ANSWER_SCHEMA),
-    backfill_policy=ONE_RUN_PER_BACKFILL,
+    backfill_policy=model_backfill(countries_partitions),
     ins={"goqa_survey": SURVEY_IN},
 )
 def base_opinions(

@@ -23,9 +23,9 @@ from persona_platform.partitions import countries_partitions
 from persona_platform.persona_assets.common import (
     COUNTRY_PARTITION,
     MODEL_KINDS,
-    ONE_RUN_PER_BACKFILL,
     OWNERS,
     gpu_step,
+    model_backfill,
     results_table,
     table_columns,
 )
@@ -76,7 +76,10 @@ CHAT_VERSION = f"zero-shot-chat-2-{CHAT_HASH}"
 # The chat baseline's method: an instruction model of its own, or the generator through a chat template.
 CHAT, BASE_CHAT_TEMPLATE = "zero_shot_chat", "zero_shot_base_chat_template"
 BY_COUNTRY = dict(
-    group_name=GROUP, **gpu_step(), partitions_def=countries_partitions, backfill_policy=ONE_RUN_PER_BACKFILL
+    group_name=GROUP,
+    **gpu_step(),
+    partitions_def=countries_partitions,
+    backfill_policy=model_backfill(countries_partitions),
 )
 COUNTRY_OUT = dict(owners=OWNERS, kinds=MODEL_KINDS)
 SPLITS_IN = {

@@ -8,10 +8,10 @@ from persona_platform.partitions import DISPLAY_NAMES, agents_partitions
 from persona_platform.persona_assets.common import (
     AGENT_PARTITION,
     MODEL_KINDS,
-    ONE_RUN_PER_BACKFILL,
     OWNERS,
     REPORT_STEP,
     gpu_step,
+    model_backfill,
     results_table,
     table_columns,
 )
@@ -47,7 +47,7 @@ SHARED = dict(
     kinds=MODEL_KINDS,
     **gpu_step(),
     partitions_def=agents_partitions,
-    backfill_policy=ONE_RUN_PER_BACKFILL,
+    backfill_policy=model_backfill(agents_partitions),
 )
 RESPONSES_IN = {
     "evaluation_items": AssetIn(key=["responses", "evaluation_items"]),

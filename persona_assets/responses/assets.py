@@ -14,6 +14,7 @@ from persona_platform.persona_assets.common import (
     TABLE_KINDS,
     WAREHOUSE_POOL,
     gpu_step,
+    model_backfill,
     results_table,
     table_columns,
 )
@@ -34,7 +35,6 @@ SHARED = dict(
     group_name=GROUP,
     owners=OWNERS,
     partitions_def=agents_partitions,
-    backfill_policy=ONE_RUN_PER_BACKFILL,
 )
 ITEMS_VERSION = "items-1"
 
@@ -80,6 +80,7 @@ class ResponseConfig(Config):
 
 @asset(
     **SHARED,
+    backfill_policy=ONE_RUN_PER_BACKFILL,
     metadata=AGENT_PARTITION | table_columns(ITEM_SCHEMA),
     kinds=TABLE_KINDS,
     pool=WAREHOUSE_POOL,
@@ -120,6 +121,7 @@ def evaluation_items(
 
 @asset(
     **SHARED,
+    backfill_policy=model_backfill(agents_partitions),
     metadata=AGENT_PARTITION | table_columns(RESPONSE_SCHEMA),
     kinds=MODEL_KINDS,
     **gpu_step(),

@@ -9,9 +9,9 @@ from persona_platform.partitions import DISPLAY_NAMES, agents_partitions
 from persona_platform.persona_assets.common import (
     AGENT_PARTITION,
     MODEL_KINDS,
-    ONE_RUN_PER_BACKFILL,
     OWNERS,
     gpu_step,
+    model_backfill,
     results_table,
     table_columns,
 )
@@ -53,7 +53,7 @@ SHARED = dict(
     kinds=MODEL_KINDS,
     **gpu_step(),
     partitions_def=agents_partitions,
-    backfill_policy=ONE_RUN_PER_BACKFILL,
+    backfill_policy=model_backfill(agents_partitions),
 )
 MONOLOGUES_IN = {"monologues": AssetIn(key=["agents", "monologues"])}
 REVIEWS = AssetKey([GROUP, REVIEW_TABLE])

@@ -9,12 +9,12 @@ from persona_platform.persona_assets.common import (
     AGENT_PARTITION,
     BOARD_INPUT,
     MODEL_KINDS,
-    ONE_RUN_PER_BACKFILL,
     OWNERS,
     REPORT_STEP,
     TABLE_KINDS,
     WAREHOUSE_POOL,
     gpu_step,
+    model_backfill,
     results_table,
     table_columns,
 )
@@ -122,7 +122,7 @@ def vote_records(context: AssetExecutionContext, motions: pl.DataFrame) -> pl.Da
     code_version=PREDICTION_VERSION,
     partitions_def=agents_partitions,
     metadata=AGENT_PARTITION | table_columns(PREDICTION_SCHEMA),
-    backfill_policy=ONE_RUN_PER_BACKFILL,
+    backfill_policy=model_backfill(agents_partitions),
     ins={
         "motions": AssetIn(key=[GROUP, "motions"]),
         "vote_records": AssetIn(key=[GROUP, "vote_records"]),

@@ -31,7 +31,8 @@ from dagster_k8s.job import (
 from kubernetes_validate.utils import schema_contents
 from referencing import Registry, Resource
 
-from persona_platform.persona_assets.common import GPU_POOL
+from persona_platform.benchmarks.planning import synthetic_survey
+from persona_platform.persona_assets.common import GPU_POOL, WAREHOUSE_POOL
 from persona_platform.persona_assets.deployment import (
     DEFAULT_PROFILE,
     GPU_PRODUCT_LABEL,
@@ -42,6 +43,12 @@ from persona_platform.persona_assets.deployment import (
     GpuProfile,
     quantity,
     step_pod_config,
+)
+from persona_platform.persona_assets.instance import (
+    apply_pool_limits,
+    cluster_concurrency,
+    pool_limits,
+    pool_limits_sensor,
 )
 from persona_platform.resources.settings import DEFAULT_GPU_IMAGE, SettingsError, load_deployment
 from tests.conftest import SHARED
@@ -67,6 +74,52 @@ for assets_def in defs.resolve_asset_graph().assets_defs:
         ops[op.name] = {"pool": op.pool, "tags": dict(op.tags)}
 print(json.dumps({"executor": defs.executor.name if defs.executor else None, "ops": ops}))
 """
+
+
+# A cluster of 16 GPUs plans a backfill of 130 countries: Dagster's own run requests for the backfill (as the
+# asset backfill daemon builds them from the backfill policies), `persona run --parallel 16`'s plan, and the
+# code location's ops and sensors.
+PLAN_BACKFILL = """
+import json
+from dagster import AssetKey, AssetSelection, PartitionKeyRange
+from dagster._core.definitions.automation_tick_evaluation_context import (
+    build_run_requests_with_backfill_policies,
+)
+from dagster._core.definitions.events import AssetKeyPartitionKey
+from persona_platform.persona_assets.definitions import defs
+from persona_platform.persona_assets.runner import RANGE_END, RANGE_START, plan_runs
+from persona_platform.resources.settings import load_deployment
+
+graph = defs.resolve_asset_graph()
+key = AssetKey(["elicitation", "zero_shot_base_predictions"])
+pdef = graph.get(key).partitions_def
+wanted = [AssetKeyPartitionKey(key, k) for k in pdef.get_partition_keys()]
+requests = build_run_requests_with_backfill_policies(wanted, graph, None)
+dagster_runs = [
+    pdef.get_partition_keys_in_range(PartitionKeyRange(r.tags[RANGE_START], r.tags[RANGE_END]))
+    for r in requests
+]
+fanned = plan_runs(defs, AssetSelection.assets(key), parallel=load_deployment().gpu_slots)
+ours = [r for r in fanned if r.model]
+policies = {}
+for k in graph.get_all_asset_keys():
+    node = graph.get(k)
+    if node.is_materializable and node.partitions_def is not None:
+        policies[k.to_user_string()] = [GPU_POOL in node.pools, node.backfill_policy.max_partitions_per_run]
+ops = {}
+for assets_def in graph.assets_defs:
+    if assets_def.is_executable:
+        op = assets_def.node_def
+        ops[op.name] = {"pool": op.pool, "tags": dict(op.tags)}
+print(json.dumps({
+    "countries": len(pdef.get_partition_keys()),
+    "dagster_runs": dagster_runs,
+    "our_runs": [[r.key_range, r.partition_count] for r in ours],
+    "policies": policies,
+    "ops": ops,
+    "sensors": sorted(s.name for s in defs.sensors),
+}))
+""".replace("GPU_POOL", repr(GPU_POOL))
 
 
 def _env(tmp_path: Path, deployment: str, **settings: str) -> dict:
@@ -362,6 +415,65 @@ def test_instance_config_passes_dagsters_own_schemas(tmp_path, monkeypatch):
     assert launcher.success, launcher.errors
 
 
+@pytest.fixture(scope="module")
+def cluster_of_16_gpus(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("k8s-16")
+    survey = tmp / "survey-130.csv"
+    synthetic_survey(survey, 130)
+    result = subprocess.run(
+        [sys.executable, "-c", PLAN_BACKFILL],
+        cwd=ROOT,
+        env=_env(tmp, "k8s", PERSONA_GPUS="16", PERSONA_GOQA_SOURCE=str(survey)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_16_gpu_cluster_fans_a_130_country_backfill_out_over_its_gpus(
+    cluster_of_16_gpus, tmp_path, monkeypatch
+):
+    plan = cluster_of_16_gpus
+    assert plan["countries"] == 130
+    # Dagster's backfill of the model step: runs of at most 10 contiguous countries, at least 13 of them,
+    # every country in exactly one.
+    runs = plan["dagster_runs"]
+    assert len(runs) >= 13 and max(len(r) for r in runs) <= 10, [len(r) for r in runs]
+    assert sorted(k for r in runs for k in r) == sorted(f"Country {i:05d}" for i in range(130))
+    # `persona run --parallel 16` plans one run per GPU, balanced (equal claims here: 8 or 9 countries).
+    assert len(plan["our_runs"]) == 16 and {size for _, size in plan["our_runs"]} == {8, 9}
+    # Model steps take chunks; model-free steps stay one run per backfill.
+    for asset, (model, per_run) in plan["policies"].items():
+        assert (per_run is not None) == model, asset
+    # The instance: its run queue admits a run per GPU and more; the sensor keeps pool gpu at 16.
+    deployment = load_deployment({"PERSONA_DEPLOYMENT": "k8s", "PERSONA_GPUS": "16"})
+    assert "pool_limits_sensor" in plan["sensors"]
+    assert pool_limits(deployment) == {GPU_POOL: 16, WAREHOUSE_POOL: 1}
+    instance_config = {**_load_yaml("dagster.yaml"), "concurrency": cluster_concurrency(deployment)}
+    assert instance_config["concurrency"]["runs"]["max_concurrent_runs"] >= 16
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", "not-a-real-password")
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(instance_config))
+    config, _ = dagster_instance_config(str(tmp_path))  # Dagster's own instance schema
+    assert config["concurrency"]["runs"]["max_concurrent_runs"] >= 16
+    from dagster import DagsterInstance, build_sensor_context
+
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "dagster.yaml").write_text(yaml.safe_dump({"concurrency": {"pools": {"default_limit": 1}}}))
+    with DagsterInstance.from_config(str(local)) as instance:  # the cluster's instance, stood in by SQLite
+        pool_limits_sensor(deployment).evaluate_tick(build_sensor_context(instance=instance))
+        assert instance.event_log_storage.get_concurrency_info(GPU_POOL).slot_count == 16
+        assert instance.event_log_storage.get_concurrency_info(WAREHOUSE_POOL).slot_count == 1
+        assert apply_pool_limits(instance, pool_limits(deployment)) == {}
+    # Every GPU step's Job is as valid as with one GPU: the cluster's size changes how many, not what.
+    gpu_ops = _gpu_ops(plan["ops"])
+    assert gpu_ops
+    for name, op in gpu_ops.items():
+        kubernetes_validate.validate(step_job_manifest(name, op["tags"]), KUBERNETES_VERSION, strict=True)
+
+
 def test_helm_values_agree_with_the_instance_and_the_code_location():
     values, instance = _load_yaml("values.yaml"), _load_yaml("dagster.yaml")
     assert values["runLauncher"]["type"] == instance["run_launcher"]["class"] == "K8sRunLauncher"
@@ -382,6 +494,10 @@ def test_helm_values_agree_with_the_instance_and_the_code_location():
         instance["concurrency"]["pools"]["granularity"],
         instance["concurrency"]["pools"]["default_limit"],
     )
+    # Both sized for the PERSONA_GPUS the code location gets (the run queue; the sensor keeps pool gpu).
+    sized = cluster_concurrency(load_deployment(_user_deployment()["env"]))
+    assert instance["concurrency"] == sized
+    assert values["concurrency"]["runs"]["maxConcurrentRuns"] == sized["runs"]["max_concurrent_runs"]
     assert values["telemetry"]["enabled"] == instance["telemetry"]["enabled"]
 
     deployment = _user_deployment()
