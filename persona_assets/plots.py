@@ -87,9 +87,10 @@ def _n_of(n: int | None, unit: str) -> str | None:
     return None if n is None else f"n = {n} {unit}"
 
 
-def _figure_accuracy_bars(
+def accuracy_bars(
     title: str, bars: Sequence[Bar], interval: str = "95% interval", footnote: str | None = None
 ) -> Figure:
+    """Test accuracy per method with its interval (``Bar.n`` printed under each method when given)."""
     figure, axis = plt.subplots(figsize=(7, 4), layout="constrained")
     x = list(range(len(bars)))
     axis.bar(x, [100 * b.mean for b in bars], color=[METHOD_COLORS.get(b.method, "#888") for b in bars])
@@ -130,14 +131,7 @@ def _figure_accuracy_bars(
     return figure
 
 
-def accuracy_bars(
-    title: str, bars: Sequence[Bar], interval: str = "95% interval", footnote: str | None = None
-) -> bytes:
-    """Test accuracy per method with its interval (``Bar.n`` printed under each method when given)."""
-    return _png(_figure_accuracy_bars(title, bars, interval, footnote))
-
-
-def _figure_accuracy_curves(
+def accuracy_curves(
     title: str,
     curves: dict[str, list[tuple[int, float, float | None, float | None]]],
     n: int | None = None,
@@ -145,6 +139,8 @@ def _figure_accuracy_curves(
     interval: str = "95% interval",
     footnote: str | None = None,
 ) -> Figure:
+    """Accuracy vs number of in-context examples, each method a line with its interval as a shaded band;
+    curves[method] = [(k, mean, low, high)], low/high None where there is no interval."""
     figure, axis = plt.subplots(figsize=(7, 4), layout="constrained")
     for method, points in curves.items():
         points = sorted(points, key=lambda p: p[0])
@@ -171,26 +167,13 @@ def _figure_accuracy_curves(
     return figure
 
 
-def accuracy_curves(
-    title: str,
-    curves: dict[str, list[tuple[int, float, float | None, float | None]]],
-    n: int | None = None,
-    unit: str = "test questions",
-    interval: str = "95% interval",
-    footnote: str | None = None,
-) -> bytes:
-    """Accuracy vs number of in-context examples, each method a line with its interval as a shaded band;
-    curves[method] = [(k, mean, low, high)], low/high None where there is no interval."""
-    return _png(_figure_accuracy_curves(title, curves, n, unit, interval, footnote))
-
-
 def search_trace(
     title: str,
     iterations: Sequence[int],
     energy: Sequence[float],
     agreement: Sequence[float | None],
     n_claims: int | None = None,
-) -> bytes:
+) -> Figure:
     """ICM energy and agreement with gold per iteration; ``n_claims``: the claims agreement is over."""
     figure, left = plt.subplots(figsize=(7, 4), layout="constrained")
     left.plot(iterations, energy, color="#58b6c0", label="energy U")
@@ -214,10 +197,10 @@ def search_trace(
         + ("" if n_claims is None else f"; agreement over {n_claims} claims")
         + "; one search, no interval drawn.",
     )
-    return _png(figure)
+    return figure
 
 
-def loss_curve(title: str, steps: Sequence[int], losses: Sequence[float]) -> bytes:
+def loss_curve(title: str, steps: Sequence[int], losses: Sequence[float]) -> Figure:
     figure, axis = plt.subplots(figsize=(7, 3.5), layout="constrained")
     axis.plot(steps, losses, color="#58b6c0")
     axis.set_xlabel("step")
@@ -225,10 +208,10 @@ def loss_curve(title: str, steps: Sequence[int], losses: Sequence[float]) -> byt
     axis.set_title(title)
     axis.grid(alpha=0.3)
     _footnote(figure, f"n = {len(steps)} logged steps; one training run, no interval drawn.")
-    return _png(figure)
+    return figure
 
 
-def _figure_heatmap(
+def heatmap(
     title: str,
     rows: Sequence[str],
     columns: Sequence[str],
@@ -242,6 +225,8 @@ def _figure_heatmap(
     column_counts: Sequence[int] | None = None,
     footnote: str | None = None,
 ) -> Figure:
+    """values[row][column], NaN shown as 'n/a'; darker cells are better (``higher_is_better`` says which
+    way); ``row_counts``/``column_counts`` print each row's and column's n under its label."""
     figure, axis = plt.subplots(
         figsize=(2.2 + 1.3 * len(columns), 1.6 + 0.6 * len(rows)), layout="constrained"
     )
@@ -266,41 +251,7 @@ def _figure_heatmap(
     return figure
 
 
-def heatmap(
-    title: str,
-    rows: Sequence[str],
-    columns: Sequence[str],
-    values: Sequence[Sequence[float]],
-    label: str,
-    fmt: str = "{:.1f}",
-    xlabel: str = "held-out set of",
-    ylabel: str = "model",
-    higher_is_better: bool = False,
-    row_counts: Sequence[int] | None = None,
-    column_counts: Sequence[int] | None = None,
-    footnote: str | None = None,
-) -> bytes:
-    """values[row][column], NaN shown as 'n/a'; darker cells are better (``higher_is_better`` says which
-    way); ``row_counts``/``column_counts`` print each row's and column's n under its label."""
-    return _png(
-        _figure_heatmap(
-            title,
-            rows,
-            columns,
-            values,
-            label,
-            fmt,
-            xlabel,
-            ylabel,
-            higher_is_better,
-            row_counts,
-            column_counts,
-            footnote,
-        )
-    )
-
-
-def _figure_confusion_matrix(
+def confusion_matrix(
     title: str,
     truth: Sequence[str],
     predicted: Sequence[str],
@@ -309,6 +260,8 @@ def _figure_confusion_matrix(
     unit: str = "votes",
     footnote: str | None = None,
 ) -> Figure:
+    """Counts of (recorded, predicted) pairs; the total n (in ``unit``) in the title, each row's n in its
+    label."""
     pairs = list(zip(truth, predicted, strict=True))
     counts = [[sum(t == r and p == c for t, p in pairs) for c in columns] for r in rows]
     figure, axis = plt.subplots(
@@ -329,26 +282,14 @@ def _figure_confusion_matrix(
     return figure
 
 
-def confusion_matrix(
-    title: str,
-    truth: Sequence[str],
-    predicted: Sequence[str],
-    rows: Sequence[str],
-    columns: Sequence[str],
-    unit: str = "votes",
-    footnote: str | None = None,
-) -> bytes:
-    """Counts of (recorded, predicted) pairs; the total n (in ``unit``) in the title, each row's n in its
-    label."""
-    return _png(_figure_confusion_matrix(title, truth, predicted, rows, columns, unit, footnote))
-
-
 SYSTEMS = (("agent (adapter)", -0.2, AGENT_COLOR), ("baseline (base + persona)", 0.2, BASELINE_COLOR))
 
 
-def _figure_score_violins(
+def score_violins(
     title: str, groups: Sequence[tuple[str, Sequence[float], Sequence[float]]], footnote: str | None = None
 ) -> Figure:
+    """Per group (a task's aspect): the agent's and the baseline's score distributions side by side, every
+    sample, each group's n under its label."""
     figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4), layout="constrained")
     # Scores are integers 1-5: without a little seeded horizontal jitter every sample of a score is one dot.
     jitter = np.random.default_rng(0)
@@ -382,15 +323,7 @@ def _figure_score_violins(
     return figure
 
 
-def score_violins(
-    title: str, groups: Sequence[tuple[str, Sequence[float], Sequence[float]]], footnote: str | None = None
-) -> bytes:
-    """Per group (a task's aspect): the agent's and the baseline's score distributions side by side, every
-    sample, each group's n under its label."""
-    return _png(_figure_score_violins(title, groups, footnote))
-
-
-def _figure_win_rate_bars(
+def win_rate_bars(
     title: str,
     labels: Sequence[str],
     rates: Sequence[tuple[float | None, float | None, float | None]],
@@ -399,6 +332,8 @@ def _figure_win_rate_bars(
     interval: str = "95% interval",
     footnote: str | None = None,
 ) -> Figure:
+    """Order-consistent agent win rate per group with its interval (no bar where the rate is null, no
+    whisker where the interval is); 50% marked; ``counts``: each group's judged pairs, ``ties``: its ties."""
     figure, axis = plt.subplots(figsize=(max(6, 0.9 * len(labels)), 4), layout="constrained")
     for i, (rate, low, high) in enumerate(rates):
         # A null rate is no bar at all: drawn as 0% it would claim the agent never won.
@@ -460,23 +395,8 @@ def _figure_win_rate_bars(
     return figure
 
 
-def win_rate_bars(
-    title: str,
-    labels: Sequence[str],
-    rates: Sequence[tuple[float | None, float | None, float | None]],
-    counts: Sequence[int] | None = None,
-    ties: Sequence[int] | None = None,
-    interval: str = "95% interval",
-    footnote: str | None = None,
-) -> bytes:
-    """Order-consistent agent win rate per group with its interval (no bar where the rate is null, no
-    whisker where the interval is); 50% marked; ``counts``: each group's judged pairs, ``ties``: its ties."""
-    figure = _figure_win_rate_bars(title, labels, rates, counts, ties, interval, footnote)
-    return _png(figure)
-
-
-def saved_plot(artifacts: ArtifactStore, png: bytes, folder: str, name: str) -> MetadataValue:
+def saved_plot(artifacts: ArtifactStore, figure: Figure, folder: str, name: str) -> MetadataValue:
     """Store a plot as ``plots/<folder>/<name>.png``; its path, as metadata. A path, not the image inline:
     a report holds many plots, and inline images made one metadata entry megabytes long."""
-    path, _ = artifacts.write(png, "plots", folder, f"{name}.png")
+    path, _ = artifacts.write(_png(figure), "plots", folder, f"{name}.png")
     return MetadataValue.path(str(path))

@@ -234,8 +234,8 @@ def _adapter_metadata(adapters: pl.DataFrame) -> dict:
 def _loss_plot(artifacts: ArtifactStore, agent: str, outcome: TrainingOutcome) -> MetadataValue:
     """The agent's training loss per step, plotted and stored; its path."""
     steps, losses = [p["step"] for p in outcome.losses], [p["loss"] for p in outcome.losses]
-    png = loss_curve(f"LoRA training - {agent}", steps, losses)
-    return saved_plot(artifacts, png, "training", agent)
+    figure = loss_curve(f"LoRA training - {agent}", steps, losses)
+    return saved_plot(artifacts, figure, "training", agent)
 
 
 @multi_asset(
@@ -362,7 +362,7 @@ def perplexity_matrix(
         frame = step.frame(perplexity_rows(step.engine, heldout, models, agents), PERPLEXITY_SCHEMA)
     cell = {(r["model"], r["heldout_agent"]): r["perplexity"] for r in frame.iter_rows(named=True)}
     values = [[cell[(m, a)] for a in agents] for m in models]
-    png = heatmap("Perplexity on held-out utterances", models, agents, values, "perplexity")
+    figure = heatmap("Perplexity on held-out utterances", models, agents, values, "perplexity")
     context.add_output_metadata(
         {
             "matrix": results_table(
@@ -370,7 +370,7 @@ def perplexity_matrix(
                 [[m, *[round(v, 2) for v in row]] for m, row in zip(models, values, strict=True)],
             ),
             "verdict": perplexity_verdict(models, agents, values),
-            "plot/heatmap": saved_plot(artifacts, png, "agents", "perplexity"),
+            "plot/heatmap": saved_plot(artifacts, figure, "agents", "perplexity"),
         }
     )
     return frame

@@ -127,7 +127,7 @@ def opinion_alignment(
     cell = {(r["persona"], r["country"]): r["similarity"] for r in frame.iter_rows(named=True)}
     values = [[cell.get((p, c), float("nan")) for c in countries] for p in personas]
     questions = dict(frame.group_by("country").agg(pl.col("questions").max()).iter_rows())
-    png = heatmap(
+    figure = heatmap(
         "Opinion similarity to each country (1 - JS distance, mean over questions)",
         personas,
         countries,
@@ -144,7 +144,7 @@ def opinion_alignment(
             "similarity": results_table(
                 list(SUMMARY_SCHEMA), frame.select(list(SUMMARY_SCHEMA)).rows(), SUMMARY_SCHEMA.descriptions
             ),
-            "plot/heatmap": saved_plot(artifacts, png, "alignment", "similarity"),
+            "plot/heatmap": saved_plot(artifacts, figure, "alignment", "similarity"),
         }
     )
     return frame

@@ -173,13 +173,13 @@ def search_summary(search: IcmSearch, state: SearchState, resumed_at: int | None
 
 def _trace_plot(artifacts: ArtifactStore, country: str, variant: str, state: SearchState) -> MetadataValue:
     """One search's energy and agreement with gold per iteration, plotted and stored; its path."""
-    png = search_trace(
+    figure = search_trace(
         f"ICM search - {country} ({variant})",
         [t["iteration"] for t in state.trace],
         [t["energy"] for t in state.trace],
         [t["gold_agreement"] for t in state.trace],
     )
-    return saved_plot(artifacts, png, "icm_trace", f"{country}-{variant}")
+    return saved_plot(artifacts, figure, "icm_trace", f"{country}-{variant}")
 
 
 @multi_asset(

@@ -77,7 +77,7 @@ def accuracy_summary(
     for scope, variant, bars, curves in plot_series(frame):
         interval = STRATIFIED if scope == AGGREGATE else INTERVAL
         n = max((b[-1] for b in bars), default=None)
-        for kind, png in (
+        for kind, figure in (
             (
                 "accuracy",
                 accuracy_bars(f"Test accuracy - {scope} ({variant})", [Bar(*b) for b in bars], interval),
@@ -90,7 +90,7 @@ def accuracy_summary(
             ),
         ):
             name = f"{scope}-{variant}-{kind}"
-            plots[f"plot/{name}"] = saved_plot(artifacts, png, "elicitation", name)
+            plots[f"plot/{name}"] = saved_plot(artifacts, figure, "elicitation", name)
     context.add_output_metadata({**headline_metadata(frame), **plots})
     return frame
 

@@ -180,14 +180,14 @@ def vote_metrics_summary(
     rows, plots = metric_rows(vote_predictions), {}
     for method in sorted(vote_predictions["method"].unique()):
         part = vote_predictions.filter(pl.col("method") == method)
-        png = confusion_matrix(
+        figure = confusion_matrix(
             f"Vote prediction ({method})",
             part["truth"].to_list(),
             part["predicted"].to_list(),
             list(LABELS),
             [*LABELS, UNKNOWN],
         )
-        plots[f"plot/confusion_{method}"] = saved_plot(artifacts, png, "votes", f"confusion-{method}")
+        plots[f"plot/confusion_{method}"] = saved_plot(artifacts, figure, "votes", f"confusion-{method}")
     frame = asset_frame(context, rows, METRIC_SCHEMA)
     overall = {
         r["method"]: r["accuracy"] for r in rows if r["scope"] == OVERALL and r["accuracy"] is not None

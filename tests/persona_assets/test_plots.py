@@ -12,13 +12,13 @@ from matplotlib.container import BarContainer, ErrorbarContainer
 
 from persona_platform.persona_assets.plots import (
     Bar,
-    _figure_accuracy_bars,
-    _figure_accuracy_curves,
-    _figure_confusion_matrix,
-    _figure_heatmap,
-    _figure_score_violins,
-    _figure_win_rate_bars,
+    accuracy_bars,
+    accuracy_curves,
+    confusion_matrix,
+    heatmap,
+    score_violins,
     text_color,
+    win_rate_bars,
 )
 
 
@@ -59,7 +59,7 @@ def test_cell_text_is_dark_on_light_cells_and_light_on_dark_ones(color, expected
 
 def test_heatmap_axis_labels_are_the_ones_passed_and_ns_are_printed(figures):
     figures(
-        figure := _figure_heatmap(
+        figure := heatmap(
             "Similarity (n = 2 agents)",
             ["alice", "bob"],
             ["Aldoria", "Borvania"],
@@ -78,16 +78,14 @@ def test_heatmap_axis_labels_are_the_ones_passed_and_ns_are_printed(figures):
 
 
 def test_heatmap_defaults_keep_the_perplexity_labels(figures):
-    figures(figure := _figure_heatmap("Perplexity", ["base"], ["alice"], [[12.0]], "perplexity"))
+    figures(figure := heatmap("Perplexity", ["base"], ["alice"], [[12.0]], "perplexity"))
     assert (figure.axes[0].get_xlabel(), figure.axes[0].get_ylabel()) == ("held-out set of", "model")
 
 
 @pytest.mark.parametrize("higher_is_better", [True, False])
 def test_heatmap_draws_the_better_cell_darker_with_readable_text(figures, higher_is_better):
     values = [[0.2, 0.5], [0.8, float("nan")]]
-    figures(
-        figure := _figure_heatmap("t", ["a", "b"], ["x", "y"], values, "v", higher_is_better=higher_is_better)
-    )
+    figures(figure := heatmap("t", ["a", "b"], ["x", "y"], values, "v", higher_is_better=higher_is_better))
     axis = figure.axes[0]
     image = axis.images[0]
 
@@ -107,9 +105,7 @@ def test_heatmap_draws_the_better_cell_darker_with_readable_text(figures, higher
 def test_confusion_matrix_has_its_total_n_and_white_text_on_its_darkest_cell(figures):
     truth = ["Aye"] * 50 + ["No"] * 10
     predicted = ["Aye"] * 45 + ["No"] * 5 + ["No"] * 10
-    figures(
-        figure := _figure_confusion_matrix("Votes", truth, predicted, ["Aye", "No"], ["Aye", "No", "Unknown"])
-    )
+    figures(figure := confusion_matrix("Votes", truth, predicted, ["Aye", "No"], ["Aye", "No", "Unknown"]))
     axis = figure.axes[0]
     assert "n = 60 votes" in axis.get_title()
     texts = cell_texts(axis)
@@ -121,7 +117,7 @@ def test_confusion_matrix_has_its_total_n_and_white_text_on_its_darkest_cell(fig
 
 def test_violin_lines_take_their_system_colour_and_the_legend_stays_off_the_violins(figures):
     groups = [("advice/style", [1, 2, 3, 4, 5, 4], [2, 3, 3, 2]), ("debate/style", [3, 4, 5], [4, 4])]
-    figures(figure := _figure_score_violins("Scores", groups))
+    figures(figure := score_violins("Scores", groups))
     axis = figure.axes[0]
     legend = axis.get_legend()
     legend_colors = {tuple(h.get_facecolor()[0]) for h in legend.legend_handles}
@@ -151,9 +147,7 @@ def bars_and_whiskers(axis):
 
 
 def test_win_rates_that_are_all_null_draw_no_bar_and_say_why(figures):
-    figures(
-        figure := _figure_win_rate_bars("Wins", ["a/t", "b/t"], [(None, None, None), (math.nan, None, None)])
-    )
+    figures(figure := win_rate_bars("Wins", ["a/t", "b/t"], [(None, None, None), (math.nan, None, None)]))
     axis = figure.axes[0]
     assert bars_and_whiskers(axis) == ([], [])
     texts = [t.get_text() for t in axis.texts]
@@ -164,9 +158,7 @@ def test_win_rates_that_are_all_null_draw_no_bar_and_say_why(figures):
 def test_a_null_rate_gets_no_bar_and_a_null_interval_no_whisker(figures):
     rates = [(0.6, 0.5, 0.7), (None, None, None), (0.0, None, None)]
     figures(
-        figure := _figure_win_rate_bars(
-            "Wins", ["a/t", "b/t", "c/t"], rates, counts=[40, 0, 12], ties=[4, 0, 12]
-        )
+        figure := win_rate_bars("Wins", ["a/t", "b/t", "c/t"], rates, counts=[40, 0, 12], ties=[4, 0, 12])
     )
     axis = figure.axes[0]
     bars, whiskers = bars_and_whiskers(axis)
@@ -179,9 +171,7 @@ def test_a_null_rate_gets_no_bar_and_a_null_interval_no_whisker(figures):
 
 def test_win_rates_where_every_pair_tied_say_so_on_the_axes(figures):
     figures(
-        figure := _figure_win_rate_bars(
-            "Wins", ["a/t", "b/t"], [(0.0, None, None)] * 2, counts=[5, 3], ties=[5, 3]
-        )
+        figure := win_rate_bars("Wins", ["a/t", "b/t"], [(0.0, None, None)] * 2, counts=[5, 3], ties=[5, 3])
     )
     assert any("Every pair tied" in t.get_text() for t in figure.axes[0].texts)
 
@@ -191,7 +181,7 @@ def test_accuracy_curves_draw_one_band_per_method_spanning_its_interval(figures)
         "gold": [(20, 0.7, 0.6, 0.8), (10, 0.6, 0.5, 0.7)],
         "icm": [(10, 0.55, 0.5, 0.6), (20, 0.65, None, None), (30, 0.7, 0.62, 0.77)],
     }
-    figures(figure := _figure_accuracy_curves("Curves", curves, n=120, interval="95% cluster bootstrap"))
+    figures(figure := accuracy_curves("Curves", curves, n=120, interval="95% cluster bootstrap"))
     axis = figure.axes[0]
     bands = [c for c in axis.collections if isinstance(c, PolyCollection)]
     assert len(bands) == 2
@@ -206,7 +196,7 @@ def test_accuracy_curves_draw_one_band_per_method_spanning_its_interval(figures)
 
 def test_accuracy_bars_print_n_and_draw_no_whisker_without_an_interval(figures):
     bars = [Bar("icm", 0.7, 0.6, 0.8, n=120), Bar("gold", 0.75, None, None, n=120)]
-    figures(figure := _figure_accuracy_bars("Accuracy", bars, interval="95% cluster bootstrap"))
+    figures(figure := accuracy_bars("Accuracy", bars, interval="95% cluster bootstrap"))
     axis = figure.axes[0]
     drawn, whiskers = bars_and_whiskers(axis)
     assert len(drawn) == 2 and len(whiskers) == 1
