@@ -307,10 +307,20 @@ def _check_rows_in_partitions(schema, table, frame, partition_columns, partition
         raise WarehouseError(f"{schema}.{table}: rows for partitions outside this run: {stray.rows()[:5]}")
 
 
+def experiment_schema(experiment: str, schema: str) -> str:
+    """Where an experiment's tables of one domain live: each experiment has its own schemas, so no run of
+    one overwrites another's rows."""
+    return f"{experiment}__{schema}"
+
+
 def table_location(asset_key_path: Sequence[str]) -> tuple[str, str]:
+    """[schema, table] -> schema.table; an experiment's [experiment, schema, table] -> experiment__schema.table."""
+    if len(asset_key_path) == 3:
+        return experiment_schema(asset_key_path[0], asset_key_path[1]), asset_key_path[2]
     if len(asset_key_path) != 2:
         raise WarehouseError(
-            f"asset key {list(asset_key_path)} must be [schema, table] to live in the warehouse"
+            f"asset key {list(asset_key_path)} must be [schema, table] or [experiment, schema, table] "
+            "to live in the warehouse"
         )
     return asset_key_path[0], asset_key_path[1]
 

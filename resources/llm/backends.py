@@ -27,7 +27,13 @@ from persona_platform.resources.llm.engine import Engine
 if TYPE_CHECKING:
     from persona_platform.resources.llm.peft_trainer import PeftTrainer
 
-TINY = "tiny"
+TINY = "tiny"  # the default embedded model (is_embedded: any locally built one)
+
+
+def is_embedded(model: str) -> bool:
+    from persona_platform.resources.llm.tiny import SEEDS
+
+    return model in SEEDS
 
 
 class UnknownBackendError(ValueError):
@@ -53,10 +59,10 @@ class Backend:
 def model_path(model: str, models_dir: str, corpus_dir: str) -> str:
     """Where the weights are: the embedded model is built (once) under ``models_dir``; anything else is a
     Hugging Face id or a local path, passed through."""
-    if model == TINY:
+    if is_embedded(model):
         from persona_platform.resources.llm.tiny import tiny_model_dir
 
-        return str(tiny_model_dir(Path(models_dir), Path(corpus_dir)))
+        return str(tiny_model_dir(Path(models_dir), Path(corpus_dir), model))
     return model
 
 
@@ -231,8 +237,8 @@ def check_model_available(backend_name: str, model: str, hf_cache: str | None = 
     """Why ``backend_name`` cannot load ``model`` on this machine, or None when it can (as far as can be told
     without loading it). Only the backends that load weights here are checked: transformers (a directory, or
     a Hugging Face id from the local cache, as runs never download) and vllm (a local path; an id vLLM
-    resolves itself). The embedded model is built locally, so always available."""
-    if backend_name not in ("transformers", "vllm") or model == TINY:
+    resolves itself). The embedded models are built locally, so always available."""
+    if backend_name not in ("transformers", "vllm") or is_embedded(model):
         return None
     path = Path(model).expanduser()
     if path.exists():

@@ -14,7 +14,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-SEED = 1234
+# The embedded models: one architecture and tokenizer, weights drawn from different seeds. "tiny" is the
+# default; "tiny-b" is a second model of the same size, so experiments have two local models to compare.
+SEEDS = {"tiny": 1234, "tiny-b": 5678}
 VOCAB_SIZE = 2048
 MODEL_CONFIG = {
     "hidden_size": 64,
@@ -55,16 +57,16 @@ def corpus_digest(files: list[Path], data_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def tiny_model_dir(models_dir: Path, data_dir: Path) -> Path:
-    """Build the tiny model if needed and return its directory."""
+def tiny_model_dir(models_dir: Path, data_dir: Path, name: str = "tiny") -> Path:
+    """Build the embedded model ``name`` (one of SEEDS) if needed and return its directory."""
     files = corpus_files(data_dir)
-    target = models_dir / f"tiny-{corpus_digest(files, data_dir)}"
+    target = models_dir / f"{name}-{corpus_digest(files, data_dir)}"
     if (target / "config.json").exists():
         return target
     models_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=models_dir))
     try:
-        _build(staging, files)
+        _build(staging, files, SEEDS[name])
         try:
             os.rename(staging, target)
         except OSError:
@@ -75,7 +77,7 @@ def tiny_model_dir(models_dir: Path, data_dir: Path) -> Path:
     return target
 
 
-def _build(out: Path, files: list[Path]) -> None:
+def _build(out: Path, files: list[Path], seed: int) -> None:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -108,7 +110,7 @@ def _build(out: Path, files: list[Path]) -> None:
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(out)
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(fast),
         bos_token_id=bos_id,

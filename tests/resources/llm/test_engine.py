@@ -92,14 +92,14 @@ def test_unknown_model_path_is_a_clear_error(tmp_path):
 def test_tiny_model_is_built_deterministically(tmp_path):
     import hashlib
 
-    from persona_platform.resources.llm.tiny import _build, corpus_files
+    from persona_platform.resources.llm.tiny import SEEDS, _build, corpus_files
     from persona_platform.resources.settings import DATA_DIR
 
     digests = []
     for name in ("a", "b"):
         out = tmp_path / name
         out.mkdir()
-        _build(out, corpus_files(DATA_DIR))
+        _build(out, corpus_files(DATA_DIR), SEEDS["tiny"])
         digests.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.iterdir()})
     assert digests[0] == digests[1]
     assert "model.safetensors" in digests[0] and "tokenizer.json" in digests[0]
