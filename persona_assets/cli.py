@@ -26,7 +26,6 @@ from persona_platform.resources.inputs.errors import PersonaInputError
 from persona_platform.resources.settings import (
     DATA_DIR,
     PROJECT_ROOT,
-    TINY_MODEL,
     Settings,
     SettingsError,
     load_settings,
@@ -69,17 +68,31 @@ def check_run_arguments(args: argparse.Namespace, settings: Settings) -> RunArgu
     PersonaInputError whose message says what is wrong."""
     from persona_platform.partitions import AGENT_REGISTRY_FILE, AGENTS, COUNTRIES
     from persona_platform.persona_assets.definitions import defs
+    from persona_platform.persona_assets.experiments import COMPARISON_GROUP, experiments
+    from persona_platform.persona_assets.runner import experiment_op_config
+    from persona_platform.resources.llm.backends import is_embedded
 
     countries, agents = country_partition_keys(_split(args.countries)), _split(args.agents)
     _check_known("country", countries, COUNTRIES, str(settings.goqa_source))
     _check_known("agent", agents, [a.key for a in AGENTS], str(AGENT_REGISTRY_FILE))
-    config_file = args.config or (EMBEDDED_PROFILE if settings.llm.model == TINY_MODEL else None)
-    op_config = load_op_config(config_file)
     graph = defs.resolve_asset_graph()
+    chosen = check_experiments(_split(getattr(args, "experiment", None)))
     # A multi-asset runs whole: selecting one of its outputs brings the others.
     selection = check_selection(args.select, graph).required_multi_asset_neighbors()
+    if chosen is not None:
+        # The experiments' own assets and the shared ones they read; a comparison needs every experiment.
+        others = [x.name for x in experiments() if x.name not in chosen]
+        selection = selection - AssetSelection.groups(*others, COMPARISON_GROUP)
     keys = selection.resolve(graph)
-    check_models(settings, set().union(*(graph.assets_def_for_key(k).required_resource_keys for k in keys)))
+    if not keys:
+        raise PersonaInputError(f"--select {args.select!r} holds no asset of experiment {', '.join(chosen)}")
+    selected = [x for x in experiments() if any(k.path[0] == x.name for k in keys)]
+    check_models(settings, keys, graph, selected)
+    # The quick-start profile shrinks only the experiments whose generator is an embedded model.
+    embedded = {x.name for x in selected if is_embedded(x.model("generator", settings.llm.model))}
+    config_file = args.config or (EMBEDDED_PROFILE if embedded else None)
+    steps_for = set(embedded) if args.config is None else {x.name for x in experiments()}
+    op_config = experiment_op_config(defs, load_op_config(config_file), steps_for, config_file)
     parallel = getattr(args, "parallel", None) or 1
     if not 1 <= parallel <= MAX_PARALLEL:
         raise PersonaInputError(f"--parallel {parallel}: must be a whole number from 1 to {MAX_PARALLEL}")
@@ -282,19 +295,46 @@ def similar_keys(term: str, keys: list[str], fuzzy: bool = True) -> list[str]:
     return list(dict.fromkeys(k for c in close for k in keys if c in (k, last[k])))
 
 
-def check_models(settings: Settings, resources: set[str]) -> None:
-    """Refuse, before any run, a model that one of ``resources`` (the model roles a run needs) cannot load on
-    this machine: a directory that does not exist, a Hugging Face id not in the local cache."""
-    from persona_platform.resources.llm.backends import check_model_available
+def check_experiments(names: set[str] | None) -> set[str] | None:
+    """The experiments ``--experiment`` names (None: every one); an unknown name is refused."""
+    from persona_platform.persona_assets.experiments import experiments
+
+    known = [x.name for x in experiments()]
+    _check_known("experiment", names, known, str(load_settings().experiments_dir))
+    return names
+
+
+def check_models(settings: Settings, keys, graph, selected: list) -> None:
+    """Refuse, before any run, a model that the selected assets ``keys`` need and this machine cannot load: a
+    directory that does not exist, a Hugging Face id not in the local cache. The deployment's models (the
+    roles an experiment leaves to it) are named by their variable, an experiment's own by its file."""
+    from persona_platform.persona_assets.experiments import ROLES
+    from persona_platform.resources.llm.backends import check_model_available, split_backend
     from persona_platform.resources.settings import CHAT, GENERATOR, JUDGE
 
     variables = {"llm": GENERATOR, "chat_llm": CHAT, "judge_llm": JUDGE}
-    for name, role in settings.roles().items():
-        problem = check_model_available(role.backend, role.model) if name in resources else None
+    needed = {
+        (k.path[0] if len(k.path) == 3 else None, resource)
+        for k in keys
+        for resource in graph.assets_def_for_key(k).required_resource_keys
+    }
+    by_name = {x.name: x for x in selected}
+    for experiment, resource in sorted(needed, key=str):
+        role = next((r for r, name in ROLES.items() if name == resource), None)
+        own = by_name[experiment].models.get(role) if experiment in by_name and role else None
+        if own is not None:
+            backend, model = split_backend(own.model)
+            problem = check_model_available(backend or "transformers", model)
+            if problem:
+                raise SettingsError(f"{by_name[experiment].path}: models.{role}: {own.model}: {problem}")
+            continue
+        deployment = settings.roles().get(resource)
+        problem = check_model_available(deployment.backend, deployment.model) if deployment else None
         if problem:
             # A role without a model of its own has the generator's.
-            variable = variables[name].model if os.environ.get(variables[name].model) else GENERATOR.model
-            raise SettingsError(f"{variable}={os.environ.get(variable) or role.model}: {problem}")
+            name = variables[resource].model
+            variable = name if os.environ.get(name) else GENERATOR.model
+            raise SettingsError(f"{variable}={os.environ.get(variable) or deployment.model}: {problem}")
 
 
 def failure_line(instance, run_id: str, root_cause: str | None, log: Path) -> str:
@@ -647,9 +687,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--agents", help="comma-separated agent keys (default: all in the registry)")
     run.add_argument("--select", help="a Dagster asset selection, e.g. 'group:opinions'")
     run.add_argument(
+        "--experiment",
+        help="comma-separated experiments (experiments/*.yaml): only their assets and the shared ones they "
+        "read (default: every experiment, and their comparison)",
+    )
+    run.add_argument(
         "--config",
         type=Path,
-        help="run config (YAML with 'ops:'); default with the embedded model: data/embedded_profile.yaml",
+        help="run config (YAML with 'ops:', keyed by op name or by step name for every experiment); default "
+        "for the experiments on an embedded model: data/embedded_profile.yaml",
     )
     run.add_argument(
         "--parallel",

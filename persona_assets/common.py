@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
+from types import ModuleType
 
 from dagster import (
     AssetCheckSeverity,
     AssetKey,
     BackfillPolicy,
     BetaWarning,
+    Definitions,
     MetadataValue,
     PartitionsDefinition,
     TableColumn,
     TableRecord,
     TableSchema,
     build_column_schema_change_checks,
+    load_asset_checks_from_modules,
+    load_assets_from_modules,
 )
 
 from persona_platform.persona_assets.columns import Columns
 from persona_platform.persona_assets.deployment import DEFAULT_PROFILE, GpuProfile, gpu_op_tags
+from persona_platform.persona_assets.experiments import Experiment, experiments
 from persona_platform.persona_assets.provenance import written_columns
 from persona_platform.resources.settings import load_deployment
 
@@ -72,12 +78,20 @@ def model_backfill(partitions_def: PartitionsDefinition) -> BackfillPolicy:
     return ONE_RUN_PER_BACKFILL if per_run is None else BackfillPolicy.multi_run(per_run)
 
 
-def gpu_step(profile: GpuProfile = DEFAULT_PROFILE) -> dict:
+def gpu_step(profile: GpuProfile = DEFAULT_PROFILE, gpus: int | None = None) -> dict:
     """Decorator arguments for a step that loads a model: the gpu pool and, when PERSONA_DEPLOYMENT=k8s,
-    the GPU pod it runs in (``profile`` sized for PERSONA_TENSOR_PARALLEL_SIZE GPUs). Op tags, not asset
-    tags: k8s_job_executor reads step pod config only there."""
-    tags = gpu_op_tags(profile, DEPLOYMENT.on_k8s, DEPLOYMENT.gpu_image, DEPLOYMENT.tensor_parallel_size)
-    return {"pool": GPU_POOL, "op_tags": tags}
+    the GPU pod it runs in (``profile`` sized for ``gpus``: the experiment's tensor parallel size, else
+    PERSONA_TENSOR_PARALLEL_SIZE). Op tags, not asset tags: k8s_job_executor reads step pod config only
+    there."""
+    size = gpus or DEPLOYMENT.tensor_parallel_size
+    return {"pool": GPU_POOL, "op_tags": gpu_op_tags(profile, DEPLOYMENT.on_k8s, DEPLOYMENT.gpu_image, size)}
+
+
+def experiment_step(x: Experiment, domain: str) -> dict:
+    """Decorator arguments of every asset of experiment ``x``: its group (one per experiment in the UI)
+    and tags naming the experiment and the domain (``tag:persona/domain=elicitation`` selects a domain
+    across experiments)."""
+    return {"group_name": x.name, "tags": x.tags(domain)}
 
 
 def schema_change_checks(*keys: list[str]) -> list:
@@ -146,3 +160,21 @@ def table_metadata(columns: dict[str, str], rows: list[dict]) -> MetadataValue:
     return MetadataValue.table(
         [TableRecord({name: row[name] for name in columns}) for row in rows], schema=schema
     )
+
+
+def domain_definitions(
+    assets_module: ModuleType, checks_module: ModuleType | None = None, extra: Sequence = ()
+) -> Definitions:
+    """A domain's definitions: its model-free assets (module level, built once), ``extra`` specs and, where
+    the domain has them, its model-dependent assets and checks built by its factories once per
+    experiment."""
+    xs = experiments()
+    assets = [*load_assets_from_modules([assets_module]), *extra]
+    assets += [a for x in xs for a in getattr(assets_module, "experiment_assets", lambda _: [])(x)]
+    checks = load_asset_checks_from_modules([checks_module]) if checks_module else []
+    if checks_module:
+        checks += [c for x in xs for c in getattr(checks_module, "experiment_checks", lambda _: [])(x)]
+    for x in xs:
+        x.tables.update(f"{k.path[1]}.{k.path[2]}" for a in assets for k in a.keys if k.path[0] == x.name)
+        x.check_profile()
+    return Definitions(assets=assets, asset_checks=checks)

@@ -15,6 +15,7 @@ and no other's.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -25,12 +26,16 @@ import yaml
 from dagster import AssetKey, Config
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from persona_platform.resources.artifacts import ArtifactStore
 from persona_platform.resources.inputs.errors import PersonaInputError
 from persona_platform.resources.llm.backends import BACKENDS, split_backend
 from persona_platform.resources.llm.resource import LLMResource
+from persona_platform.resources.settings import load_settings
 
 # Joined with "__" into op names and warehouse schemas, so a name has no double underscore.
 NAME = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+# The group of what compares experiments (it reads every experiment's assets).
+COMPARISON_GROUP = "reports"
 # Role -> the deployment's resource for it, which the experiment's model replaces where the file names one.
 ROLES = {"generator": "llm", "chat": "chat_llm", "judge": "judge_llm"}
 # What a file may set per role beyond the model: the engine's load and serving settings. Paths and the
@@ -81,6 +86,8 @@ class Experiment:
     profile: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The profile's steps some factory asked for; a step no factory asks for is a typo (check_profile).
     configured_steps: set[str] = field(default_factory=set)
+    # The tables (schema.table) the factories built a copy of for this experiment (domain_definitions).
+    tables: set[str] = field(default_factory=set)
 
     def key(self, *path: str) -> AssetKey:
         """The asset key of one of this experiment's tables: [experiment, domain, table]."""
@@ -107,9 +114,19 @@ class Experiment:
         values |= {"backend": backend or "transformers", "model": model, "train_model": ""} | spec.engine
         return LLMResource(**values)
 
-    def model_label(self, role: str, deployment: LLMResource) -> str:
-        chosen = self.role(role, deployment)
-        return f"{chosen.backend}:{chosen.model}"
+    def artifacts(self, store: ArtifactStore) -> ArtifactStore:
+        """The experiment's own artifacts folder (plots, checkpoints, adapters), beside the others'."""
+        return store.within(self.name)
+
+    def gpus(self, role: str = "generator") -> int | None:
+        """GPUs the role's model is split over, where the file says (its tensor_parallel_size)."""
+        spec = self.models.get(role)
+        return spec.engine.get("tensor_parallel_size") if spec else None
+
+    def model(self, role: str, deployment_model: str) -> str:
+        """The model (without backend) answering ``role``: the file's, else ``deployment_model``."""
+        spec = self.models.get(role)
+        return split_backend(spec.model)[1] if spec else deployment_model
 
     def configured(self, config: type[Config], step: str) -> type[Config]:
         """``config`` with this experiment's profile for ``step`` as its defaults: the UI's launchpad shows
@@ -195,7 +212,9 @@ def _role_model(path: Path, role: str, spec: RoleModel | str) -> RoleModel:
             f"(settings: {', '.join(ENGINE_SETTINGS)})"
         )
     try:
-        LLMResource(model=model, backend=backend or "transformers", models_dir="", corpus_dir="", **spec.engine)
+        LLMResource(
+            model=model, backend=backend or "transformers", models_dir="", corpus_dir="", **spec.engine
+        )
     except ValidationError as exc:
         error = exc.errors()[0]
         raise ExperimentError(f"{path}: models.{role}.engine.{error['loc'][0]}: {error['msg']}") from None
@@ -208,3 +227,14 @@ def load_experiments(folder: Path) -> list[Experiment]:
     if not files:
         raise ExperimentError(f"{folder}: no experiment files (*.yaml); PERSONA_EXPERIMENTS names the folder")
     return [read_experiment(path) for path in files]
+
+
+@functools.cache
+def _experiments_in(folder: Path) -> tuple[Experiment, ...]:
+    return tuple(load_experiments(folder))
+
+
+def experiments() -> list[Experiment]:
+    """The experiments of this code location (PERSONA_EXPERIMENTS, the repository's experiments/ by
+    default), read once per process."""
+    return list(_experiments_in(load_settings().experiments_dir))

@@ -20,7 +20,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -37,7 +37,9 @@ from dagster import (
 
 from persona_platform.partitions import partitioning
 from persona_platform.persona_assets.common import GPU_POOL
+from persona_platform.persona_assets.experiments import experiments as all_experiments
 from persona_platform.persona_assets.progress import live_run
+from persona_platform.resources.settings import SettingsError
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 # Which process executes an in-process run, so that a later `persona` can tell a killed run from a live one.
@@ -338,6 +340,24 @@ def dimension_costs(dimension: str) -> Mapping[str, float]:
                 if agent:
                     counts[agent] = counts.get(agent, 0.0) + 1
     return {key: max(1.0, value) for key, value in counts.items()}
+
+
+def experiment_op_config(defs: Definitions, ops: dict, experiments: Collection[str], source) -> dict:
+    """Run config by op name. A key that names an op is kept; a step name (an experiment's op name without
+    the experiment, e.g. ``icm_search``, ``few_shot_predictions``) applies to that step of each of
+    ``experiments``. A key that names neither is refused."""
+    names = {a.op.name for a in defs.resolve_asset_graph().assets_defs if a.is_executable}
+    every = {x.name for x in all_experiments()}
+    config = {}
+    for key, value in ops.items():
+        if key in names:
+            config[key] = value
+            continue
+        steps = [n for n in names if n.split("__", 1)[0] in every and n.rsplit("__", 1)[1] == key]
+        if not steps:
+            raise SettingsError(f"{source}: ops.{key}: no op or experiment step of that name")
+        config |= {n: value for n in steps if n.split("__", 1)[0] in experiments}
+    return config
 
 
 def op_config_for(defs: Definitions, asset_keys: Sequence[AssetKey], op_config: dict) -> dict:

@@ -6,6 +6,7 @@ an asset function states only what it computes.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -14,10 +15,12 @@ from dataclasses import dataclass, field
 import polars as pl
 from dagster import AssetExecutionContext, AssetKey
 
+from persona_platform.persona_assets.experiments import experiments
 from persona_platform.persona_assets.progress import Tracker
 from persona_platform.persona_assets.provenance import Provenance, result_frame
 from persona_platform.resources.llm import Engine, EngineUsage
 from persona_platform.resources.llm.resource import LLMResource, UsageMeter
+from persona_platform.resources.warehouse import experiment_schema
 
 
 def engine_metadata(usage: EngineUsage, model_id: str, scope: str) -> dict:
@@ -52,9 +55,27 @@ def asset_frame(
         prompt_hash=prompt_hash,
     )
     frame = result_frame(rows, schema, provenance, assets_def.metadata_by_key[key].get("partition_expr"))
+    if len(key.path) == 3:
+        frame = qualified_refs(frame, key.path[0], experiment_tables(key.path[0]))
     if assets_def.partitions_def is not None:  # else the IO manager's count is the table's
         partition_metadata(context, frame, lambda part: {"dagster/row_count": part.height}, output)
     return frame
+
+
+def experiment_tables(experiment: str) -> frozenset[str]:
+    """The tables (``schema.table``) that ``experiment`` has its own copy of."""
+    return frozenset(next(x.tables for x in experiments() if x.name == experiment))
+
+
+def qualified_refs(frame: pl.DataFrame, experiment: str, tables: frozenset[str]) -> pl.DataFrame:
+    """``input_ids`` that name one of ``tables`` point at the experiment's own copy: the table builders name
+    rows as ``elicitation.icm_labels:id`` whichever experiment runs them, and the experiment's rows live in
+    ``{experiment}__elicitation.icm_labels``."""
+    if not tables or frame.is_empty():
+        return frame
+    pattern = "^(" + "|".join(re.escape(t) for t in sorted(tables)) + "):"
+    qualified = pl.element().str.replace(pattern, experiment_schema(experiment, "${1}") + ":")
+    return frame.with_columns(pl.col("input_ids").list.eval(qualified))
 
 
 def partition_metadata(

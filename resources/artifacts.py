@@ -17,6 +17,10 @@ from persona_platform.resources.files import write_atomic
 class ArtifactStore(ConfigurableResource):
     root: str = Field(description="The artifacts folder, PERSONA_HOME/artifacts by default.")
 
+    def within(self, *parts: str) -> ArtifactStore:
+        """The store of a subfolder."""
+        return ArtifactStore(root=str(self.path(*parts)))
+
     def path(self, *parts: str) -> Path:
         return Path(self.root, *parts)
 

@@ -64,6 +64,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = PROJECT_ROOT / "data"
 SAMPLE_GOQA_SOURCE = DATA_DIR / "goqa" / "sample_global_opinions.csv"
 SAMPLE_BOARD_DIR = DATA_DIR / "board"
+EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
 TINY_MODEL = TINY  # the embedded model
 DEPLOYMENTS = ("local", "k8s")
 DEFAULT_GPU_IMAGE = "persona-platform-gpu:0.1.0"
@@ -159,6 +160,8 @@ class Settings:
     # generator's model.
     train_model: str = ""
     max_loras: int = 8
+    # The experiment files (persona_assets.experiments), one YAML file per experiment.
+    experiments_dir: Path = EXPERIMENTS_DIR
 
     def roles(self) -> dict[str, ModelRole]:
         """Resource name -> the role's model."""
@@ -274,7 +277,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         warehouse_data_path=warehouse_data_path,
         train_model=train_model,
         max_loras=_whole_number(env, "PERSONA_MAX_LORAS", 8, 1024),
+        experiments_dir=_folder(env, "PERSONA_EXPERIMENTS", EXPERIMENTS_DIR),
     )
+
+
+def _folder(env: Mapping[str, str], name: str, default: Path) -> Path:
+    text = (env.get(name) or "").strip()
+    folder = Path(text).expanduser().resolve() if text else default
+    if not folder.is_dir():
+        raise SettingsError(f"{name}: no such folder: {folder}")
+    return folder
 
 
 def load_roles(env: Mapping[str, str]) -> tuple[ModelRole, ModelRole, ModelRole]:

@@ -4,8 +4,8 @@ import polars as pl
 from dagster import (
     AssetExecutionContext,
     AssetIn,
-    AssetKey,
     AssetOut,
+    AssetsDefinition,
     Config,
     MetadataValue,
     Output,
@@ -47,12 +47,14 @@ from persona_platform.persona_assets.common import (
     OWNERS,
     TABLE_KINDS,
     WAREHOUSE_POOL,
+    experiment_step,
     gpu_step,
     model_backfill,
     results_table,
     table_columns,
 )
 from persona_platform.persona_assets.deployment import TRAINING_PROFILE
+from persona_platform.persona_assets.experiments import Experiment
 from persona_platform.persona_assets.plots import heatmap, loss_curve, saved_plot
 from persona_platform.persona_assets.progress import Tracker
 from persona_platform.persona_assets.steps import asset_frame, model_step, partition_metadata
@@ -66,7 +68,6 @@ from persona_platform.resources.sources import BoardSource
 from persona_platform.resources.training import LoraTraining, TrainingOutcome, run_fingerprint
 
 GROUP = "agents"
-LOSS_KEY = AssetKey([GROUP, "training_loss"])
 VERSION = "agents-1"
 SHARED = dict(key_prefix=GROUP, group_name=GROUP, owners=OWNERS, code_version=VERSION)
 BY_AGENT = dict(partitions_def=agents_partitions, backfill_policy=ONE_RUN_PER_BACKFILL)
@@ -238,139 +239,170 @@ def _loss_plot(artifacts: ArtifactStore, agent: str, outcome: TrainingOutcome) -
     return saved_plot(artifacts, figure, "training", agent)
 
 
-@multi_asset(
-    outs={
-        "lora_adapters": AssetOut(
-            key=[GROUP, "lora_adapters"],
-            metadata=AGENT_PARTITION | table_columns(ADAPTER_SCHEMA),
-            owners=OWNERS,
-            kinds=MODEL_KINDS,
-            code_version=VERSION,
-            description=(
+def experiment_assets(x: Experiment) -> list[AssetsDefinition]:
+    """An experiment's adapters on its generator, their merged models and their perplexities."""
+    return [lora_training(x), merged_models(x), perplexity_matrix(x)]
+
+
+def _model_out(x: Experiment, name: str, schema, description: str) -> AssetOut:
+    return AssetOut(
+        key=x.key(GROUP, name),
+        metadata=AGENT_PARTITION | table_columns(schema),
+        owners=OWNERS,
+        kinds=MODEL_KINDS,
+        tags=x.tags(GROUP),
+        code_version=x.code_version(VERSION),
+        description=description,
+    )
+
+
+def _shared(x: Experiment) -> dict:
+    return dict(**experiment_step(x, GROUP), owners=OWNERS, code_version=x.code_version(VERSION))
+
+
+def _adapters_in(x: Experiment) -> dict:
+    return {
+        "lora_adapters": AssetIn(key=x.key(GROUP, "lora_adapters")),
+        "completion_examples": AssetIn(key=[GROUP, "completion_examples"]),
+    }
+
+
+def lora_training(x: Experiment) -> AssetsDefinition:
+    @multi_asset(
+        name=x.op_name("lora_training"),
+        outs={
+            "lora_adapters": _model_out(
+                x,
+                "lora_adapters",
+                ADAPTER_SCHEMA,
                 "A LoRA adapter per agent (PEFT + Accelerate, loss on the agent's tokens only): "
-                "path, sha256, hyperparameters."
+                "path, sha256, hyperparameters.",
             ),
-        ),
-        "training_loss": AssetOut(
-            key=[GROUP, "training_loss"],
-            metadata=AGENT_PARTITION | table_columns(LOSS_SCHEMA),
-            owners=OWNERS,
-            kinds=MODEL_KINDS,
-            code_version=VERSION,
-            description="Training loss per step and agent, with the loss curve plot.",
-        ),
-    },
-    group_name=GROUP,
-    **gpu_step(TRAINING_PROFILE),
-    partitions_def=agents_partitions,
-    backfill_policy=model_backfill(agents_partitions),
-    ins={"training_conversations": AssetIn(key=[GROUP, "training_conversations"])},
-)
-def lora_training(
-    context: AssetExecutionContext,
-    config: TrainingConfig,
-    llm: LLMResource,
-    artifacts: ArtifactStore,
-    training_conversations: pl.DataFrame,
-):
-    """Train each agent's adapter on its conversations; resumes from its last checkpoint after a crash."""
-    adapters, losses, plots = [], [], {}
-    with model_step(context, llm) as step:
-        for agent in context.partition_keys:
-            settings = config.settings(AGENTS_BY_KEY[agent])
-            conversations = training_conversations.filter(pl.col("agent") == agent).sort("row_id")
-            with step.partition(agent):
-                outcome = train_agent(
-                    step.engine, artifacts, agent, conversations, settings, context.log.info
-                )
-            adapters.append(adapter_row(agent, outcome, settings, conversations["row_id"].to_list()))
-            losses += loss_rows(agent, outcome)
-            plots[agent] = _loss_plot(artifacts, agent, outcome)
-        adapter_frame = step.frame(adapters, ADAPTER_SCHEMA, "lora_adapters")
-        loss_frame = step.frame(losses, LOSS_SCHEMA, "training_loss")
-    partition_metadata(context, adapter_frame, _adapter_metadata, "lora_adapters")
-    for agent, plot in plots.items():
-        context.add_asset_metadata({"plot/loss": plot}, asset_key=LOSS_KEY, partition_key=agent)
-    yield Output(adapter_frame, "lora_adapters")
-    yield Output(loss_frame, "training_loss")
-
-
-@asset(
-    **SHARED,
-    partitions_def=agents_partitions,
-    backfill_policy=model_backfill(agents_partitions),
-    metadata=AGENT_PARTITION | table_columns(MERGED_SCHEMA),
-    kinds=MODEL_KINDS | {"safetensors"},
-    **gpu_step(),
-    ins={
-        "lora_adapters": AssetIn(key=[GROUP, "lora_adapters"]),
-        "completion_examples": AssetIn(key=[GROUP, "completion_examples"]),
-    },
-)
-def merged_models(
-    context: AssetExecutionContext,
-    llm: LLMResource,
-    artifacts: ArtifactStore,
-    lora_adapters: pl.DataFrame,
-    completion_examples: pl.DataFrame,
-) -> pl.DataFrame:
-    """Base weights with the agent's adapter merged in, saved as safetensors with the tokenizer; the merged
-    model must give the logits of base + adapter (max |difference| <= 1e-4 in float32) on up to three of the
-    agent's utterances; an agent with none to compare on fails rather than passing unchecked."""
-    rows = []
-    with model_step(context, llm) as step:
-        serve_adapters(step.engine, lora_adapters)
-        for r in lora_adapters.sort("agent").iter_rows(named=True):
-            agent = r["agent"]
-            samples = list(completion_examples.filter(pl.col("agent") == agent)["target"][:3])
-            out_dir = artifacts.path("merged", agent, r["sha256"][:16])
-            fingerprint, differences = step.engine.merge_adapter(
-                agent, out_dir, samples, max_check_tokens=128
+            "training_loss": _model_out(
+                x, "training_loss", LOSS_SCHEMA, "Training loss per step and agent, with the loss curve plot."
+            ),
+        },
+        group_name=x.name,
+        **gpu_step(TRAINING_PROFILE, x.gpus()),
+        partitions_def=agents_partitions,
+        backfill_policy=model_backfill(agents_partitions),
+        ins={"training_conversations": AssetIn(key=[GROUP, "training_conversations"])},
+    )
+    def training(
+        context: AssetExecutionContext,
+        config: x.configured(TrainingConfig, "lora_training"),
+        llm: LLMResource,
+        artifacts: ArtifactStore,
+        training_conversations: pl.DataFrame,
+    ):
+        """Train each agent's adapter on its conversations; resumes from its last checkpoint after a crash."""
+        store = x.artifacts(artifacts)
+        adapters, losses, plots = [], [], {}
+        with model_step(context, x.role("generator", llm)) as step:
+            for agent in context.partition_keys:
+                settings = config.settings(AGENTS_BY_KEY[agent])
+                conversations = training_conversations.filter(pl.col("agent") == agent).sort("row_id")
+                with step.partition(agent):
+                    outcome = train_agent(
+                        step.engine, store, agent, conversations, settings, context.log.info
+                    )
+                adapters.append(adapter_row(agent, outcome, settings, conversations["row_id"].to_list()))
+                losses += loss_rows(agent, outcome)
+                plots[agent] = _loss_plot(store, agent, outcome)
+            adapter_frame = step.frame(adapters, ADAPTER_SCHEMA, "lora_adapters")
+            loss_frame = step.frame(losses, LOSS_SCHEMA, "training_loss")
+        partition_metadata(context, adapter_frame, _adapter_metadata, "lora_adapters")
+        for agent, plot in plots.items():
+            context.add_asset_metadata(
+                {"plot/loss": plot}, asset_key=x.key(GROUP, "training_loss"), partition_key=agent
             )
-            rows.append(merged_row(agent, str(out_dir), fingerprint, merge_difference(agent, differences)))
-        frame = step.frame(rows, MERGED_SCHEMA)
-    partition_metadata(
-        context, frame, lambda part: {"max_logit_difference": part["max_logit_difference"].max() or 0.0}
-    )
-    return frame
+        yield Output(adapter_frame, "lora_adapters")
+        yield Output(loss_frame, "training_loss")
+
+    return training
 
 
-@asset(
-    **SHARED,
-    metadata=table_columns(PERPLEXITY_SCHEMA),
-    kinds=MODEL_KINDS | {"matplotlib"},
-    **gpu_step(),
-    ins={
-        "lora_adapters": AssetIn(key=[GROUP, "lora_adapters"]),
-        "completion_examples": AssetIn(key=[GROUP, "completion_examples"]),
-    },
-)
-def perplexity_matrix(
-    context: AssetExecutionContext,
-    llm: LLMResource,
-    artifacts: ArtifactStore,
-    lora_adapters: pl.DataFrame,
-    completion_examples: pl.DataFrame,
-) -> pl.DataFrame:
-    """Perplexity of every model (the base, each agent's adapter) on every agent's held-out utterances:
-    token-weighted over the held-out agent's tokens only, from the engine's loglikelihood."""
-    heldout = completion_examples.filter(pl.col("split") == "test").sort("row_id")
-    agents = sorted(heldout["agent"].unique())
-    models = [BASE_MODEL_ROW, *sorted(lora_adapters["agent"])]
-    with model_step(context, llm) as step:
-        serve_adapters(step.engine, lora_adapters)
-        frame = step.frame(perplexity_rows(step.engine, heldout, models, agents), PERPLEXITY_SCHEMA)
-    cell = {(r["model"], r["heldout_agent"]): r["perplexity"] for r in frame.iter_rows(named=True)}
-    values = [[cell[(m, a)] for a in agents] for m in models]
-    figure = heatmap("Perplexity on held-out utterances", models, agents, values, "perplexity")
-    context.add_output_metadata(
-        {
-            "matrix": results_table(
-                ["model", *agents],
-                [[m, *[round(v, 2) for v in row]] for m, row in zip(models, values, strict=True)],
-            ),
-            "verdict": perplexity_verdict(models, agents, values),
-            "plot/heatmap": saved_plot(artifacts, figure, "agents", "perplexity"),
-        }
+def merged_models(x: Experiment) -> AssetsDefinition:
+    @asset(
+        key=x.key(GROUP, "merged_models"),
+        **_shared(x),
+        partitions_def=agents_partitions,
+        backfill_policy=model_backfill(agents_partitions),
+        metadata=AGENT_PARTITION | table_columns(MERGED_SCHEMA),
+        kinds=MODEL_KINDS | {"safetensors"},
+        **gpu_step(gpus=x.gpus()),
+        ins=_adapters_in(x),
     )
-    return frame
+    def merged(
+        context: AssetExecutionContext,
+        llm: LLMResource,
+        artifacts: ArtifactStore,
+        lora_adapters: pl.DataFrame,
+        completion_examples: pl.DataFrame,
+    ) -> pl.DataFrame:
+        """Base weights with the agent's adapter merged in, saved as safetensors with the tokenizer; the
+        merged model must give the logits of base + adapter (max |difference| <= 1e-4 in float32) on up to
+        three of the agent's utterances; an agent with none to compare on fails rather than passing
+        unchecked."""
+        rows = []
+        with model_step(context, x.role("generator", llm)) as step:
+            serve_adapters(step.engine, lora_adapters)
+            for r in lora_adapters.sort("agent").iter_rows(named=True):
+                agent = r["agent"]
+                samples = list(completion_examples.filter(pl.col("agent") == agent)["target"][:3])
+                out_dir = x.artifacts(artifacts).path("merged", agent, r["sha256"][:16])
+                fingerprint, differences = step.engine.merge_adapter(
+                    agent, out_dir, samples, max_check_tokens=128
+                )
+                rows.append(
+                    merged_row(agent, str(out_dir), fingerprint, merge_difference(agent, differences))
+                )
+            frame = step.frame(rows, MERGED_SCHEMA)
+        partition_metadata(
+            context, frame, lambda part: {"max_logit_difference": part["max_logit_difference"].max() or 0.0}
+        )
+        return frame
+
+    return merged
+
+
+def perplexity_matrix(x: Experiment) -> AssetsDefinition:
+    @asset(
+        key=x.key(GROUP, "perplexity_matrix"),
+        **_shared(x),
+        metadata=table_columns(PERPLEXITY_SCHEMA),
+        kinds=MODEL_KINDS | {"matplotlib"},
+        **gpu_step(gpus=x.gpus()),
+        ins=_adapters_in(x),
+    )
+    def perplexities(
+        context: AssetExecutionContext,
+        llm: LLMResource,
+        artifacts: ArtifactStore,
+        lora_adapters: pl.DataFrame,
+        completion_examples: pl.DataFrame,
+    ) -> pl.DataFrame:
+        """Perplexity of every model (the base, each agent's adapter) on every agent's held-out utterances:
+        token-weighted over the held-out agent's tokens only, from the engine's loglikelihood."""
+        heldout = completion_examples.filter(pl.col("split") == "test").sort("row_id")
+        agents = sorted(heldout["agent"].unique())
+        models = [BASE_MODEL_ROW, *sorted(lora_adapters["agent"])]
+        with model_step(context, x.role("generator", llm)) as step:
+            serve_adapters(step.engine, lora_adapters)
+            frame = step.frame(perplexity_rows(step.engine, heldout, models, agents), PERPLEXITY_SCHEMA)
+        cell = {(r["model"], r["heldout_agent"]): r["perplexity"] for r in frame.iter_rows(named=True)}
+        values = [[cell[(m, a)] for a in agents] for m in models]
+        figure = heatmap("Perplexity on held-out utterances", models, agents, values, "perplexity")
+        context.add_output_metadata(
+            {
+                "matrix": results_table(
+                    ["model", *agents],
+                    [[m, *[round(v, 2) for v in row]] for m, row in zip(models, values, strict=True)],
+                ),
+                "verdict": perplexity_verdict(models, agents, values),
+                "plot/heatmap": saved_plot(x.artifacts(artifacts), figure, "agents", "perplexity"),
+            }
+        )
+        return frame
+
+    return perplexities

@@ -1,5 +1,8 @@
 """Checks on the alignment tables."""
 
 from persona_platform.persona_assets.common import schema_change_checks
+from persona_platform.persona_assets.experiments import Experiment
 
-schema_checks = schema_change_checks(["alignment", "opinion_alignment"])
+
+def experiment_checks(x: Experiment) -> list:
+    return schema_change_checks(list(x.key("alignment", "opinion_alignment").path))

@@ -9,8 +9,8 @@ import polars as pl
 from dagster import (
     AssetExecutionContext,
     AssetIn,
-    AssetKey,
     AssetOut,
+    AssetsDefinition,
     Config,
     MetadataValue,
     Output,
@@ -60,6 +60,7 @@ from persona_platform.persona_assets.elicitation.tables import (
     zero_shot_accuracy_table,
     zero_shot_rows,
 )
+from persona_platform.persona_assets.experiments import Experiment
 from persona_platform.persona_assets.opinions.splits import VARIANTS
 from persona_platform.persona_assets.plots import saved_plot, search_trace
 from persona_platform.persona_assets.progress import Tracker
@@ -76,8 +77,6 @@ CHAT_VERSION = f"zero-shot-chat-2-{CHAT_HASH}"
 # The chat baseline's method: an instruction model of its own, or the generator through a chat template.
 CHAT, BASE_CHAT_TEMPLATE = "zero_shot_chat", "zero_shot_base_chat_template"
 BY_COUNTRY = dict(
-    group_name=GROUP,
-    **gpu_step(),
     partitions_def=countries_partitions,
     backfill_policy=model_backfill(countries_partitions),
 )
@@ -182,95 +181,6 @@ def _trace_plot(artifacts: ArtifactStore, country: str, variant: str, state: Sea
     return saved_plot(artifacts, figure, "icm_trace", f"{country}-{variant}")
 
 
-@multi_asset(
-    outs={
-        "icm_labels": AssetOut(
-            key=[GROUP, "icm_labels"],
-            code_version=ICM_VERSION,
-            **COUNTRY_OUT,
-            metadata=COUNTRY_PARTITION | table_columns(LABEL_SCHEMA),
-            description=(
-                "ICM labels of each country's train claims (null = never labelled), beside the gold labels."
-            ),
-        ),
-        "icm_search_trace": AssetOut(
-            key=[GROUP, "icm_search_trace"],
-            code_version=ICM_VERSION,
-            **COUNTRY_OUT,
-            metadata=COUNTRY_PARTITION | table_columns(TRACE_SCHEMA),
-            description="Every ICM iteration: temperature, energy change, acceptance, agreement with gold.",
-        ),
-    },
-    **BY_COUNTRY,
-    ins=SPLITS_IN,
-)
-def icm_search(
-    context: AssetExecutionContext,
-    config: IcmConfig,
-    llm: LLMResource,
-    artifacts: ArtifactStore,
-    goqa_splits: pl.DataFrame,
-    goqa_claims: pl.DataFrame,
-):
-    """Internal Coherence Maximization over each country's train split, per variant."""
-    labels, trace = [], []
-    searches, plots = {}, {}  # per country: its searches' summaries, its trace plots
-    with model_step(context, llm, FEW_SHOT_HASH) as step:
-        for country in context.partition_keys:
-            searches[country], plots[country] = {}, {}
-            with step.partition(country):
-                for variant in config.variants:
-                    train = split_claims(goqa_splits, goqa_claims, country, variant, "train")
-                    if train.is_empty():
-                        continue
-                    search, state, resumed_at = resumable_search(
-                        step.engine, artifacts, country, variant, train, config, context.log.info
-                    )
-                    labels += label_rows(train, state.labels, variant, country)
-                    trace += trace_rows(state.trace, train["claim_id"].to_list(), variant, country)
-                    searches[country][variant] = search_summary(search, state, resumed_at)
-                    plots[country][f"plot/{variant}"] = _trace_plot(artifacts, country, variant, state)
-        label_frame = step.frame(labels, LABEL_SCHEMA, "icm_labels")
-        trace_frame = step.frame(trace, TRACE_SCHEMA, "icm_search_trace")
-    params = MetadataValue.json(asdict(config.params()))
-    for country in context.partition_keys:
-        own = {"params": params, "searches": results_table(*search_table(searches[country]))}
-        context.add_asset_metadata(own, asset_key=AssetKey([GROUP, "icm_labels"]), partition_key=country)
-        own = {"params": params, **plots[country]}
-        context.add_asset_metadata(
-            own, asset_key=AssetKey([GROUP, "icm_search_trace"]), partition_key=country
-        )
-    yield Output(label_frame, "icm_labels")
-    yield Output(trace_frame, "icm_search_trace")
-
-
-@asset(
-    key_prefix=GROUP,
-    **BY_COUNTRY,
-    **COUNTRY_OUT,
-    metadata=COUNTRY_PARTITION | table_columns(ZERO_SHOT_SCHEMA),
-    code_version=ZERO_SHOT_VERSION,
-    ins=SPLITS_IN,
-)
-def zero_shot_base_predictions(
-    context: AssetExecutionContext, llm: LLMResource, goqa_splits: pl.DataFrame, goqa_claims: pl.DataFrame
-) -> pl.DataFrame:
-    """Zero-shot base-model baseline: log P(" True") vs log P(" False") for each test claim,
-    no demonstrations."""
-    test, claims = test_split_claims(goqa_splits, goqa_claims)
-    requests = [
-        ScoreRequest(zero_shot_prompt(r["question"], r["option"], r["country"]), CANDIDATES)
-        for r in claims.iter_rows(named=True)
-    ]
-    with model_step(context, llm, ZERO_SHOT_HASH) as step:
-        scores = dict(zip(claims["claim_id"], step.engine.score(requests), strict=True))
-        frame = step.frame(zero_shot_rows(test, scores), ZERO_SHOT_SCHEMA)
-    partition_metadata(
-        context, frame, lambda rows: {"accuracy": results_table(*zero_shot_accuracy_table(rows))}
-    )
-    return frame
-
-
 class FewShotConfig(Config):
     repeats: int = Field(
         default=10, description="Demonstration draws (subset and order) per number of examples."
@@ -282,42 +192,6 @@ class FewShotConfig(Config):
     seed: int = Field(default=0, description="Seeds the draws of demonstrations and of random-label errors.")
 
 
-@asset(
-    key_prefix=GROUP,
-    **BY_COUNTRY,
-    **COUNTRY_OUT,
-    metadata=COUNTRY_PARTITION | table_columns(FEW_SHOT_SCHEMA),
-    code_version=EVALUATION_VERSION,
-    ins={"icm_labels": AssetIn(key=[GROUP, "icm_labels"]), **SPLITS_IN},
-)
-def few_shot_predictions(
-    context: AssetExecutionContext,
-    config: FewShotConfig,
-    llm: LLMResource,
-    icm_labels: pl.DataFrame,
-    goqa_splits: pl.DataFrame,
-    goqa_claims: pl.DataFrame,
-) -> pl.DataFrame:
-    """Test predictions with k demonstrations labelled by gold, ICM or accuracy-matched random labels."""
-    rows = []
-    with model_step(context, llm, FEW_SHOT_HASH) as step:
-        for country in context.partition_keys:
-            for variant in icm_labels.filter(pl.col("country") == country)["variant"].unique().sort():
-                pool = demo_pool(
-                    icm_labels.filter((pl.col("country") == country) & (pl.col("variant") == variant))
-                )
-                tests = test_claims(split_claims(goqa_splits, goqa_claims, country, variant, "test"))
-                if pool and tests:
-                    conditions = build_conditions(pool, config.example_counts, config.repeats, config.seed)
-                    with step.partition(country):
-                        rows += few_shot_rows(step.engine, country, variant, tests, conditions)
-        frame = step.frame(rows, FEW_SHOT_SCHEMA)
-    partition_metadata(
-        context, frame, lambda part: {"accuracy_by_k": results_table(*few_shot_accuracy_table(part))}
-    )
-    return frame
-
-
 class ChatBaselineConfig(Config):
     repeats: int = Field(
         default=1,
@@ -326,40 +200,217 @@ class ChatBaselineConfig(Config):
     )
 
 
-@asset(
-    key_prefix=GROUP,
-    **BY_COUNTRY,
-    **COUNTRY_OUT,
-    metadata=COUNTRY_PARTITION | table_columns(CHAT_SCHEMA),
-    code_version=CHAT_VERSION,
-    ins=SPLITS_IN,
-)
-def zero_shot_chat_predictions(
-    context: AssetExecutionContext,
-    config: ChatBaselineConfig,
-    llm: LLMResource,
-    chat_llm: LLMResource,
-    goqa_splits: pl.DataFrame,
-    goqa_claims: pl.DataFrame,
-) -> pl.DataFrame:
-    """Zero-shot instruction-model baseline: asked in a chat whether each test claim is the most
-    popular answer.
+def experiment_assets(x: Experiment) -> list[AssetsDefinition]:
+    """The elicitation assets of experiment ``x``: its label searches and its evaluations."""
+    return [
+        icm_search(x),
+        zero_shot_base_predictions(x),
+        few_shot_predictions(x),
+        zero_shot_chat_predictions(x),
+    ]
 
-    The chat model (PERSONA_CHAT_MODEL) scores "True" against "False" after its chat template where its
-    engine can (a local backend); an OpenAI-compatible API (PERSONA_CHAT_BASE_URL) applies the template
-    itself, so there the reply is asked for, must be exactly True or False, and anything else is stored as a
-    parse failure, counted apart from wrong answers. With no chat model of its own, the base model
-    answers through a chat template, and the rows say so: method `zero_shot_base_chat_template`,
-    never `zero_shot_chat`.
-    """
-    test, claims = test_split_claims(goqa_splits, goqa_claims)
-    chats = [chat_messages(r["question"], r["option"], r["country"]) for r in claims.iter_rows(named=True)]
-    method = CHAT if chat_llm.model != llm.model else BASE_CHAT_TEMPLATE
-    with model_step(context, chat_llm, CHAT_HASH) as step:
-        answers = chat_answers(step.engine, chats, config.repeats)
-        rows = chat_rows(
-            test, list(claims["claim_id"]), answers.replies, answers.predictions, method, answers.answered_by
+
+def _country_step(x: Experiment) -> dict:
+    """Decorator arguments of an experiment's country-partitioned model step."""
+    return dict(
+        **BY_COUNTRY,
+        **gpu_step(gpus=x.gpus()),
+        group_name=x.name,
+    )
+
+
+def _country_out(x: Experiment, name: str, version: str, schema, description: str) -> AssetOut:
+    return AssetOut(
+        key=x.key(GROUP, name),
+        code_version=x.code_version(version),
+        **COUNTRY_OUT,
+        tags=x.tags(GROUP),
+        metadata=COUNTRY_PARTITION | table_columns(schema),
+        description=description,
+    )
+
+
+def icm_search(x: Experiment) -> AssetsDefinition:
+    @multi_asset(
+        name=x.op_name("icm_search"),
+        outs={
+            "icm_labels": _country_out(
+                x,
+                "icm_labels",
+                ICM_VERSION,
+                LABEL_SCHEMA,
+                "ICM labels of each country's train claims (null = never labelled), beside the gold labels.",
+            ),
+            "icm_search_trace": _country_out(
+                x,
+                "icm_search_trace",
+                ICM_VERSION,
+                TRACE_SCHEMA,
+                "Every ICM iteration: temperature, energy change, acceptance, agreement with gold.",
+            ),
+        },
+        **_country_step(x),
+        ins=SPLITS_IN,
+    )
+    def search(
+        context: AssetExecutionContext,
+        config: x.configured(IcmConfig, "icm_search"),
+        llm: LLMResource,
+        artifacts: ArtifactStore,
+        goqa_splits: pl.DataFrame,
+        goqa_claims: pl.DataFrame,
+    ):
+        """Internal Coherence Maximization over each country's train split, per variant."""
+        store = x.artifacts(artifacts)
+        labels, trace = [], []
+        searches, plots = {}, {}  # per country: its searches' summaries, its trace plots
+        with model_step(context, x.role("generator", llm), FEW_SHOT_HASH) as step:
+            for country in context.partition_keys:
+                searches[country], plots[country] = {}, {}
+                with step.partition(country):
+                    for variant in config.variants:
+                        train = split_claims(goqa_splits, goqa_claims, country, variant, "train")
+                        if train.is_empty():
+                            continue
+                        search, state, resumed_at = resumable_search(
+                            step.engine, store, country, variant, train, config, context.log.info
+                        )
+                        labels += label_rows(train, state.labels, variant, country)
+                        trace += trace_rows(state.trace, train["claim_id"].to_list(), variant, country)
+                        searches[country][variant] = search_summary(search, state, resumed_at)
+                        plots[country][f"plot/{variant}"] = _trace_plot(store, country, variant, state)
+            label_frame = step.frame(labels, LABEL_SCHEMA, "icm_labels")
+            trace_frame = step.frame(trace, TRACE_SCHEMA, "icm_search_trace")
+        params = MetadataValue.json(asdict(config.params()))
+        for country in context.partition_keys:
+            own = {"params": params, "searches": results_table(*search_table(searches[country]))}
+            context.add_asset_metadata(own, asset_key=x.key(GROUP, "icm_labels"), partition_key=country)
+            own = {"params": params, **plots[country]}
+            context.add_asset_metadata(own, asset_key=x.key(GROUP, "icm_search_trace"), partition_key=country)
+        yield Output(label_frame, "icm_labels")
+        yield Output(trace_frame, "icm_search_trace")
+
+    return search
+
+
+def zero_shot_base_predictions(x: Experiment) -> AssetsDefinition:
+    @asset(
+        key=x.key(GROUP, "zero_shot_base_predictions"),
+        **_country_step(x),
+        **COUNTRY_OUT,
+        tags=x.tags(GROUP),
+        metadata=COUNTRY_PARTITION | table_columns(ZERO_SHOT_SCHEMA),
+        code_version=x.code_version(ZERO_SHOT_VERSION),
+        ins=SPLITS_IN,
+    )
+    def predictions(
+        context: AssetExecutionContext, llm: LLMResource, goqa_splits: pl.DataFrame, goqa_claims: pl.DataFrame
+    ) -> pl.DataFrame:
+        """Zero-shot base-model baseline: log P(" True") vs log P(" False") for each test claim,
+        no demonstrations."""
+        test, claims = test_split_claims(goqa_splits, goqa_claims)
+        requests = [
+            ScoreRequest(zero_shot_prompt(r["question"], r["option"], r["country"]), CANDIDATES)
+            for r in claims.iter_rows(named=True)
+        ]
+        with model_step(context, x.role("generator", llm), ZERO_SHOT_HASH) as step:
+            scores = dict(zip(claims["claim_id"], step.engine.score(requests), strict=True))
+            frame = step.frame(zero_shot_rows(test, scores), ZERO_SHOT_SCHEMA)
+        partition_metadata(
+            context, frame, lambda rows: {"accuracy": results_table(*zero_shot_accuracy_table(rows))}
         )
-        frame = step.frame(rows, CHAT_SCHEMA)
-    partition_metadata(context, frame, lambda part: chat_metadata(part, method, answers))
-    return frame
+        return frame
+
+    return predictions
+
+
+def few_shot_predictions(x: Experiment) -> AssetsDefinition:
+    @asset(
+        key=x.key(GROUP, "few_shot_predictions"),
+        **_country_step(x),
+        **COUNTRY_OUT,
+        tags=x.tags(GROUP),
+        metadata=COUNTRY_PARTITION | table_columns(FEW_SHOT_SCHEMA),
+        code_version=x.code_version(EVALUATION_VERSION),
+        ins={"icm_labels": AssetIn(key=x.key(GROUP, "icm_labels")), **SPLITS_IN},
+    )
+    def predictions(
+        context: AssetExecutionContext,
+        config: x.configured(FewShotConfig, "few_shot_predictions"),
+        llm: LLMResource,
+        icm_labels: pl.DataFrame,
+        goqa_splits: pl.DataFrame,
+        goqa_claims: pl.DataFrame,
+    ) -> pl.DataFrame:
+        """Test predictions with k demonstrations labelled by gold, ICM or accuracy-matched random labels."""
+        rows = []
+        with model_step(context, x.role("generator", llm), FEW_SHOT_HASH) as step:
+            for country in context.partition_keys:
+                for variant in icm_labels.filter(pl.col("country") == country)["variant"].unique().sort():
+                    pool = demo_pool(
+                        icm_labels.filter((pl.col("country") == country) & (pl.col("variant") == variant))
+                    )
+                    tests = test_claims(split_claims(goqa_splits, goqa_claims, country, variant, "test"))
+                    if pool and tests:
+                        conditions = build_conditions(
+                            pool, config.example_counts, config.repeats, config.seed
+                        )
+                        with step.partition(country):
+                            rows += few_shot_rows(step.engine, country, variant, tests, conditions)
+            frame = step.frame(rows, FEW_SHOT_SCHEMA)
+        partition_metadata(
+            context, frame, lambda part: {"accuracy_by_k": results_table(*few_shot_accuracy_table(part))}
+        )
+        return frame
+
+    return predictions
+
+
+def zero_shot_chat_predictions(x: Experiment) -> AssetsDefinition:
+    @asset(
+        key=x.key(GROUP, "zero_shot_chat_predictions"),
+        **_country_step(x),
+        **COUNTRY_OUT,
+        tags=x.tags(GROUP),
+        metadata=COUNTRY_PARTITION | table_columns(CHAT_SCHEMA),
+        code_version=x.code_version(CHAT_VERSION),
+        ins=SPLITS_IN,
+    )
+    def predictions(
+        context: AssetExecutionContext,
+        config: x.configured(ChatBaselineConfig, "zero_shot_chat_predictions"),
+        llm: LLMResource,
+        chat_llm: LLMResource,
+        goqa_splits: pl.DataFrame,
+        goqa_claims: pl.DataFrame,
+    ) -> pl.DataFrame:
+        """Zero-shot instruction-model baseline: asked in a chat whether each test claim is the most
+        popular answer.
+
+        The experiment's chat model scores "True" against "False" after its chat template where its
+        engine can (a local backend); an OpenAI-compatible API applies the template itself, so there the
+        reply is asked for, must be exactly True or False, and anything else is stored as a parse failure,
+        counted apart from wrong answers. With no chat model of its own, the generator answers through a
+        chat template, and the rows say so: method `zero_shot_base_chat_template`, never `zero_shot_chat`.
+        """
+        test, claims = test_split_claims(goqa_splits, goqa_claims)
+        chats = [
+            chat_messages(r["question"], r["option"], r["country"]) for r in claims.iter_rows(named=True)
+        ]
+        generator, chat = x.role("generator", llm), x.role("chat", chat_llm)
+        method = CHAT if chat.model != generator.model else BASE_CHAT_TEMPLATE
+        with model_step(context, chat, CHAT_HASH) as step:
+            answers = chat_answers(step.engine, chats, config.repeats)
+            rows = chat_rows(
+                test,
+                list(claims["claim_id"]),
+                answers.replies,
+                answers.predictions,
+                method,
+                answers.answered_by,
+            )
+            frame = step.frame(rows, CHAT_SCHEMA)
+        partition_metadata(context, frame, lambda part: chat_metadata(part, method, answers))
+        return frame
+
+    return predictions

@@ -1,5 +1,8 @@
 """Checks on the elicitation tables."""
 
 from persona_platform.persona_assets.common import schema_change_checks
+from persona_platform.persona_assets.experiments import Experiment
 
-schema_checks = schema_change_checks(["elicitation", "icm_labels"])
+
+def experiment_checks(x: Experiment) -> list:
+    return schema_change_checks(list(x.key("elicitation", "icm_labels").path))

@@ -1,7 +1,7 @@
 """Judging: absolute 1-5 scores per aspect, pairwise comparisons in both orders, and their summary."""
 
 import polars as pl
-from dagster import AssetExecutionContext, AssetIn, Config, asset
+from dagster import AssetExecutionContext, AssetIn, AssetsDefinition, Config, asset
 from pydantic import Field
 
 from persona_platform.partitions import DISPLAY_NAMES, agents_partitions
@@ -10,11 +10,13 @@ from persona_platform.persona_assets.common import (
     MODEL_KINDS,
     OWNERS,
     REPORT_STEP,
+    experiment_step,
     gpu_step,
     model_backfill,
     results_table,
     table_columns,
 )
+from persona_platform.persona_assets.experiments import Experiment
 from persona_platform.persona_assets.judging.judge import compare_pairs, score_responses
 from persona_platform.persona_assets.judging.rubrics import JUDGE_HASH, PAIRWISE_HASH
 from persona_platform.persona_assets.judging.tables import (
@@ -40,19 +42,30 @@ from persona_platform.resources.artifacts import ArtifactStore
 from persona_platform.resources.llm.resource import LLMResource
 
 GROUP = "judging"
-SHARED = dict(
-    key_prefix=GROUP,
-    group_name=GROUP,
-    owners=OWNERS,
-    kinds=MODEL_KINDS,
-    **gpu_step(),
-    partitions_def=agents_partitions,
-    backfill_policy=model_backfill(agents_partitions),
-)
-RESPONSES_IN = {
-    "evaluation_items": AssetIn(key=["responses", "evaluation_items"]),
-    "task_responses": AssetIn(key=["responses", "task_responses"]),
-}
+
+
+def experiment_assets(x: Experiment) -> list[AssetsDefinition]:
+    """An experiment's judge scores, pairwise comparisons and their summary."""
+    return [judgments(x), pairwise_comparisons(x), judging_summary(x)]
+
+
+def _judge_step(x: Experiment) -> dict:
+    """Decorator arguments of an experiment's judge step: on its judge's GPUs, every agent in one run."""
+    return dict(
+        key_prefix=[x.name, GROUP],
+        **experiment_step(x, GROUP),
+        owners=OWNERS,
+        kinds=MODEL_KINDS,
+        **gpu_step(gpus=x.gpus("judge")),
+        partitions_def=agents_partitions,
+        backfill_policy=model_backfill(agents_partitions),
+        ins={
+            "evaluation_items": AssetIn(key=x.key("responses", "evaluation_items")),
+            "task_responses": AssetIn(key=x.key("responses", "task_responses")),
+        },
+    )
+
+
 JUDGMENTS_VERSION = f"judgments-1-{JUDGE_HASH}"
 COMPARISONS_VERSION = f"comparisons-1-{PAIRWISE_HASH}"
 
@@ -65,68 +78,72 @@ class JudgeConfig(Config):
     seed: int = Field(default=0)
 
 
-@asset(
-    **SHARED,
-    metadata=AGENT_PARTITION | table_columns(JUDGMENT_SCHEMA),
-    ins=RESPONSES_IN,
-    code_version=JUDGMENTS_VERSION,
-)
-def judgments(
-    context: AssetExecutionContext,
-    config: JudgeConfig,
-    judge_llm: LLMResource,
-    evaluation_items: pl.DataFrame,
-    task_responses: pl.DataFrame,
-) -> pl.DataFrame:
-    """Every response of both systems scored 1-5 per aspect of its task (trait: alignment with the trait;
-    completion: alignment, plausibility, tone; monologue: fit, style) by the judge model, as JSON-schema
-    constrained output read by a strict parser of the reply alone. A reply that still fails is a row
-    with a `failure` and no score."""
-    items = judge_items(evaluation_items, DISPLAY_NAMES)
-    with model_step(context, judge_llm, JUDGE_HASH) as step:
-        rows = score_responses(
-            step.engine,
-            items,
-            task_responses.sort("row_id").to_dicts(),
-            config.explanation_chars,
-            config.temperature,
-            config.seed,
-        )
-        frame = step.frame(rows, JUDGMENT_SCHEMA)
-    partition_metadata(context, frame, lambda part: failure_metadata(part, JUDGMENT_FAILURES))
-    return frame
+def judgments(x: Experiment) -> AssetsDefinition:
+    @asset(
+        **_judge_step(x),
+        metadata=AGENT_PARTITION | table_columns(JUDGMENT_SCHEMA),
+        code_version=x.code_version(JUDGMENTS_VERSION),
+    )
+    def judgments(
+        context: AssetExecutionContext,
+        config: x.configured(JudgeConfig, "judgments"),
+        judge_llm: LLMResource,
+        evaluation_items: pl.DataFrame,
+        task_responses: pl.DataFrame,
+    ) -> pl.DataFrame:
+        """Every response of both systems scored 1-5 per aspect of its task (trait: alignment with the trait;
+        completion: alignment, plausibility, tone; monologue: fit, style) by the judge model, as JSON-schema
+        constrained output read by a strict parser of the reply alone. A reply that still fails is a row
+        with a `failure` and no score."""
+        items = judge_items(evaluation_items, DISPLAY_NAMES)
+        with model_step(context, x.role("judge", judge_llm), JUDGE_HASH) as step:
+            rows = score_responses(
+                step.engine,
+                items,
+                task_responses.sort("row_id").to_dicts(),
+                config.explanation_chars,
+                config.temperature,
+                config.seed,
+            )
+            frame = step.frame(rows, JUDGMENT_SCHEMA)
+        partition_metadata(context, frame, lambda part: failure_metadata(part, JUDGMENT_FAILURES))
+        return frame
+
+    return judgments
 
 
-@asset(
-    **SHARED,
-    metadata=AGENT_PARTITION | table_columns(COMPARISON_SCHEMA),
-    ins=RESPONSES_IN,
-    code_version=COMPARISONS_VERSION,
-)
-def pairwise_comparisons(
-    context: AssetExecutionContext,
-    config: JudgeConfig,
-    judge_llm: LLMResource,
-    evaluation_items: pl.DataFrame,
-    task_responses: pl.DataFrame,
-) -> pl.DataFrame:
-    """The agent's sample i against the baseline's sample i of the same item and setting (no
-    best-of-n), judged against the reference in both orders (agent as A, then baseline as A).
-    `outcome` is the winner when both orders agree, `tie`, `inconsistent` when they disagree, or
-    `failed` when either reply did not parse."""
-    items = judge_items(evaluation_items, DISPLAY_NAMES)
-    with model_step(context, judge_llm, PAIRWISE_HASH) as step:
-        rows = compare_pairs(
-            step.engine,
-            items,
-            task_responses.to_dicts(),
-            config.explanation_chars,
-            config.temperature,
-            config.seed,
-        )
-        frame = step.frame(rows, COMPARISON_SCHEMA)
-    partition_metadata(context, frame, _comparison_metadata)
-    return frame
+def pairwise_comparisons(x: Experiment) -> AssetsDefinition:
+    @asset(
+        **_judge_step(x),
+        metadata=AGENT_PARTITION | table_columns(COMPARISON_SCHEMA),
+        code_version=x.code_version(COMPARISONS_VERSION),
+    )
+    def pairwise_comparisons(
+        context: AssetExecutionContext,
+        config: x.configured(JudgeConfig, "pairwise_comparisons"),
+        judge_llm: LLMResource,
+        evaluation_items: pl.DataFrame,
+        task_responses: pl.DataFrame,
+    ) -> pl.DataFrame:
+        """The agent's sample i against the baseline's sample i of the same item and setting (no
+        best-of-n), judged against the reference in both orders (agent as A, then baseline as A).
+        `outcome` is the winner when both orders agree, `tie`, `inconsistent` when they disagree, or
+        `failed` when either reply did not parse."""
+        items = judge_items(evaluation_items, DISPLAY_NAMES)
+        with model_step(context, x.role("judge", judge_llm), PAIRWISE_HASH) as step:
+            rows = compare_pairs(
+                step.engine,
+                items,
+                task_responses.to_dicts(),
+                config.explanation_chars,
+                config.temperature,
+                config.seed,
+            )
+            frame = step.frame(rows, COMPARISON_SCHEMA)
+        partition_metadata(context, frame, _comparison_metadata)
+        return frame
+
+    return pairwise_comparisons
 
 
 SUMMARY_VERSION = "judging-summary-2"
@@ -140,40 +157,45 @@ def _comparison_metadata(comparisons: pl.DataFrame) -> dict:
     }
 
 
-@asset(
-    key_prefix=GROUP,
-    **REPORT_STEP,
-    metadata=table_columns(SUMMARY_SCHEMA),
-    code_version=SUMMARY_VERSION,
-    ins={
-        "judgments": AssetIn(key=[GROUP, "judgments"]),
-        "pairwise_comparisons": AssetIn(key=[GROUP, "pairwise_comparisons"]),
-    },
-)
-def judging_summary(
-    context: AssetExecutionContext,
-    artifacts: ArtifactStore,
-    judgments: pl.DataFrame,
-    pairwise_comparisons: pl.DataFrame,
-) -> pl.DataFrame:
-    """Win rates of agent over baseline (order-consistent and raw), mean judge scores of both systems and
-    their paired difference, per agent, task and sampling setting, each with its n and a 95% BCa
-    cluster-bootstrap interval over evaluation items (null where undefined); score violins and judge
-    failure rates."""
-    frame = asset_frame(context, summary_rows(judgments, pairwise_comparisons), SUMMARY_SCHEMA)
-    violins = score_violins("Judge scores, every sample (no best-of-n)", score_groups(judgments))
-    interval = interval_method("evaluation items")
-    bars = win_rate_bars(
-        "Agent vs persona baseline, order-consistent wins", **agent_task_win_rates(frame), interval=interval
+def judging_summary(x: Experiment) -> AssetsDefinition:
+    @asset(
+        key_prefix=[x.name, GROUP],
+        **(REPORT_STEP | experiment_step(x, GROUP)),
+        metadata=table_columns(SUMMARY_SCHEMA),
+        code_version=x.code_version(SUMMARY_VERSION),
+        ins={
+            "judgments": AssetIn(key=x.key(GROUP, "judgments")),
+            "pairwise_comparisons": AssetIn(key=x.key(GROUP, "pairwise_comparisons")),
+        },
     )
-    context.add_output_metadata(
-        {
-            "verdict": ties_verdict(*decided_and_tied(frame)),
-            "win_rates": results_table(*win_rate_table(frame)),
-            "interval_method": interval,
-            "judge_failure_rates": results_table(*failure_rate_table(judgments, pairwise_comparisons)),
-            "plot/score_violins": saved_plot(artifacts, violins, "judging", "score-violins"),
-            "plot/win_rates": saved_plot(artifacts, bars, "judging", "win-rates"),
-        }
-    )
-    return frame
+    def judging_summary(
+        context: AssetExecutionContext,
+        artifacts: ArtifactStore,
+        judgments: pl.DataFrame,
+        pairwise_comparisons: pl.DataFrame,
+    ) -> pl.DataFrame:
+        """Win rates of agent over baseline (order-consistent and raw), mean judge scores of both systems and
+        their paired difference, per agent, task and sampling setting, each with its n and a 95% BCa
+        cluster-bootstrap interval over evaluation items (null where undefined); score violins and judge
+        failure rates."""
+        frame = asset_frame(context, summary_rows(judgments, pairwise_comparisons), SUMMARY_SCHEMA)
+        violins = score_violins("Judge scores, every sample (no best-of-n)", score_groups(judgments))
+        interval = interval_method("evaluation items")
+        bars = win_rate_bars(
+            "Agent vs persona baseline, order-consistent wins",
+            **agent_task_win_rates(frame),
+            interval=interval,
+        )
+        context.add_output_metadata(
+            {
+                "verdict": ties_verdict(*decided_and_tied(frame)),
+                "win_rates": results_table(*win_rate_table(frame)),
+                "interval_method": interval,
+                "judge_failure_rates": results_table(*failure_rate_table(judgments, pairwise_comparisons)),
+                "plot/score_violins": saved_plot(x.artifacts(artifacts), violins, "judging", "score-violins"),
+                "plot/win_rates": saved_plot(x.artifacts(artifacts), bars, "judging", "win-rates"),
+            }
+        )
+        return frame
+
+    return judging_summary

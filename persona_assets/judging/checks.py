@@ -1,8 +1,9 @@
 """Checks on the judges' tables: too many replies that failed to parse make every score meaningless."""
 
 import polars as pl
-from dagster import AssetCheckResult, AssetCheckSeverity, asset_check
+from dagster import AssetCheckResult, AssetChecksDefinition, AssetCheckSeverity, asset_check
 
+from persona_platform.persona_assets.experiments import Experiment
 from persona_platform.persona_assets.judging.tables import (
     COMPARISON_FAILURES,
     JUDGMENT_FAILURES,
@@ -23,21 +24,25 @@ def _check_failure_rate(frame: pl.DataFrame, failure_columns: list[str]) -> Asse
     )
 
 
-@asset_check(
-    asset=[GROUP, "judgments"],
-    blocking=True,
-    description=(
-        "The share of judgments whose reply failed to parse is at most PERSONA_JUDGE_MAX_FAILURE_RATE."
-    ),
-)
-def judgments_failure_rate(judgments: pl.DataFrame) -> AssetCheckResult:
-    return _check_failure_rate(judgments, JUDGMENT_FAILURES)
+def experiment_checks(x: Experiment) -> list[AssetChecksDefinition]:
+    """Blocking checks on an experiment's judge replies: too many failures stop what reads them."""
 
+    @asset_check(
+        asset=x.key(GROUP, "judgments"),
+        blocking=True,
+        description=(
+            "The share of judgments whose reply failed to parse is at most PERSONA_JUDGE_MAX_FAILURE_RATE."
+        ),
+    )
+    def judgments_failure_rate(judgments: pl.DataFrame) -> AssetCheckResult:
+        return _check_failure_rate(judgments, JUDGMENT_FAILURES)
 
-@asset_check(
-    asset=[GROUP, "pairwise_comparisons"],
-    blocking=True,
-    description="The share of pairs with a failed verdict is at most PERSONA_JUDGE_MAX_FAILURE_RATE.",
-)
-def pairwise_failure_rate(pairwise_comparisons: pl.DataFrame) -> AssetCheckResult:
-    return _check_failure_rate(pairwise_comparisons, COMPARISON_FAILURES)
+    @asset_check(
+        asset=x.key(GROUP, "pairwise_comparisons"),
+        blocking=True,
+        description="The share of pairs with a failed verdict is at most PERSONA_JUDGE_MAX_FAILURE_RATE.",
+    )
+    def pairwise_failure_rate(pairwise_comparisons: pl.DataFrame) -> AssetCheckResult:
+        return _check_failure_rate(pairwise_comparisons, COMPARISON_FAILURES)
+
+    return [judgments_failure_rate, pairwise_failure_rate]

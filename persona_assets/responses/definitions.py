@@ -1,9 +1,6 @@
-"""The responses domain's assets and checks; the root definitions merge every domain's."""
+"""The responses domain's assets; the root definitions merge every domain's."""
 
-from dagster import Definitions, load_assets_from_modules
-
+from persona_platform.persona_assets.common import domain_definitions
 from persona_platform.persona_assets.responses import assets
 
-defs = Definitions(
-    assets=load_assets_from_modules([assets]),
-)
+defs = domain_definitions(assets)

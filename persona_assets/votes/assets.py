@@ -1,7 +1,15 @@
 """Votes: motions and per-agent votes from the records, vote predictions two ways, and their metrics."""
 
 import polars as pl
-from dagster import AssetExecutionContext, AssetIn, AssetKey, AssetSpec, MetadataValue, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetsDefinition,
+    AssetSpec,
+    MetadataValue,
+    asset,
+)
 
 from persona_platform.partitions import AGENTS, DISPLAY_NAMES, agents_partitions
 from persona_platform.persona_assets.agents.adapters import serve_adapters
@@ -13,11 +21,13 @@ from persona_platform.persona_assets.common import (
     REPORT_STEP,
     TABLE_KINDS,
     WAREHOUSE_POOL,
+    experiment_step,
     gpu_step,
     model_backfill,
     results_table,
     table_columns,
 )
+from persona_platform.persona_assets.experiments import Experiment
 from persona_platform.persona_assets.plots import confusion_matrix, saved_plot
 from persona_platform.persona_assets.review import REVIEW_SCHEMA, REVIEW_TABLE, reviewed
 from persona_platform.persona_assets.statistics import interval_method
@@ -115,46 +125,56 @@ def vote_records(context: AssetExecutionContext, motions: pl.DataFrame) -> pl.Da
     return frame
 
 
-@asset(
-    **SHARED,
-    kinds=MODEL_KINDS,
-    **gpu_step(),
-    code_version=PREDICTION_VERSION,
-    partitions_def=agents_partitions,
-    metadata=AGENT_PARTITION | table_columns(PREDICTION_SCHEMA),
-    backfill_policy=model_backfill(agents_partitions),
-    ins={
-        "motions": AssetIn(key=[GROUP, "motions"]),
-        "vote_records": AssetIn(key=[GROUP, "vote_records"]),
-        "lora_adapters": AssetIn(key=["agents", "lora_adapters"]),
-    },
-)
-def vote_predictions(
-    context: AssetExecutionContext,
-    llm: LLMResource,
-    motions: pl.DataFrame,
-    vote_records: pl.DataFrame,
-    lora_adapters: pl.DataFrame,
-) -> pl.DataFrame:
-    """Each agent's adapter votes on the motions it voted on, two ways: by scoring 'Final Vote: Aye'
-    against 'Final Vote: Naye' (no sampling), and by greedy generation read by a strict parser (the
-    last explicit final vote wins; anything else is Unknown)."""
-    questions = dict(zip(motions["row_id"], motions["question"], strict=True))
-    with model_step(context, llm, VOTE_HASH) as step:
-        serve_adapters(step.engine, lora_adapters)
-        rows = prediction_rows(
-            step.engine,
-            context.partition_keys,
-            DISPLAY_NAMES,
-            questions,
-            vote_records,
-        )
-        frame = step.frame(rows, PREDICTION_SCHEMA)
-    partition_metadata(context, frame, _prediction_metadata)
-    return frame
+def vote_predictions(x: Experiment) -> AssetsDefinition:
+    @asset(
+        key_prefix=[x.name, GROUP],
+        **experiment_step(x, GROUP),
+        owners=OWNERS,
+        kinds=MODEL_KINDS,
+        **gpu_step(gpus=x.gpus()),
+        code_version=x.code_version(PREDICTION_VERSION),
+        partitions_def=agents_partitions,
+        metadata=AGENT_PARTITION | table_columns(PREDICTION_SCHEMA),
+        backfill_policy=model_backfill(agents_partitions),
+        ins={
+            "motions": AssetIn(key=[GROUP, "motions"]),
+            "vote_records": AssetIn(key=[GROUP, "vote_records"]),
+            "lora_adapters": AssetIn(key=x.key("agents", "lora_adapters")),
+        },
+    )
+    def vote_predictions(
+        context: AssetExecutionContext,
+        llm: LLMResource,
+        motions: pl.DataFrame,
+        vote_records: pl.DataFrame,
+        lora_adapters: pl.DataFrame,
+    ) -> pl.DataFrame:
+        """Each agent's adapter votes on the motions it voted on, two ways: by scoring 'Final Vote: Aye'
+        against 'Final Vote: Naye' (no sampling), and by greedy generation read by a strict parser (the
+        last explicit final vote wins; anything else is Unknown)."""
+        questions = dict(zip(motions["row_id"], motions["question"], strict=True))
+        with model_step(context, x.role("generator", llm), VOTE_HASH) as step:
+            serve_adapters(step.engine, lora_adapters)
+            rows = prediction_rows(
+                step.engine,
+                context.partition_keys,
+                DISPLAY_NAMES,
+                questions,
+                vote_records,
+            )
+            frame = step.frame(rows, PREDICTION_SCHEMA)
+        partition_metadata(context, frame, _prediction_metadata)
+        return frame
+
+    return vote_predictions
 
 
 METRICS_VERSION = "vote-metrics-2"
+
+
+def experiment_assets(x: Experiment) -> list[AssetsDefinition]:
+    """An experiment's vote predictions and their metrics."""
+    return [vote_predictions(x), vote_metrics_summary(x)]
 
 
 def _prediction_metadata(predictions: pl.DataFrame) -> dict:
@@ -164,40 +184,45 @@ def _prediction_metadata(predictions: pl.DataFrame) -> dict:
     }
 
 
-@asset(
-    key_prefix=GROUP,
-    **REPORT_STEP,
-    metadata=table_columns(METRIC_SCHEMA),
-    code_version=METRICS_VERSION,
-    ins={"vote_predictions": AssetIn(key=[GROUP, "vote_predictions"])},
-)
-def vote_metrics_summary(
-    context: AssetExecutionContext, artifacts: ArtifactStore, vote_predictions: pl.DataFrame
-) -> pl.DataFrame:
-    """Accuracy, balanced accuracy, macro-F1 and, beside them, the majority-class baseline, each with a 95%
-    BCa cluster-bootstrap interval over motions (null where undefined), the Unknown rate, n votes and
-    motions, per method, per agent and overall, with confusion matrices."""
-    rows, plots = metric_rows(vote_predictions), {}
-    for method in sorted(vote_predictions["method"].unique()):
-        part = vote_predictions.filter(pl.col("method") == method)
-        figure = confusion_matrix(
-            f"Vote prediction ({method})",
-            part["truth"].to_list(),
-            part["predicted"].to_list(),
-            list(LABELS),
-            [*LABELS, UNKNOWN],
-        )
-        plots[f"plot/confusion_{method}"] = saved_plot(artifacts, figure, "votes", f"confusion-{method}")
-    frame = asset_frame(context, rows, METRIC_SCHEMA)
-    overall = {
-        r["method"]: r["accuracy"] for r in rows if r["scope"] == OVERALL and r["accuracy"] is not None
-    }
-    context.add_output_metadata(
-        {
-            "verdict": scores_verdict(overall, "methods' vote accuracy"),
-            "metrics": results_table(*metric_table(rows)),
-            "interval_method": interval_method("motions"),
-            **plots,
-        }
+def vote_metrics_summary(x: Experiment) -> AssetsDefinition:
+    @asset(
+        key_prefix=[x.name, GROUP],
+        **(REPORT_STEP | experiment_step(x, GROUP)),
+        metadata=table_columns(METRIC_SCHEMA),
+        code_version=x.code_version(METRICS_VERSION),
+        ins={"vote_predictions": AssetIn(key=x.key(GROUP, "vote_predictions"))},
     )
-    return frame
+    def vote_metrics_summary(
+        context: AssetExecutionContext, artifacts: ArtifactStore, vote_predictions: pl.DataFrame
+    ) -> pl.DataFrame:
+        """Accuracy, balanced accuracy, macro-F1 and, beside them, the majority-class baseline, each with a
+        95% BCa cluster-bootstrap interval over motions (null where undefined), the Unknown rate, n votes
+        and motions, per method, per agent and overall, with confusion matrices."""
+        rows, plots = metric_rows(vote_predictions), {}
+        for method in sorted(vote_predictions["method"].unique()):
+            part = vote_predictions.filter(pl.col("method") == method)
+            figure = confusion_matrix(
+                f"Vote prediction ({method})",
+                part["truth"].to_list(),
+                part["predicted"].to_list(),
+                list(LABELS),
+                [*LABELS, UNKNOWN],
+            )
+            plots[f"plot/confusion_{method}"] = saved_plot(
+                x.artifacts(artifacts), figure, "votes", f"confusion-{method}"
+            )
+        frame = asset_frame(context, rows, METRIC_SCHEMA)
+        overall = {
+            r["method"]: r["accuracy"] for r in rows if r["scope"] == OVERALL and r["accuracy"] is not None
+        }
+        context.add_output_metadata(
+            {
+                "verdict": scores_verdict(overall, "methods' vote accuracy"),
+                "metrics": results_table(*metric_table(rows)),
+                "interval_method": interval_method("motions"),
+                **plots,
+            }
+        )
+        return frame
+
+    return vote_metrics_summary

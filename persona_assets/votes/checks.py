@@ -4,6 +4,7 @@ import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
 
 from persona_platform.persona_assets.common import schema_change_checks
+from persona_platform.persona_assets.experiments import Experiment
 
 GROUP = "votes"
 
@@ -20,4 +21,5 @@ def unknown_voter_names(vote_records: pl.DataFrame) -> AssetCheckResult:
     )
 
 
-schema_checks = schema_change_checks([GROUP, "vote_predictions"])
+def experiment_checks(x: Experiment) -> list:
+    return schema_change_checks(list(x.key(GROUP, "vote_predictions").path))
