@@ -176,5 +176,4 @@ def domain_definitions(
         checks += [c for x in xs for c in getattr(checks_module, "experiment_checks", lambda _: [])(x)]
     for x in xs:
         x.tables.update(f"{k.path[1]}.{k.path[2]}" for a in assets for k in a.keys if k.path[0] == x.name)
-        x.check_profile()
     return Definitions(assets=assets, asset_checks=checks)

@@ -15,6 +15,7 @@ from persona_platform.persona_assets.automation import (
     partition_jobs,
 )
 from persona_platform.persona_assets.deployment import K8S_EXECUTOR_CONFIG
+from persona_platform.persona_assets.experiments import experiments
 from persona_platform.persona_assets.instance import pool_limits_sensor
 from persona_platform.resources.artifacts import ArtifactStore
 from persona_platform.resources.llm.resource import role_resources
@@ -34,6 +35,8 @@ def domain_definitions() -> list[Definitions]:
 
 
 DOMAINS = domain_definitions()
+for experiment in experiments():
+    experiment.check_profile()  # once every domain's factories have taken their steps' settings
 settings = load_settings()
 ALL_ASSETS = [
     a for domain in DOMAINS for a in domain.assets if isinstance(a, AssetsDefinition)
