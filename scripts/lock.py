@@ -4,18 +4,24 @@
     .venv/bin/python scripts/lock.py --upgrade  # both from scratch: the newest versions pyproject.toml allows
     .venv/bin/python scripts/lock.py cpu        # one lock
 
-pip resolves each lock without installing anything (`pip install --dry-run --report`: metadata only, no
-wheels downloaded) for CPython 3.11 on x86_64 Linux with glibc 2.35 or newer (Debian 12, Ubuntu 22.04),
-whatever machine runs this; the report names the file each distribution comes from and its sha256.
+pip resolves each lock without installing anything (`pip install --dry-run --report`) for CPython 3.11 on
+x86_64 Linux with glibc 2.35 or newer (Debian 12, Ubuntu 22.04), whatever machine runs this; the report
+names the file each distribution comes from and its sha256. The resolving pip is a pinned release
+(RESOLVER_PIP, fetched and hash-checked on each run, run from its wheel), not the venv's: pip before 25.3
+downloads every wheel even in a dry run (4.3 GB for gpu.lock), and where the index serves no PEP 658
+metadata files even a new pip downloads them unless it reads each wheel's metadata through HTTP range
+requests (`--use-feature=fast-deps`).
 - cpu.lock: the project with the dev extra and the CPU build of torch, which must lie in a --find-links
   folder (PIP_FIND_LINKS; /opt/wheels on these machines): PyPI's Linux torch is the CUDA build.
 - gpu.lock: the project with the dev and gpu extras and PyPI's (CUDA) torch. pip's configuration files and
   PIP_FIND_LINKS are ignored for it, so no local CPU build can stand in for the CUDA one.
-Needs Python 3.11 (any: the venv's is at hand) and network access to PyPI; takes about 1 minute for
-cpu.lock and 2 for gpu.lock.
+Needs Python 3.11 (any: the venv's is at hand) and network access to PyPI; takes under a minute per lock.
+tests/test_lock.py resolves gpu.lock the same way; it fails while the pins do not resolve or the result
+differs from the lock.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -23,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +47,30 @@ PLATFORMS = [
     "linux_x86_64",
 ]
 PROJECT = "persona-platform"
+# The pip that resolves: 25.3 and newer read metadata only in a dry run (pypa/pip#13482), and with fast-deps
+# they read it from the wheels by HTTP range requests where the index serves no PEP 658 .metadata files.
+RESOLVER_PIP = (
+    "https://files.pythonhosted.org/packages/07/25/ee8c38ae72d66b844ce8eb9711ba905dba21ca1a8a0c960057c41cd23337/"
+    "pip-26.3-py3-none-any.whl",
+    "f3b60b20ffaadd4415ed7957212a38ac63fa4c5fa375bd0f4a797777940fad13",
+)
+
+
+class ResolveError(Exception):
+    """pip found no set of versions that meets the requirements (its explanation is the message)."""
+
+
+def resolver_pip(folder: Path) -> list[str]:
+    """The command that runs RESOLVER_PIP, its wheel fetched into folder and checked against its sha256."""
+    url, sha256 = RESOLVER_PIP
+    wheel = folder / url.rsplit("/", 1)[1]
+    if not wheel.exists():
+        with urllib.request.urlopen(url, timeout=60) as response:
+            data = response.read()
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise RuntimeError(f"{url}: sha256 is not {sha256}")
+        wheel.write_bytes(data)
+    return [sys.executable, str(wheel / "pip")]
 
 
 def normalize(name: str) -> str:
@@ -60,9 +91,18 @@ def locked_pins(lock: Path) -> list[str]:
     return [line.split()[0] for line in lock.read_text().splitlines() if line and not line.startswith("#")]
 
 
-def resolve(target: str, constraints: list[str], tmp: Path) -> list[dict]:
-    """pip's installation report for one lock: one entry per distribution it would install."""
-    reqs = requirements(TARGETS[target])
+def resolve(
+    target: str,
+    constraints: list[str],
+    tmp: Path,
+    reqs: list[str] | None = None,
+    timeout: float | None = None,
+) -> list[dict]:
+    """pip's installation report for one lock: one entry per distribution it would install.
+
+    reqs replaces the lock's requirements (pyproject.toml's, with the target's extras); a resolution that
+    fails raises ResolveError with pip's explanation."""
+    reqs = requirements(TARGETS[target]) if reqs is None else list(reqs)
     env = dict(os.environ)
     if target == "cpu":
         # Name the CPU build outright: the CUDA build on PyPI satisfies `torch==X` just as well.
@@ -80,12 +120,13 @@ def resolve(target: str, constraints: list[str], tmp: Path) -> list[dict]:
     (tmp / "constraints.txt").write_text("".join(pin + "\n" for pin in constraints))
     report = tmp / "report.json"
     argv = [
-        sys.executable,
-        "-m",
-        "pip",
+        *resolver_pip(tmp),
         "install",
-        "--quiet",
+        # Not --quiet: pip explains a conflict ("The conflict is caused by: ...") at the info level.
         "--disable-pip-version-check",
+        # Nothing worth caching: metadata read by range requests is not cached, and no wheel is downloaded.
+        "--no-cache-dir",
+        "--use-feature=fast-deps",
         "--dry-run",
         "--ignore-installed",
         # --platform needs a --target; nothing is written there in a dry run.
@@ -104,10 +145,15 @@ def resolve(target: str, constraints: list[str], tmp: Path) -> list[dict]:
         "-c",
         str(tmp / "constraints.txt"),
     ]
-    result = subprocess.run(argv, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout
+    )
     if result.returncode != 0:
-        hint = " (a locked version may conflict with a changed pin: add --upgrade)" if constraints else ""
-        sys.exit(f"lock: pip could not resolve {target}.lock{hint}:\n{result.stderr.strip()}")
+        # pip's explanation starts at its first error; before it, a line per distribution collected.
+        lines = result.stdout.splitlines()
+        errors = [i for i, line in enumerate(lines) if line.startswith("ERROR:")]
+        first = errors[0] if errors else max(0, len(lines) - 40)
+        raise ResolveError("\n".join(lines[first:]).strip())
     return json.loads(report.read_text())["install"]
 
 
@@ -152,7 +198,12 @@ def main() -> None:
                 if line.strip() and not line.startswith(("#", "-e"))
             ]
         with tempfile.TemporaryDirectory() as tmp:
-            install = resolve(target, constraints, Path(tmp))
+            try:
+                install = resolve(target, constraints, Path(tmp))
+            except ResolveError as error:
+                hint = " (a locked version may conflict with a changed pin: add --upgrade)"
+                hint = hint if constraints else ""
+                sys.exit(f"lock: pip could not resolve {target}.lock{hint}:\n{error}")
         extras = ",".join(TARGETS[target])
         header = [
             f"# persona-platform[{extras}] for CPython {PYTHON_VERSION} on x86_64 Linux (glibc >= 2.35).",
