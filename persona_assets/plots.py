@@ -400,3 +400,127 @@ def saved_plot(artifacts: ArtifactStore, figure: Figure, folder: str, name: str)
     a report holds many plots, and inline images made one metadata entry megabytes long."""
     path, _ = artifacts.write(_png(figure), "plots", folder, f"{name}.png")
     return MetadataValue.path(str(path))
+
+
+EXPERIMENT_COLORS = ("#58b6c0", "#9658ca", "#e0b400", "#7a7a7a", "#2a8a96", "#b366cc")
+
+
+def experiment_accuracy_bars(
+    title: str,
+    series: dict[str, Sequence[Bar]],
+    interval: str = "95% interval",
+    footnote: str | None = None,
+) -> Figure:
+    """Test accuracy per method, one bar per experiment side by side (``series``: experiment label -> its
+    bars), each with its interval (no whisker where there is none) and its n under it."""
+    methods = list(dict.fromkeys(b.method for bars in series.values() for b in bars))
+    width = 0.8 / max(1, len(series))
+    figure, axis = plt.subplots(figsize=(max(7, 1.4 * len(methods) * max(1, len(series))), 4.5))
+    figure.set_layout_engine("constrained")
+    for index, (label, bars) in enumerate(series.items()):
+        color = EXPERIMENT_COLORS[index % len(EXPERIMENT_COLORS)]
+        offset = (index - (len(series) - 1) / 2) * width
+        for b in bars:
+            x = methods.index(b.method) + offset
+            axis.bar(x, 100 * b.mean, width=width * 0.95, color=color, label=label)
+            label = None  # one legend entry per experiment
+            top, note = 100 * b.mean, "\nno interval"
+            if not (_missing(b.low) or _missing(b.high)):
+                axis.errorbar(
+                    x,
+                    100 * b.mean,
+                    yerr=[[max(0.0, 100 * (b.mean - b.low))], [max(0.0, 100 * (b.high - b.mean))]],
+                    fmt="none",
+                    ecolor="black",
+                    capsize=3,
+                )
+                top, note = 100 * b.high, ""
+            n = "" if b.n is None else f"\nn={b.n}"
+            axis.text(x, top + 1.5, f"{100 * b.mean:.0f}%{note}{n}", ha="center", va="bottom", fontsize=7)
+    axis.set_xticks(
+        range(len(methods)),
+        [METHOD_NAMES.get(m, m) for m in methods],
+        rotation=20,
+        ha="right",
+        rotation_mode="anchor",
+    )
+    axis.set_ylim(0, 120)
+    axis.set_yticks(range(0, 101, 20))
+    axis.set_ylabel("Test accuracy (%)")
+    axis.set_title(title)
+    axis.grid(axis="y", alpha=0.3)
+    if series:
+        axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    _footnote(figure, f"Whiskers: {interval}. n: test questions per bar.", footnote)
+    return figure
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A paired difference (as a share, drawn in points); ``low``/``high`` None where there is no interval,
+    ``n`` the paired units, ``p`` its p-value."""
+
+    label: str
+    value: float
+    low: float | None
+    high: float | None
+    n: int | None = None
+    p: float | None = None
+
+
+def difference_forest(
+    title: str,
+    effects: Sequence[Effect],
+    unit: str = "questions",
+    interval: str = "95% interval",
+    footnote: str | None = None,
+) -> Figure:
+    """Forest plot of paired differences in percentage points, one row each with its interval, n and p; the
+    line of no difference marked. A difference without an interval is a point marked 'no interval'."""
+    figure, axis = plt.subplots(figsize=(7.5, 1.4 + 0.45 * max(1, len(effects))), layout="constrained")
+    ys = list(range(len(effects)))[::-1]  # the first effect on top
+    for y, e in zip(ys, effects, strict=True):
+        apart = not (_missing(e.low) or _missing(e.high)) and (e.low > 0 or e.high < 0)
+        color = "#2a8a96" if apart else "#444444"
+        if not (_missing(e.low) or _missing(e.high)):
+            axis.errorbar(
+                100 * e.value,
+                y,
+                xerr=[[max(0.0, 100 * (e.value - e.low))], [max(0.0, 100 * (e.high - e.value))]],
+                fmt="o",
+                color=color,
+                ecolor=color,
+                capsize=4,
+            )
+        else:
+            axis.plot(100 * e.value, y, marker="o", color=color)
+            axis.annotate(
+                "no interval", (100 * e.value, y), xytext=(6, 4), textcoords="offset points", fontsize=7
+            )
+    labels = [
+        f"{e.label}\n{100 * e.value:+.1f} pts"
+        + ("" if e.n is None else f", n={e.n}")
+        + ("" if e.p is None else f", p={e.p:.2g}")
+        for e in effects
+    ]
+    axis.set_yticks(ys, labels, fontsize=8)
+    axis.axvline(0, color="#888", linestyle="--", linewidth=1)
+    axis.set_xlabel("Difference in test accuracy (percentage points)")
+    axis.set_title(title)
+    axis.grid(axis="x", alpha=0.3)
+    if not effects:
+        axis.text(
+            0.5,
+            0.5,
+            "No paired difference: no shared test question",
+            transform=axis.transAxes,
+            ha="center",
+            va="center",
+        )
+    _footnote(
+        figure,
+        f"Whiskers: {interval}; dashed line: no difference; teal: interval excludes 0.",
+        f"n: {unit} both experiments scored; p: sign-flip permutation test.",
+        footnote,
+    )
+    return figure
