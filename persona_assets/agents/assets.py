@@ -102,6 +102,16 @@ class TrainingConfig(Config):
     quantization: str = Field(
         default="none", description="none, or 4bit (QLoRA: a CUDA GPU with bitsandbytes)."
     )
+    processes: int = Field(
+        default=1,
+        description="Training processes (one per GPU; gloo on CPU). 1 trains in the step process on the "
+        "engine's loaded model; more launch that many under torchrun, each loading the base once.",
+    )
+    strategy: str = Field(
+        default="ddp",
+        description="With processes > 1: ddp (each process holds the whole base) or fsdp (the base sharded "
+        "across the processes).",
+    )
 
     def settings(self, agent: Agent) -> LoraTraining:
         """The agent's LoRA shape (from the registry) with this run's optimisation settings."""
@@ -118,6 +128,8 @@ class TrainingConfig(Config):
             checkpoint_every=self.checkpoint_every,
             seed=self.seed,
             quantization=self.quantization,
+            processes=self.processes,
+            strategy=self.strategy,
         )
 
 
