@@ -241,6 +241,9 @@ def train_lora(
         _set_adapter_state(model, state["adapter"], internal)  # before wrapping: every rank the same
     if fsdp:
         _shard(model, accelerator.device)
+        held = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
+        whole = sum(p.numel() for p in model.parameters())
+        log(f"{name}: rank {rank} holds {held:,} of the model's {whole:,} parameters (fsdp)")
         optimizer = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad], lr=settings.learning_rate
         )
