@@ -76,7 +76,13 @@ def gpu_step(profile: GpuProfile = DEFAULT_PROFILE) -> dict:
     """Decorator arguments for a step that loads a model: the gpu pool and, when PERSONA_DEPLOYMENT=k8s,
     the GPU pod it runs in (``profile`` sized for PERSONA_TENSOR_PARALLEL_SIZE GPUs). Op tags, not asset
     tags: k8s_job_executor reads step pod config only there."""
-    tags = gpu_op_tags(profile, DEPLOYMENT.on_k8s, DEPLOYMENT.gpu_image, DEPLOYMENT.tensor_parallel_size)
+    tags = gpu_op_tags(
+        profile,
+        DEPLOYMENT.on_k8s,
+        DEPLOYMENT.gpu_image,
+        DEPLOYMENT.tensor_parallel_size,
+        DEPLOYMENT.training_processes,
+    )
     return {"pool": GPU_POOL, "op_tags": tags}
 
 

@@ -42,6 +42,7 @@ from persona_platform.persona_assets.agents.tables import (
 from persona_platform.persona_assets.common import (
     AGENT_PARTITION,
     BOARD_INPUT,
+    DEPLOYMENT,
     MODEL_KINDS,
     ONE_RUN_PER_BACKFILL,
     OWNERS,
@@ -103,9 +104,10 @@ class TrainingConfig(Config):
         default="none", description="none, or 4bit (QLoRA: a CUDA GPU with bitsandbytes)."
     )
     processes: int = Field(
-        default=1,
-        description="Training processes (one per GPU; gloo on CPU). 1 trains in the step process on the "
-        "engine's loaded model; more launch that many under torchrun, each loading the base once.",
+        default=DEPLOYMENT.training_processes,
+        description="Training processes (one per GPU; gloo on CPU; default: PERSONA_TRAINING_PROCESSES). 1 "
+        "trains in the step's process on the engine's loaded model; more launch that many under torchrun, "
+        "each loading the base once.",
     )
     strategy: str = Field(
         default="ddp",
