@@ -81,10 +81,16 @@ def model_backfill(partitions_def: PartitionsDefinition) -> BackfillPolicy:
 def gpu_step(profile: GpuProfile = DEFAULT_PROFILE, gpus: int | None = None) -> dict:
     """Decorator arguments for a step that loads a model: the gpu pool and, when PERSONA_DEPLOYMENT=k8s,
     the GPU pod it runs in (``profile`` sized for ``gpus``: the experiment's tensor parallel size, else
-    PERSONA_TENSOR_PARALLEL_SIZE). Op tags, not asset tags: k8s_job_executor reads step pod config only
-    there."""
-    size = gpus or DEPLOYMENT.tensor_parallel_size
-    return {"pool": GPU_POOL, "op_tags": gpu_op_tags(profile, DEPLOYMENT.on_k8s, DEPLOYMENT.gpu_image, size)}
+    PERSONA_TENSOR_PARALLEL_SIZE; a training step for its processes, see ``step_gpus``). Op tags, not asset
+    tags: k8s_job_executor reads step pod config only there."""
+    tags = gpu_op_tags(
+        profile,
+        DEPLOYMENT.on_k8s,
+        DEPLOYMENT.gpu_image,
+        gpus or DEPLOYMENT.tensor_parallel_size,
+        DEPLOYMENT.training_processes,
+    )
+    return {"pool": GPU_POOL, "op_tags": tags}
 
 
 def experiment_step(x: Experiment, domain: str) -> dict:

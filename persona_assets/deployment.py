@@ -58,6 +58,9 @@ class GpuProfile:
     shm: str = "16Gi"
     tolerations: tuple[Mapping[str, Any], ...] = (GPU_TOLERATION,)
     node_selector: Mapping[str, str] = field(default_factory=dict)
+    # A step that runs one process per GPU (LoRA training with processes > 1): sized for the larger of its
+    # processes and the model's tensor-parallel size.
+    gpu_per_process: bool = False
 
     def __post_init__(self) -> None:
         where = f"GpuProfile {self.name!r}"
@@ -125,8 +128,12 @@ def _scaled(text: str, factor: float) -> str:
 DEFAULT_PROFILE = GpuProfile(name="default")
 # LoRA training holds the model, optimizer state and activations, and Accelerate's workers share /dev/shm;
 # beside vLLM the trainer's base load and vLLM's weights swapped to host memory (sleep mode) share the
-# memory limit.
-TRAINING_PROFILE = replace(DEFAULT_PROFILE, name="training", cpu="16", memory="128Gi", shm="32Gi")
+# memory limit. In N processes (PERSONA_TRAINING_PROCESSES) it asks for N GPUs, with CPU, memory and /dev/shm
+# grown in proportion: each process loads the base through host memory once, and gloo/NCCL exchange through
+# /dev/shm.
+TRAINING_PROFILE = replace(
+    DEFAULT_PROFILE, name="training", cpu="16", memory="128Gi", shm="32Gi", gpu_per_process=True
+)
 
 
 def step_pod_config(profile: GpuProfile, image: str) -> dict[str, Any]:
@@ -148,12 +155,22 @@ def step_pod_config(profile: GpuProfile, image: str) -> dict[str, Any]:
     }
 
 
+def step_gpus(profile: GpuProfile, tensor_parallel_size: int = 1, processes: int = 1) -> int:
+    """The GPUs a step's pod asks for: the model's tensor-parallel size, or, for a step that runs a process
+    per GPU (``profile.gpu_per_process``), its processes where they are more."""
+    return max(tensor_parallel_size, processes) if profile.gpu_per_process else tensor_parallel_size
+
+
 def gpu_op_tags(
-    profile: GpuProfile, on_k8s: bool, image: str, tensor_parallel_size: int = 1
+    profile: GpuProfile, on_k8s: bool, image: str, tensor_parallel_size: int = 1, processes: int = 1
 ) -> dict[str, Any]:
     """Op tags for a GPU step: on Kubernetes, the config of a pod sized for a model on
-    ``tensor_parallel_size`` GPUs; nothing locally (so local runs are unchanged)."""
-    return {K8S_CONFIG_TAG: step_pod_config(profile.sized(tensor_parallel_size), image)} if on_k8s else {}
+    ``tensor_parallel_size`` GPUs (or ``processes`` GPUs, see ``step_gpus``); nothing locally (so local runs
+    are unchanged)."""
+    if not on_k8s:
+        return {}
+    gpus = step_gpus(profile, tensor_parallel_size, processes)
+    return {K8S_CONFIG_TAG: step_pod_config(profile.sized(gpus), image)}
 
 
 # k8s_job_executor's config (its job namespace, image pull policy and kubeconfig come from the K8sRunLauncher,

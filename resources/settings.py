@@ -35,6 +35,8 @@ PERSONA_TENSOR_PARALLEL_SIZE  the GPUs one model is split over: the vllm backend
 PERSONA_GPUS         the GPUs the deployment may use at once: the gpu pool's limit is PERSONA_GPUS divided by
                      PERSONA_TENSOR_PARALLEL_SIZE (model steps at once), on Kubernetes and in the local
                      instance (default: PERSONA_TENSOR_PARALLEL_SIZE, i.e. one model step at a time)
+PERSONA_TRAINING_PROCESSES  the default of lora_training's `processes` (one training process per GPU), and on
+                     Kubernetes the GPUs of its pod: max(this, PERSONA_TENSOR_PARALLEL_SIZE) (default: 1)
 PERSONA_PARTITIONS_PER_RUN  the most partitions one run of a model step takes in a Dagster backfill
                      (BackfillPolicy.multi_run); unset: enough for one run per GPU slot, i.e. one run for
                      the whole backfill when the pool has one slot (default: unset)
@@ -90,6 +92,8 @@ class Deployment:
     gpus: int = 1
     # The most partitions per run of a model step in a backfill (PERSONA_PARTITIONS_PER_RUN); None: derived.
     partitions_per_run: int | None = None
+    # Training processes (PERSONA_TRAINING_PROCESSES): lora_training's default, and its pod's GPUs.
+    training_processes: int = 1
 
     @property
     def on_k8s(self) -> bool:
@@ -220,7 +224,13 @@ def load_deployment(environ: Mapping[str, str] | None = None) -> Deployment:
         if (env.get("PERSONA_PARTITIONS_PER_RUN") or "").strip()
         else None
     )
-    return Deployment(kind, gpu_image, tensor_parallel_size, gpus, per_run)
+    training_processes = _whole_number(env, "PERSONA_TRAINING_PROCESSES", 1, MAX_GPUS_PER_POD)
+    if kind == "k8s" and gpus < training_processes:
+        raise SettingsError(
+            f"PERSONA_GPUS={gpus} is fewer than PERSONA_TRAINING_PROCESSES={training_processes}, "
+            "the GPUs the training step's pod asks for: it could never be scheduled"
+        )
+    return Deployment(kind, gpu_image, tensor_parallel_size, gpus, per_run, training_processes)
 
 
 def _whole_number(env: Mapping[str, str], name: str, default: int, most: int) -> int:

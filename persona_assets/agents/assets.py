@@ -42,6 +42,7 @@ from persona_platform.persona_assets.agents.tables import (
 from persona_platform.persona_assets.common import (
     AGENT_PARTITION,
     BOARD_INPUT,
+    DEPLOYMENT,
     MODEL_KINDS,
     ONE_RUN_PER_BACKFILL,
     OWNERS,
@@ -103,6 +104,17 @@ class TrainingConfig(Config):
     quantization: str = Field(
         default="none", description="none, or 4bit (QLoRA: a CUDA GPU with bitsandbytes)."
     )
+    processes: int = Field(
+        default=DEPLOYMENT.training_processes,
+        description="Training processes (one per GPU; gloo on CPU; default: PERSONA_TRAINING_PROCESSES). 1 "
+        "trains in the step's process on the engine's loaded model; more launch that many under torchrun, "
+        "each loading the base once.",
+    )
+    strategy: str = Field(
+        default="ddp",
+        description="With processes > 1: ddp (each process holds the whole base) or fsdp (the base sharded "
+        "across the processes).",
+    )
 
     def settings(self, agent: Agent) -> LoraTraining:
         """The agent's LoRA shape (from the registry) with this run's optimisation settings."""
@@ -119,6 +131,8 @@ class TrainingConfig(Config):
             checkpoint_every=self.checkpoint_every,
             seed=self.seed,
             quantization=self.quantization,
+            processes=self.processes,
+            strategy=self.strategy,
         )
 
 

@@ -237,7 +237,7 @@ class Engine(ABC):
         trainer = self._trainer("train adapters", "lora_training")
         with self.released_for_training():
             outcome = trainer.train(name, examples, settings, checkpoint_path, adapter_dir, log, progress)
-        self.usage.model_loads += 1  # the trainer's own load of the base
+        self.usage.model_loads += outcome.model_loads  # the trainer's own loads of the base (one per process)
         self.add_adapter(name, str(adapter_dir), outcome.fingerprint)
         return outcome
 

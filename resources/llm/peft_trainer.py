@@ -70,6 +70,27 @@ class PeftTrainer:
 
         training.prepare_run(name, examples, settings)
         device = training.resolve_device(self.device)
+        if settings.processes > 1:
+            from persona_platform.resources.launcher import train_in_processes
+
+            log(
+                f"{name}: training on {self.model_id}, a load of it in each of {settings.processes} processes"
+            )
+            outcome = train_in_processes(
+                name,
+                examples,
+                settings,
+                model_path=self.locate(),
+                device="cuda" if device.startswith("cuda") else device,
+                dtype=self.dtype,
+                pad_id=self.tokenizer.pad_token_id,
+                checkpoint_path=checkpoint_path,
+                adapter_dir=adapter_dir,
+                log=log,
+                progress=progress,
+            )
+            self.loads += outcome.model_loads
+            return outcome
         if settings.quantization == "4bit":
             torch.manual_seed(settings.seed)  # the LoRA initialisation
             model = training.quantized_for_training(self.locate(), name, settings)
@@ -83,7 +104,7 @@ class PeftTrainer:
         self.loads += 1
         log(f"{name}: training on {self.model_id} loaded on {device} (released after training)")
         try:
-            return training.train_lora(
+            outcome = training.train_lora(
                 model,
                 internal,
                 name,
@@ -96,6 +117,8 @@ class PeftTrainer:
                 log=log,
                 progress=progress,
             )
+            outcome.model_loads = 1  # its own load, released below
+            return outcome
         finally:
             del model
             training.release(device)

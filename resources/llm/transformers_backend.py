@@ -163,6 +163,10 @@ class TransformersEngine(Engine):
         progress: Callable[[int, int, dict], None] | None = None,
     ) -> training.TrainingOutcome:
         training.prepare_run(name, examples, settings)
+        if settings.processes > 1:
+            return self._train_in_processes(
+                name, examples, settings, checkpoint_path, adapter_dir, log, progress
+            )
         torch.manual_seed(settings.seed)  # the LoRA initialisation
         if settings.quantization == "4bit":
             internal = f"{name}-qlora"
@@ -185,11 +189,46 @@ class TransformersEngine(Engine):
             progress=progress,
         )
         if settings.quantization == "4bit":
+            outcome.model_loads = 1
             del model  # the 4-bit copy; the adapter is served on the full-precision base
             torch.cuda.empty_cache()
             self.add_adapter(name, str(adapter_dir), outcome.fingerprint)
         else:
             self.register_adapter(name, internal, outcome.fingerprint)
+        return outcome
+
+    def _train_in_processes(
+        self, name, examples, settings, checkpoint_path, adapter_dir, log, progress
+    ) -> training.TrainingOutcome:
+        """processes > 1: child processes (resources.launcher), each with a load of the base of its own; the
+        adapter they save is then served from its directory. On a GPU the served model waits in host memory
+        meanwhile, so rank 0 has its GPU to itself."""
+        from persona_platform.resources.launcher import train_in_processes
+
+        dtype = str(self.model.dtype).removeprefix("torch.")
+        on_gpu = self.device.startswith("cuda")
+        if on_gpu:
+            self.model.to("cpu")
+            torch.cuda.empty_cache()
+        try:
+            outcome = train_in_processes(
+                name,
+                examples,
+                settings,
+                model_path=self.model_path,
+                device="cuda" if on_gpu else self.device,
+                dtype=dtype,
+                pad_id=self.tokenizer.pad_token_id,
+                checkpoint_path=checkpoint_path,
+                adapter_dir=adapter_dir,
+                log=log,
+                progress=progress,
+            )
+        finally:
+            if on_gpu:
+                self.model.to(self.device)
+        self.usage.model_loads += outcome.model_loads
+        self.add_adapter(name, str(adapter_dir), outcome.fingerprint)
         return outcome
 
     def merge_adapter(
