@@ -314,7 +314,8 @@ def experiment_schema(experiment: str, schema: str) -> str:
 
 
 def table_location(asset_key_path: Sequence[str]) -> tuple[str, str]:
-    """[schema, table] -> schema.table; an experiment's [experiment, schema, table] -> experiment__schema.table."""
+    """[schema, table] -> schema.table; an experiment's [experiment, schema, table] ->
+    experiment__schema.table."""
     if len(asset_key_path) == 3:
         return experiment_schema(asset_key_path[0], asset_key_path[1]), asset_key_path[2]
     if len(asset_key_path) != 2:
