@@ -10,6 +10,7 @@ from types import ModuleType
 from dagster import (
     AssetCheckSeverity,
     AssetKey,
+    AssetsDefinition,
     BackfillPolicy,
     BetaWarning,
     Definitions,
@@ -173,13 +174,20 @@ def domain_definitions(
 ) -> Definitions:
     """A domain's definitions: its model-free assets (module level, built once), ``extra`` specs and, where
     the domain has them, its model-dependent assets and checks built by its factories once per
-    experiment."""
+    experiment, and those that read every experiment."""
     xs = experiments()
     assets = [*load_assets_from_modules([assets_module]), *extra]
     assets += [a for x in xs for a in getattr(assets_module, "experiment_assets", lambda _: [])(x)]
+    assets += getattr(assets_module, "across_experiments", lambda _: [])(xs)
     checks = load_asset_checks_from_modules([checks_module]) if checks_module else []
     if checks_module:
         checks += [c for x in xs for c in getattr(checks_module, "experiment_checks", lambda _: [])(x)]
     for x in xs:
-        x.tables.update(f"{k.path[1]}.{k.path[2]}" for a in assets for k in a.keys if k.path[0] == x.name)
+        x.tables.update(
+            f"{k.path[1]}.{k.path[2]}"
+            for a in assets
+            if isinstance(a, AssetsDefinition)
+            for k in a.keys
+            if k.path[0] == x.name
+        )
     return Definitions(assets=assets, asset_checks=checks)

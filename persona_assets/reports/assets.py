@@ -1,5 +1,7 @@
 """Reports across the elicitation methods: accuracy per country and aggregated, paired differences, plots."""
 
+from collections.abc import Sequence
+
 import polars as pl
 from dagster import AssetExecutionContext, AssetIn, AssetsDefinition, asset
 
@@ -12,8 +14,28 @@ from persona_platform.persona_assets.common import (
     table_columns,
 )
 from persona_platform.persona_assets.elicitation.accuracy import INTERVAL, STRATIFIED
-from persona_platform.persona_assets.experiments import Experiment
-from persona_platform.persona_assets.plots import Bar, accuracy_bars, accuracy_curves, saved_plot
+from persona_platform.persona_assets.experiments import COMPARISON_GROUP, Experiment
+from persona_platform.persona_assets.plots import (
+    Bar,
+    Effect,
+    accuracy_bars,
+    accuracy_curves,
+    difference_forest,
+    experiment_accuracy_bars,
+    saved_plot,
+)
+from persona_platform.persona_assets.reports.comparison import (
+    COMPARISON_SCHEMA,
+    JUDGE_WIN_RATE,
+    PERPLEXITY,
+    ExperimentInputs,
+    accuracy_plot_series,
+    comparison_rows,
+    comparison_verdict,
+    difference_plot_series,
+    difference_table,
+    side_by_side_table,
+)
 from persona_platform.persona_assets.reports.tables import (
     AGGREGATE,
     DIFFERENCES_SCHEMA,
@@ -140,3 +162,83 @@ def method_differences(x: Experiment) -> AssetsDefinition:
         return frame
 
     return differences
+
+
+COMPARISON_VERSION = "experiment-comparison-1"
+# What the comparison reads of each experiment: its name here is f"{experiment}__{table}".
+COMPARED = {
+    "zero_shot_base_predictions": "elicitation",
+    "zero_shot_chat_predictions": "elicitation",
+    "few_shot_predictions": "elicitation",
+    "accuracy_summary": "elicitation",
+    "perplexity_matrix": "agents",
+    "judging_summary": "judging",
+}
+
+
+def across_experiments(xs: Sequence[Experiment]) -> list[AssetsDefinition]:
+    """The reports that read every experiment: their comparison."""
+    return [experiment_comparison(xs)] if len(xs) > 1 else []
+
+
+def _compared(name: str, inputs: dict[str, pl.DataFrame]) -> ExperimentInputs:
+    """One experiment's tables from the comparison's inputs; its model is what its predictions name."""
+    frames = {table: inputs[f"{name}__{table}"] for table in COMPARED}
+    models = pl.concat([frames[t].select("model_id") for t in PREDICTIONS])["model_id"].drop_nulls().unique()
+    return ExperimentInputs(name=name, model=", ".join(sorted(models)), **frames)
+
+
+def experiment_comparison(xs: Sequence[Experiment]) -> AssetsDefinition:
+    @asset(
+        key=[COMPARISON_GROUP, "experiment_comparison"],
+        group_name=COMPARISON_GROUP,
+        owners=OWNERS,
+        pool=WAREHOUSE_POOL,
+        kinds=TABLE_KINDS | {"matplotlib"},
+        metadata=table_columns(COMPARISON_SCHEMA),
+        code_version=COMPARISON_VERSION,
+        ins={
+            f"{x.name}__{table}": AssetIn(key=x.key(domain, table))
+            for x in xs
+            for table, domain in COMPARED.items()
+        },
+    )
+    def comparison(context: AssetExecutionContext, artifacts: ArtifactStore, **inputs: pl.DataFrame):
+        """The experiments side by side: each one's headline accuracy per method, country and variant, the
+        paired differences between experiments on the test questions both scored (95% cluster-bootstrap
+        interval over questions, sign-flip p, n questions), and each one's perplexities and judge win rates;
+        grouped accuracy bars and a forest plot of the differences."""
+        compared = [_compared(x.name, inputs) for x in xs]
+        frame = asset_frame(context, comparison_rows(compared), COMPARISON_SCHEMA)
+        plots = {}
+        for scope, variant, interval, series in accuracy_plot_series(frame):
+            figure = experiment_accuracy_bars(
+                f"Headline accuracy by experiment - {scope} ({variant})",
+                {name: [Bar(*b) for b in bars] for name, bars in series.items()},
+                interval,
+            )
+            plots[f"plot/accuracy-{scope}-{variant}"] = saved_plot(
+                artifacts, figure, "experiments", f"{scope}-{variant}"
+            )
+        for variant, interval, effects in difference_plot_series(frame):
+            figure = difference_forest(
+                f"Paired differences between experiments - aggregate ({variant})",
+                [Effect(*e) for e in effects],
+                interval=interval,
+            )
+            plots[f"plot/differences-{variant}"] = saved_plot(
+                artifacts, figure, "experiments", f"differences-{variant}"
+            )
+        context.add_output_metadata(
+            {
+                "verdict": comparison_verdict(frame),
+                "accuracy": results_table(*side_by_side_table(frame), COMPARISON_SCHEMA.descriptions),
+                "differences": results_table(*difference_table(frame)),
+                "perplexity": results_table(*side_by_side_table(frame, PERPLEXITY)),
+                "judge_win_rates": results_table(*side_by_side_table(frame, JUDGE_WIN_RATE)),
+                **plots,
+            }
+        )
+        return frame
+
+    return comparison
