@@ -10,7 +10,6 @@ from types import ModuleType
 from dagster import (
     AssetCheckSeverity,
     AssetKey,
-    AssetsDefinition,
     BackfillPolicy,
     BetaWarning,
     Definitions,
@@ -182,12 +181,4 @@ def domain_definitions(
     checks = load_asset_checks_from_modules([checks_module]) if checks_module else []
     if checks_module:
         checks += [c for x in xs for c in getattr(checks_module, "experiment_checks", lambda _: [])(x)]
-    for x in xs:
-        x.tables.update(
-            f"{k.path[1]}.{k.path[2]}"
-            for a in assets
-            if isinstance(a, AssetsDefinition)
-            for k in a.keys
-            if k.path[0] == x.name
-        )
     return Definitions(assets=assets, asset_checks=checks)

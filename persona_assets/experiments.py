@@ -45,6 +45,11 @@ ENGINE_SETTINGS = tuple(
 )
 
 
+# The tables (schema.table) every experiment has its own copy of, as the factories name them: the same
+# for every experiment, since the same factories build them.
+EXPERIMENT_TABLES: set[str] = set()
+
+
 class ExperimentError(PersonaInputError):
     """An experiment file the platform cannot use; the message names the file and the field."""
 
@@ -86,12 +91,11 @@ class Experiment:
     profile: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The profile's steps some factory asked for; a step no factory asks for is a typo (check_profile).
     configured_steps: set[str] = field(default_factory=set)
-    # The tables (schema.table) the factories built a copy of for this experiment (domain_definitions).
-    tables: set[str] = field(default_factory=set)
 
-    def key(self, *path: str) -> AssetKey:
+    def key(self, domain: str, table: str) -> AssetKey:
         """The asset key of one of this experiment's tables: [experiment, domain, table]."""
-        return AssetKey([self.name, *path])
+        EXPERIMENT_TABLES.add(f"{domain}.{table}")
+        return AssetKey([self.name, domain, table])
 
     def op_name(self, step: str) -> str:
         return f"{self.name}__{step}"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import polars as pl
 from dagster import AssetExecutionContext, AssetKey
 
-from persona_platform.persona_assets.experiments import experiments
+from persona_platform.persona_assets.experiments import EXPERIMENT_TABLES
 from persona_platform.persona_assets.progress import Tracker
 from persona_platform.persona_assets.provenance import Provenance, result_frame
 from persona_platform.resources.llm import Engine, EngineUsage
@@ -56,15 +56,10 @@ def asset_frame(
     )
     frame = result_frame(rows, schema, provenance, assets_def.metadata_by_key[key].get("partition_expr"))
     if len(key.path) == 3:
-        frame = qualified_refs(frame, key.path[0], experiment_tables(key.path[0]))
+        frame = qualified_refs(frame, key.path[0], frozenset(EXPERIMENT_TABLES))
     if assets_def.partitions_def is not None:  # else the IO manager's count is the table's
         partition_metadata(context, frame, lambda part: {"dagster/row_count": part.height}, output)
     return frame
-
-
-def experiment_tables(experiment: str) -> frozenset[str]:
-    """The tables (``schema.table``) that ``experiment`` has its own copy of."""
-    return frozenset(next(x.tables for x in experiments() if x.name == experiment))
 
 
 def qualified_refs(frame: pl.DataFrame, experiment: str, tables: frozenset[str]) -> pl.DataFrame:

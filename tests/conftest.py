@@ -18,6 +18,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT_ROOT.parent / "shared"
 REAL_WIDE_CSV = SHARED / "data" / "goqa" / "global_opinion_data.csv"
 ARTIFACTS = PROJECT_ROOT / "tests" / "artifacts"
+# The repository's experiments: the quick start and the tests about experiments run them all.
+EXPERIMENTS = PROJECT_ROOT / "experiments"
 
 
 def pytest_configure(config):
@@ -26,6 +28,11 @@ def pytest_configure(config):
     for name in [n for n in os.environ if n.startswith("PERSONA_")]:
         os.environ.pop(name)
     os.environ["PERSONA_HOME"] = tempfile.mkdtemp(prefix="persona-test-home-")
+    # Tests of anything but experiments run one experiment (the primary one, on the deployment's models):
+    # each model step once, not once per experiment.
+    one = Path(tempfile.mkdtemp(prefix="persona-test-experiments-"))
+    (one / "primary.yaml").write_bytes((EXPERIMENTS / "primary.yaml").read_bytes())
+    os.environ["PERSONA_EXPERIMENTS"] = str(one)
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +83,7 @@ class SampleRun:
 def sample_run(tmp_path_factory) -> SampleRun:
     """The quick start's `persona run`, once per test session: every asset, every partition of the sample."""
     home = tmp_path_factory.mktemp("sample-run")
-    result = persona(home, "run")
+    result = persona(home, "run", extra_env={"PERSONA_EXPERIMENTS": str(EXPERIMENTS)})
     return SampleRun(home, result.stdout, result.stderr, result.returncode)
 
 

@@ -128,7 +128,7 @@ def test_no_api_key_reaches_a_log_line_metadata_entry_or_warehouse_row(tmp_path)
             "--countries",
             "Caldera",
             "--select",
-            '+key:"elicitation/zero_shot_chat_predictions"',
+            '+key:"primary/elicitation/zero_shot_chat_predictions"',
             extra_env=env,
         )
     finally:
@@ -151,16 +151,17 @@ def test_no_api_key_reaches_a_log_line_metadata_entry_or_warehouse_row(tmp_path)
 
 ITERATIONS = 60
 ICM_CONFIG = f"ops:\n  icm_search:\n    config:\n      iterations: {ITERATIONS}\n      checkpoint_every: 5\n"
-ICM = ["run", "--countries", "Caldera", "--select", 'key:"elicitation/icm_labels"']
+ICM = ["run", "--countries", "Caldera", "--select", 'key:"primary/elicitation/icm_labels"']
 
 
 def icm_rows(home):
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
         labels = con.execute(
-            "select row_id, icm_label from elicitation.icm_labels order by row_id"
+            "select row_id, icm_label from primary__elicitation.icm_labels order by row_id"
         ).fetchall()
         trace = con.execute(
-            "select row_id, iteration, accepted, energy from elicitation.icm_search_trace order by row_id"
+            "select row_id, iteration, accepted, energy from "
+            "primary__elicitation.icm_search_trace order by row_id"
         ).fetchall()
     return labels, trace
 

@@ -11,11 +11,13 @@ def test_upstream_loads_count_each_model_step_per_partition_and_setting():
     from persona_platform.persona_assets.definitions import defs
 
     loads = upstream_loads(defs, settings=4, agents=len(AGENTS))
-    assert loads["lora_training"] == len(AGENTS)  # one step for the adapters and the loss curve
-    assert loads["icm_search"] == len(COUNTRIES)
-    assert loads["responses__task_responses"] == loads["judging__judgments"] == 4 * len(AGENTS)
-    assert loads["agents__perplexity_matrix"] == len(AGENTS) + 1
-    assert loads["alignment__agent_opinions"] == len(AGENTS) * len(COUNTRIES)
+    assert loads["primary__lora_training"] == len(AGENTS)  # one step for the adapters and the loss curve
+    assert loads["primary__icm_search"] == len(COUNTRIES)
+    assert (
+        loads["primary__responses__task_responses"] == loads["primary__judging__judgments"] == 4 * len(AGENTS)
+    )
+    assert loads["primary__agents__perplexity_matrix"] == len(AGENTS) + 1
+    assert loads["primary__alignment__agent_opinions"] == len(AGENTS) * len(COUNTRIES)
     assert "opinions__goqa_claims" not in loads  # no model, no load
 
 

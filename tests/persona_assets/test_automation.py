@@ -58,7 +58,7 @@ def test_a_country_schedule_backfills_exactly_that_country():
         (k, f"{a.key}|{country}") for k in multi_assets for a in AGENTS
     }
     assert pairs == expected
-    assert "opinions/goqa_survey" in country_assets and "alignment/agent_opinions" in multi_assets
+    assert "opinions/goqa_survey" in country_assets and "primary/alignment/agent_opinions" in multi_assets
 
 
 def test_every_country_has_its_schedules():
@@ -123,7 +123,7 @@ def test_key_tables_have_checks():
         "opinions/goqa_claims",
         "opinions/goqa_splits",
         "votes/vote_records",
-        "agents/perplexity_matrix",
+        "primary/agents/perplexity_matrix",
     } <= checked
 
 

@@ -86,7 +86,7 @@ def test_materialize_a_partition_by_clicking_in_chromium(ui, browser):
     assert browser.save_screenshot(str(ARTIFACTS / "ui-partition-materialized.png"))
 
 
-TRACE = ["elicitation", "icm_search_trace"]
+TRACE = ["primary", "elicitation", "icm_search_trace"]
 PARTITION_METADATA = """
 query($key: AssetKeyInput!, $partition: String!) { assetOrError(assetKey: $key) { ... on Asset {
   assetMaterializations(partitions: [$partition], limit: 1) {
@@ -104,7 +104,9 @@ def test_a_partition_page_shows_that_partitions_own_row_count_and_plots(sample_r
     assert sample_run.returncode == 0, sample_run.stderr
     with duckdb.connect(str(sample_run.home / "warehouse.duckdb"), read_only=True) as con:
         rows = dict(
-            con.execute("select country, count(*) from elicitation.icm_search_trace group by 1").fetchall()
+            con.execute(
+                "select country, count(*) from primary__elicitation.icm_search_trace group by 1"
+            ).fetchall()
         )
     assert len(rows) >= 2
     with running_ui(sample_run.home, tmp_path / "ui.log") as port:

@@ -42,8 +42,10 @@ def test_persona_run_materializes_everything_and_prints_a_summary(sample_run):
     assert counts["opinions.goqa_questions"] == 32
     assert counts["opinions.goqa_survey"] == 128
     assert counts["opinions.goqa_claims"] == 256
-    assert counts["elicitation.zero_shot_base_predictions"] > 0
-    assert counts["agents.lora_adapters"] == 3 and counts["agents.perplexity_matrix"] == 4 * 3
+    assert counts["primary__elicitation.zero_shot_base_predictions"] > 0
+    assert (
+        counts["primary__agents.lora_adapters"] == 3 and counts["primary__agents.perplexity_matrix"] == 4 * 3
+    )
     for table, n in counts.items():
         assert f"{n:>9,} rows" in out and table in out
 
@@ -57,7 +59,7 @@ def test_run_limited_to_a_country_of_a_json_source(tmp_path):
     assert result.returncode == 0, result.stderr
     assert countries_in(tmp_path / "home", "opinions.goqa_claims") == {"Caldera"}
     assert countries_in(tmp_path / "home", "opinions.goqa_splits") == {"Caldera"}
-    assert "elicitation.zero_shot_base_predictions" not in row_counts(tmp_path / "home")
+    assert "primary__elicitation.zero_shot_base_predictions" not in row_counts(tmp_path / "home")
 
 
 @pytest.mark.slow
@@ -248,7 +250,7 @@ def test_a_failed_model_load_is_one_line_with_its_step_and_log(tmp_path):
         "--countries",
         "Aldoria",
         "--select",
-        '+key:"elicitation/zero_shot_base_predictions"',
+        '+key:"primary/elicitation/zero_shot_base_predictions"',
         extra_env={"PERSONA_MODEL": str(model)},
     )
     assert result.returncode == 1

@@ -143,13 +143,16 @@ def test_the_check_covers_every_kind_of_asset():
     assert len(covered) == len(nodes)
     # Unpartitioned (a board table and a report), multi-asset outputs, a multi-partitioned table, and the
     # external tables people write with the CLI.
-    assert {"agents/board_turns", "judging/judging_summary"} <= covered
-    assert {"agents/lora_adapters", "agents/training_loss"} <= covered
-    assert {"elicitation/icm_labels", "elicitation/icm_search_trace"} <= covered
-    assert "alignment/agent_opinions" in covered
+    assert {"agents/board_turns", "primary/judging/judging_summary"} <= covered
+    assert {"primary/agents/lora_adapters", "primary/agents/training_loss"} <= covered
+    assert {"primary/elicitation/icm_labels", "primary/elicitation/icm_search_trace"} <= covered
+    assert "primary/alignment/agent_opinions" in covered
     assert {"traits/question_reviews", "votes/question_reviews"} <= covered
     multi = [n for n in nodes if n.is_materializable and len(n.assets_def.keys) > 1]
-    assert {n.key.to_user_string() for n in multi} >= {"agents/lora_adapters", "elicitation/icm_labels"}
+    assert {n.key.to_user_string() for n in multi} >= {
+        "primary/agents/lora_adapters",
+        "primary/elicitation/icm_labels",
+    }
     assert any(n.partitions_def is None and n.is_materializable for n in nodes)
 
 
@@ -245,7 +248,7 @@ def test_review_rows_are_written_with_the_declared_schema():
 
 def test_the_catalogue_lists_each_table_s_own_columns_and_describes_the_provenance_columns_once():
     text = catalogue_markdown(defs)
-    row = next(line for line in text.splitlines() if line.startswith("| `agents.merged_models` |"))
+    row = next(line for line in text.splitlines() if line.startswith("| `primary__agents.merged_models` |"))
     assert "`max_logit_difference` (Float64): largest absolute logit difference" in row
     assert f"provenance: {', '.join(f'`{c}`' for c in [*ROW_ID, *PROVENANCE_SCHEMA])} |" in row
     for name, description in {**ROW_ID.descriptions, **PROVENANCE_SCHEMA.descriptions}.items():

@@ -30,7 +30,7 @@ from persona_platform.persona_assets.runner import (
 from persona_platform.resources.settings import Deployment, SettingsError, load_deployment
 from tests.conftest import persona
 
-ZERO_SHOT = "elicitation/zero_shot_base_predictions"
+ZERO_SHOT = "primary/elicitation/zero_shot_base_predictions"
 ZERO_SHOT_TABLE = ZERO_SHOT.replace("/", ".")
 COUNTRIES = ["Aldoria", "Borvania", "Caldera", "Dunmere"]
 

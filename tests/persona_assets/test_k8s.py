@@ -91,7 +91,7 @@ from persona_platform.persona_assets.runner import RANGE_END, RANGE_START, plan_
 from persona_platform.resources.settings import load_deployment
 
 graph = defs.resolve_asset_graph()
-key = AssetKey(["elicitation", "zero_shot_base_predictions"])
+key = AssetKey(["primary", "elicitation", "zero_shot_base_predictions"])
 pdef = graph.get(key).partitions_def
 wanted = [AssetKeyPartitionKey(key, k) for k in pdef.get_partition_keys()]
 requests = build_run_requests_with_backfill_policies(wanted, graph, None)
@@ -324,7 +324,7 @@ def test_k8s_definitions_put_every_gpu_step_and_only_those_in_a_gpu_pod(
     assert {name for name, op in ops.items() if K8S_CONFIG_TAG in op["tags"]} == set(_gpu_ops(ops))
     # LoRA training asks for the training profile; the rest for the default one.
     for name, op in _gpu_ops(ops).items():
-        profile = TRAINING_PROFILE if name == "lora_training" else DEFAULT_PROFILE
+        profile = TRAINING_PROFILE if name == "primary__lora_training" else DEFAULT_PROFILE
         assert json.loads(op["tags"][K8S_CONFIG_TAG]) == step_pod_config(profile, DEFAULT_GPU_IMAGE), name
 
 
@@ -365,7 +365,7 @@ def test_every_gpu_step_job_is_a_valid_kubernetes_job_with_its_gpu(k8s_code_loca
         # The code location's shared volume and settings reach the GPU pod along with the op tags.
         assert volumes[mounts["/persona-home"]]["persistentVolumeClaim"]["claimName"] == "persona-home", name
         assert {"name": "PERSONA_DEPLOYMENT", "value": "k8s"} in container["env"], name
-    training = step_job_manifest("lora_training", gpu_ops["lora_training"]["tags"])
+    training = step_job_manifest("primary__lora_training", gpu_ops["primary__lora_training"]["tags"])
     limits = training["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["memory"] == TRAINING_PROFILE.memory
 
@@ -374,7 +374,7 @@ def test_a_model_on_several_gpus_gets_pods_sized_for_it(k8s_code_location_4_gpus
     gpu_ops = _gpu_ops(k8s_code_location_4_gpus["ops"])
     assert set(gpu_ops) == set(_gpu_ops(k8s_code_location["ops"]))
     for name, op in gpu_ops.items():
-        profile = (TRAINING_PROFILE if name == "lora_training" else DEFAULT_PROFILE).sized(4)
+        profile = (TRAINING_PROFILE if name == "primary__lora_training" else DEFAULT_PROFILE).sized(4)
         assert json.loads(op["tags"][K8S_CONFIG_TAG]) == step_pod_config(profile, DEFAULT_GPU_IMAGE), name
         manifest = step_job_manifest(name, op["tags"])
         kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
@@ -386,7 +386,7 @@ def test_a_model_on_several_gpus_gets_pods_sized_for_it(k8s_code_location_4_gpus
         shm = {v["name"]: v for v in pod["volumes"]}["dshm"]["emptyDir"]
         assert shm == {"medium": "Memory", "sizeLimit": profile.shm}, name
         assert quantity(shm["sizeLimit"], "shm") < quantity(limits["memory"], "memory"), name
-    training = step_job_manifest("lora_training", gpu_ops["lora_training"]["tags"])
+    training = step_job_manifest("primary__lora_training", gpu_ops["primary__lora_training"]["tags"])
     labels = training["spec"]["template"]["metadata"]["labels"]
     assert labels["persona-platform/gpu-profile"] == "training-4gpu"
 

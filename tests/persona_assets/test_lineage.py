@@ -21,44 +21,50 @@ def reachable_files(home, table, row_id):
 
 
 def test_an_icm_accuracy_row_reaches_the_survey_file(sample_run):
-    nodes, files = reachable_files(sample_run.home, "elicitation.accuracy_summary", "aggregate/all/icm/-1")
+    nodes, files = reachable_files(
+        sample_run.home, "primary__elicitation.accuracy_summary", "aggregate/all/icm/-1"
+    )
     assert any(f.endswith("sample_global_opinions.csv") for f in files)
     tables = {ref.split(":")[0] for ref in nodes}
     assert {
-        "elicitation.accuracy_summary",
-        "elicitation.few_shot_predictions",
-        "elicitation.icm_labels",
+        "primary__elicitation.accuracy_summary",
+        "primary__elicitation.few_shot_predictions",
+        "primary__elicitation.icm_labels",
         "opinions.goqa_splits",
         "opinions.goqa_claims",
         "opinions.goqa_survey",
     } <= tables
-    few_shot = next(n for ref, n in nodes.items() if ref.startswith("elicitation.few_shot_predictions:"))
+    few_shot = next(
+        n for ref, n in nodes.items() if ref.startswith("primary__elicitation.few_shot_predictions:")
+    )
     assert few_shot.details["model"] == "tiny" and few_shot.details["prompt"] and few_shot.details["run"]
 
 
 def test_a_vote_prediction_row_reaches_vote_records_and_transcripts(sample_run):
     with duckdb.connect(str(sample_run.home / "warehouse.duckdb"), read_only=True) as con:
         (row_id,) = con.execute(
-            "select row_id from votes.vote_predictions where method = 'generate' limit 1"
+            "select row_id from primary__votes.vote_predictions where method = 'generate' limit 1"
         ).fetchone()
         edges = con.execute(
-            "select count(*) from lineage.chain('votes.vote_predictions', ?)", [row_id]
+            "select count(*) from lineage.chain('primary__votes.vote_predictions', ?)", [row_id]
         ).fetchone()[0]
     assert edges > 10  # the same chain as a SQL table macro over the lineage.edges view
-    nodes, files = reachable_files(sample_run.home, "votes.vote_predictions", row_id)
+    nodes, files = reachable_files(sample_run.home, "primary__votes.vote_predictions", row_id)
     assert any(f.endswith("votes.csv") for f in files)
     assert any("/transcripts/" in f for f in files)  # through the adapter and its training conversations
-    assert nodes[f"votes.vote_predictions:{row_id}"].details["adapter"] == row_id.split("/")[-1]
+    assert nodes[f"primary__votes.vote_predictions:{row_id}"].details["adapter"] == row_id.split("/")[-1]
 
 
 def test_the_lineage_command_prints_the_chain(sample_run):
-    result = persona(sample_run.home, "lineage", "alignment.opinion_alignment", "base/Aldoria")
+    result = persona(sample_run.home, "lineage", "primary__alignment.opinion_alignment", "base/Aldoria")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("alignment.opinion_alignment:base/Aldoria")
+    assert result.stdout.startswith("primary__alignment.opinion_alignment:base/Aldoria")
     assert (
-        "alignment.base_opinions:" in result.stdout and "file " in result.stdout and "sha256" in result.stdout
+        "primary__alignment.base_opinions:" in result.stdout
+        and "file " in result.stdout
+        and "sha256" in result.stdout
     )
-    missing = persona(sample_run.home, "lineage", "votes.vote_predictions", "no-such-row")
+    missing = persona(sample_run.home, "lineage", "primary__votes.vote_predictions", "no-such-row")
     assert missing.returncode == 2 and "no row" in missing.stderr
 
 
@@ -69,13 +75,16 @@ def test_changing_a_prompt_template_marks_downstream_assets_stale(tmp_path, tiny
 
     from persona_platform.persona_assets.elicitation import assets as elicitation
     from persona_platform.persona_assets.elicitation import prompts
+    from persona_platform.persona_assets.experiments import experiments
     from persona_platform.persona_assets.opinions import assets as opinions
 
+    (primary,) = experiments()
+
     upstream = [opinions.goqa_questions, opinions.goqa_survey, opinions.goqa_claims, opinions.goqa_splits]
-    target = AssetKey(["elicitation", "zero_shot_base_predictions"])
+    target = AssetKey(["primary", "elicitation", "zero_shot_base_predictions"])
     instance = DagsterInstance.ephemeral()
     resources = local_resources(tmp_path, tiny_llm)
-    graph = [*upstream, elicitation.zero_shot_base_predictions]
+    graph = [*upstream, elicitation.zero_shot_base_predictions(primary)]
     assert materialize(
         graph, resources=resources, instance=instance, selection=[AssetKey(["opinions", "goqa_questions"])]
     ).success
@@ -94,7 +103,7 @@ def test_changing_a_prompt_template_marks_downstream_assets_stale(tmp_path, tiny
     changed = importlib.reload(elicitation)
     try:
         assert changed.ZERO_SHOT_VERSION != version
-        assert status([*upstream, changed.zero_shot_base_predictions]) == StaleStatus.STALE
+        assert status([*upstream, changed.zero_shot_base_predictions(primary)]) == StaleStatus.STALE
     finally:
         monkeypatch.undo()
         importlib.reload(elicitation)

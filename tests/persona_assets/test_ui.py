@@ -72,7 +72,7 @@ def test_launch_a_partition_over_graphql_and_read_metadata_and_lineage(ui, tmp_p
         {"keys": [{"path": SURVEY}]},
     )["assetNodes"][0]
     assert ["opinions", "goqa_claims"] in [k["path"] for k in nodes["dependedByKeys"]]
-    assert ["alignment", "agent_opinions"] in [k["path"] for k in nodes["dependedByKeys"]]
+    assert ["primary", "alignment", "agent_opinions"] in [k["path"] for k in nodes["dependedByKeys"]]
     assert "Caldera" in nodes["partitionDefinition"]["description"]
 
 

@@ -31,7 +31,7 @@ def test_each_adapter_is_best_on_its_own_held_out_set(sample_run):
     cells = {
         (m, a): p
         for m, a, p in query(
-            sample_run.home, "select model, heldout_agent, perplexity from agents.perplexity_matrix"
+            sample_run.home, "select model, heldout_agent, perplexity from primary__agents.perplexity_matrix"
         )
     }
     agents = sorted({a for _, a in cells})
@@ -83,19 +83,23 @@ def test_a_perplexity_cell_recomputed_independently(sample_run):
             (m, p)
             for m, p in query(
                 home,
-                f"select model, perplexity from agents.perplexity_matrix where heldout_agent = '{agent}'",
+                f"select model, perplexity from "
+                f"primary__agents.perplexity_matrix where heldout_agent = '{agent}'",
             )
         )
     )
     assert recompute(base_dir, examples) == pytest.approx(stored["base"], rel=1e-6)
-    (merged_dir,) = query(home, f"select model_path from agents.merged_models where agent = '{agent}'")[0]
+    (merged_dir,) = query(
+        home, f"select model_path from primary__agents.merged_models where agent = '{agent}'"
+    )[0]
     # The merged weights stand in for base + adapter (their logits agree to 1e-4).
     assert recompute(merged_dir, examples) == pytest.approx(stored[agent], rel=1e-4)
 
 
 def test_merged_models_are_complete_and_match_base_plus_adapter(sample_run):
     for agent, path, sha, difference in query(
-        sample_run.home, "select agent, model_path, sha256, max_logit_difference from agents.merged_models"
+        sample_run.home,
+        "select agent, model_path, sha256, max_logit_difference from primary__agents.merged_models",
     ):
         assert difference <= 1e-4, agent
         names = {p.name for p in Path(path).iterdir()}
@@ -129,7 +133,7 @@ TRAIN = [
     "--agents",
     "theodorequist",
     "--select",
-    'key:"agents/lora_adapters" or key:"agents/training_loss"',
+    'key:"primary/agents/lora_adapters" or key:"primary/agents/training_loss"',
 ]
 
 
@@ -167,10 +171,10 @@ def test_a_killed_training_resumes_from_its_checkpoint(tmp_path):
     uninterrupted = persona(clean, *TRAIN, "--config", str(config))
     assert uninterrupted.returncode == 0, uninterrupted.stderr
     (steps, resumed_from, path) = query(
-        killed, "select steps, resumed_from_step, adapter_path from agents.lora_adapters"
+        killed, "select steps, resumed_from_step, adapter_path from primary__agents.lora_adapters"
     )[0]
     (clean_steps, clean_resumed, clean_path) = query(
-        clean, "select steps, resumed_from_step, adapter_path from agents.lora_adapters"
+        clean, "select steps, resumed_from_step, adapter_path from primary__agents.lora_adapters"
     )[0]
     assert resumed_from is not None and 0 < resumed_from < steps
     assert clean_resumed is None and clean_steps == steps
@@ -181,6 +185,6 @@ def test_a_killed_training_resumes_from_its_checkpoint(tmp_path):
         for p in (path, clean_path)
     ]
     assert weights[0] == weights[1]
-    losses = query(killed, "select step from agents.training_loss order by step")
+    losses = query(killed, "select step from primary__agents.training_loss order by step")
     assert [s for (s,) in losses] == list(range(1, steps + 1))
-    assert math.isfinite(query(killed, "select final_loss from agents.lora_adapters")[0][0])
+    assert math.isfinite(query(killed, "select final_loss from primary__agents.lora_adapters")[0][0])

@@ -33,7 +33,7 @@ def test_persona_run_trains_and_merges_adapters_for_a_served_model(tmp_path):
             "--agents",
             AGENT,
             "--select",
-            '+key:"agents/merged_models"',
+            '+key:"primary/agents/merged_models"',
             "--config",
             str(config),
             extra_env={
@@ -49,10 +49,10 @@ def test_persona_run_trains_and_merges_adapters_for_a_served_model(tmp_path):
 
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
         [(adapter_path, sha, steps, model_id)] = con.execute(
-            "select adapter_path, sha256, steps, model_id from agents.lora_adapters"
+            "select adapter_path, sha256, steps, model_id from primary__agents.lora_adapters"
         ).fetchall()
         [(merged_path, merged_sha, difference)] = con.execute(
-            "select model_path, sha256, max_logit_difference from agents.merged_models"
+            "select model_path, sha256, max_logit_difference from primary__agents.merged_models"
         ).fetchall()
     assert model_id == "served-base" and steps > 0
     assert files_fingerprint(Path(adapter_path)) == sha

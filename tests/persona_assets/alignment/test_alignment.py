@@ -43,9 +43,9 @@ def test_option_letter_distribution_sums_to_one(tiny_engine):
 @pytest.mark.slow
 def test_one_row_per_persona_and_country(sample_run):
     with duckdb.connect(str(sample_run.home / "warehouse.duckdb"), read_only=True) as con:
-        pairs = con.execute("select persona, country from alignment.opinion_alignment").fetchall()
+        pairs = con.execute("select persona, country from primary__alignment.opinion_alignment").fetchall()
         partitions = con.execute(
-            "select count(distinct partition_key) from alignment.agent_opinions"
+            "select count(distinct partition_key) from primary__alignment.agent_opinions"
         ).fetchone()[0]
     expected = {(p, c) for p in ["base", *(a.key for a in AGENTS)] for c in COUNTRIES}
     assert sorted(pairs) == sorted(expected)
@@ -64,7 +64,7 @@ def test_the_alignment_report_shows_the_matrix_as_a_table_and_plot(tmp_path):
     agents = pl.DataFrame([a for a in answers if a["agent"] != "base"])
     table, metadata = materialize_report(
         opinion_alignment,
-        {("alignment", "agent_opinions"): agents, ("alignment", "base_opinions"): base},
+        {("primary__alignment", "agent_opinions"): agents, ("primary__alignment", "base_opinions"): base},
         tmp_path,
     )
     assert table.height == 3

@@ -14,7 +14,7 @@ from persona_platform.resources.settings import DATA_DIR
 from persona_platform.resources.warehouse import Warehouse
 from tests.conftest import local_resources
 
-ZERO_SHOT = AssetKey(["elicitation", "zero_shot_base_predictions"])
+ZERO_SHOT = AssetKey(["primary", "elicitation", "zero_shot_base_predictions"])
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,8 @@ def resources(warehouse_path, models_dir):
 
 SMALL_ICM = {
     "ops": {
-        "icm_search": {"config": {"iterations": 8, "variants": ["binary"], "checkpoint_every": 4}},
-        "elicitation__few_shot_predictions": {"config": {"repeats": 2, "example_counts": [4]}},
+        "primary__icm_search": {"config": {"iterations": 8, "variants": ["binary"], "checkpoint_every": 4}},
+        "primary__elicitation__few_shot_predictions": {"config": {"repeats": 2, "example_counts": [4]}},
     }
 }
 
@@ -80,8 +80,8 @@ def test_a_range_of_countries_is_one_run_with_one_model_load(first_runs, resourc
     assert all(m["engine/requests"].value > 0 for m in engine_events)
     # Steps that loop over countries report each country's own usage; the others the whole step's.
     scopes = {step: m["engine/usage_of"].value for step, m in by_step.items() if "engine/usage_of" in m}
-    assert scopes["icm_search"] == "this partition" and scopes[
-        "elicitation__zero_shot_base_predictions"
+    assert scopes["primary__icm_search"] == "this partition" and scopes[
+        "primary__elicitation__zero_shot_base_predictions"
     ].startswith("the whole step (3 partitions)")
     # Another run in the same process reuses the loaded model.
     again = materialize(
@@ -118,7 +118,7 @@ def test_tables_hold_the_chosen_countries_with_provenance(first_runs, warehouse_
         assert frame["row_id"].n_unique() == frame.height
         assert frame["run_id"].null_count() == 0 and frame["code_version"].null_count() == 0
         assert all(len(ids) > 0 for ids in frame["input_ids"])
-    predictions = wh.read("elicitation", "zero_shot_base_predictions")
+    predictions = wh.read("primary__elicitation", "zero_shot_base_predictions")
     assert set(predictions["country"]) <= chosen | {COUNTRIES[3]}
     assert predictions["model_id"].unique().to_list() == ["tiny"]
     assert predictions["prompt_hash"].null_count() == 0
@@ -127,7 +127,7 @@ def test_tables_hold_the_chosen_countries_with_provenance(first_runs, warehouse_
 def test_predictions_cover_every_test_claim_once_per_variant(first_runs, warehouse_path):
     wh = Warehouse(warehouse_path)
     splits = wh.read("opinions", "goqa_splits").filter(pl.col("split") == "test")
-    predictions = wh.read("elicitation", "zero_shot_base_predictions")
+    predictions = wh.read("primary__elicitation", "zero_shot_base_predictions")
     for country in COUNTRIES[:3]:
         expected = (
             splits.filter(pl.col("country") == country)
@@ -156,16 +156,16 @@ def test_input_ids_point_at_existing_rows(first_runs, warehouse_path):
 
 def test_icm_search_writes_labels_trace_and_plots(first_runs, warehouse_path):
     _, countries = first_runs
-    labels = Warehouse(warehouse_path).read("elicitation", "icm_labels")
+    labels = Warehouse(warehouse_path).read("primary__elicitation", "icm_labels")
     splits = Warehouse(warehouse_path).read("opinions", "goqa_splits")
     train = splits.filter((pl.col("split") == "train") & (pl.col("variant") == "binary"))
     assert labels.height == train.height and set(labels["variant"]) == {"binary"}
     assert labels["icm_label"].drop_nulls().is_in([0, 1]).all()
-    trace = Warehouse(warehouse_path).read("elicitation", "icm_search_trace")
+    trace = Warehouse(warehouse_path).read("primary__elicitation", "icm_search_trace")
     assert trace.group_by("country").len().sort("country")["len"].to_list() == [8, 8, 8]
     # Each country's materialization carries its own plot and row count, not the range's.
     for event in countries.get_asset_materialization_events():
-        if event.asset_key == AssetKey(["elicitation", "icm_search_trace"]):
+        if event.asset_key == AssetKey(["primary", "elicitation", "icm_search_trace"]):
             metadata = event.materialization.metadata
             plots = {k: v.value for k, v in metadata.items() if k.startswith("plot/")}
             assert list(plots) == ["plot/binary"] and plots["plot/binary"].endswith(
@@ -173,7 +173,7 @@ def test_icm_search_writes_labels_trace_and_plots(first_runs, warehouse_path):
             )
             assert Path(plots["plot/binary"]).is_file()
             assert metadata["dagster/row_count"].value == 8
-    predictions = Warehouse(warehouse_path).read("elicitation", "few_shot_predictions")
+    predictions = Warehouse(warehouse_path).read("primary__elicitation", "few_shot_predictions")
     assert set(predictions["method"]) == {"gold", "icm", "random_matched"}
 
 
@@ -181,10 +181,10 @@ def test_accuracy_summary_has_every_country_the_aggregate_and_plots(first_runs, 
     result = materialize(
         assets(),
         resources=resources,
-        selection=[AssetKey(["elicitation", "accuracy_summary"])],
+        selection=[AssetKey(["primary", "elicitation", "accuracy_summary"])],
         instance=DagsterInstance.ephemeral(),
     )
-    summary = Warehouse(warehouse_path).read("elicitation", "accuracy_summary")
+    summary = Warehouse(warehouse_path).read("primary__elicitation", "accuracy_summary")
     assert set(summary["scope"]) >= {*COUNTRIES[:3], "aggregate"}
     headline = summary.filter(pl.col("headline") & (pl.col("scope") == "aggregate"))
     # No instruction model is configured: the chat-template baseline is the base model and says so.
@@ -199,7 +199,9 @@ def test_accuracy_summary_has_every_country_the_aggregate_and_plots(first_runs, 
     assert (summary["n_questions"] * 2 == summary["n_test"]).all() and summary["interval"].str.contains(
         "bootstrap"
     ).all()
-    metadata = materialization(result, AssetKey(["elicitation", "accuracy_summary"])).materialization.metadata
+    metadata = materialization(
+        result, AssetKey(["primary", "elicitation", "accuracy_summary"])
+    ).materialization.metadata
     for scope in (*COUNTRIES[:3], "aggregate"):
         for kind in ("accuracy", "examples"):
             assert Path(metadata[f"plot/{scope}-binary-{kind}"].value).is_file()
@@ -214,12 +216,12 @@ def test_method_differences_are_paired_on_the_same_questions(first_runs, resourc
     result = materialize(
         assets(),
         resources=resources,
-        selection=[AssetKey(["elicitation", "method_differences"])],
+        selection=[AssetKey(["primary", "elicitation", "method_differences"])],
         instance=DagsterInstance.ephemeral(),
     )
     assert result.success
-    differences = Warehouse(warehouse_path).read("elicitation", "method_differences")
-    summary = Warehouse(warehouse_path).read("elicitation", "accuracy_summary")
+    differences = Warehouse(warehouse_path).read("primary__elicitation", "method_differences")
+    summary = Warehouse(warehouse_path).read("primary__elicitation", "accuracy_summary")
     assert set(differences["comparison"]) == {"icm − gold", "icm − zero_shot_base", "gold − random_matched"}
     assert set(differences["scope"]) >= {*COUNTRIES[:3], "aggregate"}
     for row in differences.filter(pl.col("scope") != "aggregate").iter_rows(named=True):
@@ -232,6 +234,6 @@ def test_method_differences_are_paired_on_the_same_questions(first_runs, resourc
         assert row["mean_difference"] == pytest.approx(means[row["method_a"]] - means[row["method_b"]])
         assert row["n_questions"] > 0 and 0 <= row["p_value"] <= 1
     metadata = materialization(
-        result, AssetKey(["elicitation", "method_differences"])
+        result, AssetKey(["primary", "elicitation", "method_differences"])
     ).materialization.metadata
     assert len(metadata["differences"].value.records) == differences.height

@@ -364,7 +364,10 @@ def test_the_summary_asset_reports_each_interval_beside_its_number(tmp_path):
     )
     table, metadata = materialize_report(
         judging_summary,
-        {("judging", "judgments"): judgments, ("judging", "pairwise_comparisons"): comparisons},
+        {
+            ("primary__judging", "judgments"): judgments,
+            ("primary__judging", "pairwise_comparisons"): comparisons,
+        },
         tmp_path,
     )
     assert table.height == 7 and set(SUMMARY_SCHEMA) <= set(table.columns)

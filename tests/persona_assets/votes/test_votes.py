@@ -201,13 +201,13 @@ def test_the_summary_has_a_row_per_method_and_scope_with_intervals_and_n():
     assert overall["majority_baseline_low"] < 5 / 8 < overall["majority_baseline_high"]
     assert overall["interval_method"] == interval_method("motions")
     assert sorted(overall["input_ids"]) == sorted(
-        row_ref("votes.vote_predictions", r["row_id"]) for r in rows if r["method"] == "generate"
+        row_ref("primary__votes.vote_predictions", r["row_id"]) for r in rows if r["method"] == "generate"
     )
 
 
 def test_the_summary_asset_shows_each_metric_beside_the_majority_baseline(tmp_path):
     table, metadata = materialize_report(
-        vote_metrics_summary, {("votes", "vote_predictions"): pl.DataFrame(predictions())}, tmp_path
+        vote_metrics_summary, {("primary__votes", "vote_predictions"): pl.DataFrame(predictions())}, tmp_path
     )
     assert table.height == 6 and set(METRIC_SCHEMA) <= set(table.columns)
     assert metadata["interval_method"] == interval_method("motions")
@@ -233,11 +233,11 @@ def test_the_summary_asset_shows_each_metric_beside_the_majority_baseline(tmp_pa
 def test_the_main_job_predicts_votes_for_every_agent(sample_run):
     with duckdb.connect(str(sample_run.home / "warehouse.duckdb"), read_only=True) as con:
         rows = con.execute(
-            "select method, count(*), count(distinct agent) from votes.vote_predictions "
+            "select method, count(*), count(distinct agent) from primary__votes.vote_predictions "
             "group by method order by method"
         ).fetchall()
         assert rows == [("generate", 30, 3), ("score", 30, 3)]
         scopes = con.execute(
-            "select distinct scope from votes.vote_metrics_summary order by scope"
+            "select distinct scope from primary__votes.vote_metrics_summary order by scope"
         ).fetchall()
         assert [s for (s,) in scopes] == sorted([a.key for a in AGENTS] + ["overall"])

@@ -59,11 +59,11 @@ def test_zero_shot_chat_through_the_api(server, tmp_path, monkeypatch, tiny_llm)
         instance=instance,
         partition_key="Caldera",
         selection=[AssetKey(["opinions", k]) for k in ("goqa_survey", "goqa_claims", "goqa_splits")]
-        + [AssetKey(["elicitation", "zero_shot_chat_predictions"])],
-        run_config={"ops": {"elicitation__zero_shot_chat_predictions": {"config": {"repeats": 2}}}},
+        + [AssetKey(["primary", "elicitation", "zero_shot_chat_predictions"])],
+        run_config={"ops": {"primary__elicitation__zero_shot_chat_predictions": {"config": {"repeats": 2}}}},
     )
     assert result.success
-    rows = Warehouse(database).read("elicitation", "zero_shot_chat_predictions")
+    rows = Warehouse(database).read("primary__elicitation", "zero_shot_chat_predictions")
     distinct_claims = rows["claim_id"].n_unique()
     assert len(FakeChatServer.calls) == 2 * distinct_claims + 1  # two repeats, one retry after the 429
     assert set(rows["method"]) == {"zero_shot_chat"} and set(rows["repeat"]) == {0, 1}
@@ -83,7 +83,7 @@ def test_zero_shot_chat_through_the_api(server, tmp_path, monkeypatch, tiny_llm)
     metadata = next(
         e
         for e in result.get_asset_materialization_events()
-        if e.asset_key == AssetKey(["elicitation", "zero_shot_chat_predictions"])
+        if e.asset_key == AssetKey(["primary", "elicitation", "zero_shot_chat_predictions"])
     ).materialization.metadata
     assert metadata["parse_failures"].value == failed.height
     assert metadata["answered_by"].value == "api:judge-7b" and metadata["repeats"].value == 2

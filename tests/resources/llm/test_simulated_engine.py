@@ -109,7 +109,7 @@ def test_the_elicitation_graph_finds_the_planted_signal(tmp_path):
     survey = tmp_path / "world.csv"
     written = persona(tmp_path, "world", str(survey), "--settings", settings)
     assert written.returncode == 0, written.stderr
-    selection = 'group:opinions or group:elicitation or key:"elicitation/accuracy_summary"'
+    selection = 'group:opinions or group:elicitation or key:"primary/elicitation/accuracy_summary"'
     result = persona(
         tmp_path / "home",
         "run",
@@ -123,10 +123,11 @@ def test_the_elicitation_graph_finds_the_planted_signal(tmp_path):
     assert result.returncode == 0, result.stderr
     with duckdb.connect(str(tmp_path / "home" / "warehouse.duckdb"), read_only=True) as con:
         labels = con.sql(
-            "SELECT icm_label, label FROM elicitation.icm_labels WHERE icm_label IS NOT NULL"
+            "SELECT icm_label, label FROM primary__elicitation.icm_labels WHERE icm_label IS NOT NULL"
         ).pl()
         summary = con.sql(
-            "SELECT method, mean FROM elicitation.accuracy_summary WHERE scope = 'aggregate' AND headline "
+            "SELECT method, mean FROM "
+            "primary__elicitation.accuracy_summary WHERE scope = 'aggregate' AND headline "
             "AND variant = 'all'"
         ).pl()
     assert (labels["icm_label"] == labels["label"]).mean() >= 0.85
