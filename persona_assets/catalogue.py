@@ -4,10 +4,13 @@ location's Definitions.
     persona catalogue            # rewrite docs/catalogue.md after a change to the graph
     persona catalogue --check    # exit 1 when the committed file differs from what the command would write
 
-Only what the definitions declare is written: partition keys are data (countries come from the survey,
-agents from the registry), so the catalogue names each asset's partitioning, not its keys, and it names
-columns only where an asset declares them in its definition. Everything is sorted, and nothing depends on
-the settings, the machine or the date, so the file changes exactly when the graph does.
+An experiment's assets are written once, as ``{experiment}/<schema>/<table>`` in its schema
+``{experiment}__<schema>``: every experiment has the same ones (experiments/*.yaml lists them), so the file
+does not change with the experiments. Only what the definitions declare is written: partition keys are
+data (countries come from the survey, agents from the registry), so the catalogue names each asset's
+partitioning, not its keys, and it names columns only where an asset declares them in its definition.
+Everything is sorted, and nothing depends on the settings, the machine or the date, so the file changes
+exactly when the graph does.
 """
 
 from __future__ import annotations
@@ -46,8 +49,26 @@ def summary(text: str | None) -> str:
     return " ".join(text.strip().split("\n\n")[0].split())
 
 
+# Stands for any experiment's name in the keys and tables of its assets.
+EXPERIMENT = "{experiment}"
+EACH_EXPERIMENT = "each experiment"
+
+
+def generic(key: AssetKey) -> AssetKey:
+    """An experiment's asset key with the experiment left open; any other key as it is."""
+    return AssetKey([EXPERIMENT, *key.path[1:]]) if len(key.path) == 3 else key
+
+
 def _name(key: AssetKey) -> str:
-    return key.to_user_string()
+    return generic(key).to_user_string()
+
+
+def _group(node) -> str:
+    return EACH_EXPERIMENT if len(node.key.path) == 3 else node.group_name
+
+
+def _group_anchor(group: str) -> str:
+    return group.replace(" ", "-")
 
 
 def _anchor(key: AssetKey) -> str:
@@ -56,7 +77,8 @@ def _anchor(key: AssetKey) -> str:
 
 
 def _links(keys) -> str:
-    return ", ".join(f"[`{_name(k)}`](#{_anchor(k)})" for k in sorted(keys)) or "none"
+    unique = sorted({generic(k) for k in keys})
+    return ", ".join(f"[`{_name(k)}`](#{_anchor(k)})" for k in unique) or "none"
 
 
 def _code(node) -> str | None:
@@ -64,7 +86,9 @@ def _code(node) -> str | None:
     if not node.is_materializable:
         return None
     fn = getattr(node.assets_def.op.compute_fn, "decorated_fn", None)
-    return f"{fn.__module__}.{fn.__qualname__}" if fn is not None else node.assets_def.op.name
+    if fn is None:
+        return node.assets_def.op.name
+    return f"{fn.__module__}.{fn.__qualname__.split('.<locals>')[0]}"  # a factory's asset: the factory
 
 
 def _declared_columns(node) -> TableSchema | None:
@@ -95,7 +119,11 @@ def _asset_section(graph, node) -> list[str]:
         )
     lines.append(f"- partitions: {PARTITIONS[partitioning(node.partitions_def)]}")
     lines.append(f"- kinds: {', '.join(sorted(node.kinds)) or 'none'}")
-    lines.append(f"- code version: `{node.code_version}`" if node.code_version else "- code version: none")
+    if node.code_version and len(key.path) == 3:  # the code's version + the experiment's file version
+        lines.append(f"- code version: `{node.code_version.split('+')[0]}` + the experiment file's version")
+    else:
+        version = f"`{node.code_version}`" if node.code_version else "none"
+        lines.append(f"- code version: {version}")
     if node.pools:
         lines.append(f"- pool: {', '.join(sorted(node.pools))}")
     lines.append(f"- upstream: {_links(node.parent_keys)}")
@@ -109,7 +137,7 @@ def _asset_section(graph, node) -> list[str]:
             lines.append(f"  - `{check_key.name}`{blocking}: {summary(spec.description)}")
     else:
         lines.append("- checks: none")
-    schema, table = table_location(key.path)
+    schema, table = table_location(generic(key).path)
     lines.append(f"- table: `{schema}.{table}`")
     code = _code(node)
     if code:
@@ -138,8 +166,8 @@ def _table_rows(nodes) -> tuple[list[str], list[str]]:
         "|---|---|---|---|" + ("---|" if declared else ""),
     ]
     rows = []
-    for node in sorted(nodes, key=lambda n: table_location(n.key.path)):
-        schema, table = table_location(node.key.path)
+    for node in sorted(nodes, key=lambda n: table_location(generic(n.key).path)):
+        schema, table = table_location(generic(node.key).path)
         partition_cols = (
             ", ".join(f"`{c}`" for c in partition_columns(dict(node.metadata), node.partitions_def)) or "—"
         )
@@ -156,10 +184,12 @@ def _table_rows(nodes) -> tuple[list[str], list[str]]:
 def catalogue_markdown(defs: Definitions) -> str:
     """The catalogue of every asset (by group) and every warehouse table the definitions declare."""
     graph = defs.resolve_asset_graph()
-    nodes = [graph.get(key) for key in sorted(graph.get_all_asset_keys())]
+    keys = sorted(graph.get_all_asset_keys())
+    first = min((k.path[0] for k in keys if len(k.path) == 3), default=None)  # stands for every experiment
+    nodes = [graph.get(key) for key in keys if len(key.path) == 2 or key.path[0] == first]
     groups: dict[str, list] = defaultdict(list)
     for node in nodes:
-        groups[node.group_name].append(node)
+        groups[_group(node)].append(node)
     n_checks = sum(len(node.check_keys) for node in nodes)
     external = sum(not node.is_materializable for node in nodes)
 
@@ -176,13 +206,15 @@ def catalogue_markdown(defs: Definitions) -> str:
         "",
         "Partitions are named, not listed: countries come from the survey source and agents from the "
         "registry, so the keys are data. An asset's key `schema/table` is its warehouse table "
-        "`schema.table`.",
+        "`schema.table`. Every experiment (experiments/*.yaml, docs/experiments.md) has its own copy of the "
+        f"model-dependent assets, listed once under [{EACH_EXPERIMENT}](#{_group_anchor(EACH_EXPERIMENT)}): "
+        f"key `{EXPERIMENT}/schema/table`, table `{EXPERIMENT}__schema.table`.",
         "",
         "| group | assets |",
         "|---|---|",
     ]
     for group in sorted(groups):
-        out.append(f"| [{group}](#{group}) | {_links(n.key for n in groups[group])} |")
+        out.append(f"| [{group}](#{_group_anchor(group)}) | {_links(n.key for n in groups[group])} |")
     out.append("")
     for group in sorted(groups):
         out += [f"## {group}", ""]
@@ -196,7 +228,8 @@ def catalogue_markdown(defs: Definitions) -> str:
     out += [
         "## Warehouse tables",
         "",
-        f"One table per asset, in a schema per domain. {declared} of {len(nodes)} assets declare their "
+        "One table per asset (per experiment for an experiment's), in a schema per domain. "
+        f"{declared} of {len(nodes)} assets declare their "
         f"columns in their definitions (`{COLUMN_SCHEMA}` definition metadata){others}. Each "
         f"materialization records `{COLUMN_SCHEMA}` and `dagster/row_count`, which the UI's asset page "
         "shows with the declared descriptions. The asset's code builds its frame from a polars schema "

@@ -3,7 +3,8 @@
     python -m tests.graph_snapshot          # rewrite tests/graph_snapshot.json after an intended change
 
 Partition keys are data (countries come from the survey, agents from the registry), so the
-snapshot names each asset's partitioning, not its keys; it is taken on the sample data.
+snapshot names each asset's partitioning, not its keys; it is taken on the sample data, with the
+repository's experiments (experiments/*.yaml).
 """
 
 from __future__ import annotations
@@ -63,5 +64,10 @@ def render(snapshot: dict) -> str:
 
 
 if __name__ == "__main__":
-    SNAPSHOT.write_text(render(graph_snapshot()))
-    print(f"wrote {SNAPSHOT}")
+    import sys
+
+    if sys.argv[1:] == ["--print"]:
+        print(render(graph_snapshot()), end="")
+    else:
+        SNAPSHOT.write_text(render(graph_snapshot()))
+        print(f"wrote {SNAPSHOT}")

@@ -73,6 +73,10 @@ class IcmParams:
         return max(self.final_temperature, schedule)
 
 
+# Labellings whose energy a search keeps (each a tuple of one label per claim).
+MAX_SCORED_LABELLINGS = 4096
+
+
 @dataclass(frozen=True)
 class PoolMetric:
     energy: float
@@ -213,6 +217,7 @@ class IcmSearch:
             members[c.group].append(c.uid)
         self.siblings = {c.uid: [u for u in members[c.group] if u != c.uid] for c in claims}
         self.groups = list(members.values())
+        self._scored: dict[tuple, PoolMetric] = {}
 
     # -- the energy ------------------------------------------------------------
 
@@ -231,13 +236,21 @@ class IcmSearch:
         return pairs
 
     def metrics(self, labellings: Sequence[Labels]) -> list[PoolMetric]:
-        out = []
-        for labels, margins in zip(labellings, self.scorer.pool_margins(labellings), strict=True):
+        """The energy of each labelling. A labelling's energy depends on nothing else (the pool's order comes
+        from the labelled claims and the seed), and the search scores the same labelling again and again (a
+        rejected proposal's repair, a repair tried in two steps: a third of the scorings on the sample), so
+        each is scored once per search."""
+        missing = list(
+            dict.fromkeys(tuple(labels) for labels in labellings if tuple(labels) not in self._scored)
+        )
+        for labels, margins in zip(missing, self.scorer.pool_margins(missing), strict=True):
             signed = [m if labels[uid] == 1 else -m for uid, m in margins.items()]
             mean = sum(signed) / len(signed) if signed else 0.0
             inconsistent = len(self.inconsistent_pairs(labels))
-            out.append(PoolMetric(self.params.alpha * mean - inconsistent, mean, inconsistent))
-        return out
+            if len(self._scored) >= MAX_SCORED_LABELLINGS:
+                self._scored.pop(next(iter(self._scored)))  # the oldest
+            self._scored[labels] = PoolMetric(self.params.alpha * mean - inconsistent, mean, inconsistent)
+        return [self._scored[tuple(labels)] for labels in labellings]
 
     # -- the moves ---------------------------------------------------------------
 

@@ -1,4 +1,5 @@
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -6,6 +7,7 @@ from pathlib import Path
 from dagster import MultiPartitionsDefinition
 
 from persona_platform.persona_assets.definitions import defs
+from persona_platform.persona_assets.experiments import experiments
 from persona_platform.resources.warehouse import partition_columns
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +30,14 @@ def test_every_asset_is_described_grouped_owned_and_typed():
         assert node.kinds, name
         # External assets (people write them with the CLI) have no code of ours to version.
         assert node.code_version or not node.is_materializable, name
-        assert len(node.key.path) == 2, f"{name}: key must be [schema, table]"
+        experiment = [x.name for x in experiments()]
+        assert len(node.key.path) == 2 or (len(node.key.path) == 3 and node.key.path[0] in experiment), (
+            f"{name}: key must be [schema, table] or [experiment, schema, table]"
+        )
+        if len(node.key.path) == 3:  # an experiment's assets are its group, tagged with their domain
+            assert node.group_name == node.key.path[0] and node.tags["persona/domain"] == node.key.path[1], (
+                name
+            )
 
 
 def test_partitioned_assets_name_a_column_for_every_dimension():
@@ -55,17 +64,27 @@ def test_dagster_validates_the_workspace():
 
 def test_the_asset_graph_matches_its_snapshot():
     # After an intended change to assets, checks, jobs, schedules or sensors: python -m tests.graph_snapshot
-    from tests.graph_snapshot import SNAPSHOT, graph_snapshot, render
+    from tests.conftest import EXPERIMENTS
+    from tests.graph_snapshot import SNAPSHOT
 
-    assert render(graph_snapshot()) == SNAPSHOT.read_text(), (
-        "the graph changed: run `python -m tests.graph_snapshot`"
+    # In its own process: with the repository's experiments, not the tests' one.
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.graph_snapshot", "--print"],
+        cwd=ROOT,
+        env={**os.environ, "PERSONA_EXPERIMENTS": str(EXPERIMENTS)},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == SNAPSHOT.read_text(), "the graph changed: run `python -m tests.graph_snapshot`"
 
 
 def asset_body_lengths(path: Path) -> dict[str, int]:
-    """Lines of each decorated function's body in an assets module, its docstring left out."""
+    """Lines of each decorated function's body in an assets module (at module level or in a factory), its
+    docstring left out."""
     lengths = {}
-    for node in ast.parse(path.read_text()).body:
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.FunctionDef) and node.decorator_list:
             body = node.body[1:] if ast.get_docstring(node) is not None else node.body
             lengths[node.name] = node.end_lineno - body[0].lineno + 1
