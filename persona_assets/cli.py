@@ -152,8 +152,9 @@ def command_run(args: argparse.Namespace) -> int:
     width = max((len(s) + len(t) + 1 for s, t, _ in counts), default=0)
     for schema, table, count in counts:
         print(f"  {f'{schema}.{table}':<{width}} {count:>9,} rows")
-    plots = sorted((settings.artifacts_dir / "plots").glob("**/*.png"))
-    print(f"Plots: {settings.artifacts_dir / 'plots'} ({len(plots)} files)")
+    # The comparison's plots, and each experiment's own under <experiment>/plots.
+    plots = sorted(settings.artifacts_dir.glob("**/plots/**/*.png"))
+    print(f"Plots: {settings.artifacts_dir} ({len(plots)} files under plots/ and <experiment>/plots/)")
     print("Open the UI:  persona ui   (then http://127.0.0.1:3000)")
     print("Trace a row:  persona lineage <schema.table> <row_id>")
     if failed:

@@ -35,6 +35,14 @@ def pytest_configure(config):
     os.environ["PERSONA_EXPERIMENTS"] = str(one)
 
 
+def primary_experiment():
+    """The tests' one experiment (pytest_configure), whose factories build the assets a test materializes."""
+    from persona_platform.persona_assets.experiments import experiments
+
+    (primary,) = experiments()
+    return primary
+
+
 @pytest.fixture(scope="session")
 def real_wide_csv() -> Path:
     if not REAL_WIDE_CSV.is_file():

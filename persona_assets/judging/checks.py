@@ -24,25 +24,35 @@ def _check_failure_rate(frame: pl.DataFrame, failure_columns: list[str]) -> Asse
     )
 
 
+def judgments_failure_rate(judgments: pl.DataFrame) -> AssetCheckResult:
+    return _check_failure_rate(judgments, JUDGMENT_FAILURES)
+
+
+def pairwise_failure_rate(pairwise_comparisons: pl.DataFrame) -> AssetCheckResult:
+    return _check_failure_rate(pairwise_comparisons, COMPARISON_FAILURES)
+
+
 def experiment_checks(x: Experiment) -> list[AssetChecksDefinition]:
     """Blocking checks on an experiment's judge replies: too many failures stop what reads them."""
 
     @asset_check(
+        name="judgments_failure_rate",
         asset=x.key(GROUP, "judgments"),
         blocking=True,
         description=(
             "The share of judgments whose reply failed to parse is at most PERSONA_JUDGE_MAX_FAILURE_RATE."
         ),
     )
-    def judgments_failure_rate(judgments: pl.DataFrame) -> AssetCheckResult:
-        return _check_failure_rate(judgments, JUDGMENT_FAILURES)
+    def judgments_check(judgments: pl.DataFrame) -> AssetCheckResult:
+        return judgments_failure_rate(judgments)
 
     @asset_check(
+        name="pairwise_failure_rate",
         asset=x.key(GROUP, "pairwise_comparisons"),
         blocking=True,
         description="The share of pairs with a failed verdict is at most PERSONA_JUDGE_MAX_FAILURE_RATE.",
     )
-    def pairwise_failure_rate(pairwise_comparisons: pl.DataFrame) -> AssetCheckResult:
-        return _check_failure_rate(pairwise_comparisons, COMPARISON_FAILURES)
+    def pairwise_check(pairwise_comparisons: pl.DataFrame) -> AssetCheckResult:
+        return pairwise_failure_rate(pairwise_comparisons)
 
-    return [judgments_failure_rate, pairwise_failure_rate]
+    return [judgments_check, pairwise_check]

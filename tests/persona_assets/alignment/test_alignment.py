@@ -12,7 +12,7 @@ from persona_platform.persona_assets.alignment.similarity import (
     opinion_messages,
     similarity,
 )
-from tests.conftest import materialize_report
+from tests.conftest import materialize_report, primary_experiment
 
 
 def test_identical_distributions_have_similarity_one():
@@ -63,8 +63,8 @@ def test_the_alignment_report_shows_the_matrix_as_a_table_and_plot(tmp_path):
     base = pl.DataFrame([a for a in answers if a["agent"] == "base"])
     agents = pl.DataFrame([a for a in answers if a["agent"] != "base"])
     table, metadata = materialize_report(
-        opinion_alignment,
-        {("primary__alignment", "agent_opinions"): agents, ("primary__alignment", "base_opinions"): base},
+        opinion_alignment(primary_experiment()),
+        {("primary", "alignment", "agent_opinions"): agents, ("primary", "alignment", "base_opinions"): base},
         tmp_path,
     )
     assert table.height == 3

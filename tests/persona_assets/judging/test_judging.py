@@ -29,7 +29,7 @@ from persona_platform.persona_assets.judging.tables import SUMMARY_SCHEMA, summa
 from persona_platform.persona_assets.provenance import Provenance, result_frame
 from persona_platform.persona_assets.statistics import interval_method
 from persona_platform.resources.llm.engine import Engine
-from tests.conftest import materialize_report
+from tests.conftest import materialize_report, primary_experiment
 
 ITEM = Item(
     "monologue/a/m/1",
@@ -363,10 +363,10 @@ def test_the_summary_asset_reports_each_interval_beside_its_number(tmp_path):
         failure_agent_first=pl.lit(None, pl.String), failure_baseline_first=pl.lit(None, pl.String)
     )
     table, metadata = materialize_report(
-        judging_summary,
+        judging_summary(primary_experiment()),
         {
-            ("primary__judging", "judgments"): judgments,
-            ("primary__judging", "pairwise_comparisons"): comparisons,
+            ("primary", "judging", "judgments"): judgments,
+            ("primary", "judging", "pairwise_comparisons"): comparisons,
         },
         tmp_path,
     )

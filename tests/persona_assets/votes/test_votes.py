@@ -17,7 +17,7 @@ from persona_platform.persona_assets.votes.prediction import (
 from persona_platform.resources.inputs.transcripts import alias_table
 from persona_platform.resources.inputs.votes import VoteRecordError, read_votes, resolve_votes, split_names
 from persona_platform.resources.settings import SAMPLE_BOARD_DIR
-from tests.conftest import materialize_report
+from tests.conftest import materialize_report, primary_experiment
 
 
 @pytest.mark.parametrize(
@@ -207,7 +207,9 @@ def test_the_summary_has_a_row_per_method_and_scope_with_intervals_and_n():
 
 def test_the_summary_asset_shows_each_metric_beside_the_majority_baseline(tmp_path):
     table, metadata = materialize_report(
-        vote_metrics_summary, {("primary__votes", "vote_predictions"): pl.DataFrame(predictions())}, tmp_path
+        vote_metrics_summary(primary_experiment()),
+        {("primary", "votes", "vote_predictions"): pl.DataFrame(predictions())},
+        tmp_path,
     )
     assert table.height == 6 and set(METRIC_SCHEMA) <= set(table.columns)
     assert metadata["interval_method"] == interval_method("motions")
