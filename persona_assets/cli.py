@@ -61,6 +61,7 @@ class RunArguments:
     config_file: Path | None
     op_config: dict
     parallel: int = 1
+    experiments: tuple = ()  # those the selection holds assets of
 
 
 def check_run_arguments(args: argparse.Namespace, settings: Settings) -> RunArguments:
@@ -96,7 +97,7 @@ def check_run_arguments(args: argparse.Namespace, settings: Settings) -> RunArgu
     parallel = getattr(args, "parallel", None) or 1
     if not 1 <= parallel <= MAX_PARALLEL:
         raise PersonaInputError(f"--parallel {parallel}: must be a whole number from 1 to {MAX_PARALLEL}")
-    return RunArguments(selection, countries, agents, config_file, op_config, parallel)
+    return RunArguments(selection, countries, agents, config_file, op_config, parallel, tuple(selected))
 
 
 # Worker processes `persona run --parallel` may start (each loads the code location and a model).
@@ -120,7 +121,11 @@ def command_run(args: argparse.Namespace) -> int:
     per_run = settings.deployment.partitions_per_run
     runs = plan_runs(defs, checked.selection, checked.countries, checked.agents, parallel, per_run)
     fanned = f", model runs up to {parallel} at once in worker processes" if parallel > 1 else ""
-    print(f"persona run: {len(runs)} runs planned{fanned}; home {settings.home}; model {settings.llm}")
+    print(f"persona run: {len(runs)} runs planned{fanned}; home {settings.home}")
+    for x in checked.experiments:
+        print(
+            f"experiment {x.name}: generator {x.model_label('generator', str(settings.llm))} ({x.path.name})"
+        )
     if checked.config_file:
         print(f"run config: {checked.config_file}")
     started = time.monotonic()
@@ -595,10 +600,12 @@ def _one_line(exc: Exception) -> str:
 
 
 def command_review(args: argparse.Namespace) -> int:
-    from persona_platform.persona_assets.review import REVIEW_TABLE, questions_of, run_review
+    from persona_platform.persona_assets.review import PER_EXPERIMENT, REVIEW_TABLE, questions_of, run_review
+    from persona_platform.resources.warehouse import experiment_schema
 
     settings = load_settings()
-    schema, table, column, order = SOURCES[args.kind]
+    domain, table, column, order = SOURCES[args.kind]
+    schema = experiment_schema(review_experiment(args), domain) if args.kind in PER_EXPERIMENT else domain
     warehouse = open_warehouse(settings)
     source = warehouse.read_optional(schema, table)
     if source is None:
@@ -608,10 +615,24 @@ def command_review(args: argparse.Namespace) -> int:
     questions = questions_of(source.sort(order), schema, table, column)
     run_review(
         questions,
-        warehouse.read_optional(schema, REVIEW_TABLE),
-        save=lambda frame: warehouse.replace(schema, REVIEW_TABLE, frame),
+        warehouse.read_optional(domain, REVIEW_TABLE),
+        save=lambda frame: warehouse.replace(domain, REVIEW_TABLE, frame),
     )
     return 0
+
+
+def review_experiment(args: argparse.Namespace) -> str:
+    """The experiment whose generated questions are reviewed: --experiment, or the only one there is."""
+    from persona_platform.persona_assets.experiments import experiments
+
+    known = [x.name for x in experiments()]
+    if args.experiment is None and len(known) > 1:
+        raise SettingsError(
+            f"review-questions --kind {args.kind}: name the experiment, --experiment {'|'.join(known)}"
+        )
+    chosen = args.experiment or known[0]
+    _check_known("experiment", {chosen}, known, str(load_settings().experiments_dir))
+    return chosen
 
 
 def command_world(args: argparse.Namespace) -> int:
@@ -736,6 +757,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=sorted(SOURCES),
         default="votes",
         help="votes: motions' questions; traits: probe questions; monologues: monologue prompts",
+    )
+    review.add_argument(
+        "--experiment",
+        help="traits and monologues: the experiment whose generated questions to review "
+        "(default: the only one)",
     )
     review.set_defaults(handler=command_review)
     world = commands.add_parser("world", help="write the planted-signal engine's worlds as a survey file")

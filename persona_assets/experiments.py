@@ -127,6 +127,14 @@ class Experiment:
         spec = self.models.get(role)
         return spec.engine.get("tensor_parallel_size") if spec else None
 
+    def model_label(self, role: str, deployment: str) -> str:
+        """``backend:model`` answering ``role``: the file's, else ``deployment`` (the deployment's label)."""
+        spec = self.models.get(role)
+        if spec is None:
+            return deployment
+        backend, model = split_backend(spec.model)
+        return f"{backend or 'transformers'}:{model}"
+
     def model(self, role: str, deployment_model: str) -> str:
         """The model (without backend) answering ``role``: the file's, else ``deployment_model``."""
         spec = self.models.get(role)

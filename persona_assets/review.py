@@ -27,8 +27,8 @@ REVIEW_SCHEMA = columns(
     (
         "question_ref",
         pl.String,
-        "the reviewed question's row, schema.table:row_id (votes.motions, traits.probe_questions or "
-        "traits.monologue_prompts)",
+        "the reviewed question's row, schema.table:row_id (votes.motions, or an experiment's "
+        "{experiment}__traits.probe_questions or {experiment}__traits.monologue_prompts)",
     ),
     ("original", pl.String, "the question as generated, as the reviewer saw it"),
     ("decision", pl.String, "keep, edit or drop"),
@@ -36,12 +36,16 @@ REVIEW_SCHEMA = columns(
     ("reviewer", pl.String, "the reviewer's login name"),
     ("reviewed_at", pl.String, "when the decision was made: UTC, ISO 8601 to the second"),
 )
-# Which questions each kind reviews: (schema, table, column of the generated text, order column).
+# Which questions each kind reviews: (schema, table, column of the generated text, order column). Motions
+# are shared; probe questions and monologue prompts are an experiment's (its generator wrote them), so
+# their rows are in the experiment's schema and a review names the experiment's row. The reviews of a kind
+# are in its schema's question_reviews table, one for every experiment.
 SOURCES = {
     "votes": ("votes", "motions", "generated_question", "source_row"),
     "traits": ("traits", "probe_questions", "generated_question", "row_id"),
     "monologues": ("traits", "monologue_prompts", "generated_question", "row_id"),
 }
+PER_EXPERIMENT = frozenset({"traits", "monologues"})
 
 
 def questions_of(frame: pl.DataFrame, schema: str, table: str, column: str) -> list[Question]:

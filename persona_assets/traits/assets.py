@@ -45,7 +45,7 @@ from persona_platform.persona_assets.traits.tables import (
 )
 from persona_platform.resources.llm import ChatPrompt
 from persona_platform.resources.llm.resource import LLMResource
-from persona_platform.resources.warehouse import WarehouseResource
+from persona_platform.resources.warehouse import WarehouseResource, experiment_schema
 
 GROUP = "traits"
 
@@ -66,6 +66,12 @@ def _shared(x: Experiment) -> dict:
         partitions_def=agents_partitions,
         backfill_policy=model_backfill(agents_partitions),
     )
+
+
+def x_table(x: Experiment, table: str) -> str:
+    """The experiment's table as its rows and their reviews name it: the generator wrote these questions, so
+    a review of one experiment's question is not another's."""
+    return f"{experiment_schema(x.name, GROUP)}.{table}"
 
 
 MONOLOGUES_IN = {"monologues": AssetIn(key=["agents", "monologues"])}
@@ -201,7 +207,7 @@ def probe_questions(x: Experiment) -> AssetsDefinition:
         ]
         with model_step(context, x.role("generator", llm), prompts.TRAIT_HASH) as step:
             answers = ask_structured(step.engine, chats, schema, config.question_chars, **_sampling(config))
-            rows, dropped = probe_rows(items, answers, reviews, f"{GROUP}.probe_questions")
+            rows, dropped = probe_rows(items, answers, reviews, x_table(x, "probe_questions"))
             frame = step.frame(rows, PROBE_SCHEMA)
         partition_metadata(context, frame, lambda part: question_metadata(part, dropped))
         return frame
@@ -239,7 +245,7 @@ def monologue_prompts(x: Experiment) -> AssetsDefinition:
         ]
         with model_step(context, x.role("generator", llm), prompts.MONOLOGUE_HASH) as step:
             answers = ask_structured(step.engine, chats, schema, config.question_chars, **_sampling(config))
-            rows, dropped = monologue_prompt_rows(items, answers, reviews, f"{GROUP}.monologue_prompts")
+            rows, dropped = monologue_prompt_rows(items, answers, reviews, x_table(x, "monologue_prompts"))
             frame = step.frame(rows, MONOLOGUE_PROMPT_SCHEMA)
         partition_metadata(context, frame, lambda part: question_metadata(part, dropped))
         return frame

@@ -138,9 +138,8 @@ def question_row(
     generated = parsed.value["question"] if parsed.ok else None
     question, decision, review_ref = (None, None, None)
     if generated is not None:
-        schema = table.split(".")[0]
         question, decision, review_ref = reviewed(
-            f"{table}:{row_id}", generated, reviews, f"{schema}.{REVIEW_TABLE}"
+            f"{table}:{row_id}", generated, reviews, f"traits.{REVIEW_TABLE}"
         )
         if question is None:
             return None

@@ -132,3 +132,32 @@ def test_a_partition_page_shows_that_partitions_own_row_count_and_plots(sample_r
         click_button(browser, "Skip", wait=3, required=False)  # the first visit's community invitation
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         assert browser.save_screenshot(str(ARTIFACTS / "ui-partition-metadata.png"))
+
+
+ASSET_GROUPS = "{ assetNodes { assetKey { path } groupName } }"
+
+
+def test_the_experiments_are_side_by_side_in_the_ui(sample_run, browser, tmp_path):
+    """The quick start materializes both shipped experiments and their comparison: each experiment is its own
+    group in the UI, and the comparison's page shows them side by side with its verdict."""
+    assert sample_run.returncode == 0, sample_run.stderr
+    with running_ui(sample_run.home, tmp_path / "ui.log") as port:
+        nodes = graphql(port, ASSET_GROUPS)["assetNodes"]
+        groups = {n["groupName"] for n in nodes if len(n["assetKey"]["path"]) == 3}
+        assert groups == {"primary", "tiny_b"}
+        by_group = {
+            g: {tuple(n["assetKey"]["path"][1:]) for n in nodes if n["groupName"] == g} for g in groups
+        }
+        assert by_group["primary"] == by_group["tiny_b"] and len(by_group["primary"]) >= 20
+
+        browser.get(f"http://127.0.0.1:{port}/assets/reports/experiment_comparison")
+        text = ""
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and "judge_win_rates" not in text:
+            time.sleep(1)
+            text = browser.execute_script("return document.body.innerText")
+        assert "judge_win_rates" in text and "verdict" in text, text[:3000]
+        assert "primary" in text and "tiny_b" in text
+        click_button(browser, "Skip", wait=3, required=False)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        assert browser.save_screenshot(str(ARTIFACTS / "ui-experiment-comparison.png"))

@@ -9,6 +9,7 @@ import duckdb
 import polars as pl
 import pytest
 
+from persona_platform.partitions import COUNTRIES
 from persona_platform.persona_assets.cli import main
 from persona_platform.resources.inputs.survey import read_survey
 from persona_platform.resources.llm.backends import check_model_available
@@ -36,7 +37,8 @@ def countries_in(home, table):
 def test_persona_run_materializes_everything_and_prints_a_summary(sample_run):
     assert sample_run.returncode == 0, sample_run.stderr
     out = sample_run.stdout
-    assert "runs succeeded" in out and "model loads 1," in out
+    # Two models (tiny, tiny-b) for two experiments: their judges share one engine (tiny).
+    assert "runs succeeded" in out and "model loads 2," in out
     assert "Open the UI" in out and "Plots:" in out
     counts = row_counts(sample_run.home)
     assert counts["opinions.goqa_questions"] == 32
@@ -46,6 +48,13 @@ def test_persona_run_materializes_everything_and_prints_a_summary(sample_run):
     assert (
         counts["primary__agents.lora_adapters"] == 3 and counts["primary__agents.perplexity_matrix"] == 4 * 3
     )
+    for experiment in ("primary", "tiny_b"):  # both complete: every model-dependent table of each
+        own = {t.split("__", 1)[1]: n for t, n in counts.items() if t.startswith(f"{experiment}__")}
+        assert len(own) >= 25 and all(n > 0 for n in own.values()), (experiment, own)
+        assert countries_in(sample_run.home, f"{experiment}__elicitation.few_shot_predictions") == set(
+            COUNTRIES
+        )
+    assert counts["reports.experiment_comparison"] > 0
     for table, n in counts.items():
         assert f"{n:>9,} rows" in out and table in out
 

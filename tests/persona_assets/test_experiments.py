@@ -15,7 +15,7 @@ from persona_platform.persona_assets.opinions import assets as opinions
 from persona_platform.resources.llm.resource import LLMResource
 from persona_platform.resources.settings import DATA_DIR
 from persona_platform.resources.warehouse import Warehouse
-from tests.conftest import EXPERIMENTS, local_resources
+from tests.conftest import EXPERIMENTS, local_resources, persona
 
 ZERO_SHOT = ("elicitation", "zero_shot_base_predictions")
 
@@ -203,3 +203,23 @@ def test_qualified_input_ids_point_at_the_experiments_own_tables(two_experiments
     assert out["input_ids"].to_list() == [
         ["beta__elicitation.icm_labels:binary/c1", "opinions.goqa_splits:x"]
     ]
+
+
+def test_persona_run_refuses_an_unknown_experiment_and_an_experiments_missing_model(tmp_path):
+    folder = tmp_path / "experiments"
+    experiment_file(folder, "primary", "description: the deployment's models\n")
+    experiment_file(folder, "local_dir", "description: x\nmodels:\n  judge: transformers:/no/such/model\n")
+    env = {"PERSONA_EXPERIMENTS": str(folder)}
+    unknown = persona(tmp_path / "home", "run", "--experiment", "nosuch", extra_env=env)
+    assert (unknown.returncode, unknown.stdout) == (2, "")
+    known = "unknown experiment nosuch; known: local_dir, primary"
+    assert unknown.stderr == f"persona: {folder}, field 'experiment': {known}\n"
+    missing = persona(tmp_path / "home", "run", "--experiment", "local_dir", extra_env=env)
+    assert missing.returncode == 2
+    model = "models.judge: transformers:/no/such/model"
+    assert missing.stderr == f"persona: {folder / 'local_dir.yaml'}: {model}: no such directory\n"
+    assert not (tmp_path / "home").exists()  # refused before anything is created
+    fine = persona(
+        tmp_path / "home", "run", "--experiment", "primary", "--select", "group:opinions", extra_env=env
+    )
+    assert fine.returncode == 0, fine.stderr[-2000:]

@@ -324,7 +324,7 @@ def test_k8s_definitions_put_every_gpu_step_and_only_those_in_a_gpu_pod(
     assert {name for name, op in ops.items() if K8S_CONFIG_TAG in op["tags"]} == set(_gpu_ops(ops))
     # LoRA training asks for the training profile; the rest for the default one.
     for name, op in _gpu_ops(ops).items():
-        profile = TRAINING_PROFILE if name == "primary__lora_training" else DEFAULT_PROFILE
+        profile = TRAINING_PROFILE if name.endswith("__lora_training") else DEFAULT_PROFILE
         assert json.loads(op["tags"][K8S_CONFIG_TAG]) == step_pod_config(profile, DEFAULT_GPU_IMAGE), name
 
 
@@ -374,7 +374,7 @@ def test_a_model_on_several_gpus_gets_pods_sized_for_it(k8s_code_location_4_gpus
     gpu_ops = _gpu_ops(k8s_code_location_4_gpus["ops"])
     assert set(gpu_ops) == set(_gpu_ops(k8s_code_location["ops"]))
     for name, op in gpu_ops.items():
-        profile = (TRAINING_PROFILE if name == "primary__lora_training" else DEFAULT_PROFILE).sized(4)
+        profile = (TRAINING_PROFILE if name.endswith("__lora_training") else DEFAULT_PROFILE).sized(4)
         assert json.loads(op["tags"][K8S_CONFIG_TAG]) == step_pod_config(profile, DEFAULT_GPU_IMAGE), name
         manifest = step_job_manifest(name, op["tags"])
         kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
@@ -607,3 +607,24 @@ def test_the_chart_schemas_reject_broken_values():
         "telemetry: Additional properties are not allowed ('enabeld' was unexpected)",
     ]:
         assert expected in errors, errors
+
+
+def test_an_experiment_on_a_bigger_model_gets_its_own_pods_sized_for_it(tmp_path):
+    """One code location, two experiments: the one whose generator is split over 4 GPUs runs its generator
+    steps in 4-GPU pods, its judge steps and the other experiment's steps in 1-GPU pods."""
+    folder = tmp_path / "experiments"
+    folder.mkdir()
+    (folder / "small.yaml").write_text("description: the deployment's model\n")
+    (folder / "big.yaml").write_text(
+        "description: a model on four GPUs\nmodels:\n  generator:\n    model: vllm:org/big\n"
+        "    engine: {tensor_parallel_size: 4}\n"
+    )
+    ops = _dump_ops(tmp_path, PERSONA_EXPERIMENTS=str(folder))["ops"]
+
+    def gpus(op: str) -> str:
+        manifest = step_job_manifest(op, ops[op]["tags"])
+        kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+        return manifest["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"][GPU_RESOURCE]
+
+    assert gpus("big__icm_search") == gpus("big__elicitation__zero_shot_base_predictions") == "4"
+    assert gpus("big__judging__judgments") == gpus("small__icm_search") == "1"

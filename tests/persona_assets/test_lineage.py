@@ -40,6 +40,22 @@ def test_an_icm_accuracy_row_reaches_the_survey_file(sample_run):
     assert few_shot.details["model"] == "tiny" and few_shot.details["prompt"] and few_shot.details["run"]
 
 
+def test_a_comparison_row_reaches_each_experiments_rows_and_their_models(sample_run):
+    with duckdb.connect(str(sample_run.home / "warehouse.duckdb"), read_only=True) as con:
+        (row_id,) = con.execute(
+            "select row_id from reports.experiment_comparison where measure = 'accuracy_difference' "
+            "and scope = 'aggregate' and method = 'icm' and n > 0 limit 1"
+        ).fetchone()
+    nodes, files = reachable_files(sample_run.home, "reports.experiment_comparison", row_id)
+    assert any(f.endswith("sample_global_opinions.csv") for f in files)
+    models = {}
+    for ref, node in nodes.items():
+        table = ref.split(":")[0]
+        if table.endswith("__elicitation.few_shot_predictions"):
+            models.setdefault(table.split("__")[0], set()).add(node.details["model"])
+    assert models == {"primary": {"tiny"}, "tiny_b": {"tiny-b"}}
+
+
 def test_a_vote_prediction_row_reaches_vote_records_and_transcripts(sample_run):
     with duckdb.connect(str(sample_run.home / "warehouse.duckdb"), read_only=True) as con:
         (row_id,) = con.execute(

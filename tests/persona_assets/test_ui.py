@@ -1,5 +1,7 @@
 """The Dagster UI for real: `persona ui` (`dg dev`: webserver and daemon) on loopback, driven over GraphQL."""
 
+from pathlib import Path
+
 import duckdb
 import pytest
 
@@ -10,7 +12,13 @@ LOCATION = "persona_platform"
 SURVEY = ["opinions", "goqa_survey"]
 
 
-def launch(port: int, partition: str) -> str:
+def launch(
+    port: int,
+    partition: str,
+    job: str = "opinions_job",
+    assets: tuple[list[str], ...] = (SURVEY,),
+    run_config: dict | None = None,
+) -> str:
     launched = graphql(
         port,
         """
@@ -27,10 +35,10 @@ def launch(port: int, partition: str) -> str:
                 "selector": {
                     "repositoryLocationName": LOCATION,
                     "repositoryName": "__repository__",
-                    "jobName": "opinions_job",
-                    "assetSelection": [{"path": SURVEY}],
+                    "jobName": job,
+                    "assetSelection": [{"path": path} for path in assets],
                 },
-                "runConfigData": {},
+                "runConfigData": run_config or {},
                 "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
             }
         },
@@ -92,3 +100,28 @@ def test_two_runs_launched_at_once_both_complete_one_at_a_time_in_the_warehouse_
             con.execute("select country, count(*) from opinions.goqa_survey group by all").fetchall()
         )
     assert counts == {"Aldoria": 32, "Borvania": 32}
+
+
+def test_lora_training_in_two_processes_launched_from_the_ui_writes_the_adapter_tables(ui, tmp_path):
+    """The UI's launch of lora_training with `processes: 2`: torchrun's two ranks train the agent's adapter
+    inside the run, and the step writes the adapter and loss tables as a one-process run does."""
+    agent = "marisolvega"
+    corpus = (["agents", "board_turns"], ["agents", "training_conversations"])
+    assert wait_for_run(ui, launch(ui, agent, "agents_job", corpus)) == "SUCCESS"
+    settings = {"processes": 2, "epochs": 1, "batch_size": 2, "max_length": 128, "learning_rate": 0.003}
+    run_id = launch(
+        ui,
+        agent,
+        "primary_by_agent_job",
+        (["primary", "agents", "lora_adapters"], ["primary", "agents", "training_loss"]),
+        {"ops": {"primary__lora_training": {"config": settings}}},
+    )
+    assert wait_for_run(ui, run_id) == "SUCCESS"
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:  # the ui's home
+        adapters = con.execute(
+            "select agent, steps, adapter_path, run_id from primary__agents.lora_adapters"
+        ).fetchall()
+        losses = con.execute("select count(*) from primary__agents.training_loss").fetchone()[0]
+    assert [(a, r) for a, _, _, r in adapters] == [(agent, run_id)]
+    (_, steps, adapter_path, _) = adapters[0]
+    assert steps > 0 and losses > 0 and (Path(adapter_path) / "adapter_model.safetensors").is_file()
