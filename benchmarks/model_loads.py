@@ -36,10 +36,11 @@ def upstream_loads(defs, settings: int, agents: int) -> dict[str, int]:
         if not node.is_materializable or "gpu" not in (node.pools or ()):
             continue
         op = graph.assets_def_for_key(key).op.name  # a multi-asset's outputs share one step
+        stage = op.split("__", 1)[1] if len(key.path) == 3 else op  # an experiment's step, as every one's
         partitions = len(node.partitions_def.get_partition_keys()) if node.partitions_def else 1
-        if op in PER_MODEL_STAGES:
+        if stage in PER_MODEL_STAGES:
             partitions = agents + 1  # the base model and every agent's
-        loads[op] = partitions * (settings if op in PER_SETTING_STAGES else 1)
+        loads[op] = partitions * (settings if stage in PER_SETTING_STAGES else 1)
     return loads
 
 

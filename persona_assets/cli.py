@@ -177,7 +177,7 @@ def command_run(args: argparse.Namespace) -> int:
 # -- checks of `persona run`'s arguments -------------------------------------------------------------------
 
 SELECTION_SYNTAX = (
-    'write e.g. group:opinions, key:"opinions/goqa_survey", +key:"elicitation/icm_labels" (with its '
+    'write e.g. group:opinions, key:"opinions/goqa_survey", +key:"primary/elicitation/icm_labels" (with its '
     "upstream), joined by and, or, not"
 )
 

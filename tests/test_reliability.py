@@ -180,7 +180,7 @@ def test_an_icm_search_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_pa
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    checkpoints = killed / "artifacts" / "checkpoints" / "icm" / "Caldera"
+    checkpoints = killed / "artifacts" / "primary" / "checkpoints" / "icm" / "Caldera"
     deadline = time.monotonic() + 300
     while not list(checkpoints.rglob("*.json")) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)

@@ -188,6 +188,31 @@ def _compared(name: str, inputs: dict[str, pl.DataFrame]) -> ExperimentInputs:
     return ExperimentInputs(name=name, model=", ".join(sorted(models)), **frames)
 
 
+def _comparison_plots(artifacts: ArtifactStore, frame: pl.DataFrame) -> dict:
+    """Grouped accuracy bars of the experiments per scope and variant, and a forest plot of their paired
+    differences per variant; their paths."""
+    plots = {}
+    for scope, variant, interval, series in accuracy_plot_series(frame):
+        figure = experiment_accuracy_bars(
+            f"Headline accuracy by experiment - {scope} ({variant})",
+            {name: [Bar(*b) for b in bars] for name, bars in series.items()},
+            interval,
+        )
+        plots[f"plot/accuracy-{scope}-{variant}"] = saved_plot(
+            artifacts, figure, "experiments", f"{scope}-{variant}"
+        )
+    for variant, interval, effects in difference_plot_series(frame):
+        figure = difference_forest(
+            f"Paired differences between experiments - aggregate ({variant})",
+            [Effect(*e) for e in effects],
+            interval=interval,
+        )
+        plots[f"plot/differences-{variant}"] = saved_plot(
+            artifacts, figure, "experiments", f"differences-{variant}"
+        )
+    return plots
+
+
 def experiment_comparison(xs: Sequence[Experiment]) -> AssetsDefinition:
     @asset(
         key=[COMPARISON_GROUP, "experiment_comparison"],
@@ -210,25 +235,7 @@ def experiment_comparison(xs: Sequence[Experiment]) -> AssetsDefinition:
         grouped accuracy bars and a forest plot of the differences."""
         compared = [_compared(x.name, inputs) for x in xs]
         frame = asset_frame(context, comparison_rows(compared), COMPARISON_SCHEMA)
-        plots = {}
-        for scope, variant, interval, series in accuracy_plot_series(frame):
-            figure = experiment_accuracy_bars(
-                f"Headline accuracy by experiment - {scope} ({variant})",
-                {name: [Bar(*b) for b in bars] for name, bars in series.items()},
-                interval,
-            )
-            plots[f"plot/accuracy-{scope}-{variant}"] = saved_plot(
-                artifacts, figure, "experiments", f"{scope}-{variant}"
-            )
-        for variant, interval, effects in difference_plot_series(frame):
-            figure = difference_forest(
-                f"Paired differences between experiments - aggregate ({variant})",
-                [Effect(*e) for e in effects],
-                interval=interval,
-            )
-            plots[f"plot/differences-{variant}"] = saved_plot(
-                artifacts, figure, "experiments", f"differences-{variant}"
-            )
+        plots = _comparison_plots(artifacts, frame)
         context.add_output_metadata(
             {
                 "verdict": comparison_verdict(frame),

@@ -151,7 +151,7 @@ def persona_here(tmp_path, monkeypatch, capsys):
         (
             "group:opinion",
             "--select 'group:opinion' matches no asset; did you mean 'group:opinions'? (groups: agents, "
-            "alignment, elicitation, judging, opinions, reports, responses, traits, votes)",
+            "opinions, primary, reports, traits, votes)",
         ),
         (
             "key:goqa_survey",
@@ -169,7 +169,7 @@ def test_a_selection_that_matches_nothing_lists_the_groups_and_creates_nothing(p
     code, out, err = persona_here("run", "--select", "group:nosuchgroup")
     assert code == 2 and out == "" and len(err.splitlines()) == 1
     assert err.startswith(
-        "persona: --select 'group:nosuchgroup' matches no asset; groups: agents, alignment,"
+        "persona: --select 'group:nosuchgroup' matches no asset; groups: agents, opinions, primary,"
     )
     code, out, err = persona_here("run", "--select", "group:opinions and group:agents")
     assert code == 2 and len(err.splitlines()) == 1 and "together none" in err
@@ -192,12 +192,15 @@ def test_a_model_id_not_in_the_hugging_face_cache_is_refused_before_any_run(pers
     assert not persona_here.home.exists()
 
 
+JUDGING = "tag:persona/domain=judging"  # the judging assets of every experiment
+
+
 def test_only_the_models_the_selected_assets_use_are_checked(persona_here):
-    code, _, err = persona_here("run", "--select", "group:judging", PERSONA_JUDGE_MODEL="/no/judge")
+    code, _, err = persona_here("run", "--select", JUDGING, PERSONA_JUDGE_MODEL="/no/judge")
     assert (code, err) == (2, "persona: PERSONA_JUDGE_MODEL=/no/judge: no such directory\n")
     # The judge defaults to the generator: the message names the variable that holds the path.
     code, _, err = persona_here(
-        "run", "--select", "group:judging", PERSONA_JUDGE_MODEL="", PERSONA_MODEL="vllm:./no/such/dir"
+        "run", "--select", JUDGING, PERSONA_JUDGE_MODEL="", PERSONA_MODEL="vllm:./no/such/dir"
     )
     assert (code, err) == (2, "persona: PERSONA_MODEL=vllm:./no/such/dir: no such directory\n")
     assert not persona_here.home.exists()
@@ -267,7 +270,7 @@ def test_a_failed_model_load_is_one_line_with_its_step_and_log(tmp_path):
     run_id = line.removeprefix("FAILED run ").split(" ")[0]
     log = tmp_path / "home" / "logs" / f"{run_id}.log"
     assert line == (
-        f"FAILED run {run_id} (elicitation__zero_shot_base_predictions): ModelLoadError: "
+        f"FAILED run {run_id} (primary__elicitation__zero_shot_base_predictions): ModelLoadError: "
         f"PERSONA_MODEL='{model}': cannot load it as a local directory: "
         + line.split(": cannot load it as a local directory: ")[1].split("; full log: ")[0]
         + f"; full log: persona ui, or {log}"

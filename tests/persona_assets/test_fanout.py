@@ -31,7 +31,7 @@ from persona_platform.resources.settings import Deployment, SettingsError, load_
 from tests.conftest import persona
 
 ZERO_SHOT = "primary/elicitation/zero_shot_base_predictions"
-ZERO_SHOT_TABLE = ZERO_SHOT.replace("/", ".")
+ZERO_SHOT_TABLE = "primary__elicitation.zero_shot_base_predictions"
 COUNTRIES = ["Aldoria", "Borvania", "Caldera", "Dunmere"]
 
 

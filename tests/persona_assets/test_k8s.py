@@ -123,7 +123,8 @@ print(json.dumps({
 
 
 def _env(tmp_path: Path, deployment: str, **settings: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
+    # The tests' own experiments (one) stay, so the code location has the ops of the one in this process.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_") or k == "PERSONA_EXPERIMENTS"}
     return {**env, "PERSONA_DEPLOYMENT": deployment, "PERSONA_HOME": str(tmp_path / "home"), **settings}
 
 

@@ -15,6 +15,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from persona_platform.persona_assets.agents.tables import perplexity
+from persona_platform.resources.llm.tiny import tiny_model_dir
+from persona_platform.resources.settings import DATA_DIR
 from persona_platform.resources.training import files_fingerprint
 from tests.conftest import ARTIFACTS, PERSONA, persona
 
@@ -77,7 +79,7 @@ def test_a_perplexity_cell_recomputed_independently(sample_run):
         "select context, target from agents.completion_examples "
         f"where agent = '{agent}' and split = 'test' order by row_id",
     )
-    (base_dir,) = [p for p in (home / "models").iterdir() if p.name.startswith("tiny-")]
+    base_dir = tiny_model_dir(home / "models", DATA_DIR)  # the primary experiment's, built by the run
     stored = dict(
         (
             (m, p)
@@ -154,7 +156,7 @@ def test_a_killed_training_resumes_from_its_checkpoint(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    checkpoints = killed / "artifacts" / "checkpoints" / "lora" / "theodorequist"
+    checkpoints = killed / "artifacts" / "primary" / "checkpoints" / "lora" / "theodorequist"
     deadline = time.monotonic() + 300
     while not list(checkpoints.glob("*.pt")) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)

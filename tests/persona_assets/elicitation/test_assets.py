@@ -61,7 +61,7 @@ def first_runs(resources):
         assets(),
         resources=resources,
         instance=instance,
-        selection='(group:opinions and not key:"opinions/goqa_questions") or group:elicitation',
+        selection='(group:opinions and not key:"opinions/goqa_questions") or key:"primary/elicitation/*"',
         tags={RANGE_START: COUNTRIES[0], RANGE_END: COUNTRIES[2]},
         run_config=SMALL_ICM,
     )

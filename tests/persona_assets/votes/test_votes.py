@@ -201,7 +201,7 @@ def test_the_summary_has_a_row_per_method_and_scope_with_intervals_and_n():
     assert overall["majority_baseline_low"] < 5 / 8 < overall["majority_baseline_high"]
     assert overall["interval_method"] == interval_method("motions")
     assert sorted(overall["input_ids"]) == sorted(
-        row_ref("primary__votes.vote_predictions", r["row_id"]) for r in rows if r["method"] == "generate"
+        row_ref("votes.vote_predictions", r["row_id"]) for r in rows if r["method"] == "generate"
     )
 
 

@@ -109,7 +109,7 @@ def test_the_elicitation_graph_finds_the_planted_signal(tmp_path):
     survey = tmp_path / "world.csv"
     written = persona(tmp_path, "world", str(survey), "--settings", settings)
     assert written.returncode == 0, written.stderr
-    selection = 'group:opinions or group:elicitation or key:"primary/elicitation/accuracy_summary"'
+    selection = 'group:opinions or key:"primary/elicitation/*"'
     result = persona(
         tmp_path / "home",
         "run",
