@@ -248,7 +248,8 @@ def test_review_rows_are_written_with_the_declared_schema():
 
 def test_the_catalogue_lists_each_table_s_own_columns_and_describes_the_provenance_columns_once():
     text = catalogue_markdown(defs)
-    row = next(line for line in text.splitlines() if line.startswith("| `{experiment}__agents.merged_models` |"))
+    merged = "| `{experiment}__agents.merged_models` |"  # every experiment's, listed once
+    row = next(line for line in text.splitlines() if line.startswith(merged))
     assert "`max_logit_difference` (Float64): largest absolute logit difference" in row
     assert f"provenance: {', '.join(f'`{c}`' for c in [*ROW_ID, *PROVENANCE_SCHEMA])} |" in row
     for name, description in {**ROW_ID.descriptions, **PROVENANCE_SCHEMA.descriptions}.items():
