@@ -11,7 +11,7 @@ from persona_platform.persona_assets.definitions import ALL_ASSETS
 from persona_platform.persona_assets.runner import RANGE_END, RANGE_START
 from persona_platform.resources.llm.resource import LLMResource
 from persona_platform.resources.settings import DATA_DIR
-from persona_platform.resources.warehouse import Warehouse
+from persona_platform.resources.warehouse import Warehouse, table_location
 from tests.conftest import local_resources
 
 ZERO_SHOT = AssetKey(["primary", "elicitation", "zero_shot_base_predictions"])
@@ -98,14 +98,11 @@ def test_a_range_of_countries_is_one_run_with_one_model_load(first_runs, resourc
 
 def test_each_partition_of_a_range_reports_its_own_row_count(first_runs, warehouse_path):
     _, countries = first_runs
-    for key in ("goqa_survey", "goqa_claims", "zero_shot_base_predictions"):
-        schema = "elicitation" if key.startswith("zero") else "opinions"
-        table = Warehouse(str(warehouse_path)).read(schema, key)
-        events = [
-            e for e in countries.get_asset_materialization_events() if e.asset_key == AssetKey([schema, key])
-        ]
+    for path in (["opinions", "goqa_survey"], ["opinions", "goqa_claims"], ZERO_SHOT.path):
+        table = Warehouse(str(warehouse_path)).read(*table_location(path))
+        events = [e for e in countries.get_asset_materialization_events() if e.asset_key == AssetKey(path)]
         counts = {e.partition: e.materialization.metadata["dagster/row_count"].value for e in events}
-        assert counts == {c: table.filter(pl.col("country") == c).height for c in COUNTRIES[:3]}, key
+        assert counts == {c: table.filter(pl.col("country") == c).height for c in COUNTRIES[:3]}, path
         assert sum(counts.values()) == table.height
 
 
