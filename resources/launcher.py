@@ -220,6 +220,14 @@ def agent_main(argv: list[str]) -> None:
     main(argv)
 
 
+def line(text: str) -> None:
+    """One line on the output every rank shares, in one write: print() writes the text and its newline
+    apart, and another rank's line could land between them (two lines run together, one of them lost to
+    the reader)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 def worker_main(job_path: str) -> None:
     """One rank: load the base, add the adapter, train its shards; errors recorded for the step."""
     die_with_parent(int(os.environ[AGENT_PID]))
@@ -227,7 +235,7 @@ def worker_main(job_path: str) -> None:
     job_dir = Path(job_path).parent
 
     def say(message: str) -> None:
-        print(f"rank {rank}: {message}", flush=True)
+        line(f"rank {rank}: {message}")
 
     try:
         _train_rank(json.loads(Path(job_path).read_text()), rank, job_dir, say)
@@ -264,7 +272,7 @@ def _train_rank(job: dict, rank: int, job_dir: Path, say) -> None:
     del base
 
     def progress(step: int, total: int, numbers: dict) -> None:
-        print(PROGRESS + json.dumps([step, total, numbers]), flush=True)
+        line(PROGRESS + json.dumps([step, total, numbers]))
 
     outcome = training.train_lora(
         model,

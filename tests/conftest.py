@@ -20,6 +20,7 @@ REAL_WIDE_CSV = SHARED / "data" / "goqa" / "global_opinion_data.csv"
 ARTIFACTS = PROJECT_ROOT / "tests" / "artifacts"
 # The repository's experiments: the quick start and the tests about experiments run them all.
 EXPERIMENTS = PROJECT_ROOT / "experiments"
+SAMPLE_RUN_ENV = {"PERSONA_EXPERIMENTS": str(EXPERIMENTS)}  # what the quick start's home was made with
 
 
 def pytest_configure(config):
@@ -91,7 +92,7 @@ class SampleRun:
 def sample_run(tmp_path_factory) -> SampleRun:
     """The quick start's `persona run`, once per test session: every asset, every partition of the sample."""
     home = tmp_path_factory.mktemp("sample-run")
-    result = persona(home, "run", extra_env={"PERSONA_EXPERIMENTS": str(EXPERIMENTS)})
+    result = persona(home, "run", extra_env=SAMPLE_RUN_ENV)
     return SampleRun(home, result.stdout, result.stderr, result.returncode)
 
 
@@ -160,13 +161,13 @@ def graphql(port: int, query: str, variables: dict | None = None) -> dict:
 
 
 @contextmanager
-def running_ui(home: Path, log_path: Path) -> Iterator[int]:
+def running_ui(home: Path, log_path: Path, extra_env: dict | None = None) -> Iterator[int]:
     """`persona ui` (webserver and daemon) on a free loopback port over ``home``; yields the port."""
     port = free_port()
     log = log_path.open("w")
     process = subprocess.Popen(
         [PERSONA, "ui", "--port", str(port)],
-        env={**os.environ, "PERSONA_HOME": str(home)},
+        env={**os.environ, "PERSONA_HOME": str(home), **(extra_env or {})},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -10,7 +10,14 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tests.conftest import ARTIFACTS, graphql, running_ui, wait_for_materialization, wait_for_run
+from tests.conftest import (
+    ARTIFACTS,
+    SAMPLE_RUN_ENV,
+    graphql,
+    running_ui,
+    wait_for_materialization,
+    wait_for_run,
+)
 
 pytestmark = pytest.mark.slow
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -109,7 +116,7 @@ def test_a_partition_page_shows_that_partitions_own_row_count_and_plots(sample_r
             ).fetchall()
         )
     assert len(rows) >= 2
-    with running_ui(sample_run.home, tmp_path / "ui.log") as port:
+    with running_ui(sample_run.home, tmp_path / "ui.log", SAMPLE_RUN_ENV) as port:
         for country, count in sorted(rows.items()):
             variables = {"key": {"path": TRACE}, "partition": country}
             (found,) = graphql(port, PARTITION_METADATA, variables)["assetOrError"]["assetMaterializations"]
@@ -141,7 +148,7 @@ def test_the_experiments_are_side_by_side_in_the_ui(sample_run, browser, tmp_pat
     """The quick start materializes both shipped experiments and their comparison: each experiment is its own
     group in the UI, and the comparison's page shows them side by side with its verdict."""
     assert sample_run.returncode == 0, sample_run.stderr
-    with running_ui(sample_run.home, tmp_path / "ui.log") as port:
+    with running_ui(sample_run.home, tmp_path / "ui.log", SAMPLE_RUN_ENV) as port:
         nodes = graphql(port, ASSET_GROUPS)["assetNodes"]
         groups = {n["groupName"] for n in nodes if len(n["assetKey"]["path"]) == 3}
         assert groups == {"primary", "tiny_b"}
