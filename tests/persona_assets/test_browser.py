@@ -147,6 +147,8 @@ ASSET_GROUPS = "{ assetNodes { assetKey { path } groupName } }"
 def test_the_experiments_are_side_by_side_in_the_ui(sample_run, browser, tmp_path):
     """The quick start materializes both shipped experiments and their comparison: each experiment is its own
     group in the UI, and the comparison's page shows them side by side with its verdict."""
+    from selenium.webdriver.common.by import By
+
     assert sample_run.returncode == 0, sample_run.stderr
     with running_ui(sample_run.home, tmp_path / "ui.log", SAMPLE_RUN_ENV) as port:
         nodes = graphql(port, ASSET_GROUPS)["assetNodes"]
@@ -166,5 +168,15 @@ def test_the_experiments_are_side_by_side_in_the_ui(sample_run, browser, tmp_pat
         assert "judge_win_rates" in text and "verdict" in text, text[:3000]
         assert "primary" in text and "tiny_b" in text
         click_button(browser, "Skip", wait=3, required=False)
+        verdict = browser.find_element(By.XPATH, "//*[normalize-space(text())='verdict']")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", verdict)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         assert browser.save_screenshot(str(ARTIFACTS / "ui-experiment-comparison.png"))
+
+        browser.get(f"http://127.0.0.1:{port}/asset-groups")  # the global lineage: a box per group
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and "tiny_b" not in text:
+            time.sleep(1)
+            text = browser.execute_script("return document.body.innerText")
+        assert "primary" in text and "tiny_b" in text and "reports" in text
+        assert browser.save_screenshot(str(ARTIFACTS / "ui-experiments-lineage.png"))
