@@ -100,6 +100,22 @@ def experiment_step(x: Experiment, domain: str) -> dict:
     return {"group_name": x.name, "tags": x.tags(domain)}
 
 
+def experiment_model_step(
+    x: Experiment, domain: str, partitions_def: PartitionsDefinition, role: str = "generator"
+) -> dict:
+    """Decorator arguments of an experiment's asset that asks ``role``'s model: keyed [experiment, domain,
+    name], in the experiment's group, in a GPU pod sized for that model, backfills loading it once a run."""
+    return dict(
+        key_prefix=[x.name, domain],
+        **experiment_step(x, domain),
+        owners=OWNERS,
+        kinds=MODEL_KINDS,
+        **gpu_step(gpus=x.gpus(role)),
+        partitions_def=partitions_def,
+        backfill_policy=model_backfill(partitions_def),
+    )
+
+
 def schema_change_checks(*keys: list[str]) -> list:
     """Checks that warn when a key table's columns change between materializations."""
     return build_column_schema_change_checks(

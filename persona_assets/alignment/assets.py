@@ -16,12 +16,9 @@ from persona_platform.persona_assets.alignment.tables import (
 from persona_platform.persona_assets.common import (
     AGENT_COUNTRY_PARTITION,
     COUNTRY_PARTITION,
-    MODEL_KINDS,
-    OWNERS,
     REPORT_STEP,
+    experiment_model_step,
     experiment_step,
-    gpu_step,
-    model_backfill,
     results_table,
     table_columns,
 )
@@ -53,15 +50,9 @@ def _similarity_metadata(frame: pl.DataFrame, skipped: int) -> dict:
 
 def agent_opinions(x: Experiment) -> AssetsDefinition:
     @asset(
-        key_prefix=[x.name, GROUP],
-        **experiment_step(x, GROUP),
-        owners=OWNERS,
-        kinds=MODEL_KINDS,
-        **gpu_step(gpus=x.gpus()),
+        **experiment_model_step(x, GROUP, agent_country_partitions),
         code_version=x.code_version(VERSION),
-        partitions_def=agent_country_partitions,
         metadata=AGENT_COUNTRY_PARTITION | table_columns(ANSWER_SCHEMA),
-        backfill_policy=model_backfill(agent_country_partitions),
         ins={"goqa_survey": SURVEY_IN, "lora_adapters": AssetIn(key=x.key("agents", "lora_adapters"))},
     )
     def agent_opinions(
@@ -93,15 +84,9 @@ def agent_opinions(x: Experiment) -> AssetsDefinition:
 
 def base_opinions(x: Experiment) -> AssetsDefinition:
     @asset(
-        key_prefix=[x.name, GROUP],
-        **experiment_step(x, GROUP),
-        owners=OWNERS,
-        kinds=MODEL_KINDS,
-        **gpu_step(gpus=x.gpus()),
+        **experiment_model_step(x, GROUP, countries_partitions),
         code_version=x.code_version(VERSION),
-        partitions_def=countries_partitions,
         metadata=COUNTRY_PARTITION | table_columns(ANSWER_SCHEMA),
-        backfill_policy=model_backfill(countries_partitions),
         ins={"goqa_survey": SURVEY_IN},
     )
     def base_opinions(

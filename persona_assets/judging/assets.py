@@ -7,12 +7,9 @@ from pydantic import Field
 from persona_platform.partitions import DISPLAY_NAMES, agents_partitions
 from persona_platform.persona_assets.common import (
     AGENT_PARTITION,
-    MODEL_KINDS,
-    OWNERS,
     REPORT_STEP,
+    experiment_model_step,
     experiment_step,
-    gpu_step,
-    model_backfill,
     results_table,
     table_columns,
 )
@@ -52,13 +49,7 @@ def experiment_assets(x: Experiment) -> list[AssetsDefinition]:
 def _judge_step(x: Experiment) -> dict:
     """Decorator arguments of an experiment's judge step: on its judge's GPUs, every agent in one run."""
     return dict(
-        key_prefix=[x.name, GROUP],
-        **experiment_step(x, GROUP),
-        owners=OWNERS,
-        kinds=MODEL_KINDS,
-        **gpu_step(gpus=x.gpus("judge")),
-        partitions_def=agents_partitions,
-        backfill_policy=model_backfill(agents_partitions),
+        **experiment_model_step(x, GROUP, agents_partitions, role="judge"),
         ins={
             "evaluation_items": AssetIn(key=x.key("responses", "evaluation_items")),
             "task_responses": AssetIn(key=x.key("responses", "task_responses")),

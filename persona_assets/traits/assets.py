@@ -8,11 +8,8 @@ from pydantic import Field
 from persona_platform.partitions import DISPLAY_NAMES, agents_partitions
 from persona_platform.persona_assets.common import (
     AGENT_PARTITION,
-    MODEL_KINDS,
     OWNERS,
-    experiment_step,
-    gpu_step,
-    model_backfill,
+    experiment_model_step,
     results_table,
     table_columns,
 )
@@ -53,19 +50,6 @@ GROUP = "traits"
 def experiment_assets(x: Experiment) -> list[AssetsDefinition]:
     """An experiment's trait screenings, agent profiles and the probe questions and prompts they yield."""
     return [trait_screenings(x), probe_questions(x), monologue_prompts(x), agent_profiles(x)]
-
-
-def _shared(x: Experiment) -> dict:
-    """Decorator arguments of an experiment's trait step: the generator reads every agent in one run."""
-    return dict(
-        key_prefix=[x.name, GROUP],
-        **experiment_step(x, GROUP),
-        owners=OWNERS,
-        kinds=MODEL_KINDS,
-        **gpu_step(gpus=x.gpus()),
-        partitions_def=agents_partitions,
-        backfill_policy=model_backfill(agents_partitions),
-    )
 
 
 def x_table(x: Experiment, table: str) -> str:
@@ -136,7 +120,7 @@ def _sampling(config: SamplingConfig) -> dict:
 
 def trait_screenings(x: Experiment) -> AssetsDefinition:
     @asset(
-        **_shared(x),
+        **experiment_model_step(x, GROUP, agents_partitions),
         metadata=AGENT_PARTITION | table_columns(SCREENING_SCHEMA),
         ins=MONOLOGUES_IN,
         code_version=f"screenings-1-{prompts.TRAIT_HASH}",
@@ -180,7 +164,7 @@ def trait_screenings(x: Experiment) -> AssetsDefinition:
 
 def probe_questions(x: Experiment) -> AssetsDefinition:
     @asset(
-        **_shared(x),
+        **experiment_model_step(x, GROUP, agents_partitions),
         metadata=AGENT_PARTITION | table_columns(PROBE_SCHEMA),
         ins={"trait_screenings": AssetIn(key=x.key(GROUP, "trait_screenings"))},
         deps=[REVIEWS],
@@ -217,7 +201,7 @@ def probe_questions(x: Experiment) -> AssetsDefinition:
 
 def monologue_prompts(x: Experiment) -> AssetsDefinition:
     @asset(
-        **_shared(x),
+        **experiment_model_step(x, GROUP, agents_partitions),
         metadata=AGENT_PARTITION | table_columns(MONOLOGUE_PROMPT_SCHEMA),
         ins=MONOLOGUES_IN,
         deps=[REVIEWS],
@@ -255,7 +239,7 @@ def monologue_prompts(x: Experiment) -> AssetsDefinition:
 
 def agent_profiles(x: Experiment) -> AssetsDefinition:
     @asset(
-        **_shared(x),
+        **experiment_model_step(x, GROUP, agents_partitions),
         metadata=AGENT_PARTITION | table_columns(PROFILE_SCHEMA),
         ins=MONOLOGUES_IN,
         code_version=f"profiles-1-{prompts.PROFILE_HASH}",

@@ -16,14 +16,12 @@ from persona_platform.persona_assets.agents.adapters import serve_adapters
 from persona_platform.persona_assets.common import (
     AGENT_PARTITION,
     BOARD_INPUT,
-    MODEL_KINDS,
     OWNERS,
     REPORT_STEP,
     TABLE_KINDS,
     WAREHOUSE_POOL,
+    experiment_model_step,
     experiment_step,
-    gpu_step,
-    model_backfill,
     results_table,
     table_columns,
 )
@@ -127,15 +125,9 @@ def vote_records(context: AssetExecutionContext, motions: pl.DataFrame) -> pl.Da
 
 def vote_predictions(x: Experiment) -> AssetsDefinition:
     @asset(
-        key_prefix=[x.name, GROUP],
-        **experiment_step(x, GROUP),
-        owners=OWNERS,
-        kinds=MODEL_KINDS,
-        **gpu_step(gpus=x.gpus()),
+        **experiment_model_step(x, GROUP, agents_partitions),
         code_version=x.code_version(PREDICTION_VERSION),
-        partitions_def=agents_partitions,
         metadata=AGENT_PARTITION | table_columns(PREDICTION_SCHEMA),
-        backfill_policy=model_backfill(agents_partitions),
         ins={
             "motions": AssetIn(key=[GROUP, "motions"]),
             "vote_records": AssetIn(key=[GROUP, "vote_records"]),
