@@ -71,7 +71,7 @@ def check_run_arguments(args: argparse.Namespace, settings: Settings) -> RunArgu
     from persona_platform.persona_assets.definitions import defs
     from persona_platform.persona_assets.experiments import COMPARISON_GROUP, experiments
     from persona_platform.persona_assets.runner import experiment_op_config
-    from persona_platform.resources.llm.backends import is_embedded
+    from persona_platform.resources.llm.backends import is_embedded, split_backend
 
     countries, agents = country_partition_keys(_split(args.countries)), _split(args.agents)
     _check_known("country", countries, COUNTRIES, str(settings.goqa_source))
@@ -87,10 +87,14 @@ def check_run_arguments(args: argparse.Namespace, settings: Settings) -> RunArgu
     keys = selection.resolve(graph)
     if not keys:
         raise PersonaInputError(f"--select {args.select!r} holds no asset of experiment {', '.join(chosen)}")
-    selected = [x for x in experiments() if any(k.path[0] == x.name for k in keys)]
+    selected = [x for x in experiments() if any(len(k.path) == 3 and k.path[0] == x.name for k in keys)]
     check_models(settings, keys, graph, selected)
     # The quick-start profile shrinks only the experiments whose generator is an embedded model.
-    embedded = {x.name for x in selected if is_embedded(x.model("generator", settings.llm.model))}
+    embedded = {
+        x.name
+        for x in selected
+        if is_embedded(split_backend(x.model_label("generator", str(settings.llm)))[1])
+    }
     config_file = args.config or (EMBEDDED_PROFILE if embedded else None)
     steps_for = set(embedded) if args.config is None else {x.name for x in experiments()}
     op_config = experiment_op_config(defs, load_op_config(config_file), steps_for, config_file)

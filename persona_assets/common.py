@@ -101,12 +101,12 @@ def experiment_step(x: Experiment, domain: str) -> dict:
 
 
 def experiment_model_step(
-    x: Experiment, domain: str, partitions_def: PartitionsDefinition, role: str = "generator"
+    x: Experiment, domain: str, table: str, partitions_def: PartitionsDefinition, role: str = "generator"
 ) -> dict:
     """Decorator arguments of an experiment's asset that asks ``role``'s model: keyed [experiment, domain,
-    name], in the experiment's group, in a GPU pod sized for that model, backfills loading it once a run."""
+    table], in the experiment's group, in a GPU pod sized for that model, backfills loading it once a run."""
     return dict(
-        key_prefix=[x.name, domain],
+        key=x.key(domain, table),
         **experiment_step(x, domain),
         owners=OWNERS,
         kinds=MODEL_KINDS,

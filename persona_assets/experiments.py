@@ -34,6 +34,11 @@ from persona_platform.resources.settings import load_settings
 
 # Joined with "__" into op names and warehouse schemas, so a name has no double underscore.
 NAME = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+# Names an experiment cannot take: an experiment's name is its asset group, and these are the shared groups
+# (the domains'), the comparison's and Dagster's own default group.
+RESERVED_NAMES = frozenset(
+    "opinions elicitation agents traits responses judging votes alignment reports default".split()
+)
 # The group of what compares experiments (it reads every experiment's assets).
 COMPARISON_GROUP = "reports"
 # Role -> the deployment's resource for it, which the experiment's model replaces where the file names one.
@@ -46,7 +51,8 @@ ENGINE_SETTINGS = tuple(
 
 
 # The tables (schema.table) every experiment has its own copy of, as the factories name them: the same
-# for every experiment, since the same factories build them.
+# for every experiment, since the same factories build them. Every key of an experiment's asset is made by
+# Experiment.key, which records its table here.
 EXPERIMENT_TABLES: set[str] = set()
 
 
@@ -135,11 +141,6 @@ class Experiment:
         backend, model = split_backend(spec.model)
         return f"{backend or 'transformers'}:{model}"
 
-    def model(self, role: str, deployment_model: str) -> str:
-        """The model (without backend) answering ``role``: the file's, else ``deployment_model``."""
-        spec = self.models.get(role)
-        return split_backend(spec.model)[1] if spec else deployment_model
-
     def configured(self, config: type[Config], step: str) -> type[Config]:
         """``config`` with this experiment's profile for ``step`` as its defaults: the UI's launchpad shows
         them and a run's own config still overrides them."""
@@ -180,6 +181,10 @@ def read_experiment(path: Path) -> Experiment:
         raise ExperimentError(
             f"{path}: the file name {name!r} is the experiment's name: lowercase letters, digits and single "
             "underscores, starting with a letter"
+        )
+    if name in RESERVED_NAMES:
+        raise ExperimentError(
+            f"{path}: the file name {name!r} is a group of the shared assets; name it otherwise"
         )
     content = path.read_bytes()
     try:

@@ -50,7 +50,7 @@ def _similarity_metadata(frame: pl.DataFrame, skipped: int) -> dict:
 
 def agent_opinions(x: Experiment) -> AssetsDefinition:
     @asset(
-        **experiment_model_step(x, GROUP, agent_country_partitions),
+        **experiment_model_step(x, GROUP, "agent_opinions", agent_country_partitions),
         code_version=x.code_version(VERSION),
         metadata=AGENT_COUNTRY_PARTITION | table_columns(ANSWER_SCHEMA),
         ins={"goqa_survey": SURVEY_IN, "lora_adapters": AssetIn(key=x.key("agents", "lora_adapters"))},
@@ -84,7 +84,7 @@ def agent_opinions(x: Experiment) -> AssetsDefinition:
 
 def base_opinions(x: Experiment) -> AssetsDefinition:
     @asset(
-        **experiment_model_step(x, GROUP, countries_partitions),
+        **experiment_model_step(x, GROUP, "base_opinions", countries_partitions),
         code_version=x.code_version(VERSION),
         metadata=COUNTRY_PARTITION | table_columns(ANSWER_SCHEMA),
         ins={"goqa_survey": SURVEY_IN},
@@ -110,7 +110,7 @@ def base_opinions(x: Experiment) -> AssetsDefinition:
 
 def opinion_alignment(x: Experiment) -> AssetsDefinition:
     @asset(
-        key_prefix=[x.name, GROUP],
+        key=x.key(GROUP, "opinion_alignment"),
         **(REPORT_STEP | experiment_step(x, GROUP)),
         metadata=table_columns(SUMMARY_SCHEMA),
         code_version=x.code_version(VERSION),

@@ -24,6 +24,7 @@ from persona_platform.persona_assets.common import (
     COUNTRY_PARTITION,
     MODEL_KINDS,
     OWNERS,
+    experiment_model_step,
     gpu_step,
     model_backfill,
     results_table,
@@ -76,11 +77,6 @@ EVALUATION_VERSION = f"few-shot-1-{FEW_SHOT_HASH}"
 CHAT_VERSION = f"zero-shot-chat-2-{CHAT_HASH}"
 # The chat baseline's method: an instruction model of its own, or the generator through a chat template.
 CHAT, BASE_CHAT_TEMPLATE = "zero_shot_chat", "zero_shot_base_chat_template"
-BY_COUNTRY = dict(
-    partitions_def=countries_partitions,
-    backfill_policy=model_backfill(countries_partitions),
-)
-COUNTRY_OUT = dict(owners=OWNERS, kinds=MODEL_KINDS)
 SPLITS_IN = {
     "goqa_splits": AssetIn(key=["opinions", "goqa_splits"]),
     "goqa_claims": AssetIn(key=["opinions", "goqa_claims"]),
@@ -210,20 +206,12 @@ def experiment_assets(x: Experiment) -> list[AssetsDefinition]:
     ]
 
 
-def _country_step(x: Experiment) -> dict:
-    """Decorator arguments of an experiment's country-partitioned model step."""
-    return dict(
-        **BY_COUNTRY,
-        **gpu_step(gpus=x.gpus()),
-        group_name=x.name,
-    )
-
-
 def _country_out(x: Experiment, name: str, version: str, schema, description: str) -> AssetOut:
     return AssetOut(
         key=x.key(GROUP, name),
         code_version=x.code_version(version),
-        **COUNTRY_OUT,
+        owners=OWNERS,
+        kinds=MODEL_KINDS,
         tags=x.tags(GROUP),
         metadata=COUNTRY_PARTITION | table_columns(schema),
         description=description,
@@ -249,7 +237,10 @@ def icm_search(x: Experiment) -> AssetsDefinition:
                 "Every ICM iteration: temperature, energy change, acceptance, agreement with gold.",
             ),
         },
-        **_country_step(x),
+        group_name=x.name,
+        **gpu_step(gpus=x.gpus()),
+        partitions_def=countries_partitions,
+        backfill_policy=model_backfill(countries_partitions),
         ins=SPLITS_IN,
     )
     def search(
@@ -295,10 +286,7 @@ def icm_search(x: Experiment) -> AssetsDefinition:
 
 def zero_shot_base_predictions(x: Experiment) -> AssetsDefinition:
     @asset(
-        key=x.key(GROUP, "zero_shot_base_predictions"),
-        **_country_step(x),
-        **COUNTRY_OUT,
-        tags=x.tags(GROUP),
+        **experiment_model_step(x, GROUP, "zero_shot_base_predictions", countries_partitions),
         metadata=COUNTRY_PARTITION | table_columns(ZERO_SHOT_SCHEMA),
         code_version=x.code_version(ZERO_SHOT_VERSION),
         ins=SPLITS_IN,
@@ -326,10 +314,7 @@ def zero_shot_base_predictions(x: Experiment) -> AssetsDefinition:
 
 def few_shot_predictions(x: Experiment) -> AssetsDefinition:
     @asset(
-        key=x.key(GROUP, "few_shot_predictions"),
-        **_country_step(x),
-        **COUNTRY_OUT,
-        tags=x.tags(GROUP),
+        **experiment_model_step(x, GROUP, "few_shot_predictions", countries_partitions),
         metadata=COUNTRY_PARTITION | table_columns(FEW_SHOT_SCHEMA),
         code_version=x.code_version(EVALUATION_VERSION),
         ins={"icm_labels": AssetIn(key=x.key(GROUP, "icm_labels")), **SPLITS_IN},
@@ -368,10 +353,7 @@ def few_shot_predictions(x: Experiment) -> AssetsDefinition:
 
 def zero_shot_chat_predictions(x: Experiment) -> AssetsDefinition:
     @asset(
-        key=x.key(GROUP, "zero_shot_chat_predictions"),
-        **_country_step(x),
-        **COUNTRY_OUT,
-        tags=x.tags(GROUP),
+        **experiment_model_step(x, GROUP, "zero_shot_chat_predictions", countries_partitions),
         metadata=COUNTRY_PARTITION | table_columns(CHAT_SCHEMA),
         code_version=x.code_version(CHAT_VERSION),
         ins=SPLITS_IN,

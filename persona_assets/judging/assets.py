@@ -46,10 +46,10 @@ def experiment_assets(x: Experiment) -> list[AssetsDefinition]:
     return [judgments(x), pairwise_comparisons(x), judging_summary(x)]
 
 
-def _judge_step(x: Experiment) -> dict:
+def _judge_step(x: Experiment, table: str) -> dict:
     """Decorator arguments of an experiment's judge step: on its judge's GPUs, every agent in one run."""
     return dict(
-        **experiment_model_step(x, GROUP, agents_partitions, role="judge"),
+        **experiment_model_step(x, GROUP, table, agents_partitions, role="judge"),
         ins={
             "evaluation_items": AssetIn(key=x.key("responses", "evaluation_items")),
             "task_responses": AssetIn(key=x.key("responses", "task_responses")),
@@ -71,7 +71,7 @@ class JudgeConfig(Config):
 
 def judgments(x: Experiment) -> AssetsDefinition:
     @asset(
-        **_judge_step(x),
+        **_judge_step(x, "judgments"),
         metadata=AGENT_PARTITION | table_columns(JUDGMENT_SCHEMA),
         code_version=x.code_version(JUDGMENTS_VERSION),
     )
@@ -105,7 +105,7 @@ def judgments(x: Experiment) -> AssetsDefinition:
 
 def pairwise_comparisons(x: Experiment) -> AssetsDefinition:
     @asset(
-        **_judge_step(x),
+        **_judge_step(x, "pairwise_comparisons"),
         metadata=AGENT_PARTITION | table_columns(COMPARISON_SCHEMA),
         code_version=x.code_version(COMPARISONS_VERSION),
     )
@@ -150,7 +150,7 @@ def _comparison_metadata(comparisons: pl.DataFrame) -> dict:
 
 def judging_summary(x: Experiment) -> AssetsDefinition:
     @asset(
-        key_prefix=[x.name, GROUP],
+        key=x.key(GROUP, "judging_summary"),
         **(REPORT_STEP | experiment_step(x, GROUP)),
         metadata=table_columns(SUMMARY_SCHEMA),
         code_version=x.code_version(SUMMARY_VERSION),

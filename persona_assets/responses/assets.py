@@ -39,9 +39,9 @@ def experiment_assets(x: Experiment) -> list[AssetsDefinition]:
     return [evaluation_items(x), task_responses(x)]
 
 
-def _shared(x: Experiment) -> dict:
+def _shared(x: Experiment, table: str) -> dict:
     return dict(
-        key_prefix=[x.name, GROUP],
+        key=x.key(GROUP, table),
         **experiment_step(x, GROUP),
         owners=OWNERS,
         partitions_def=agents_partitions,
@@ -92,7 +92,7 @@ class ResponseConfig(Config):
 
 def evaluation_items(x: Experiment) -> AssetsDefinition:
     @asset(
-        **_shared(x),
+        **_shared(x, "evaluation_items"),
         backfill_policy=ONE_RUN_PER_BACKFILL,
         metadata=AGENT_PARTITION | table_columns(ITEM_SCHEMA),
         kinds=TABLE_KINDS,
@@ -136,7 +136,7 @@ def evaluation_items(x: Experiment) -> AssetsDefinition:
 
 def task_responses(x: Experiment) -> AssetsDefinition:
     @asset(
-        **_shared(x),
+        **_shared(x, "task_responses"),
         backfill_policy=model_backfill(agents_partitions),
         metadata=AGENT_PARTITION | table_columns(RESPONSE_SCHEMA),
         kinds=MODEL_KINDS,

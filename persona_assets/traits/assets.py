@@ -120,7 +120,7 @@ def _sampling(config: SamplingConfig) -> dict:
 
 def trait_screenings(x: Experiment) -> AssetsDefinition:
     @asset(
-        **experiment_model_step(x, GROUP, agents_partitions),
+        **experiment_model_step(x, GROUP, "trait_screenings", agents_partitions),
         metadata=AGENT_PARTITION | table_columns(SCREENING_SCHEMA),
         ins=MONOLOGUES_IN,
         code_version=f"screenings-1-{prompts.TRAIT_HASH}",
@@ -164,7 +164,7 @@ def trait_screenings(x: Experiment) -> AssetsDefinition:
 
 def probe_questions(x: Experiment) -> AssetsDefinition:
     @asset(
-        **experiment_model_step(x, GROUP, agents_partitions),
+        **experiment_model_step(x, GROUP, "probe_questions", agents_partitions),
         metadata=AGENT_PARTITION | table_columns(PROBE_SCHEMA),
         ins={"trait_screenings": AssetIn(key=x.key(GROUP, "trait_screenings"))},
         deps=[REVIEWS],
@@ -201,7 +201,7 @@ def probe_questions(x: Experiment) -> AssetsDefinition:
 
 def monologue_prompts(x: Experiment) -> AssetsDefinition:
     @asset(
-        **experiment_model_step(x, GROUP, agents_partitions),
+        **experiment_model_step(x, GROUP, "monologue_prompts", agents_partitions),
         metadata=AGENT_PARTITION | table_columns(MONOLOGUE_PROMPT_SCHEMA),
         ins=MONOLOGUES_IN,
         deps=[REVIEWS],
@@ -239,7 +239,7 @@ def monologue_prompts(x: Experiment) -> AssetsDefinition:
 
 def agent_profiles(x: Experiment) -> AssetsDefinition:
     @asset(
-        **experiment_model_step(x, GROUP, agents_partitions),
+        **experiment_model_step(x, GROUP, "agent_profiles", agents_partitions),
         metadata=AGENT_PARTITION | table_columns(PROFILE_SCHEMA),
         ins=MONOLOGUES_IN,
         code_version=f"profiles-1-{prompts.PROFILE_HASH}",

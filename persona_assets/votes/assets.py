@@ -125,7 +125,7 @@ def vote_records(context: AssetExecutionContext, motions: pl.DataFrame) -> pl.Da
 
 def vote_predictions(x: Experiment) -> AssetsDefinition:
     @asset(
-        **experiment_model_step(x, GROUP, agents_partitions),
+        **experiment_model_step(x, GROUP, "vote_predictions", agents_partitions),
         code_version=x.code_version(PREDICTION_VERSION),
         metadata=AGENT_PARTITION | table_columns(PREDICTION_SCHEMA),
         ins={
@@ -178,7 +178,7 @@ def _prediction_metadata(predictions: pl.DataFrame) -> dict:
 
 def vote_metrics_summary(x: Experiment) -> AssetsDefinition:
     @asset(
-        key_prefix=[x.name, GROUP],
+        key=x.key(GROUP, "vote_metrics_summary"),
         **(REPORT_STEP | experiment_step(x, GROUP)),
         metadata=table_columns(METRIC_SCHEMA),
         code_version=x.code_version(METRICS_VERSION),

@@ -40,6 +40,7 @@ def test_the_repository_ships_two_experiments_on_two_local_models():
     [
         ("Bad-Name", "description: x\n", "the file name 'Bad-Name' is the experiment's name"),
         ("two__parts", "description: x\n", "the file name 'two__parts'"),
+        ("agents", "description: x\n", "the file name 'agents' is a group of the shared assets"),
         ("broken", "description: [x\n", "broken.yaml: line 2 not YAML"),
         ("listed", "- a\n- b\n", "listed.yaml: expected a mapping"),
         ("nodesc", "models: {}\n", "nodesc.yaml: description: Field required"),
