@@ -8,4 +8,5 @@ cd "$root"
 # Lint and format first: a style error fails in seconds, before the suite's minutes.
 "$root/.venv/bin/ruff" check .
 "$root/.venv/bin/ruff" format --check .
-exec "$root/.venv/bin/python" -m pytest "$@"
+# Two workers (tests/conftest.py schedules them); pass -n 0 to run in one process.
+exec "$root/.venv/bin/python" -m pytest -n 2 "$@"

@@ -1,3 +1,6 @@
+import ast
+import fcntl
+import functools
 import json
 import os
 import signal
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from xdist.scheduler import LoadScopeScheduling
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT_ROOT.parent / "shared"
@@ -24,6 +28,10 @@ SAMPLE_RUN_ENV = {"PERSONA_EXPERIMENTS": str(EXPERIMENTS)}  # what the quick sta
 
 
 def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Each worker and what it starts computes on one thread: two workers with a torch thread per core each
+        # oversubscribe the cores, and torch's spinning threads then run several times slower.
+        os.environ["OMP_NUM_THREADS"] = "1"
     # Settings are read when the code location is imported: keep tests off the user's home.
     # Nor may a developer's settings (a real model, an API, a DuckLake, k8s) leak into the tests.
     for name in [n for n in os.environ if n.startswith("PERSONA_")]:
@@ -34,6 +42,39 @@ def pytest_configure(config):
     one = Path(tempfile.mkdtemp(prefix="persona-test-experiments-"))
     (one / "primary.yaml").write_bytes((EXPERIMENTS / "primary.yaml").read_bytes())
     os.environ["PERSONA_EXPERIMENTS"] = str(one)
+
+
+class SharedFixtureScheduling(LoadScopeScheduling):
+    """xdist's scheduling by scope, a scope being a test file, except that every test over the quick start's
+    run (the `sample_run` fixture, minutes long) is in one scope: those tests share one worker, which makes
+    the run once and starts on it first (the largest scope), while the other worker takes the rest.
+    (pytest-xdist's own loadgroup cannot group under pytest 9.2: it renames items through an attribute
+    pytest no longer reads.)"""
+
+    def _split_scope(self, nodeid: str) -> str:
+        path, _, rest = nodeid.partition("::")
+        test = rest.split("::")[-1].split("[")[0]
+        return QUICK_START_SCOPE if test in _tests_over_sample_run(path) else path
+
+
+QUICK_START_SCOPE = "sample_run"
+
+
+@functools.cache
+def _tests_over_sample_run(path: str) -> frozenset[str]:
+    """The tests of a file that use `sample_run`, directly or through the file's own fixtures (the controller
+    sees node ids only, so it reads the file)."""
+    tree = ast.parse((PROJECT_ROOT / path).read_text())
+    functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]
+    uses = {"sample_run"}
+    for _ in functions:  # fixtures over fixtures over sample_run, to any depth
+        uses |= {f.name for f in functions if uses & {a.arg for a in f.args.args}}
+    return frozenset(f.name for f in functions if f.name.startswith("test_") and f.name in uses)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    return SharedFixtureScheduling(config, log)
 
 
 def primary_experiment():
@@ -90,10 +131,22 @@ class SampleRun:
 
 @pytest.fixture(scope="session")
 def sample_run(tmp_path_factory) -> SampleRun:
-    """The quick start's `persona run`, once per test session: every asset, every partition of the sample."""
-    home = tmp_path_factory.mktemp("sample-run")
-    result = persona(home, "run", extra_env=SAMPLE_RUN_ENV)
-    return SampleRun(home, result.stdout, result.stderr, result.returncode)
+    """The quick start's `persona run`, once per test session: every asset, every partition of the sample.
+    Under xdist the first worker to need it makes it and records the outcome; another waits on the lock and
+    reads it (the scheduler keeps its tests on one worker; this keeps a stray one from running it again)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's own folder
+    record = shared / "sample-run.json"
+    with (shared / "sample-run.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.exists():
+            home = shared / "sample-run"
+            home.mkdir()
+            result = persona(home, "run", extra_env=SAMPLE_RUN_ENV)
+            outcome = {"home": str(home), "stdout": result.stdout, "stderr": result.stderr}
+            record.write_text(json.dumps({**outcome, "returncode": result.returncode}))
+        saved = json.loads(record.read_text())
+    return SampleRun(Path(saved["home"]), saved["stdout"], saved["stderr"], saved["returncode"])
 
 
 def local_resources(home: Path, llm, **overrides) -> dict:
