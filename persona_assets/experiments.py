@@ -54,6 +54,8 @@ ENGINE_SETTINGS = tuple(
 # for every experiment, since the same factories build them. Every key of an experiment's asset is made by
 # Experiment.key, which records its table here.
 EXPERIMENT_TABLES: set[str] = set()
+# The tag that names an asset's experiment (its group is the experiment too, but tags select across groups).
+EXPERIMENT_TAG = "persona/experiment"
 
 
 class ExperimentError(PersonaInputError):
@@ -111,7 +113,7 @@ class Experiment:
         return f"{base}+{self.name}-{self.version}"
 
     def tags(self, domain: str) -> dict[str, str]:
-        return {"persona/experiment": self.name, "persona/domain": domain}
+        return {EXPERIMENT_TAG: self.name, "persona/domain": domain}
 
     def role(self, role: str, deployment: LLMResource) -> LLMResource:
         """The resource answering ``role`` here: the deployment's own, or one for the file's model (engines

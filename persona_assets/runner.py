@@ -37,6 +37,7 @@ from dagster import (
 
 from persona_platform.partitions import partitioning
 from persona_platform.persona_assets.common import GPU_POOL
+from persona_platform.persona_assets.experiments import EXPERIMENT_TAG
 from persona_platform.persona_assets.experiments import experiments as all_experiments
 from persona_platform.persona_assets.progress import live_run
 from persona_platform.resources.settings import SettingsError
@@ -156,25 +157,30 @@ def plan_runs(
     runs: list[PlannedRun] = []
     for group in groups:
         group.model = any(GPU_POOL in (graph.get(k).pools or ()) for k in group.asset_keys)
+        # Fanned out, each experiment's model steps are runs of their own: experiments share no model step
+        # and usually cost alike, so they balance the workers where partitions cannot (3 agents on 2).
+        experiments = by_experiment(graph, group.asset_keys) if fanned_out and group.model else []
         if group.partitions_def is None:
-            runs.append(group)
+            runs += [PlannedRun(keys, None, model=True, stage=group.stage) for keys in experiments] or [group]
             continue
         for key_range, size in partition_ranges(group.partitions_def, countries, agents):
-            if fanned_out and group.model:
-                for chunk_range, chunk_size, cost in split_range(
-                    group.partitions_def, key_range, parallel, per_run
-                ):
-                    runs.append(
-                        PlannedRun(
-                            group.asset_keys,
-                            group.partitions_def,
-                            chunk_range,
-                            chunk_size,
-                            model=True,
-                            stage=group.stage,
-                            cost=cost,
+            if experiments:
+                workers = max(1, math.ceil(parallel / len(experiments)))  # each experiment's share
+                for keys in experiments:
+                    for chunk_range, chunk_size, cost in split_range(
+                        group.partitions_def, key_range, workers, per_run
+                    ):
+                        runs.append(
+                            PlannedRun(
+                                keys,
+                                group.partitions_def,
+                                chunk_range,
+                                chunk_size,
+                                model=True,
+                                stage=group.stage,
+                                cost=cost,
+                            )
                         )
-                    )
             else:
                 runs.append(
                     PlannedRun(
@@ -182,6 +188,15 @@ def plan_runs(
                     )
                 )
     return runs
+
+
+def by_experiment(graph, keys: list[AssetKey]) -> list[list[AssetKey]]:
+    """``keys`` grouped by the experiment their assets belong to (tag persona/experiment; shared assets in a
+    group of their own), in first-seen order."""
+    groups: dict[str | None, list[AssetKey]] = {}
+    for key in keys:
+        groups.setdefault(graph.get(key).tags.get(EXPERIMENT_TAG), []).append(key)
+    return list(groups.values())
 
 
 # -- chunks of partitions balanced by expected cost -------------------------------------------------------
