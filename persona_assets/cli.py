@@ -609,7 +609,11 @@ def command_review(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     domain, table, column, order = SOURCES[args.kind]
-    schema = experiment_schema(review_experiment(args), domain) if args.kind in PER_EXPERIMENT else domain
+    schema = (
+        experiment_schema(chosen_experiment(args, f"review-questions --kind {args.kind}"), domain)
+        if args.kind in PER_EXPERIMENT
+        else domain
+    )
     warehouse = open_warehouse(settings)
     source = warehouse.read_optional(schema, table)
     if source is None:
@@ -625,18 +629,58 @@ def command_review(args: argparse.Namespace) -> int:
     return 0
 
 
-def review_experiment(args: argparse.Namespace) -> str:
-    """The experiment whose generated questions are reviewed: --experiment, or the only one there is."""
+def chosen_experiment(args: argparse.Namespace, command: str) -> str:
+    """The experiment a command reads: --experiment, or the only one there is."""
     from persona_platform.persona_assets.experiments import experiments
 
     known = [x.name for x in experiments()]
     if args.experiment is None and len(known) > 1:
-        raise SettingsError(
-            f"review-questions --kind {args.kind}: name the experiment, --experiment {'|'.join(known)}"
-        )
+        raise SettingsError(f"{command}: name the experiment, --experiment {'|'.join(known)}")
     chosen = args.experiment or known[0]
     _check_known("experiment", {chosen}, known, str(load_settings().experiments_dir))
     return chosen
+
+
+def command_export(args: argparse.Namespace) -> int:
+    """Write one country's training data under one label source as a file `datasets` and TRL read."""
+    from persona_platform.partitions import COUNTRIES
+    from persona_platform.persona_assets.finetune.export import FORMATS, export_frame, write_dataset
+
+    settings = load_settings()
+    experiment = chosen_experiment(args, "export labels")
+    (country,) = country_partition_keys([args.country])
+    _check_known("country", {country}, COUNTRIES, str(settings.goqa_source))
+    warehouse = open_warehouse(settings)
+    schema, table = f"{experiment}__finetune", FORMATS[args.format]
+    missing = SettingsError(
+        f"no {schema}.{table} in {settings.warehouse_label}: materialize it first "
+        f"(persona run --experiment {experiment})"
+    )
+    if not warehouse.exists():
+        raise missing
+    with reading(warehouse) as con:
+        try:
+            known_table(con, f"{schema}.{table}", settings.warehouse_label)
+        except PersonaInputError:
+            raise missing from None
+        where = "country = ? AND labels = ?" + (" AND variant = ?" if args.variant else "")
+        values = [country, args.labels] + ([args.variant] if args.variant else [])
+        rows = con.execute(f'SELECT * FROM "{schema}"."{table}" WHERE {where}', values).pl()
+    if rows.is_empty():
+        raise SettingsError(
+            f"{schema}.{table}: no rows for country {country!r}, labels {args.labels!r}"
+            + (f", variant {args.variant!r}" if args.variant else "")
+            + " (materialize its partition first)"
+        )
+    try:
+        write_dataset(export_frame(rows, args.format), args.file)
+    except ValueError as exc:
+        raise PersonaInputError(str(exc)) from None
+    variants = ", ".join(sorted(rows["variant"].unique()))
+    print(
+        f"{args.file}: {rows.height} {args.format} examples of {country} ({args.labels} labels; {variants})"
+    )
+    return 0
 
 
 def command_world(args: argparse.Namespace) -> int:
@@ -768,6 +812,23 @@ def main(argv: list[str] | None = None) -> int:
         "(default: the only one)",
     )
     review.set_defaults(handler=command_review)
+    export = commands.add_parser("export", help="write warehouse data as files other tools read")
+    exported = export.add_subparsers(dest="what", required=True)
+    labels = exported.add_parser(
+        "labels", help="a country's training data under one label source, as JSON Lines or Parquet for TRL"
+    )
+    labels.add_argument("--country", required=True, help="the country, by partition key or name")
+    labels.add_argument("--labels", required=True, choices=["icm", "gold", "random"], help="the label source")
+    labels.add_argument(
+        "--format",
+        required=True,
+        choices=["sft", "dpo"],
+        help="sft: prompt, completion; dpo: prompt, chosen, rejected",
+    )
+    labels.add_argument("--variant", help="all or binary (default: both, in one file)")
+    labels.add_argument("--experiment", help="the experiment whose labels (default: the only one)")
+    labels.add_argument("file", type=Path, help="the file to write: .jsonl, .json (JSON Lines) or .parquet")
+    labels.set_defaults(handler=command_export)
     world = commands.add_parser("world", help="write the planted-signal engine's worlds as a survey file")
     world.add_argument("file", type=Path, help="the survey file to write (Hugging Face CSV format)")
     world.add_argument(

@@ -200,11 +200,13 @@ def search_trace(
     return figure
 
 
-def loss_curve(title: str, steps: Sequence[int], losses: Sequence[float]) -> Figure:
+def loss_curve(
+    title: str, steps: Sequence[int], losses: Sequence[float], ylabel: str = "training loss (agent tokens)"
+) -> Figure:
     figure, axis = plt.subplots(figsize=(7, 3.5), layout="constrained")
     axis.plot(steps, losses, color="#58b6c0")
     axis.set_xlabel("step")
-    axis.set_ylabel("training loss (agent tokens)")
+    axis.set_ylabel(ylabel)
     axis.set_title(title)
     axis.grid(alpha=0.3)
     _footnote(figure, f"n = {len(steps)} logged steps; one training run, no interval drawn.")

@@ -41,3 +41,25 @@ def ties_verdict(decided: int, tied: int) -> str:
     if decided == 0:
         return f"every one of {tied} pairs tied (or went both ways): no decision; {NO_SIGNAL}"
     return f"{decided} of {decided + tied} pairs decided, {tied} tied"
+
+
+# A diagonal "stands out" at this one-sided permutation p-value or below.
+DIAGONAL_ALPHA = 0.05
+
+
+def diagonal_verdict(tests: Sequence[Mapping]) -> str:
+    """Country personas: in how many (variant, label source) matrices the diagonal stands out; the ICM
+    one in detail."""
+    tested = [t for t in tests if t["p_value"] is not None]
+    if not tested:
+        return "fewer than 2 countries: no matrix to test"
+    standing = [t for t in tested if t["p_value"] <= DIAGONAL_ALPHA]
+    icm = next((t for t in tested if t["labels"] == "icm"), tested[0])
+    detail = (
+        f"{icm['labels']} ({icm['variant']}): own country closest for {icm['own_first']} of "
+        f"{icm['countries']}, diagonal {icm['diagonal']:.3f} vs {icm['off_diagonal']:.3f} off it, "
+        f"p = {icm['p_value']:.3g}"
+    )
+    if not standing:
+        return f"the diagonal stands out in none of {len(tested)} matrices (p > {DIAGONAL_ALPHA}); {detail}"
+    return f"the diagonal stands out in {len(standing)} of {len(tested)} matrices; {detail}"

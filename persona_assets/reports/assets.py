@@ -51,7 +51,7 @@ from persona_platform.persona_assets.steps import asset_frame
 from persona_platform.persona_assets.verdicts import scores_verdict
 from persona_platform.resources.artifacts import ArtifactStore
 
-SUMMARY_VERSION = "accuracy-summary-2"
+SUMMARY_VERSION = "accuracy-summary-3"
 
 
 def headline_metadata(summary: pl.DataFrame) -> dict:
@@ -62,8 +62,14 @@ def headline_metadata(summary: pl.DataFrame) -> dict:
     }
 
 
-DIFFERENCES_VERSION = "method-differences-1"
-PREDICTIONS = ("zero_shot_base_predictions", "zero_shot_chat_predictions", "few_shot_predictions")
+DIFFERENCES_VERSION = "method-differences-2"
+# Every method's prediction table, and its domain.
+PREDICTIONS = {
+    "zero_shot_base_predictions": "elicitation",
+    "zero_shot_chat_predictions": "elicitation",
+    "few_shot_predictions": "elicitation",
+    "finetuned_predictions": "finetune",
+}
 
 
 def experiment_assets(x: Experiment) -> list[AssetsDefinition]:
@@ -77,7 +83,7 @@ def _report(x: Experiment) -> dict:
         **experiment_step(x, "elicitation"),
         owners=OWNERS,
         pool=WAREHOUSE_POOL,
-        ins={name: AssetIn(key=x.key("elicitation", name)) for name in PREDICTIONS},
+        ins={name: AssetIn(key=x.key(domain, name)) for name, domain in PREDICTIONS.items()},
     )
 
 
@@ -95,13 +101,19 @@ def accuracy_summary(x: Experiment) -> AssetsDefinition:
         zero_shot_base_predictions: pl.DataFrame,
         zero_shot_chat_predictions: pl.DataFrame,
         few_shot_predictions: pl.DataFrame,
+        finetuned_predictions: pl.DataFrame,
     ) -> pl.DataFrame:
         """Test accuracy per country, variant and method over test questions (mean, std over repeats, 95%
         cluster-bootstrap interval over questions, n questions and claims), and aggregated over countries
         weighted by test size (k = -1 there: each country's own M); bar and accuracy-vs-examples plots per
         country and for the aggregate, with those intervals."""
         rows = summary_rows(
-            method_scores(zero_shot_base_predictions, zero_shot_chat_predictions, few_shot_predictions)
+            method_scores(
+                zero_shot_base_predictions,
+                zero_shot_chat_predictions,
+                few_shot_predictions,
+                finetuned_predictions,
+            )
         )
         frame = asset_frame(context, rows, SUMMARY_SCHEMA)
         plots = {}
@@ -141,11 +153,18 @@ def method_differences(x: Experiment) -> AssetsDefinition:
         zero_shot_base_predictions: pl.DataFrame,
         zero_shot_chat_predictions: pl.DataFrame,
         few_shot_predictions: pl.DataFrame,
+        finetuned_predictions: pl.DataFrame,
     ) -> pl.DataFrame:
-        """Paired differences between methods on the same test questions (ICM − gold, ICM − zero-shot base,
-        gold − random, ICM − zero-shot chat), per country and aggregated: mean difference of per-question
-        accuracy, 95% cluster-bootstrap interval, sign-flip permutation p-value, n questions."""
-        scores = method_scores(zero_shot_base_predictions, zero_shot_chat_predictions, few_shot_predictions)
+        """Paired differences between methods on the same test questions (fine-tuned on ICM − on gold, on ICM
+        − on random, fine-tuned on ICM − few-shot ICM, ICM − gold, ICM − zero-shot base, gold − random, ICM −
+        zero-shot chat), per country and aggregated: mean difference of per-question accuracy, 95%
+        cluster-bootstrap interval, sign-flip permutation p-value, n questions."""
+        scores = method_scores(
+            zero_shot_base_predictions,
+            zero_shot_chat_predictions,
+            few_shot_predictions,
+            finetuned_predictions,
+        )
         frame = asset_frame(context, difference_rows(scores), DIFFERENCES_SCHEMA)
         shown = [
             "scope",
@@ -164,12 +183,10 @@ def method_differences(x: Experiment) -> AssetsDefinition:
     return differences
 
 
-COMPARISON_VERSION = "experiment-comparison-1"
+COMPARISON_VERSION = "experiment-comparison-2"
 # What the comparison reads of each experiment: its name here is f"{experiment}__{table}".
 COMPARED = {
-    "zero_shot_base_predictions": "elicitation",
-    "zero_shot_chat_predictions": "elicitation",
-    "few_shot_predictions": "elicitation",
+    **PREDICTIONS,
     "accuracy_summary": "elicitation",
     "perplexity_matrix": "agents",
     "judging_summary": "judging",

@@ -154,17 +154,18 @@ COMPARISON_SCHEMA = columns(
 @dataclass(frozen=True)
 class ExperimentInputs:
     """One experiment's tables as the comparison reads them. The prediction frames are the experiment's
-    ``elicitation.*_predictions`` (as ``reports.tables.method_scores`` takes them; None for a method not
-    run); ``accuracy_summary`` is its ``elicitation.accuracy_summary``, whose rows the accuracy rows cite (a
-    row it lacks is cited through the prediction rows instead); ``perplexity_matrix`` and ``judging_summary``
-    (its ``agents.perplexity_matrix`` and ``judging.judging_summary``) may be None or empty when that part was
-    not materialized."""
+    ``elicitation.*_predictions`` and ``finetune.finetuned_predictions`` (as
+    ``reports.tables.method_scores`` takes them; None for a method not run); ``accuracy_summary`` is its
+    ``elicitation.accuracy_summary``, whose rows the accuracy rows cite (a row it lacks is cited through the
+    prediction rows instead); ``perplexity_matrix`` and ``judging_summary`` (its ``agents.perplexity_matrix``
+    and ``judging.judging_summary``) may be None or empty when that part was not materialized."""
 
     name: str
     model: str  # the generator model's label, e.g. "transformers:tiny-b"
     zero_shot_base_predictions: pl.DataFrame | None
     zero_shot_chat_predictions: pl.DataFrame | None
     few_shot_predictions: pl.DataFrame | None
+    finetuned_predictions: pl.DataFrame | None = None
     accuracy_summary: pl.DataFrame | None = None
     perplexity_matrix: pl.DataFrame | None = None
     judging_summary: pl.DataFrame | None = None
@@ -236,7 +237,7 @@ def _scored(inputs: ExperimentInputs) -> _Scored:
     zero_base = _or_empty(inputs.zero_shot_base_predictions, "zero_base")
     zero_chat = _or_empty(inputs.zero_shot_chat_predictions, "zero_chat")
     few = _or_empty(inputs.few_shot_predictions, "few")
-    scores = method_scores(zero_base, zero_chat, few)
+    scores = method_scores(zero_base, zero_chat, few, inputs.finetuned_predictions)
     summary = inputs.accuracy_summary
     return _Scored(
         inputs,

@@ -23,7 +23,16 @@ from persona_platform.persona_assets.elicitation.accuracy import (
 from persona_platform.persona_assets.provenance import row_ref
 
 AGGREGATE = "aggregate"
-BAR_METHODS = ("zero_shot_base", "zero_shot_base_chat_template", "zero_shot_chat", "icm", "gold")
+BAR_METHODS = (
+    "zero_shot_base",
+    "zero_shot_base_chat_template",
+    "zero_shot_chat",
+    "icm",
+    "gold",
+    "finetune_icm",
+    "finetune_gold",
+    "finetune_random",
+)
 CURVE_METHODS = ("gold", "icm", "random_matched")
 
 _SCOPE = (
@@ -58,8 +67,9 @@ SUMMARY_SCHEMA = columns(
     (
         "method",
         pl.String,
-        "zero_shot_base, zero_shot_chat, zero_shot_base_chat_template, or a few-shot method: gold, icm, "
-        "random_matched",
+        "zero_shot_base, zero_shot_chat, zero_shot_base_chat_template, a few-shot method (gold, icm, "
+        "random_matched), or a fine-tuned country adapter zero-shot (finetune_icm, finetune_gold, "
+        "finetune_random)",
     ),
     (
         "k",
@@ -112,6 +122,9 @@ DIFFERENCES_SCHEMA = columns(
 )
 # (a, b): a - b on the same test questions, each few-shot method at its headline k (every ICM-labelled claim).
 COMPARISONS = (
+    ("finetune_icm", "finetune_gold"),
+    ("finetune_icm", "finetune_random"),
+    ("finetune_icm", "icm"),
     ("icm", "gold"),
     ("icm", "zero_shot_base"),
     ("gold", "random_matched"),
@@ -129,20 +142,26 @@ class MethodScores:
 
 
 def method_scores(
-    zero_base: pl.DataFrame, zero_chat: pl.DataFrame, few_shot: pl.DataFrame
+    zero_base: pl.DataFrame,
+    zero_chat: pl.DataFrame,
+    few_shot: pl.DataFrame,
+    finetuned: pl.DataFrame | None = None,
 ) -> dict[Key, MethodScores]:
     """Per (country, variant, method, k): per-question scores and the prediction rows they come from.
-    A chat reply that did not parse counts as wrong, and is counted apart."""
+    A chat reply that did not parse counts as wrong, and is counted apart. ``finetuned``: the country
+    adapters' zero-shot predictions (methods finetune_*), where they were trained."""
     out = {}
     no_k = pl.lit(None, pl.Int64).alias("k")
-    sources = (
+    sources = [
         (
             zero_base.with_columns(pl.lit(0).alias("repeat"), pl.lit("zero_shot_base").alias("method"), no_k),
             "elicitation.zero_shot_base_predictions",
         ),
         (zero_chat.with_columns(no_k), "elicitation.zero_shot_chat_predictions"),
         (few_shot, "elicitation.few_shot_predictions"),
-    )
+    ]
+    if finetuned is not None:
+        sources.append((finetuned.with_columns(no_k), "finetune.finetuned_predictions"))
     for frame, table in sources:
         for (country, variant, name, k), unordered in frame.group_by("country", "variant", "method", "k"):
             part = unordered.sort("row_id")  # group and row order vary between reads; results must not

@@ -61,3 +61,11 @@ def chat_tokens(
             ids += piece_ids
             mask += [counted] * len(piece_ids)
     return ids, mask
+
+
+def completion_tokens(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[bool]]:
+    """Ids of a text prompt (with the model's begin-of-text, as ``score`` encodes prompts) and its completion
+    (as ``score`` encodes candidates), and per token whether it is the completion's."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    return prompt_ids + completion_ids, [False] * len(prompt_ids) + [True] * len(completion_ids)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
+    from persona_platform.resources.preference import PreferencePair
     from persona_platform.resources.training import Example, LoraTraining, TrainingOutcome
 
 
@@ -149,6 +150,8 @@ class AdapterTrainer(Protocol):
         self, chats: Sequence[Sequence[tuple[str, str]]], counted_role: str
     ) -> list[Example]: ...
 
+    def completion_examples(self, pairs: Sequence[tuple[str, str]]) -> list[Example]: ...
+
     def train(
         self,
         name: str,
@@ -221,6 +224,11 @@ class Engine(ABC):
             chats, counted_role
         )
 
+    def completion_examples(self, pairs: Sequence[tuple[str, str]]) -> list[Example]:
+        """Each (text prompt, completion) as the model's token ids, the loss counting the completion's tokens
+        only (a base model's plain-text task, where ``training_examples`` lays out chats)."""
+        return self._trainer("prepare training examples", "country_adapters").completion_examples(pairs)
+
     def train_adapter(
         self,
         name: str,
@@ -240,6 +248,22 @@ class Engine(ABC):
         self.usage.model_loads += outcome.model_loads  # the trainer's own loads of the base (one per process)
         self.add_adapter(name, str(adapter_dir), outcome.fingerprint)
         return outcome
+
+    def train_preference_adapter(
+        self,
+        name: str,
+        pairs: Sequence[PreferencePair],
+        settings: LoraTraining,
+        beta: float,
+        checkpoint_dir: Path,
+        adapter_dir: Path,
+        log: Callable[[str], None] = lambda message: None,
+        progress: Callable[[int, int, dict], None] | None = None,
+    ) -> TrainingOutcome:
+        """Train a fresh LoRA adapter ``name`` with DPO on ``pairs`` (the base model is the reference),
+        resuming from the latest checkpoint in ``checkpoint_dir``, save it in ``adapter_dir`` and serve it
+        from then on; ``progress(step, total_steps, numbers)`` after each step."""
+        raise self.refusal("preference-tune adapters", "country_adapters with objective dpo")
 
     def merge_adapter(
         self, name: str, out_dir: Path, check_texts: Sequence[str], max_check_tokens: int = 128

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from persona_platform.resources import training
-from persona_platform.resources.llm.chat import chat_tokens
+from persona_platform.resources.llm.chat import chat_tokens, completion_tokens
 
 
 @dataclass
@@ -52,6 +52,9 @@ class PeftTrainer:
         self, chats: Sequence[Sequence[tuple[str, str]]], counted_role: str = "assistant"
     ) -> list[training.Example]:
         return [chat_tokens(self.tokenizer, list(chat), counted_role) for chat in chats]
+
+    def completion_examples(self, pairs: Sequence[tuple[str, str]]) -> list[training.Example]:
+        return [completion_tokens(self.tokenizer, prompt, completion) for prompt, completion in pairs]
 
     def train(
         self,

@@ -18,7 +18,9 @@ or the tokenizer.
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
+import re
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ import torch
 from transformers.utils import logging as transformers_logging
 
 from persona_platform.resources import training
-from persona_platform.resources.llm.chat import chat_tokens, prompt_ids
+from persona_platform.resources.llm.chat import chat_tokens, completion_tokens, prompt_ids
 from persona_platform.resources.llm.constrained import JsonSchemaGrammars
 from persona_platform.resources.llm.engine import (
     Engine,
@@ -120,7 +122,7 @@ class TransformersEngine(Engine):
             return
         from peft import PeftModel
 
-        internal = f"{name}-{fingerprint[:12]}"
+        internal = f"{module_name(name)}-{fingerprint[:12]}"
         if not isinstance(self.model, PeftModel):
             self.model = PeftModel.from_pretrained(self.model, path, adapter_name=internal)
         elif internal not in self.model.peft_config:
@@ -132,7 +134,7 @@ class TransformersEngine(Engine):
         """Add a fresh LoRA adapter to the shared model for training; returns its internal name."""
         from peft import PeftModel, get_peft_model
 
-        internal = f"{name}-training-{len(getattr(self.model, 'peft_config', {}))}"
+        internal = f"{module_name(name)}-training-{len(getattr(self.model, 'peft_config', {}))}"
         if isinstance(self.model, PeftModel):
             self.model.add_adapter(internal, lora_config)
         else:
@@ -152,6 +154,9 @@ class TransformersEngine(Engine):
     ) -> list[training.Example]:
         return [chat_tokens(self.tokenizer, list(chat), counted_role) for chat in chats]
 
+    def completion_examples(self, pairs: Sequence[tuple[str, str]]) -> list[training.Example]:
+        return [completion_tokens(self.tokenizer, prompt, completion) for prompt, completion in pairs]
+
     def train_adapter(
         self,
         name: str,
@@ -169,7 +174,7 @@ class TransformersEngine(Engine):
             )
         torch.manual_seed(settings.seed)  # the LoRA initialisation
         if settings.quantization == "4bit":
-            internal = f"{name}-qlora"
+            internal = f"{module_name(name)}-qlora"
             model = training.quantized_for_training(self.model_path, name, settings)
             self.usage.model_loads += 1
         else:
@@ -229,6 +234,40 @@ class TransformersEngine(Engine):
                 self.model.to(self.device)
         self.usage.model_loads += outcome.model_loads
         self.add_adapter(name, str(adapter_dir), outcome.fingerprint)
+        return outcome
+
+    def train_preference_adapter(
+        self,
+        name: str,
+        pairs: Sequence,
+        settings: training.LoraTraining,
+        beta: float,
+        checkpoint_dir: Path,
+        adapter_dir: Path,
+        log: Callable[[str], None] = lambda message: None,
+        progress: Callable[[int, int, dict], None] | None = None,
+    ) -> training.TrainingOutcome:
+        """DPO with TRL on the served model itself: a fresh adapter is the policy, the base (every adapter
+        disabled) the reference."""
+        from persona_platform.resources.preference import prepare_dpo, train_dpo
+
+        prepare_dpo(name, pairs, settings)
+        torch.manual_seed(settings.seed)  # the LoRA initialisation
+        internal = self.new_trainable_adapter(name, settings.lora_config())
+        outcome = train_dpo(
+            self.model,
+            internal,
+            self.tokenizer,
+            pairs,
+            settings,
+            beta,
+            checkpoint_dir=checkpoint_dir,
+            adapter_dir=adapter_dir,
+            cpu=self.device == "cpu",
+            log=log,
+            progress=progress,
+        )
+        self.register_adapter(name, internal, outcome.fingerprint)
         return outcome
 
     def merge_adapter(
@@ -497,6 +536,14 @@ class TransformersEngine(Engine):
         self.usage.forward_passes += new_tokens.shape[1]
         self.usage.tokens_computed += int(attention.sum()) + int((new_tokens != pad).sum())
         return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+
+def module_name(name: str) -> str:
+    """An adapter's name as PEFT may use it inside the model, where a module name cannot hold a "." (a
+    country key such as "Czech Rep." can): such characters replaced, and a hash of the name kept unique."""
+    if re.fullmatch(r"[\w:/ -]+", name):
+        return name
+    return re.sub(r"[^\w:/ -]", "_", name) + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
 
 
 def stop_token_ids(model, tokenizer) -> tuple[int, ...]:
