@@ -4,7 +4,7 @@ country x country alignment of those answers."""
 
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 
 import polars as pl
 from dagster import (
@@ -36,7 +36,6 @@ from persona_platform.persona_assets.common import (
     results_table,
     table_columns,
 )
-from persona_platform.persona_assets.deployment import TRAINING_PROFILE
 from persona_platform.persona_assets.elicitation.prompts import ZERO_SHOT_HASH
 from persona_platform.persona_assets.elicitation.tables import test_split_claims
 from persona_platform.persona_assets.experiments import Experiment
@@ -256,6 +255,31 @@ def train_country(
     )
 
 
+@dataclass
+class TrainedCountries:
+    adapters: list[dict] = field(default_factory=list)  # country_adapters rows
+    losses: list[dict] = field(default_factory=list)  # country_training_loss rows
+    plots: dict[str, dict] = field(default_factory=dict)  # per country: its loss plots' metadata
+
+
+def train_countries(step, store: ArtifactStore, config, data: pl.DataFrame, countries: list[str], log):
+    """Every adapter of ``countries`` on the step's engine (one load of the base for all): their rows and
+    loss plots."""
+    table = f"{GROUP}.{'preference_pairs' if config.objective == 'dpo' else 'sft_examples'}"
+    trained = TrainedCountries(plots={country: {} for country in countries})
+    for country, variant, labels, examples in training_sets(data, countries, config.labels):
+        place = (country, variant, labels)
+        with step.partition(country):
+            name = adapter_name(*place)
+            outcome = train_country(step.engine, store, name, place, config, examples, log)
+        ids = examples["row_id"].to_list()
+        row = adapter_row(*place, config.objective, outcome, config.settings(), ids, table)
+        trained.adapters.append(row)
+        trained.losses += loss_rows(*place, outcome)
+        trained.plots[country][f"plot/{variant}-{labels}"] = _loss_plot(store, row["row_id"], outcome)
+    return trained
+
+
 def training_sets(data: pl.DataFrame, countries: list[str], sources: list[str]):
     """(country, variant, label source, its examples) for each adapter to train, in a fixed order."""
     for country in countries:
@@ -303,7 +327,9 @@ def country_adapters(x: Experiment) -> AssetsDefinition:
             ),
         },
         group_name=x.name,
-        **gpu_step(TRAINING_PROFILE, x.gpus()),
+        # One process on the model the step serves, like the experiment's other model steps (the agents'
+        # training profile is for several processes, one GPU each).
+        **gpu_step(gpus=x.gpus()),
         partitions_def=countries_partitions,
         backfill_policy=model_backfill(countries_partitions),
         ins={
@@ -322,38 +348,15 @@ def country_adapters(x: Experiment) -> AssetsDefinition:
         """Fine-tune a persona adapter per (country, variant, label source); resumes from its last checkpoint
         after a crash. Every adapter of the run shares one load of the base."""
         config.settings()  # refuses bad settings before anything trains
-        store = x.artifacts(artifacts)
         data = preference_pairs if config.objective == "dpo" else sft_examples
-        table = f"{GROUP}.{'preference_pairs' if config.objective == 'dpo' else 'sft_examples'}"
-        adapters, losses, plots = [], [], {country: {} for country in context.partition_keys}
         with model_step(context, x.role("generator", llm)) as step:
-            for country, variant, labels, examples in training_sets(
-                data, context.partition_keys, config.labels
-            ):
-                with step.partition(country):
-                    outcome = train_country(
-                        step.engine,
-                        store,
-                        adapter_name(country, variant, labels),
-                        (country, variant, labels),
-                        config,
-                        examples,
-                        context.log.info,
-                    )
-                ids = examples["row_id"].to_list()
-                adapters.append(
-                    adapter_row(
-                        country, variant, labels, config.objective, outcome, config.settings(), ids, table
-                    )
-                )
-                losses += loss_rows(country, variant, labels, outcome)
-                plots[country][f"plot/{variant}-{labels}"] = _loss_plot(
-                    store, adapters[-1]["row_id"], outcome
-                )
-            adapter_frame = step.frame(adapters, ADAPTER_SCHEMA, "country_adapters")
-            loss_frame = step.frame(losses, LOSS_SCHEMA, "country_training_loss")
+            trained = train_countries(
+                step, x.artifacts(artifacts), config, data, context.partition_keys, context.log.info
+            )
+            adapter_frame = step.frame(trained.adapters, ADAPTER_SCHEMA, "country_adapters")
+            loss_frame = step.frame(trained.losses, LOSS_SCHEMA, "country_training_loss")
         partition_metadata(context, adapter_frame, _adapter_metadata, "country_adapters")
-        for country, own in plots.items():
+        for country, own in trained.plots.items():
             if own:
                 context.add_asset_metadata(
                     own, asset_key=x.key(GROUP, "country_training_loss"), partition_key=country

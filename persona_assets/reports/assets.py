@@ -50,6 +50,7 @@ from persona_platform.persona_assets.reports.tables import (
 from persona_platform.persona_assets.steps import asset_frame
 from persona_platform.persona_assets.verdicts import scores_verdict
 from persona_platform.resources.artifacts import ArtifactStore
+from persona_platform.resources.warehouse import WarehouseResource, table_location
 
 SUMMARY_VERSION = "accuracy-summary-3"
 
@@ -63,13 +64,10 @@ def headline_metadata(summary: pl.DataFrame) -> dict:
 
 
 DIFFERENCES_VERSION = "method-differences-2"
-# Every method's prediction table, and its domain.
-PREDICTIONS = {
-    "zero_shot_base_predictions": "elicitation",
-    "zero_shot_chat_predictions": "elicitation",
-    "few_shot_predictions": "elicitation",
-    "finetuned_predictions": "finetune",
-}
+PREDICTIONS = ("zero_shot_base_predictions", "zero_shot_chat_predictions", "few_shot_predictions")
+# The country adapters' predictions: read where they were materialized (a dependency, not an input), so that
+# the elicitation reports run without the fine-tuning chain.
+FINETUNED = ("finetune", "finetuned_predictions")
 
 
 def experiment_assets(x: Experiment) -> list[AssetsDefinition]:
@@ -83,8 +81,14 @@ def _report(x: Experiment) -> dict:
         **experiment_step(x, "elicitation"),
         owners=OWNERS,
         pool=WAREHOUSE_POOL,
-        ins={name: AssetIn(key=x.key(domain, name)) for name, domain in PREDICTIONS.items()},
+        ins={name: AssetIn(key=x.key("elicitation", name)) for name in PREDICTIONS},
+        deps=[x.key(*FINETUNED)],
     )
+
+
+def finetuned_predictions(x: Experiment, warehouse: WarehouseResource) -> pl.DataFrame | None:
+    """Experiment ``x``'s fine-tuned predictions, or None where the fine-tuning chain has not run."""
+    return warehouse.read_optional(*table_location(x.key(*FINETUNED).path))
 
 
 def accuracy_summary(x: Experiment) -> AssetsDefinition:
@@ -98,10 +102,10 @@ def accuracy_summary(x: Experiment) -> AssetsDefinition:
     def summary(
         context: AssetExecutionContext,
         artifacts: ArtifactStore,
+        warehouse: WarehouseResource,
         zero_shot_base_predictions: pl.DataFrame,
         zero_shot_chat_predictions: pl.DataFrame,
         few_shot_predictions: pl.DataFrame,
-        finetuned_predictions: pl.DataFrame,
     ) -> pl.DataFrame:
         """Test accuracy per country, variant and method over test questions (mean, std over repeats, 95%
         cluster-bootstrap interval over questions, n questions and claims), and aggregated over countries
@@ -112,7 +116,7 @@ def accuracy_summary(x: Experiment) -> AssetsDefinition:
                 zero_shot_base_predictions,
                 zero_shot_chat_predictions,
                 few_shot_predictions,
-                finetuned_predictions,
+                finetuned_predictions(x, warehouse),
             )
         )
         frame = asset_frame(context, rows, SUMMARY_SCHEMA)
@@ -150,10 +154,10 @@ def method_differences(x: Experiment) -> AssetsDefinition:
     )
     def differences(
         context: AssetExecutionContext,
+        warehouse: WarehouseResource,
         zero_shot_base_predictions: pl.DataFrame,
         zero_shot_chat_predictions: pl.DataFrame,
         few_shot_predictions: pl.DataFrame,
-        finetuned_predictions: pl.DataFrame,
     ) -> pl.DataFrame:
         """Paired differences between methods on the same test questions (fine-tuned on ICM − on gold, on ICM
         − on random, fine-tuned on ICM − few-shot ICM, ICM − gold, ICM − zero-shot base, gold − random, ICM −
@@ -163,7 +167,7 @@ def method_differences(x: Experiment) -> AssetsDefinition:
             zero_shot_base_predictions,
             zero_shot_chat_predictions,
             few_shot_predictions,
-            finetuned_predictions,
+            finetuned_predictions(x, warehouse),
         )
         frame = asset_frame(context, difference_rows(scores), DIFFERENCES_SCHEMA)
         shown = [
@@ -186,7 +190,7 @@ def method_differences(x: Experiment) -> AssetsDefinition:
 COMPARISON_VERSION = "experiment-comparison-2"
 # What the comparison reads of each experiment: its name here is f"{experiment}__{table}".
 COMPARED = {
-    **PREDICTIONS,
+    **dict.fromkeys(PREDICTIONS, "elicitation"),
     "accuracy_summary": "elicitation",
     "perplexity_matrix": "agents",
     "judging_summary": "judging",
@@ -198,11 +202,18 @@ def across_experiments(xs: Sequence[Experiment]) -> list[AssetsDefinition]:
     return [experiment_comparison(xs)]
 
 
-def _compared(name: str, inputs: dict[str, pl.DataFrame]) -> ExperimentInputs:
+def _compared(
+    x: Experiment, inputs: dict[str, pl.DataFrame], warehouse: WarehouseResource
+) -> ExperimentInputs:
     """One experiment's tables from the comparison's inputs; its model is what its predictions name."""
-    frames = {table: inputs[f"{name}__{table}"] for table in COMPARED}
+    frames = {table: inputs[f"{x.name}__{table}"] for table in COMPARED}
     models = pl.concat([frames[t].select("model_id") for t in PREDICTIONS])["model_id"].drop_nulls().unique()
-    return ExperimentInputs(name=name, model=", ".join(sorted(models)), **frames)
+    return ExperimentInputs(
+        name=x.name,
+        model=", ".join(sorted(models)),
+        finetuned_predictions=finetuned_predictions(x, warehouse),
+        **frames,
+    )
 
 
 def _comparison_plots(artifacts: ArtifactStore, frame: pl.DataFrame) -> dict:
@@ -244,13 +255,19 @@ def experiment_comparison(xs: Sequence[Experiment]) -> AssetsDefinition:
             for x in xs
             for table, domain in COMPARED.items()
         },
+        deps=[x.key(*FINETUNED) for x in xs],
     )
-    def comparison(context: AssetExecutionContext, artifacts: ArtifactStore, **inputs: pl.DataFrame):
+    def comparison(
+        context: AssetExecutionContext,
+        artifacts: ArtifactStore,
+        warehouse: WarehouseResource,
+        **inputs: pl.DataFrame,
+    ):
         """The experiments side by side: each one's headline accuracy per method, country and variant, the
         paired differences between experiments on the test questions both scored (95% cluster-bootstrap
         interval over questions, sign-flip p, n questions), and each one's perplexities and judge win rates;
         grouped accuracy bars and a forest plot of the differences."""
-        compared = [_compared(x.name, inputs) for x in xs]
+        compared = [_compared(x, inputs, warehouse) for x in xs]
         frame = asset_frame(context, comparison_rows(compared), COMPARISON_SCHEMA)
         plots = _comparison_plots(artifacts, frame)
         context.add_output_metadata(

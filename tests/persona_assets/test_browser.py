@@ -180,3 +180,15 @@ def test_the_experiments_are_side_by_side_in_the_ui(sample_run, browser, tmp_pat
             text = browser.execute_script("return document.body.innerText")
         assert "primary" in text and "tiny_b" in text and "reports" in text
         assert browser.save_screenshot(str(ARTIFACTS / "ui-experiments-lineage.png"))
+
+        # The country personas' matrix: its diagonal test as a table, its verdict and its heatmaps.
+        browser.get(f"http://127.0.0.1:{port}/assets/primary/finetune/country_alignment")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and "own_first" not in text:
+            time.sleep(1)
+            text = browser.execute_script("return document.body.innerText")
+        assert "own_first" in text and "verdict" in text and "plot/all-icm" in text, text[:3000]
+        click_button(browser, "Skip", wait=3, required=False)
+        verdict = browser.find_element(By.XPATH, "//*[normalize-space(text())='verdict']")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", verdict)
+        assert browser.save_screenshot(str(ARTIFACTS / "ui-country-alignment.png"))

@@ -13,6 +13,8 @@ from persona_platform.persona_assets.finetune.checks import diagonal_result
 from persona_platform.persona_assets.finetune.examples import dataset_rows, source_labels
 from persona_platform.persona_assets.finetune.tables import diagonal_test
 from persona_platform.persona_assets.runner import RANGE_END, RANGE_START
+from persona_platform.resources.llm.resource import LLMResource
+from persona_platform.resources.settings import DATA_DIR
 from persona_platform.resources.warehouse import Warehouse
 from tests.conftest import local_resources
 
@@ -81,11 +83,19 @@ SMALL = {
 
 
 @pytest.fixture(scope="module")
-def finetuned(tmp_path_factory, tiny_llm):
+def finetuned(tmp_path_factory, models_dir):
     """ICM labels, datasets, SFT adapters and everything they answer, for two countries; then the first
     country's adapters again with DPO."""
     home = tmp_path_factory.mktemp("finetune")
-    resources = local_resources(home, tiny_llm)
+    # An engine of its own (its batch size is its key): training wraps the served model in its adapters.
+    llm = LLMResource(
+        models_dir=str(models_dir),
+        corpus_dir=str(DATA_DIR),
+        device="cpu",
+        dtype="float32",
+        max_batch_tokens=8190,
+    )
+    resources = local_resources(home, llm)
     instance = DagsterInstance.ephemeral()
     tags = {RANGE_START: COUNTRY_PAIR[0], RANGE_END: COUNTRY_PAIR[1]}
     materialize(ALL_ASSETS, resources=resources, instance=instance, selection='key:"opinions/goqa_questions"')
