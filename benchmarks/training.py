@@ -66,9 +66,11 @@ def run() -> dict:
     from persona_platform.partitions import AGENTS
     from persona_platform.persona_assets.definitions import defs, settings
     from persona_platform.persona_assets.instance import EMBEDDED_PROFILE, load_op_config, prepare_instance
+    from persona_platform.persona_assets.runner import experiment_op_config
 
     instance = prepare_instance(settings)
-    base_config = load_op_config(EMBEDDED_PROFILE)
+    # The profile is keyed by step names; the runs take op names (the experiment's: primary__lora_training).
+    base_config = experiment_op_config(defs, load_op_config(EMBEDDED_PROFILE), {EXPERIMENT}, EMBEDDED_PROFILE)
     agent_chain = AssetSelection.groups("agents") | AssetSelection.tag("persona/domain", "agents")
     runs = {}
     for processes in PROCESSES:
@@ -77,7 +79,9 @@ def run() -> dict:
         for trained in ("checkpoints", "adapters"):
             shutil.rmtree(settings.artifacts_dir / EXPERIMENT / trained, ignore_errors=True)
         config = copy.deepcopy(base_config)
-        config.setdefault("lora_training", {}).setdefault("config", {})["processes"] = processes
+        config.setdefault(f"{EXPERIMENT}__lora_training", {}).setdefault("config", {})["processes"] = (
+            processes
+        )
         seconds, loads = _chain(
             defs, instance, agent_chain, config, f"the agent chain with {processes} processes"
         )
@@ -100,7 +104,8 @@ def run() -> dict:
                     "seconds": round(sec, 2),
                     "tokens_per_second": round(t / sec, 1),
                     "final_loss": round(loss, 5),
-                    "adapter": path,
+                    # A copy: the next run trains into the same folder (the same run fingerprint).
+                    "adapter": str(shutil.copytree(path, home / f"adapters-{processes}p" / a)),
                 }
                 for a, s, t, sec, path, loss in agents
             ],
@@ -143,8 +148,8 @@ def country_adapters(defs, instance, config: dict, warehouse: Path) -> dict:
     chain = AssetSelection.from_string(COUNTRY_CHAIN)
     config = copy.deepcopy(config)
     # The labels of one variant are enough to train on; the search of the other would double the chain.
-    config.setdefault("icm_search", {}).setdefault("config", {})["variants"] = ["all"]
-    epochs = config.get("country_adapters", {}).get("config", {}).get("epochs", 3)
+    config.setdefault(f"{EXPERIMENT}__icm_search", {}).setdefault("config", {})["variants"] = ["all"]
+    epochs = config.get(f"{EXPERIMENT}__country_adapters", {}).get("config", {}).get("epochs", 3)
     seconds, loads = _chain(defs, instance, chain, config, "the country chain")
     with duckdb.connect(str(warehouse), read_only=True) as con:
         rows = con.execute(
