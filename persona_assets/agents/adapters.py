@@ -6,7 +6,8 @@ from persona_platform.resources.llm import Engine
 
 
 def serve_adapters(engine: Engine, adapters: pl.DataFrame) -> None:
-    """Serve every adapter of the ``agents.lora_adapters`` rows under its agent's key (reloaded when its files
-    changed)."""
+    """Serve every adapter of a table of trained adapters (``agents.lora_adapters``,
+    ``finetune.country_adapters``) under the name its rows record in ``adapter`` (an agent's key; a country
+    adapter's ``country:<country>/<variant>/<labels>``), reloaded when its files changed."""
     for r in adapters.iter_rows(named=True):
-        engine.add_adapter(r["agent"], r["adapter_path"], r["sha256"])
+        engine.add_adapter(r["adapter"], r["adapter_path"], r["sha256"])

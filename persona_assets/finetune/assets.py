@@ -21,6 +21,7 @@ from dagster import (
 from pydantic import Field
 
 from persona_platform.partitions import countries_partitions
+from persona_platform.persona_assets.agents.adapters import serve_adapters
 from persona_platform.persona_assets.common import (
     COUNTRY_PARTITION,
     MODEL_KINDS,
@@ -367,12 +368,6 @@ def country_adapters(x: Experiment) -> AssetsDefinition:
     return training
 
 
-def serve_country_adapters(engine: Engine, adapters: pl.DataFrame) -> None:
-    """Serve every adapter of the country_adapters rows under its name (reloaded when its files changed)."""
-    for r in adapters.iter_rows(named=True):
-        engine.add_adapter(r["adapter"], r["adapter_path"], r["sha256"])
-
-
 def finetuned_predictions(x: Experiment) -> AssetsDefinition:
     @asset(
         **experiment_model_step(x, GROUP, "finetuned_predictions", countries_partitions),
@@ -391,7 +386,7 @@ def finetuned_predictions(x: Experiment) -> AssetsDefinition:
         log P(' False') after the zero-shot prompt): methods finetune_icm, finetune_gold, finetune_random."""
         test, _ = test_split_claims(goqa_splits, goqa_claims)
         with model_step(context, x.role("generator", llm), ZERO_SHOT_HASH) as step:
-            serve_country_adapters(step.engine, country_adapters)
+            serve_adapters(step.engine, country_adapters)
             frame = step.frame(prediction_rows(step.engine, country_adapters, test), PREDICTION_SCHEMA)
         partition_metadata(context, frame, _prediction_metadata)
         return frame
@@ -423,7 +418,7 @@ def persona_opinions(x: Experiment) -> AssetsDefinition:
         """Each country adapter answers every question of the survey as its country: a distribution over the
         options from the True-vs-False probability of each option's claim."""
         with model_step(context, x.role("generator", llm), ZERO_SHOT_HASH) as step:
-            serve_country_adapters(step.engine, country_adapters)
+            serve_adapters(step.engine, country_adapters)
             rows = opinion_rows(step.engine, country_adapters, survey_questions(goqa_survey))
             frame = step.frame(rows, OPINION_SCHEMA)
         return frame

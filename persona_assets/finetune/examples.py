@@ -27,13 +27,12 @@ from persona_platform.persona_assets.elicitation.prompts import (
     TRUE,
     zero_shot_prompt,
 )
+from persona_platform.persona_assets.elicitation.tables import CLAIMS, LABELS
 from persona_platform.persona_assets.provenance import row_ref
 
 LABEL_SOURCES = ("icm", "gold", "random")
 # The prediction methods of the adapters trained on each label source, as accuracy_summary names them.
 METHOD_OF_SOURCE = {source: f"finetune_{source}" for source in LABEL_SOURCES}
-CLAIMS = "opinions.goqa_claims"
-LABELS = "elicitation.icm_labels"
 _OPTION_MARK = "{option}"
 
 
